@@ -1,0 +1,100 @@
+"""Kernel throughput: GB/s and GFLOP/s of the matrix-vector and matrix-matrix products per weight
+format, ISA and thread count, beside this machine's memory read bandwidth measured in the same run.
+
+    python bench/kernels.py [--threads 1,2] [--formats q4_0,q4_1,q8_0,f16,bf16,f32] [--json]
+
+matvec: one token against a weight matrix larger than the caches (memory-bound: compare its GB/s
+with the read bandwidth). matmul: a prompt-sized batch of tokens against a smaller matrix
+(compute-bound: GFLOP/s). Best of several repeats; run on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import pyengine
+from pyengine import _core
+from pyengine.quants import thread_pool, type_info
+
+FORMATS = ["q4_0", "q4_1", "q8_0", "f16", "bf16", "f32"]
+
+
+def random_weights(rng, type_name, rows, cols):
+    """Raw weights of the given type with valid scales: random bytes are as fast as real ones."""
+    name, block_size, type_size = type_info(type_name)
+    if block_size == 1:
+        return pyengine.quantize(rng.standard_normal((rows, cols), dtype=np.float32) * 0.1, type_name)
+    raw = rng.integers(0, 256, (rows * cols // block_size, type_size), dtype=np.uint8)
+    scale = np.array([0.01], dtype=np.float16).view(np.uint8)
+    raw[:, 0:2] = scale
+    if type_name == "q4_1":
+        raw[:, 2:4] = scale  # the minimum
+    return raw.reshape(rows, -1)
+
+
+def best_time(fn, min_repeats=5, min_seconds=0.5):
+    fn()  # warm up: page in, spin the pool up
+    best, total, n = float("inf"), 0.0, 0
+    while n < min_repeats or total < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, total, n = min(best, dt), total + dt, n + 1
+    return best
+
+
+def measure(rng, type_name, isa, n_threads, rows, cols, n_tokens):
+    w = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal((n_tokens, cols), dtype=np.float32)
+    seconds = best_time(lambda: pyengine.matmul(w, type_name, (rows, cols), x, n_threads=n_threads, isa=isa))
+    return {"gb_s": w.nbytes / seconds / 1e9, "gflop_s": 2.0 * rows * cols * n_tokens / seconds / 1e9,
+            "ms": seconds * 1e3, "weight_mb": w.nbytes / 1e6}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--isas", default=",".join(pyengine.available_isas()))
+    parser.add_argument("--matvec-shape", default="8192,4096", help="rows,cols of the matrix-vector weight")
+    parser.add_argument("--matmul-shape", default="2048,2048", help="rows,cols of the matrix-matrix weight")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens in the matrix-matrix batch")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    threads = [int(t) for t in args.threads.split(",")]
+    mv_rows, mv_cols = (int(v) for v in args.matvec_shape.split(","))
+    mm_rows, mm_cols = (int(v) for v in args.matmul_shape.split(","))
+    results = {"bandwidth_gb_s": {}, "rows": []}
+    for t in threads:
+        results["bandwidth_gb_s"][t] = _core.memory_read_bandwidth(thread_pool(t), 512, 5)
+    for type_name in args.formats.split(","):
+        for isa in args.isas.split(","):
+            for t in threads:
+                mv = measure(rng, type_name, isa, t, mv_rows, mv_cols, 1)
+                mm = measure(rng, type_name, isa, t, mm_rows, mm_cols, args.tokens)
+                results["rows"].append({"format": type_name, "isa": isa, "threads": t,
+                                        "matvec_gb_s": mv["gb_s"], "matvec_gflop_s": mv["gflop_s"],
+                                        "matvec_weight_mb": mv["weight_mb"],
+                                        "matvec_of_bandwidth": mv["gb_s"] / results["bandwidth_gb_s"][t],
+                                        "matmul_gflop_s": mm["gflop_s"]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"memory read bandwidth: " + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw:.1f} GB/s"
+                                                  for t, bw in results["bandwidth_gb_s"].items()))
+    print(f"matvec: {mv_rows}x{mv_cols} weight, 1 token; matmul: {mm_rows}x{mm_cols} weight, {args.tokens} tokens\n")
+    print("| format | isa | threads | matvec GB/s | of bandwidth | matvec GFLOP/s | matmul GFLOP/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in results["rows"]:
+        print(f"| {r['format']} | {r['isa']} | {r['threads']} | {r['matvec_gb_s']:.1f} | "
+              f"{100 * r['matvec_of_bandwidth']:.0f}% | {r['matvec_gflop_s']:.1f} | {r['matmul_gflop_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

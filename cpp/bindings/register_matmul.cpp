@@ -1,0 +1,86 @@
+// The thread pool and the threaded matrix product.
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../matmul.h"
+#include "common.h"
+
+namespace pe::bindings {
+
+namespace {
+
+// y = x W^T: w holds `rows` rows of `cols` values of type wtype; x is (n_tokens, cols) float32.
+FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols,
+                     const FloatArray& x, const std::string& isa) {
+    const Kernels& k = kernels_or_throw(isa);
+    const TypeTraits& t = traits_or_throw(wtype);
+    if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
+    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0 || cols > (int64_t(1) << 30))
+        throw py::value_error("bad weight shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ") for " +
+                              t.name);
+    const size_t need = row_size(GGMLType(wtype), cols) * size_t(rows);
+    if (size_t(w.size()) != need)
+        throw py::value_error("weight data has " + std::to_string(w.size()) + " bytes, shape needs " +
+                              std::to_string(need));
+    if (x.ndim() != 2 || x.shape(1) != cols)
+        throw py::value_error("activations must be (n_tokens, " + std::to_string(cols) + ") float32");
+    const int64_t n_tokens = x.shape(0);
+    FloatArray y({n_tokens, rows});
+    const Matrix m{GGMLType(wtype), w.data(), rows, cols};
+    const float* xp = x.data();
+    float* yp = y.mutable_data();
+    {
+        py::gil_scoped_release release;
+        std::vector<uint8_t> scratch;
+        matmul(k, m, xp, n_tokens, yp, pool, scratch);
+    }
+    return y;
+}
+
+// Best-of-`repeats` read bandwidth in GB/s over a buffer of `megabytes`, the pool's threads each
+// summing a contiguous slice: the roofline for a matrix-vector product, measured beside it.
+double memory_read_bandwidth(ThreadPool& pool, int64_t megabytes, int repeats) {
+    if (megabytes < 1 || megabytes > 65536 || repeats < 1) throw py::value_error("bad bandwidth probe size");
+    const size_t n = size_t(megabytes) << 17;  // uint64 words
+    std::vector<uint64_t> buffer(n);
+    for (size_t i = 0; i < n; i++) buffer[i] = i * 0x9E3779B97F4A7C15ull;
+    py::gil_scoped_release release;
+    std::vector<uint64_t> sink(size_t(pool.n_threads()) * 8);
+    double best = 0.0;
+    for (int r = 0; r < repeats; r++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        pool.run([&](int i, int n_threads) {
+            const size_t begin = n * size_t(i) / size_t(n_threads), end = n * size_t(i + 1) / size_t(n_threads);
+            uint64_t a = 0, b = 0, c = 0, d = 0;
+            size_t j = begin;
+            for (; j + 4 <= end; j += 4) {
+                a += buffer[j];
+                b += buffer[j + 1];
+                c += buffer[j + 2];
+                d += buffer[j + 3];
+            }
+            sink[size_t(i) * 8] = a ^ b ^ c ^ d;  // keeps the loads alive
+        });
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(n * sizeof(uint64_t)) / seconds / 1e9);
+    }
+    return best;
+}
+
+}  // namespace
+
+void register_matmul(py::module_& m) {
+    py::class_<ThreadPool>(m, "ThreadPool")
+        .def(py::init<int>(), py::arg("n_threads"))
+        .def_property_readonly("n_threads", &ThreadPool::n_threads);
+    m.def("default_n_threads", &default_n_threads, "physical performance cores available to this process");
+    m.def("matmul", &matmul_py, py::arg("pool"), py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),
+          py::arg("x"), py::arg("isa") = "");
+    m.def("memory_read_bandwidth", &memory_read_bandwidth, py::arg("pool"), py::arg("megabytes") = 512,
+          py::arg("repeats") = 5, "best read bandwidth in GB/s over a buffer of that size (for benchmarks)");
+}
+
+}  // namespace pe::bindings

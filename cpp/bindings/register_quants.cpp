@@ -1,0 +1,97 @@
+// Block formats and single kernels: quantize / dequantize rows, and the per-ISA kernels exposed so
+// that tests can hold every SIMD path against the scalar reference.
+#include <stdexcept>
+#include <vector>
+
+#include "common.h"
+
+namespace pe::bindings {
+
+namespace {
+
+py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type) {
+    const TypeTraits& t = traits_or_throw(type);
+    if (x.ndim() != 2) throw py::value_error("quantize expects a 2-D float32 array (rows, cols)");
+    const int64_t rows = x.shape(0), cols = x.shape(1);
+    if (cols % t.block_size != 0)
+        throw py::value_error(std::string(t.name) + " needs a row length that is a multiple of " +
+                              std::to_string(t.block_size) + ", got " + std::to_string(cols));
+    const size_t row_bytes = row_size(GGMLType(type), cols);
+    py::array_t<uint8_t> out({rows, int64_t(row_bytes)});
+    const float* src = x.data();
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < rows; r++) t.from_float(src + r * cols, dst + size_t(r) * row_bytes, cols);
+    }
+    return out;
+}
+
+FloatArray dequantize(const ByteArray& raw, uint32_t type, int64_t rows, int64_t cols) {
+    const TypeTraits& t = traits_or_throw(type);
+    if (rows < 0 || cols < 0 || cols % t.block_size != 0)
+        throw py::value_error("bad shape for " + std::string(t.name) + ": (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + ")");
+    const size_t row_bytes = row_size(GGMLType(type), cols);
+    if (size_t(raw.size()) != row_bytes * size_t(rows))
+        throw py::value_error(std::string(t.name) + " data of shape (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + ") needs " + std::to_string(row_bytes * size_t(rows)) +
+                              " bytes, got " + std::to_string(raw.size()));
+    FloatArray out({rows, cols});
+    const uint8_t* src = raw.data();
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < rows; r++) t.to_float(src + size_t(r) * row_bytes, dst + r * cols, cols);
+    }
+    return out;
+}
+
+// Activation conversion of one row by a given ISA (the bytes must equal the scalar ones).
+py::array_t<uint8_t> quantize_activation(const std::string& isa, const FloatArray& x, uint32_t type) {
+    const Kernels& k = kernels_or_throw(isa);
+    traits_or_throw(type);
+    if (!k.from_float[type]) throw py::value_error("no activation conversion to type " + std::to_string(type));
+    const int64_t n = x.size();
+    const size_t bytes = row_size(GGMLType(type), n);
+    if (bytes == 0 && n != 0) throw py::value_error("row length is not a multiple of the block size");
+    py::array_t<uint8_t> out{py::ssize_t(bytes)};
+    k.from_float[type](x.data(), out.mutable_data(), n);
+    return out;
+}
+
+// dot(weight row, x) by a given ISA: x is converted with that ISA's activation quantizer first.
+float vec_dot(const std::string& isa, uint32_t wtype, const ByteArray& w, const FloatArray& x) {
+    const Kernels& k = kernels_or_throw(isa);
+    const TypeTraits& t = traits_or_throw(wtype);
+    if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
+    const int64_t n = x.size();
+    if (n % t.block_size != 0 || size_t(w.size()) != row_size(GGMLType(wtype), n))
+        throw py::value_error("weight row of " + std::to_string(w.size()) + " bytes does not hold " +
+                              std::to_string(n) + " " + t.name + " values");
+    std::vector<uint8_t> xq(row_size(t.vec_dot_type, n) + 1);
+    k.from_float[t.vec_dot_type](x.data(), xq.data(), n);
+    return k.vec_dot[wtype](int(n), w.data(), xq.data());
+}
+
+}  // namespace
+
+void register_quants(py::module_& m) {
+    m.def("type_info", [](uint32_t type) -> py::object {
+        const TypeTraits* t = type_traits(type);
+        if (!t) return py::none();
+        return py::make_tuple(t->name, t->block_size, t->type_size, uint32_t(t->vec_dot_type));
+    }, "(name, block_size, type_size, vec_dot_type) of a ggml type id, or None if unsupported");
+    m.def("quantize", &quantize, py::arg("x"), py::arg("type"));
+    m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
+    m.def("quantize_activation", &quantize_activation, py::arg("isa"), py::arg("x"), py::arg("type"));
+    m.def("vec_dot", &vec_dot, py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("x"));
+    m.def("isa", [] { return std::string(active_kernels().isa); }, "the ISA whose kernels run");
+    m.def("available_isas", [] {
+        py::list names;
+        for (const char* const* p = available_isas(); *p; ++p) names.append(*p);
+        return names;
+    }, "ISAs usable on this CPU, best last");
+}
+
+}  // namespace pe::bindings

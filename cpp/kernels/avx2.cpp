@@ -1,0 +1,240 @@
+// AVX2 + FMA + F16C kernels. Compiled with -mavx2 -mfma -mf16c and called only when CPUID reports
+// them. Everything lives in an anonymous namespace: no function of this unit, compiled with these
+// flags, can be picked by the linker for code that runs on a CPU without them.
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "../quant/fp16.h"
+
+namespace pe {
+namespace {
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// 16 bytes of nibbles -> 32 bytes: the low nibbles in bytes 0..15, the high ones in 16..31.
+inline __m256i unpack_nibbles(const uint8_t* qs) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+// Sum of products of signed bytes, as 8 int32 lanes. x may hold -128 (weights from a file); y comes
+// from our own activation quantizer, so |y| <= 127 and the sign trick cannot overflow.
+inline __m256i dot_i8(__m256i x, __m256i y) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    const __m256i sy = _mm256_sign_epi8(y, x);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+}
+
+// Unsigned bytes (0..15) times signed bytes, as 8 int32 lanes.
+inline __m256i dot_u8_i8(__m256i u, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1));
+}
+
+float vec_dot_q4_0_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q4_0*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const __m256i q = _mm256_sub_epi8(unpack_nibbles(w[i].qs), _mm256_set1_epi8(8));
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
+        const __m256 d = _mm256_set1_ps(half_to_float(w[i].d) * half_to_float(x[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, y)), acc);
+    }
+    return hsum(acc);
+}
+
+float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q4_1*>(vw);
+    const auto* x = static_cast<const block_q8_1*>(vx);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        const __m256i q = unpack_nibbles(w[i].qs);
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
+        const __m256 d = _mm256_set1_ps(half_to_float(w[i].d) * half_to_float(x[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(q, y)), acc);
+        mins += half_to_float(w[i].m) * half_to_float(x[i].s);
+    }
+    return hsum(acc) + mins;
+}
+
+float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q8_0*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i].qs));
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
+        const __m256 d = _mm256_set1_ps(half_to_float(w[i].d) * half_to_float(x[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, y)), acc);
+    }
+    return hsum(acc);
+}
+
+// Float dots: four independent 8-lane accumulators over 32 values, 8 at a time after that; the
+// caller adds the last n % 8 in order.
+template <typename Load>
+inline float dot_f32_lanes(int n, const float* x, Load load_w) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(load_w(i), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(load_w(i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load_w(i + 16), _mm256_loadu_ps(x + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load_w(i + 24), _mm256_loadu_ps(x + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_w(i), _mm256_loadu_ps(x + i), acc0);
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+}
+
+float vec_dot_f32_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const float*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = dot_f32_lanes(n, x, [w](int i) { return _mm256_loadu_ps(w + i); });
+    for (int i = n & ~7; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+float vec_dot_f16_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = dot_f32_lanes(
+        n, x, [w](int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))); });
+    for (int i = n & ~7; i < n; i++) sum += half_to_float(w[i]) * x[i];
+    return sum;
+}
+
+float vec_dot_bf16_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = dot_f32_lanes(
+        n, x,
+        [w](int i) {
+            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+            return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        });
+    for (int i = n & ~7; i < n; i++) sum += bf16_to_fp32(w[i]) * x[i];
+    return sum;
+}
+
+// roundf on 8 lanes: half away from zero, exactly as the reference (trunc, then +-1 when the dropped
+// fraction is at least one half; v - trunc(v) is exact in float).
+inline __m256 round_half_away(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    const __m256 frac = _mm256_andnot_ps(sign_mask, _mm256_sub_ps(v, t));
+    const __m256 away = _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                      _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign_mask)));
+    return _mm256_add_ps(t, away);
+}
+
+// Quantizes one 32-block to int8 (32 bytes at qs); returns the scale d; *isum gets sum(qs).
+inline float quantize_block_q8(const float* x, int8_t* qs, int* isum) {
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, v[k]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
+    // Pack 32 int32 -> 32 int8; packs works per 128-bit lane, so restore the order afterwards.
+    const __m256i q01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i q23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i q8 = _mm256_packs_epi16(q01, q23);
+    q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs), q8);
+    if (isum) {
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        *isum = _mm_cvtsi128_si32(s4);
+    }
+    return d;
+}
+
+void quantize_row_q8_0(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q8_0*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) y[i].d = fp32_to_fp16(quantize_block_q8(x + i * QK, y[i].qs, nullptr));
+}
+
+void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q8_1*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) {
+        int sum = 0;
+        const float d = quantize_block_q8(x + i * QK, y[i].qs, &sum);
+        y[i].d = fp32_to_fp16(d);
+        y[i].s = fp32_to_fp16(float(sum) * d);
+    }
+}
+
+// y += a * x: 8 lanes at a time, then the tail in order. Each y[i] gets one rounding of a * x[i]
+// (fused into the add), whatever n is.
+void axpy_f32(int n, float a, const void* vx, float* y) {
+    const auto* x = static_cast<const float*>(vx);
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = std::fma(a, x[i], y[i]);
+}
+
+void axpy_f16(int n, float a, const void* vx, float* y) {
+    const auto* x = static_cast<const uint16_t*>(vx);
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xf, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) y[i] = std::fma(a, half_to_float(x[i]), y[i]);
+}
+
+}  // namespace
+
+const Kernels* kernels_avx2() {
+    static const Kernels table = [] {
+        Kernels k = *kernels_scalar();
+        k.isa = "avx2";
+        k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
+        k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;
+        k.vec_dot[TYPE_Q8_0] = vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
+        k.vec_dot[TYPE_F16] = vec_dot_f16_f32;
+        k.vec_dot[TYPE_BF16] = vec_dot_bf16_f32;
+        k.from_float[TYPE_Q8_0] = quantize_row_q8_0;
+        k.from_float[TYPE_Q8_1] = quantize_row_q8_1;
+        k.axpy[TYPE_F32] = axpy_f32;
+        k.axpy[TYPE_F16] = axpy_f16;
+        return k;
+    }();
+    return &table;
+}
+
+}  // namespace pe
+
+#else
+namespace pe {
+const Kernels* kernels_avx2() { return nullptr; }
+}  // namespace pe
+#endif

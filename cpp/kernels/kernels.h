@@ -1,0 +1,61 @@
+// The kernel table: one per instruction set, the same entries in each. dispatch.cpp picks one at
+// start-up from CPUID (PYENGINE_ISA overrides it); the scalar table is the reference the others are
+// tested against.
+#pragma once
+
+#include "../quant/blocks.h"
+
+namespace pe {
+
+struct Kernels {
+    const char* isa;                    // "scalar", "avx2", "avx512", "neon"
+    vec_dot_fn vec_dot[TYPE_COUNT];     // by weight type; the activation is in its vec_dot_type
+    from_float_fn from_float[TYPE_COUNT];  // activation quantizers (q8_0, q8_1, f32): same bytes as the reference
+    axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32 and f16 (the KV cache types)
+};
+
+// The scalar reference: never optimised, the oracle for every other path.
+namespace ref {
+void quantize_row_q4_0(const float* x, void* y, int64_t n);
+void quantize_row_q4_1(const float* x, void* y, int64_t n);
+void quantize_row_q8_0(const float* x, void* y, int64_t n);
+void quantize_row_q8_1(const float* x, void* y, int64_t n);
+void quantize_row_f16(const float* x, void* y, int64_t n);
+void quantize_row_bf16(const float* x, void* y, int64_t n);
+void copy_row_f32(const float* x, void* y, int64_t n);
+
+void dequantize_row_q4_0(const void* x, float* y, int64_t n);
+void dequantize_row_q4_1(const void* x, float* y, int64_t n);
+void dequantize_row_q8_0(const void* x, float* y, int64_t n);
+void dequantize_row_q8_1(const void* x, float* y, int64_t n);
+void dequantize_row_f16(const void* x, float* y, int64_t n);
+void dequantize_row_bf16(const void* x, float* y, int64_t n);
+void dequantize_row_f32(const void* x, float* y, int64_t n);
+
+float vec_dot_q4_0_q8_0(int n, const void* w, const void* x);
+float vec_dot_q4_1_q8_1(int n, const void* w, const void* x);
+float vec_dot_q8_0_q8_0(int n, const void* w, const void* x);
+float vec_dot_f32_f32(int n, const void* w, const void* x);
+float vec_dot_f16_f32(int n, const void* w, const void* x);
+float vec_dot_bf16_f32(int n, const void* w, const void* x);
+
+void axpy_f32(int n, float a, const void* x, float* y);
+void axpy_f16(int n, float a, const void* x, float* y);
+}  // namespace ref
+
+const Kernels* kernels_scalar();
+// Each returns nullptr when the ISA was not compiled into this build (another architecture). They do
+// not check the CPU, and running them on one without the ISA is an illegal instruction: only
+// dispatch.cpp calls them, after its CPUID check.
+const Kernels* kernels_avx2();
+const Kernels* kernels_avx512();
+const Kernels* kernels_neon();
+
+// The table in use: the best this CPU supports, or the one PYENGINE_ISA names.
+const Kernels& active_kernels();
+// The table for a named ISA, or nullptr if it is not compiled in or this CPU lacks it.
+const Kernels* kernels_by_name(const char* isa);
+// Names of the ISAs usable on this machine, best last, ending with nullptr.
+const char* const* available_isas();
+
+}  // namespace pe

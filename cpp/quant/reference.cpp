@@ -1,0 +1,310 @@
+// Scalar reference for every block format: quantize, dequantize and dot products.
+//
+// The quantizers give llama.cpp's exact bytes (ggml-quants.c *_ref, ported to numpy in gguf.quants):
+// the same float32 arithmetic in the same order, roundf (half away from zero) for Q8, truncation of
+// x + 8.5 for Q4_0, and the sign convention that Q4_0's scale is max / -8 with max the value of
+// largest magnitude. The dot products accumulate block by block, in order; the SIMD paths are
+// tested against them.
+#include <cmath>
+#include <cstring>
+
+#include "../kernels/kernels.h"
+#include "fp16.h"
+
+namespace pe {
+namespace ref {
+
+void quantize_row_q4_0(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q4_0*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float* xb = x + i * QK;
+        float amax = 0.0f;  // magnitude of the largest value
+        float max = 0.0f;   // that value, with its sign
+        for (int j = 0; j < QK; j++) {
+            if (amax < std::fabs(xb[j])) {
+                amax = std::fabs(xb[j]);
+                max = xb[j];
+            }
+        }
+        const float d = max / -8;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < QK / 2; j++) {
+            const float x0 = xb[j] * id;
+            const float x1 = xb[QK / 2 + j] * id;
+            int q0 = int(std::trunc(x0 + 8.5f));
+            int q1 = int(std::trunc(x1 + 8.5f));
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            y[i].qs[j] = uint8_t(q0 | (q1 << 4));
+        }
+    }
+}
+
+void quantize_row_q4_1(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q4_1*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float* xb = x + i * QK;
+        float min = xb[0];
+        float max = xb[0];
+        for (int j = 1; j < QK; j++) {
+            if (xb[j] < min) min = xb[j];
+            if (xb[j] > max) max = xb[j];
+        }
+        const float d = (max - min) / 15;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(min);
+        for (int j = 0; j < QK / 2; j++) {
+            int q0 = int(std::trunc((xb[j] - min) * id + 0.5f));
+            int q1 = int(std::trunc((xb[QK / 2 + j] - min) * id + 0.5f));
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            y[i].qs[j] = uint8_t(q0 | (q1 << 4));
+        }
+    }
+}
+
+// Absmax scale of one 32-block and its reciprocal, as ggml computes them.
+static inline float absmax_scale(const float* xb, float* id) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(xb[j]));
+    const float d = amax / 127;
+    *id = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+
+void quantize_row_q8_0(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q8_0*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) {
+        float id;
+        const float d = absmax_scale(x + i * QK, &id);
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = int8_t(std::round(x[i * QK + j] * id));
+    }
+}
+
+void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q8_1*>(vy);
+    for (int64_t i = 0; i < n / QK; i++) {
+        float id;
+        const float d = absmax_scale(x + i * QK, &id);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            y[i].qs[j] = int8_t(std::round(x[i * QK + j] * id));
+            sum += y[i].qs[j];
+        }
+        y[i].d = fp32_to_fp16(d);
+        y[i].s = fp32_to_fp16(float(sum) * d);
+    }
+}
+
+void quantize_row_f16(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<uint16_t*>(vy);
+    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+
+void quantize_row_bf16(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<uint16_t*>(vy);
+    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_bf16(x[i]);
+}
+
+void copy_row_f32(const float* x, void* y, int64_t n) { std::memcpy(y, x, size_t(n) * sizeof(float)); }
+
+void dequantize_row_q4_0(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q4_0*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = d * float((x[i].qs[j] & 0x0f) - 8);
+            y[i * QK + QK / 2 + j] = d * float((x[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void dequantize_row_q4_1(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q4_1*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        const float m = fp16_to_fp32(x[i].m);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = d * float(x[i].qs[j] & 0x0f) + m;
+            y[i * QK + QK / 2 + j] = d * float(x[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
+void dequantize_row_q8_0(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = float(x[i].qs[j]) * d;
+    }
+}
+
+void dequantize_row_q8_1(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q8_1*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = float(x[i].qs[j]) * d;
+    }
+}
+
+void dequantize_row_f16(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const uint16_t*>(vx);
+    for (int64_t i = 0; i < n; i++) y[i] = fp16_to_fp32(x[i]);
+}
+
+void dequantize_row_bf16(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const uint16_t*>(vx);
+    for (int64_t i = 0; i < n; i++) y[i] = bf16_to_fp32(x[i]);
+}
+
+void dequantize_row_f32(const void* x, float* y, int64_t n) { std::memcpy(y, x, size_t(n) * sizeof(float)); }
+
+// Dot products: an exact integer sum inside each block, then one float multiply-add per block, blocks
+// accumulated in order.
+float vec_dot_q4_0_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q4_0*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int isum = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            isum += ((w[i].qs[j] & 0x0f) - 8) * x[i].qs[j];
+            isum += ((w[i].qs[j] >> 4) - 8) * x[i].qs[j + QK / 2];
+        }
+        sum += float(isum) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d));
+    }
+    return sum;
+}
+
+float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q4_1*>(vw);
+    const auto* x = static_cast<const block_q8_1*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int isum = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            isum += (w[i].qs[j] & 0x0f) * x[i].qs[j];
+            isum += (w[i].qs[j] >> 4) * x[i].qs[j + QK / 2];
+        }
+        // sum_j (d_w q_j + m)(d_x y_j) = d_w d_x sum(q y) + m * (d_x sum(y)), the last factor being s.
+        sum += float(isum) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d)) +
+               fp16_to_fp32(w[i].m) * fp16_to_fp32(x[i].s);
+    }
+    return sum;
+}
+
+float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q8_0*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int isum = 0;
+        for (int j = 0; j < QK; j++) isum += w[i].qs[j] * x[i].qs[j];
+        sum += float(isum) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d));
+    }
+    return sum;
+}
+
+float vec_dot_f32_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const float*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+float vec_dot_f16_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += fp16_to_fp32(w[i]) * x[i];
+    return sum;
+}
+
+float vec_dot_bf16_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += bf16_to_fp32(w[i]) * x[i];
+    return sum;
+}
+
+void axpy_f32(int n, float a, const void* vx, float* y) {
+    const auto* x = static_cast<const float*>(vx);
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void axpy_f16(int n, float a, const void* vx, float* y) {
+    const auto* x = static_cast<const uint16_t*>(vx);
+    for (int i = 0; i < n; i++) y[i] += a * fp16_to_fp32(x[i]);
+}
+
+}  // namespace ref
+
+namespace {
+
+TypeTraits make_traits(const char* name, int block_size, size_t type_size, GGMLType vec_dot_type,
+                       to_float_fn to_float, from_float_fn from_float) {
+    return TypeTraits{name, block_size, type_size, vec_dot_type, to_float, from_float};
+}
+
+struct TraitsTable {
+    TypeTraits rows[TYPE_COUNT] = {};
+    TraitsTable() {
+        rows[TYPE_F32] = make_traits("f32", 1, 4, TYPE_F32, ref::dequantize_row_f32, ref::copy_row_f32);
+        rows[TYPE_F16] = make_traits("f16", 1, 2, TYPE_F32, ref::dequantize_row_f16, ref::quantize_row_f16);
+        rows[TYPE_BF16] = make_traits("bf16", 1, 2, TYPE_F32, ref::dequantize_row_bf16, ref::quantize_row_bf16);
+        rows[TYPE_Q4_0] = make_traits("q4_0", QK, sizeof(block_q4_0), TYPE_Q8_0, ref::dequantize_row_q4_0,
+                                      ref::quantize_row_q4_0);
+        rows[TYPE_Q4_1] = make_traits("q4_1", QK, sizeof(block_q4_1), TYPE_Q8_1, ref::dequantize_row_q4_1,
+                                      ref::quantize_row_q4_1);
+        rows[TYPE_Q8_0] = make_traits("q8_0", QK, sizeof(block_q8_0), TYPE_Q8_0, ref::dequantize_row_q8_0,
+                                      ref::quantize_row_q8_0);
+        rows[TYPE_Q8_1] = make_traits("q8_1", QK, sizeof(block_q8_1), TYPE_Q8_1, ref::dequantize_row_q8_1,
+                                      ref::quantize_row_q8_1);
+    }
+};
+
+const TraitsTable& traits_table() {
+    static const TraitsTable table;
+    return table;
+}
+
+}  // namespace
+
+const TypeTraits* type_traits(uint32_t type) {
+    if (type >= TYPE_COUNT) return nullptr;
+    const TypeTraits& t = traits_table().rows[type];
+    return t.name ? &t : nullptr;
+}
+
+size_t row_size(GGMLType type, int64_t n) {
+    const TypeTraits* t = type_traits(type);
+    if (!t || n < 0 || n % t->block_size != 0) return 0;
+    return size_t(n / t->block_size) * t->type_size;
+}
+
+const Kernels* kernels_scalar() {
+    static const Kernels table = [] {
+        Kernels k{};
+        k.isa = "scalar";
+        k.vec_dot[TYPE_Q4_0] = ref::vec_dot_q4_0_q8_0;
+        k.vec_dot[TYPE_Q4_1] = ref::vec_dot_q4_1_q8_1;
+        k.vec_dot[TYPE_Q8_0] = ref::vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_F32] = ref::vec_dot_f32_f32;
+        k.vec_dot[TYPE_F16] = ref::vec_dot_f16_f32;
+        k.vec_dot[TYPE_BF16] = ref::vec_dot_bf16_f32;
+        k.from_float[TYPE_Q8_0] = ref::quantize_row_q8_0;
+        k.from_float[TYPE_Q8_1] = ref::quantize_row_q8_1;
+        k.from_float[TYPE_F32] = ref::copy_row_f32;
+        k.axpy[TYPE_F32] = ref::axpy_f32;
+        k.axpy[TYPE_F16] = ref::axpy_f16;
+        return k;
+    }();
+    return &table;
+}
+
+}  // namespace pe

@@ -1,0 +1,44 @@
+// The intrinsics header cpp/kernels/avx512.cpp includes when built with -DPE_SIMDE: SIMDe's portable
+// AVX-512 (and AVX2 / F16C / FMA) under the native names, so the kernel test can run the AVX-512 code
+// on a CPU without AVX-512.
+//
+// SIMDe 0.7.4 (Debian's libsimde-dev) lacks a few names avx512.cpp uses; they are defined below from
+// SIMDe's 256-bit operations or from the scalar reference conversion. Each alias is only defined when
+// SIMDe did not already define it, so a newer SIMDe takes over without a clash (the helpers are
+// prefixed pe_shim_ for the same reason).
+#pragma once
+
+// Build with -Wno-psabi: SIMDe's 512-bit types are 64-byte GCC vectors, and GCC warns that passing
+// them by value without -mavx512f has another ABI than an AVX-512 build. Nothing here crosses that
+// boundary (the test links no AVX-512 code). A pragma cannot silence it: GCC reports some of these
+// (avx512.cpp's lambdas) with no source location, after the unit is parsed.
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
+#include <simde/x86/fma.h>
+
+#include <cstdint>
+
+#include "../quant/fp16.h"
+
+// The mask type: SIMDe names it simde__mmask16 and aliases only the 32- and 64-bit ones.
+#if !defined(SIMDE_X86_AVX512F_NATIVE)
+typedef simde__mmask16 __mmask16;
+#endif
+
+// int32 -> float, 16 lanes, rounded to nearest even like vcvtdq2ps: two 8-lane conversions.
+static inline simde__m512 pe_shim_mm512_cvtepi32_ps(simde__m512i a) {
+    const simde__m256i lo = simde_mm512_castsi512_si256(a);
+    const simde__m256i hi = simde_mm512_extracti64x4_epi64(a, 1);
+    const simde__m512 lo_ps = simde_mm512_castps256_ps512(simde_mm256_cvtepi32_ps(lo));
+    return simde_mm512_insertf32x8(lo_ps, simde_mm256_cvtepi32_ps(hi), 1);
+}
+#if !defined(_mm512_cvtepi32_ps)
+#define _mm512_cvtepi32_ps(a) pe_shim_mm512_cvtepi32_ps(a)
+#endif
+
+// One fp16 -> float (F16C's scalar form): the reference conversion is exact, as vcvtph2ps is.
+static inline float pe_shim_cvtsh_ss(uint16_t h) { return pe::fp16_to_fp32(h); }
+#if !defined(_cvtsh_ss)
+#define _cvtsh_ss(h) pe_shim_cvtsh_ss(h)
+#endif

@@ -1,0 +1,234 @@
+"""The llama model: GGUF weights used in place by the native forward pass, and the per-sequence
+context (KV cache) that the generation loop drives.
+
+    m = Model("model.gguf")             # or Model() for the default model, fetched on first use
+    m.logits(m.tokenize("Hello"))       # float32 [n_tokens, n_vocab], a fresh sequence
+    ctx = m.context(); ctx.eval(ids)    # logits of the last token; the cache keeps the prefix
+
+The logits at a position are bit-identical whatever the batching, chunking, cached prefix or
+thread count (see README: Determinism).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import _core
+from .gguf import GGMLType, GGUFError, GGUFReader
+from .quants import thread_pool
+from .tokenizer import Tokenizer
+
+DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, this)
+KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}
+
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                 "ffn_down")
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    n_layers: int
+    n_embd: int
+    n_ff: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    n_rot: int
+    n_vocab: int
+    n_ctx_train: int
+    rope_theta: float
+    rms_eps: float
+
+
+def _int_key(reader: GGUFReader, key: str, default: int | None = None) -> int:
+    value = reader.get(key, default)
+    if value is None:
+        raise GGUFError(f"{reader.path}: missing metadata key {key}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GGUFError(f"{reader.path}: metadata key {key} must be an integer, got {type(value).__name__}")
+    if not 0 < int(value) < 2**31:
+        raise GGUFError(f"{reader.path}: metadata key {key} = {value} is out of range")
+    return int(value)
+
+
+def _float_key(reader: GGUFReader, key: str, default: float) -> float:
+    value = reader.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise GGUFError(f"{reader.path}: metadata key {key} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise GGUFError(f"{reader.path}: metadata key {key} = {value} is out of range")
+    return value
+
+
+def read_llama_config(reader: GGUFReader) -> LlamaConfig:
+    """The hyper-parameters, each checked against the others and against the tensor shapes."""
+    arch = reader.get("general.architecture")
+    if arch != "llama":
+        raise GGUFError(f"{reader.path}: architecture {arch!r} is not supported (pyengine runs 'llama')")
+    p = "llama."
+    n_embd = _int_key(reader, p + "embedding_length")
+    n_heads = _int_key(reader, p + "attention.head_count")
+    n_kv_heads = _int_key(reader, p + "attention.head_count_kv", n_heads)
+    if n_embd % n_heads:
+        raise GGUFError(f"{reader.path}: embedding_length {n_embd} is not a multiple of head_count {n_heads}")
+    if n_heads % n_kv_heads:
+        raise GGUFError(f"{reader.path}: head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}")
+    head_dim = n_embd // n_heads
+    n_rot = _int_key(reader, p + "rope.dimension_count", head_dim)
+    if n_rot > head_dim or n_rot % 2:
+        raise GGUFError(f"{reader.path}: rope.dimension_count {n_rot} does not fit the head dimension {head_dim}")
+    embd = reader.tensors.get("token_embd.weight")
+    if embd is None:
+        raise GGUFError(f"{reader.path}: tensor token_embd.weight is missing")
+    if len(embd.shape) != 2 or embd.shape[0] != n_embd:
+        raise GGUFError(f"{reader.path}: token_embd.weight has dims {list(embd.shape)}, "
+                        f"embedding_length is {n_embd}")
+    n_layers = _int_key(reader, p + "block_count")
+    for layer in range(n_layers):
+        if f"blk.{layer}.attn_q.weight" not in reader.tensors:
+            raise GGUFError(f"{reader.path}: block_count is {n_layers} but tensor blk.{layer}.attn_q.weight is missing")
+    return LlamaConfig(
+        n_layers=n_layers, n_embd=n_embd, n_ff=_int_key(reader, p + "feed_forward_length"), n_heads=n_heads,
+        n_kv_heads=n_kv_heads, head_dim=head_dim, n_rot=n_rot, n_vocab=int(embd.shape[1]),
+        n_ctx_train=_int_key(reader, p + "context_length"),
+        rope_theta=_float_key(reader, p + "rope.freq_base", 10000.0),
+        rms_eps=_float_key(reader, p + "attention.layer_norm_rms_epsilon", 1e-5))
+
+
+def _tensor_table(reader: GGUFReader, config: LlamaConfig) -> dict[str, tuple]:
+    """name -> (zero-copy view, type id, rows, cols) for every tensor the model uses; refuses tensors
+    it would not use (a file for another architecture variant, or a corrupt table)."""
+    expected = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    expected |= {f"blk.{i}.{t}.weight" for i in range(config.n_layers) for t in LAYER_TENSORS}
+    unused = [name for name in reader.tensors if name not in expected]
+    if unused:
+        more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
+        raise GGUFError(f"{reader.path}: tensors pyengine does not use: {', '.join(unused[:3])}{more}")
+    table = {}
+    for name, info in reader.tensors.items():
+        if len(info.shape) > 2:
+            raise GGUFError(f"{reader.path}: tensor {name} has {len(info.shape)} dimensions, expected at most 2")
+        cols = info.shape[0]
+        rows = info.shape[1] if len(info.shape) == 2 else 1
+        table[name] = (info.data, int(info.type), int(rows), int(cols))
+    return table
+
+
+class Model:
+    """A llama-architecture model from a GGUF file, ready to evaluate.
+
+    path: the GGUF file; None fetches the default model (SmolLM2-135M-Instruct) on first use.
+    n_ctx: context length of each sequence (default: min(the file's context_length, 4096)).
+    n_threads: threads of the matmuls (default: the physical performance cores)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, n_ctx: int | None = None,
+                 n_threads: int | None = None, kv_type: str = "f16") -> None:
+        if path is None:
+            from .fetch import default_model_path
+
+            path = default_model_path()
+        self.path = os.fspath(path)
+        self._reader = GGUFReader(self.path)
+        try:
+            self.config = read_llama_config(self._reader)
+            self.metadata = self._reader.metadata
+            self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
+            if self.tokenizer.n_vocab != self.config.n_vocab:
+                raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.n_vocab} tokens, "
+                                f"token_embd.weight has {self.config.n_vocab} rows")
+            cfg = {k: getattr(self.config, k) for k in ("n_layers", "n_embd", "n_ff", "n_heads", "n_kv_heads",
+                                                         "head_dim", "n_rot", "n_vocab", "rope_theta", "rms_eps")}
+            try:
+                self._core = _core.LlamaModel(cfg, _tensor_table(self._reader, self.config))
+            except ValueError as e:
+                raise GGUFError(f"{self.path}: {e}") from None
+        finally:
+            # The native model holds the tensor views (and through them the mapping); the reader's
+            # own hold is not needed past loading.
+            self._reader.close()
+        if n_ctx is None:
+            n_ctx = min(self.config.n_ctx_train, DEFAULT_MAX_CTX)
+        if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        self.n_ctx = int(n_ctx)
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+        self.kv_type = kv_type
+        self._pool = thread_pool(n_threads)
+        self.n_threads = self._pool.n_threads
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of text; add_bos None follows the file (tokenizer.ggml.add_bos_token)."""
+        return self.tokenizer.encode(text, add_bos=self.tokenizer.add_bos if add_bos is None else add_bos)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def context(self, n_ctx: int | None = None) -> Context:
+        """A fresh sequence with its own KV cache."""
+        return Context(self, self.n_ctx if n_ctx is None else n_ctx)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
+        return self.context().eval_all(ids)
+
+
+class Context:
+    """One sequence: its KV cache and position. eval() appends tokens and returns the logits of
+    the last; fork() copies the cache (beam search, chat branches)."""
+
+    def __init__(self, model: Model, n_ctx: int) -> None:
+        if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        self.model = model
+        self._ctx = _core.Context(model._core, int(n_ctx), KV_TYPES[model.kv_type])
+
+    @property
+    def n_past(self) -> int:
+        """Positions evaluated so far (the next token goes at this position)."""
+        return self._ctx.n_past
+
+    @property
+    def n_ctx(self) -> int:
+        return self._ctx.n_ctx
+
+    def _ids(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError("ids must be a non-empty sequence of token ids")
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got {arr.dtype}")
+        n_vocab = self.model.n_vocab
+        bad = (arr < 0) | (arr >= n_vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(arr[bad][0])} is outside the vocabulary ({n_vocab} tokens)")
+        if self.n_past + arr.size > self.n_ctx:
+            raise ValueError(f"{arr.size} tokens after {self.n_past} do not fit the context of {self.n_ctx} tokens")
+        return arr.astype(np.int32)
+
+    def eval(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends ids at the next positions; float32 logits of the last one, [n_vocab]."""
+        return self._ctx.eval(self.model._pool, self._ids(ids), False)
+
+    def eval_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends ids; float32 logits of each of them, [len(ids), n_vocab]."""
+        return self._ctx.eval(self.model._pool, self._ids(ids), True)
+
+    def truncate(self, n: int) -> None:
+        """Forgets every position from n on."""
+        self._ctx.truncate(int(n))
+
+    def fork(self) -> Context:
+        """A new context holding a copy of this one's cache."""
+        other = Context(self.model, self.n_ctx)
+        other._ctx.copy_from(self._ctx)
+        return other

@@ -1,0 +1,83 @@
+"""Block formats and the matrix product, over the native kernels.
+
+`quantize` / `dequantize` use the scalar reference conversions (llama.cpp's exact bytes);
+`matmul` runs the threaded kernels of the active ISA (see `pyengine.isa()`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from .gguf import GGMLType, type_by_name
+
+
+def _type_id(type: str | int) -> int:
+    if isinstance(type, str):
+        type_id = int(type_by_name(type))
+    else:
+        type_id = int(type)
+    if _core.type_info(type_id) is None:
+        raise ValueError(f"type {type!r} has no quantizer in pyengine")
+    return type_id
+
+
+def type_info(type: str | int) -> tuple[str, int, int]:
+    """(name, block_size, bytes per block) of a supported type."""
+    name, block_size, type_size, _ = _core.type_info(_type_id(type))
+    return name, block_size, type_size
+
+
+def quantize(x: np.ndarray, type: str | int) -> np.ndarray:
+    """Raw GGUF block bytes of a float32 matrix (rows, cols), row-major: uint8 (rows, row_bytes).
+
+    A 1-D array is one row and gives 1-D bytes. cols must be a multiple of the type's block size."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"quantize expects a 1-D or 2-D array, got shape {x.shape}")
+    out = _core.quantize(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), _type_id(type))
+    return out.reshape(-1) if x.ndim == 1 else out
+
+
+def dequantize(raw: np.ndarray, type: str | int, shape) -> np.ndarray:
+    """float32 values of raw block bytes holding a matrix of `shape` (rows, cols) or (cols,)."""
+    shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
+    if len(shape) not in (1, 2) or any(s < 0 for s in shape):
+        raise ValueError(f"dequantize expects a 1-D or 2-D shape, got {shape}")
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    raw = np.ascontiguousarray(raw).view(np.uint8)
+    return _core.dequantize(raw.reshape(-1), _type_id(type), rows, cols).reshape(shape)
+
+
+_pools: dict[int, "_core.ThreadPool"] = {}
+
+MAX_THREADS = 1024
+
+
+def thread_pool(n_threads: int | None = None) -> "_core.ThreadPool":
+    """A persistent pool of n_threads (default: the physical performance cores), shared per count."""
+    n = _core.default_n_threads() if n_threads is None else int(n_threads)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n_threads must be between 1 and {MAX_THREADS}, got {n_threads}")
+    pool = _pools.get(n)
+    if pool is None:
+        pool = _pools[n] = _core.ThreadPool(n)
+    return pool
+
+
+def matmul(w_raw: np.ndarray, type: str | int, shape, x: np.ndarray, n_threads: int | None = None,
+           isa: str = "") -> np.ndarray:
+    """y = x @ W.T for a weight W of `shape` (rows, cols) stored as raw `type` blocks.
+
+    x: float32 (n_tokens, cols) or (cols,). The activations are quantized per 32-block to the
+    weight type's partner format (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1) as llama.cpp does. Results are
+    bit-identical for any n_threads and any number of tokens. `isa` picks a kernel path ('' = active)."""
+    rows, cols = (int(s) for s in shape)
+    x = np.asarray(x, dtype=np.float32)
+    x2 = np.ascontiguousarray(x.reshape(-1, cols) if x.ndim == 1 else x)
+    w = np.ascontiguousarray(w_raw).view(np.uint8).reshape(-1)
+    y = _core.matmul(thread_pool(n_threads), w, _type_id(type), rows, cols, x2, isa)
+    return y.reshape(rows) if x.ndim == 1 else y
+
+
+__all__ = ["quantize", "dequantize", "matmul", "type_info", "thread_pool", "GGMLType"]

@@ -1,0 +1,49 @@
+import os
+
+import numpy as np
+import pytest
+
+import pyengine
+
+# Every ISA this CPU can run (the scalar reference first); kernel tests hold each against scalar.
+ISAS = pyengine.available_isas()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def pytest_report_header(config):
+    forced = os.environ.get("PYENGINE_ISA", "")
+    return f"pyengine isa: {pyengine.isa()} (available: {', '.join(ISAS)}){' forced' if forced else ''}"
+
+
+ACTIVATION_TYPE = {"q4_0": "q8_0", "q4_1": "q8_1", "q8_0": "q8_0", "f32": None, "f16": None, "bf16": None}
+
+
+def reference_product(w_raw, type_name, shape, x):
+    """(exact, scale): the product x @ W.T in float64 as the kernels define it, and the matching sum
+    of |terms| that bounds float32 rounding. W is dequantized; x is quantized per 32-block to the
+    weight's partner format first. For Q4_1 the minimum's term uses the Q8_1 block's stored fp16
+    s = d * sum(q), as llama.cpp does, so only float32 rounding separates kernel and exact value."""
+    rows, cols = shape
+    x = np.asarray(x, np.float32).reshape(-1, cols)
+    w = pyengine.dequantize(w_raw, type_name, (rows, cols)).astype(np.float64)
+    act = ACTIVATION_TYPE[type_name]
+    with np.errstate(all="ignore"):  # fp16 s may overflow for huge activations: inf or nan, as in llama.cpp
+        if act is None:
+            xq = x.astype(np.float64)
+            return xq @ w.T, np.abs(xq) @ np.abs(w).T
+        x_raw = pyengine.quantize(x, act)
+        xq = pyengine.dequantize(x_raw, act, x.shape).astype(np.float64)
+        if type_name != "q4_1":
+            return xq @ w.T, np.abs(xq) @ np.abs(w).T
+        nb = cols // 32
+        m = np.ascontiguousarray(np.asarray(w_raw).reshape(rows, nb, 20)[..., 2:4]).view(np.float16)[..., 0]
+        s = np.ascontiguousarray(x_raw.reshape(-1, nb, 36)[..., 2:4]).view(np.float16)[..., 0]
+        m, s = m.astype(np.float64), s.astype(np.float64)
+        w_no_min = (w.reshape(rows, nb, 32) - m[..., None]).reshape(rows, cols)
+        exact = xq @ w_no_min.T + s @ m.T
+        scale = np.abs(xq) @ np.abs(w_no_min).T + np.abs(s) @ np.abs(m).T
+        return exact, scale

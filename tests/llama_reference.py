@@ -1,0 +1,111 @@
+"""A plain numpy float64 llama forward pass: the slow, independent reference for pyengine's engine.
+
+It reads the file with gguf-py (not our reader), dequantizes with gguf.quants (not our kernels),
+and computes every step in float64 with exact RoPE angles. Two options make it see what the
+engine sees, so that differences shrink to float rounding:
+- quantize_activations: each matmul input goes through a Q8_0 round trip (per 32-block absmax,
+  what llama.cpp and pyengine multiply quantized weights with);
+- kv_f16: keys and values are rounded to float16, as stored in an F16 KV cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, quants
+
+QUANTIZED = {T.Q4_0, T.Q4_1, T.Q8_0}
+
+
+class ReferenceLlama:
+    def __init__(self, path):
+        r = GGUFReader(path)
+        kv = {f.name: f.contents() for f in r.fields.values()}
+        p = "llama."
+        self.n_layers = int(kv[p + "block_count"])
+        self.n_embd = int(kv[p + "embedding_length"])
+        self.n_heads = int(kv[p + "attention.head_count"])
+        self.n_kv_heads = int(kv.get(p + "attention.head_count_kv", self.n_heads))
+        self.head_dim = self.n_embd // self.n_heads
+        self.n_rot = int(kv.get(p + "rope.dimension_count", self.head_dim))
+        self.theta = float(kv.get(p + "rope.freq_base", 10000.0))
+        self.eps = float(kv.get(p + "attention.layer_norm_rms_epsilon", 1e-5))
+        self.w, self.types, self.mins = {}, {}, {}
+        for t in r.tensors:
+            if t.tensor_type == T.Q4_1:
+                # Q4_1's per-block minimum m, (rows, n_blocks): its term is m * s with Q8_1's fp16 s.
+                raw = np.asarray(t.data).reshape(-1, 20)
+                self.mins[t.name] = raw[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float64).reshape(
+                    int(t.shape[1]), -1)
+            data = quants.dequantize(t.data, t.tensor_type) if t.tensor_type != T.F32 else np.array(t.data)
+            shape = [int(d) for d in reversed(t.shape)]
+            self.w[t.name] = np.asarray(data, np.float64).reshape(shape)
+            self.types[t.name] = t.tensor_type
+        if "output.weight" not in self.w:
+            for table in (self.w, self.types, self.mins):
+                if "token_embd.weight" in table:
+                    table["output.weight"] = table["token_embd.weight"]
+
+    def _rms_norm(self, x, weight):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * weight
+
+    def _matmul(self, name, x, quantize_activations):
+        if not (quantize_activations and self.types[name] in QUANTIZED):
+            return x @ self.w[name].T
+        # Q8_0 and Q8_1 quantize alike (absmax / 127 per 32-block); Q8_1 adds s = fp16(d * sum(q)).
+        x32 = x.astype(np.float32)
+        raw = quants.quantize(x32, T.Q8_0)
+        xq = quants.dequantize(raw, T.Q8_0).reshape(x.shape).astype(np.float64)
+        if self.types[name] != T.Q4_1:
+            return xq @ self.w[name].T
+        blocks = x32.reshape(x.shape[0], -1, 32)
+        d = np.abs(blocks).max(axis=-1) / np.float32(127)  # the unrounded float32 scale
+        qsum = raw.reshape(x.shape[0], -1, 34)[..., 2:].view(np.int8).astype(np.int32).sum(-1)
+        s = (qsum.astype(np.float32) * d).astype(np.float16).astype(np.float64)
+        m = self.mins[name]
+        w_no_min = (self.w[name].reshape(m.shape[0], m.shape[1], 32) - m[..., None]).reshape(self.w[name].shape)
+        return xq @ w_no_min.T + s @ m.T
+
+    def _rope(self, x, positions):
+        # x: (T, heads, head_dim); rotate adjacent pairs of the first n_rot dims.
+        i = np.arange(self.n_rot // 2)
+        freqs = self.theta ** (-2.0 * i / self.n_rot)
+        angles = positions[:, None] * freqs[None, :]  # (T, n_rot/2)
+        cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+        out = x.copy()
+        x0, x1 = x[..., 0:self.n_rot:2], x[..., 1:self.n_rot:2]
+        out[..., 0:self.n_rot:2] = x0 * cos - x1 * sin
+        out[..., 1:self.n_rot:2] = x0 * sin + x1 * cos
+        return out
+
+    def logits(self, ids, quantize_activations=True, kv_f16=True):
+        """float64 logits [len(ids), n_vocab] of a fresh sequence."""
+        n = len(ids)
+        hd, H, KV = self.head_dim, self.n_heads, self.n_kv_heads
+        x = self.w["token_embd.weight"][np.asarray(ids)]
+        positions = np.arange(n, dtype=np.float64)
+        mask = np.triu(np.full((n, n), -np.inf), 1)
+        for layer in range(self.n_layers):
+            b = f"blk.{layer}."
+            xn = self._rms_norm(x, self.w[b + "attn_norm.weight"])
+            q = self._matmul(b + "attn_q.weight", xn, quantize_activations).reshape(n, H, hd)
+            k = self._matmul(b + "attn_k.weight", xn, quantize_activations).reshape(n, KV, hd)
+            v = self._matmul(b + "attn_v.weight", xn, quantize_activations).reshape(n, KV, hd)
+            q, k = self._rope(q, positions), self._rope(k, positions)
+            if kv_f16:
+                k = k.astype(np.float16).astype(np.float64)
+                v = v.astype(np.float16).astype(np.float64)
+            group = H // KV
+            out = np.empty((n, H, hd))
+            for h in range(H):
+                scores = q[:, h, :] @ k[:, h // group, :].T / np.sqrt(hd) + mask
+                scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+                out[:, h, :] = (scores / scores.sum(axis=-1, keepdims=True)) @ v[:, h // group, :]
+            x = x + self._matmul(b + "attn_output.weight", out.reshape(n, H * hd), quantize_activations)
+            xn = self._rms_norm(x, self.w[b + "ffn_norm.weight"])
+            gate = self._matmul(b + "ffn_gate.weight", xn, quantize_activations)
+            up = self._matmul(b + "ffn_up.weight", xn, quantize_activations)
+            hidden = gate / (1.0 + np.exp(-gate)) * up
+            x = x + self._matmul(b + "ffn_down.weight", hidden, quantize_activations)
+        xn = self._rms_norm(x, self.w["output_norm.weight"])
+        return self._matmul("output.weight", xn, quantize_activations)

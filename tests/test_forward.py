@@ -1,0 +1,202 @@
+"""The llama forward pass: against the numpy float64 reference on small random models, and the
+determinism promise (bit-identical logits across batching, chunking, cached prefixes, threads)."""
+
+import numpy as np
+import pytest
+
+import pyengine
+from pyengine import GGUFError, Model
+
+from llama_reference import ReferenceLlama
+from tiny_models import write_tiny_llama
+
+SHAPES = [
+    dict(n_heads=4, n_kv_heads=4),                          # plain multi-head attention
+    dict(n_heads=4, n_kv_heads=2),                          # grouped-query attention
+    dict(n_heads=8, n_kv_heads=1, n_embd=128, n_ff=160),    # multi-query
+    dict(n_heads=2, n_kv_heads=2, n_rot=16, tied=True),     # partial RoPE, tied output
+    dict(n_heads=4, n_kv_heads=2, n_layers=3, rope_theta=500000.0),
+]
+PROMPT = [1, 5, 77, 200, 3, 9, 9, 250, 17, 42, 0, 299, 128]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny")
+
+
+def tiny(model_dir, name, **kw):
+    path = model_dir / f"{name}.gguf"
+    if not path.exists():
+        write_tiny_llama(path, **kw)
+    return path
+
+
+def rel_err(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("weight_type", ["f32", "f16"])
+@pytest.mark.parametrize("n", [1, 7, 13])
+def test_float_models_match_reference(model_dir, shape, weight_type, n):
+    path = tiny(model_dir, f"s{shape}-{weight_type}", weight_type=weight_type, seed=shape, **SHAPES[shape])
+    ours = Model(path, n_threads=2).logits(PROMPT[:n])
+    ref = ReferenceLlama(path).logits(PROMPT[:n])
+    assert ours.shape == (n, 300) and ours.dtype == np.float32
+    # float32 against float64, and a K or V value near an fp16 rounding boundary may round the other way
+    assert rel_err(ours, ref) < 2e-4
+
+
+def test_f32_kv_cache_matches_reference_without_f16_rounding(model_dir):
+    path = tiny(model_dir, "s1-f32", weight_type="f32", seed=1, **SHAPES[1])
+    ours = Model(path, kv_type="f32").logits(PROMPT)
+    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, kv_f16=False)) < 2e-6
+    # and the F16 cache differs from it by F16 rounding only
+    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, kv_f16=True)) < 1e-2
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "q8_0"])
+def test_quantized_models_match_reference(model_dir, shape, weight_type):
+    """The reference quantizes the activations as the engine does; float32 against float64 can still
+    flip one activation's rounding to the next step, which then travels on, so the bound is looser
+    than for float models (the exact agreement of single products is tested in test_matmul)."""
+    embd_type = "q8_0" if weight_type == "q4_0" else None
+    path = tiny(model_dir, f"s{shape}-{weight_type}", weight_type=weight_type, embd_type=embd_type, seed=shape,
+                **SHAPES[shape])
+    ours = Model(path).logits(PROMPT)
+    ref = ReferenceLlama(path).logits(PROMPT)
+    assert rel_err(ours, ref) < 0.03
+    assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.9
+    # without emulating the activation quantization, the difference is the quantization noise
+    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, quantize_activations=False)) < 0.1
+
+
+@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "q8_0", "f16"])
+def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, weight_type):
+    path = tiny(model_dir, f"s1-{weight_type}", weight_type=weight_type, seed=1, **SHAPES[1])
+    base = Model(path, n_threads=1).logits(PROMPT)
+    for n_threads in (2, 3, 5):
+        m = Model(path, n_threads=n_threads)
+        np.testing.assert_array_equal(m.logits(PROMPT), base)
+    m = Model(path, n_threads=2)
+    ctx = m.context()
+    one_by_one = np.stack([ctx.eval([t]) for t in PROMPT])
+    np.testing.assert_array_equal(one_by_one, base)
+    ctx = m.context()
+    chunks, start = [], 0
+    for size in (3, 1, 5, 4):
+        chunks.append(ctx.eval_all(PROMPT[start:start + size]))
+        start += size
+    np.testing.assert_array_equal(np.concatenate(chunks), base)
+    # a cached prefix: evaluate 6 tokens, fork, and continue both ways
+    prefix = m.context()
+    prefix.eval(PROMPT[:6])
+    branch = prefix.fork()
+    np.testing.assert_array_equal(branch.eval_all(PROMPT[6:]), base[6:])
+    np.testing.assert_array_equal(prefix.eval(PROMPT[6:]), base[-1])
+
+
+def test_truncate_and_re_evaluate(model_dir):
+    path = tiny(model_dir, "s1-q4_0", weight_type="q4_0", seed=1, **SHAPES[1])
+    m = Model(path)
+    base = m.logits(PROMPT)
+    ctx = m.context()
+    ctx.eval(PROMPT)
+    assert ctx.n_past == len(PROMPT)
+    ctx.truncate(4)
+    assert ctx.n_past == 4
+    np.testing.assert_array_equal(ctx.eval_all(PROMPT[4:]), base[4:])
+    ctx.truncate(0)
+    np.testing.assert_array_equal(ctx.eval(PROMPT[:3]), base[2])
+    with pytest.raises(ValueError):
+        ctx.truncate(10)
+
+
+def test_fork_is_independent(model_dir):
+    path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
+    m = Model(path)
+    a = m.context()
+    a.eval(PROMPT[:5])
+    b = a.fork()
+    la = a.eval([11])
+    lb = b.eval([12])
+    assert not np.array_equal(la, lb)
+    assert a.n_past == b.n_past == 6
+    np.testing.assert_array_equal(la, m.logits(PROMPT[:5] + [11])[-1])
+    np.testing.assert_array_equal(lb, m.logits(PROMPT[:5] + [12])[-1])
+
+
+def test_context_limits(model_dir):
+    path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
+    m = Model(path, n_ctx=8)
+    assert m.n_ctx == 8
+    with pytest.raises(ValueError, match=r"13 tokens .* context of 8"):
+        m.logits(PROMPT)
+    ctx = m.context()
+    ctx.eval(PROMPT[:6])
+    with pytest.raises(ValueError, match="context of 8"):
+        ctx.eval(PROMPT[:3])
+    assert ctx.n_past == 6  # the refused call changed nothing
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ctx.eval([300])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ctx.eval([-1])
+    with pytest.raises(ValueError):
+        ctx.eval([])
+    assert Model(path).n_ctx == 256  # min(the file's context_length, 4096)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(n_heads=3), "multiple of head_count"),           # 64 / 3
+    (dict(n_heads=4, n_kv_heads=3), "head_count_kv"),
+])
+def test_contradictory_hyper_parameters_are_refused(tmp_path, bad, match):
+    from pyengine.gguf import GGUFReader, GGUFWriter
+
+    good = write_tiny_llama(tmp_path / "good.gguf", weight_type="f32")
+    # rewrite the file with one key changed
+    src = GGUFReader(good)
+    path = tmp_path / "bad.gguf"
+    with GGUFWriter(path) as w:
+        for key, value in src.metadata.items():
+            if key == "llama.attention.head_count" and "n_heads" in bad:
+                value = bad["n_heads"]
+            if key == "llama.attention.head_count_kv" and "n_kv_heads" in bad:
+                value = bad["n_kv_heads"]
+            w.add(key, value, src.metadata_types[key][0] if isinstance(src.metadata_types[key], tuple)
+                  else src.metadata_types[key],
+                  src.metadata_types[key][1] if isinstance(src.metadata_types[key], tuple) else None)
+        for name, info in src.tensors.items():
+            w.add_tensor(name, np.asarray(info.data))
+    with pytest.raises(GGUFError, match=match):
+        Model(path)
+
+
+def test_missing_and_misshapen_tensors_are_refused(tmp_path):
+    from pyengine.gguf import GGUFReader, GGUFWriter
+
+    good = write_tiny_llama(tmp_path / "good.gguf", weight_type="f32")
+    src = GGUFReader(good)
+
+    def rewrite(path, drop=(), replace=None):
+        with GGUFWriter(path) as w:
+            for key, value in src.metadata.items():
+                t = src.metadata_types[key]
+                w.add(key, value, t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
+            for name, info in src.tensors.items():
+                if name in drop:
+                    continue
+                data = np.asarray(info.data)
+                if replace and name in replace:
+                    data = replace[name]
+                w.add_tensor(name, data)
+        return path
+
+    with pytest.raises(GGUFError, match="blk.1.ffn_up.weight is missing"):
+        Model(rewrite(tmp_path / "a.gguf", drop={"blk.1.ffn_up.weight"}))
+    with pytest.raises(GGUFError, match="blk.0.attn_k.weight"):
+        Model(rewrite(tmp_path / "b.gguf", replace={"blk.0.attn_k.weight": np.zeros((16, 64), np.float32)}))
+    with pytest.raises(GGUFError, match="block_count"):
+        Model(rewrite(tmp_path / "c.gguf", drop={n for n in src.tensors if n.startswith("blk.1.")}))

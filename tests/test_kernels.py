@@ -1,0 +1,150 @@
+"""Every SIMD kernel path against the scalar reference, on random and adversarial blocks.
+
+The activation quantizers of each ISA must give the scalar reference's exact bytes. Dot products
+sum integers exactly inside a block and differ from the reference only in the order of the float
+accumulation over blocks, so they must agree within a few float32 roundings of sum |w_i x_i|.
+"""
+
+import numpy as np
+import pytest
+
+import pyengine
+from pyengine import _core
+
+from conftest import ISAS, reference_product
+
+SIMD_ISAS = [isa for isa in ISAS if isa != "scalar"]
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "q8_1": 9, "bf16": 30}
+BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24  # smallest subnormal
+
+
+def fp16_bits(values):
+    return np.asarray(values, dtype=np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def raw_blocks(rng, type_name, n_blocks, scales=None, mins=None, qs=None):
+    """Raw weight blocks: the given (or random) fp16 scales and minimums and quant bytes."""
+    nb = BLOCK_BYTES[type_name]
+    out = np.zeros((n_blocks, nb), np.uint8)
+    if scales is None:
+        scales = rng.uniform(-0.1, 0.1, n_blocks)
+    out[:, :2] = fp16_bits(np.broadcast_to(scales, (n_blocks,)))
+    start = 2
+    if type_name == "q4_1":
+        out[:, 2:4] = fp16_bits(np.broadcast_to(rng.uniform(-0.1, 0.1, n_blocks) if mins is None else mins,
+                                                (n_blocks,)))
+        start = 4
+    if qs is None:
+        qs = rng.integers(0, 256, (n_blocks, nb - start))
+    out[:, start:] = np.broadcast_to(np.asarray(qs, dtype=np.int64) & 0xFF, (n_blocks, nb - start))
+    return out.reshape(-1)
+
+
+def activation_rows(rng, n):
+    """Float activations, random and adversarial, each of length n."""
+    rows = [
+        rng.standard_normal(n),
+        np.zeros(n),
+        np.full(n, 3.5),
+        np.where(np.arange(n) % 32 == 7, 500.0, 0.01),   # one outlier per block
+        rng.standard_normal(n) * 1e-7,                   # tiny activation scales
+        rng.standard_normal(n) * 3e4,                     # huge
+        (np.arange(n) % 32 - 15.5) * (127 / 15.5) / 127 * 2.0,  # values landing on .5 ties
+        rng.standard_normal(n) * np.exp(rng.uniform(-8, 8, n)),
+    ]
+    return [np.asarray(r, dtype=np.float32) for r in rows]
+
+
+def weight_rows(rng, type_name, n):
+    """Weight rows of n values as raw bytes: random and adversarial."""
+    if type_name in ("f32", "f16", "bf16"):
+        floats = [rng.standard_normal(n), np.zeros(n), np.full(n, -2.25), rng.standard_normal(n) * 1e4,
+                  np.where(np.arange(n) == n - 1, 1e3, 1e-3)]
+        return [pyengine.quantize(np.asarray(f, np.float32), type_name) for f in floats]
+    nb = n // 32
+    rows = [
+        raw_blocks(rng, type_name, nb),                                        # random bytes, random scales
+        raw_blocks(rng, type_name, nb, scales=0.0, mins=0.0),                  # all-zero scales
+        raw_blocks(rng, type_name, nb, scales=FP16_MAX, mins=-FP16_MAX),       # +- max magnitude scales
+        raw_blocks(rng, type_name, nb, scales=FP16_TINY, mins=FP16_TINY),      # subnormal scales
+        raw_blocks(rng, type_name, nb, qs=0x00),                               # nibbles 0 / bytes 0
+        raw_blocks(rng, type_name, nb, qs=0xFF),                               # nibbles 15 / bytes -1
+        raw_blocks(rng, type_name, nb, qs=0x80),                               # q8_0: -128 everywhere
+        raw_blocks(rng, type_name, nb, qs=0x7F),                               # q8_0: 127 everywhere
+        pyengine.quantize(rng.standard_normal(n).astype(np.float32), type_name),  # a real quantized row
+    ]
+    return rows
+
+
+def magnitude(type_name, w_raw, x, n):
+    """(sum |terms|, exact value) of one dot product, in float64."""
+    exact, scale = reference_product(w_raw, type_name, (1, n), x)
+    return float(scale[0, 0]), float(exact[0, 0])
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("act", ["q8_0", "q8_1"])
+@pytest.mark.parametrize("n", [32, 64, 96, 256, 2048])
+def test_activation_quantizer_bytes_match_scalar(rng, isa, act, n):
+    for x in activation_rows(rng, n):
+        ours = _core.quantize_activation(isa, x, TYPE_IDS[act])
+        ref = _core.quantize_activation("scalar", x, TYPE_IDS[act])
+        np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("act", ["q8_0", "q8_1"])
+def test_scalar_activation_quantizer_is_the_storage_quantizer(rng, act):
+    x = rng.standard_normal(512).astype(np.float32)
+    np.testing.assert_array_equal(_core.quantize_activation("scalar", x, TYPE_IDS[act]), pyengine.quantize(x, act))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["q4_0", "q4_1", "q8_0", "f32", "f16", "bf16"])
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 7, 8, 9, 64])
+def test_vec_dot_matches_scalar_and_float64(rng, isa, type_name, n_blocks):
+    n = 32 * n_blocks
+    for w_raw in weight_rows(rng, type_name, n):
+        for x in activation_rows(rng, n):
+            ref = _core.vec_dot("scalar", TYPE_IDS[type_name], w_raw, x)
+            ours = _core.vec_dot(isa, TYPE_IDS[type_name], w_raw, x)
+            scale, exact = magnitude(type_name, w_raw, x, n)
+            if not np.isfinite(exact):  # an fp16 s = d * sum(q) overflowed, in llama.cpp too
+                assert ref == exact and ours == exact or np.isnan(ref) and np.isnan(ours)
+                continue
+            # A float32 sum of k terms is within ~k * 2^-24 * sum|terms| of the exact value; each path
+            # rounds each block's scale product and its sum once more.
+            tol = (n_blocks + 4) * 2.0**-23 * scale + 1e-30
+            if type_name in ("f32", "f16", "bf16"):
+                tol = (n + 4) * 2.0**-23 * scale + 1e-30
+            assert abs(ref - exact) <= tol, (type_name, ref, exact)
+            assert abs(ours - ref) <= 2 * tol, (isa, type_name, ours, ref)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("n", [1, 7, 15, 17, 33, 100])
+def test_float_dots_any_length(rng, isa, type_name, n):
+    w = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal(n).astype(np.float32)
+    w_raw = pyengine.quantize(w, type_name)
+    ref = _core.vec_dot("scalar", TYPE_IDS[type_name], w_raw, x)
+    ours = _core.vec_dot(isa, TYPE_IDS[type_name], w_raw, x)
+    scale, exact = magnitude(type_name, w_raw, x, n)
+    assert abs(ours - exact) <= (n + 4) * 2.0**-23 * scale
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernels_are_deterministic(rng, isa):
+    w = pyengine.quantize(rng.standard_normal(4096).astype(np.float32), "q4_0")
+    x = rng.standard_normal(4096).astype(np.float32)
+    values = {_core.vec_dot(isa, TYPE_IDS["q4_0"], w, x) for _ in range(20)}
+    assert len(values) == 1
+
+
+def test_isa_selection():
+    assert pyengine.isa() in ISAS
+    assert ISAS[0] == "scalar"
+    with pytest.raises(ValueError, match="not available"):
+        _core.vec_dot("mmx", TYPE_IDS["f32"], np.zeros(32, np.float32).view(np.uint8), np.zeros(32, np.float32))

@@ -1,0 +1,124 @@
+"""The threaded matrix product: against numpy float64, and bit-identical across thread counts,
+batch sizes and chunkings (the forward pass relies on it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyengine
+
+from conftest import ACTIVATION_TYPE, ISAS, reference_product
+
+TYPES = ["q4_0", "q4_1", "q8_0", "f32", "f16", "bf16"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows,cols,n_tokens", [(1, 32, 1), (3, 64, 2), (17, 96, 5), (33, 256, 3), (100, 160, 17)])
+def test_matmul_matches_float64(rng, isa, type_name, rows, cols, n_tokens):
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    w_raw = pyengine.quantize(w, type_name)
+    y = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa)
+    assert y.shape == (n_tokens, rows) and y.dtype == np.float32
+    exact, scale = reference_product(w_raw, type_name, (rows, cols), x)
+    # float32 accumulation: at most ~(terms + 4) roundings of 2^-24 relative to sum |w x|.
+    terms = cols if ACTIVATION_TYPE[type_name] is None else cols // 32
+    np.testing.assert_array_less(np.abs(y - exact), (terms + 4) * 2.0**-23 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("type_name", ["q4_0", "q8_0", "f32"])
+def test_matmul_close_to_unquantized_product(rng, type_name):
+    w = rng.standard_normal((64, 512)).astype(np.float32)
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    y = pyengine.matmul(pyengine.quantize(w, type_name), type_name, w.shape, x)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    rel = np.linalg.norm(y - exact) / np.linalg.norm(exact)
+    assert rel < {"q4_0": 0.15, "q8_0": 0.01, "f32": 1e-6}[type_name]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_bit_identical_across_threads_and_batches(rng, isa, type_name):
+    rows, cols, n_tokens = 75, 320, 37
+    w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    base = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa)
+    for n_threads in (2, 3, 4, 7):
+        np.testing.assert_array_equal(pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=n_threads,
+                                                      isa=isa), base)
+    # token by token, and in uneven chunks
+    one_by_one = np.stack([pyengine.matmul(w_raw, type_name, (rows, cols), x[t], n_threads=2, isa=isa)
+                           for t in range(n_tokens)])
+    np.testing.assert_array_equal(one_by_one, base)
+    chunks = [x[0:5], x[5:6], x[6:29], x[29:]]
+    chunked = np.concatenate([pyengine.matmul(w_raw, type_name, (rows, cols), c, n_threads=3, isa=isa)
+                              for c in chunks])
+    np.testing.assert_array_equal(chunked, base)
+
+
+def test_matmul_validates_shapes(rng):
+    w_raw = pyengine.quantize(rng.standard_normal((4, 64)).astype(np.float32), "q4_0")
+    x = np.zeros((2, 64), np.float32)
+    with pytest.raises(ValueError, match="bytes"):
+        pyengine.matmul(w_raw, "q4_0", (5, 64), x)
+    with pytest.raises(ValueError):
+        pyengine.matmul(w_raw, "q4_0", (4, 64), np.zeros((2, 32), np.float32))
+    with pytest.raises(ValueError, match="n_threads"):
+        pyengine.matmul(w_raw, "q4_0", (4, 64), x, n_threads=0)
+    with pytest.raises(ValueError):
+        pyengine.matmul(w_raw, "q4_0", (8, 32), x)  # same bytes, wrong shape
+
+
+def test_matmul_from_several_python_threads(rng):
+    import threading
+
+    w_raw = pyengine.quantize(rng.standard_normal((200, 256)).astype(np.float32), "q4_0")
+    xs = [rng.standard_normal((3, 256)).astype(np.float32) for _ in range(8)]
+    expected = [pyengine.matmul(w_raw, "q4_0", (200, 256), x, n_threads=2) for x in xs]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(20):
+            results[i] = pyengine.matmul(w_raw, "q4_0", (200, 256), xs[i], n_threads=2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+SCRIPT = """
+import json, numpy as np, pyengine
+rng = np.random.default_rng(5)
+w = pyengine.quantize(rng.standard_normal((40, 128)).astype(np.float32), "q4_1")
+x = rng.standard_normal((3, 128)).astype(np.float32)
+print(json.dumps({"isa": pyengine.isa(), "y": pyengine.matmul(w, "q4_1", (40, 128), x).tolist()}))
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pyengine_isa_environment_variable(isa):
+    env = dict(os.environ, PYENGINE_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["isa"] == isa
+    rng = np.random.default_rng(5)
+    w = pyengine.quantize(rng.standard_normal((40, 128)).astype(np.float32), "q4_1")
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    np.testing.assert_array_equal(np.array(result["y"], np.float32), pyengine.matmul(w, "q4_1", (40, 128), x, isa=isa))
+
+
+def test_unavailable_isa_is_refused():
+    env = dict(os.environ, PYENGINE_ISA="sse9")
+    out = subprocess.run([sys.executable, "-c", "import pyengine; pyengine.isa()"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode != 0
+    assert "PYENGINE_ISA=sse9 is not available" in out.stderr

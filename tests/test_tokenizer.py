@@ -1,0 +1,501 @@
+"""pyengine.tokenizer: llama.cpp's tokenizer test vectors, round trips, special tokens, streaming
+detokenization and hostile vocabularies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyengine.gguf import GGUFError, GGUFValueType, GGUFWriter
+from pyengine.tokenizer import PRE_TOKENIZERS, StreamDecoder, Tokenizer, TokenType
+
+VT = GGUFValueType
+# The repository's parent holds shared/ (in CI too: a clone of the repository with shared/ beside it).
+VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab"
+VOCABS = ["ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf"]
+VECTOR_SEPARATOR = "\n__ggml_vocab_test__\n"
+
+ROUND_TRIP_TEXTS = [
+    "Hello world",
+    " Hello world",
+    "  leading spaces and trailing   ",
+    "Hello, y'all! How are you?",
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c4pfel \u00fcber",
+    "\u4f60\u597d\uff0c\u4e16\u754c\uff01\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3002",
+    "\U0001f680 rockets \U0001f642\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467 emoji",
+    "tabs\tand\nnew\n\nlines\r\n  \t \n",
+    "digits 0 12 345 6789 3.14159 1,000,000",
+    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0645\u0631\u062d\u0628\u0627 \u0417\u0434\u0440\u0430\u0432\u0441\u0442\u0432\u0443\u0439\u0442\u0435",
+    "code: def f(x):\n    return x ** 2  # square",
+    "a",
+    " ",
+    "\n",
+]
+
+
+def vocab_path(name: str) -> Path:
+    path = VOCAB_DIR / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared test data (shared/data beside the repository) is not here")
+    return path
+
+
+@pytest.fixture(scope="module")
+def spm():
+    return Tokenizer.from_gguf(vocab_path("ggml-vocab-llama-spm.gguf"))
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return Tokenizer.from_gguf(vocab_path("ggml-vocab-gpt-2.gguf"))
+
+
+@pytest.fixture(scope="module")
+def tokenizers(spm, gpt2):
+    return {"ggml-vocab-llama-spm.gguf": spm, "ggml-vocab-gpt-2.gguf": gpt2}
+
+
+def read_vectors(path: Path) -> list[tuple[str, list[int]]]:
+    inputs = path.with_name(path.name + ".inp").read_text(encoding="utf-8").split(VECTOR_SEPARATOR)
+    if inputs and inputs[-1] == "":  # the file ends with a separator
+        inputs.pop()
+    lines = path.with_name(path.name + ".out").read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    assert len(inputs) == len(lines), f"{path.name}: {len(inputs)} inputs but {len(lines)} outputs"
+    return [(text, [int(t) for t in line.split()]) for text, line in zip(inputs, lines)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small vocabularies written with GGUFWriter
+# ---------------------------------------------------------------------------------------------------
+
+
+def gpt2_byte_chars() -> list[str]:
+    """GPT-2's byte-to-unicode table, written out independently of pyengine's."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) \
+        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def small_gpt2_metadata(pre: str = "gpt-2") -> dict:
+    """Bytes, a few merges (enough for "Hello world"), and ChatML control tokens."""
+    merged = ["He", "ll", "llo", "Hello", "\u0120w", "or", "\u0120wor", "ld", "\u0120world"]
+    merges = ["H e", "l l", "ll o", "He llo", "\u0120 w", "o r", "\u0120w or", "l d", "\u0120wor ld"]
+    tokens = gpt2_byte_chars() + merged + CHAT_TOKENS
+    types = [1] * (256 + len(merged)) + [3] * len(CHAT_TOKENS)
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(types, np.int32),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": tokens.index("<|im_start|>"),
+        "tokenizer.ggml.eos_token_id": tokens.index("<|endoftext|>"),
+    }
+
+
+def small_spm_metadata() -> dict:
+    """<unk> <s> </s>, the 256 byte tokens, then a few pieces scored so that merges are preferred."""
+    pieces = ["\u2581", "H", "e", "l", "o", "w", "r", "d", "\u2581H", "ll", "\u2581He", "\u2581Hell",
+              "\u2581Hello", "\u2581w", "or", "ld", "\u2581wor", "\u2581world", "<|user|>"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 1) + [4]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.array(scores, np.float32),
+        "tokenizer.ggml.token_type": np.array(types, np.int32),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+    }
+
+
+_WRITER_TYPES = {  # how write_metadata stores each key (the rest are inferred)
+    "tokenizer.ggml.bos_token_id": VT.UINT32,
+    "tokenizer.ggml.eos_token_id": VT.UINT32,
+    "tokenizer.ggml.unknown_token_id": VT.UINT32,
+}
+
+
+def write_metadata(path: Path, metadata: dict) -> Path:
+    with GGUFWriter(path) as w:
+        w.add_string("general.architecture", "llama")
+        for key, value in metadata.items():
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                w.add_array(key, value, VT.STRING)
+            else:
+                w.add(key, value, _WRITER_TYPES.get(key))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# llama.cpp's test vectors (tests/test-tokenizer-0: add_special false, parse_special false, no BOS)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_llamacpp_vectors(tokenizers, name):
+    tok = tokenizers[name]
+    vectors = read_vectors(vocab_path(name))
+    assert len(vectors) > 40
+    failures = []
+    for text, expected in vectors:
+        got = tok.encode(text, add_bos=False, parse_special=False)
+        if got != expected:
+            failures.append(f"{text!r}: got {got}, expected {expected}")
+    assert not failures, f"{len(failures)} of {len(vectors)} vectors differ:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_llamacpp_vectors_decode(tokenizers, name):
+    tok = tokenizers[name]
+    for text, expected in read_vectors(vocab_path(name)):
+        assert tok.decode(expected) == text
+        # parsing special tokens changes nothing here: the inputs hold none
+        assert tok.encode(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VOCABS)
+@pytest.mark.parametrize("text", ROUND_TRIP_TEXTS)
+def test_round_trip(tokenizers, name, text):
+    tok = tokenizers[name]
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    if tok.bos_id is not None:
+        with_bos = tok.encode(text, add_bos=True)
+        assert with_bos == [tok.bos_id] + ids
+        assert tok.decode(with_bos, skip_special=True) == text
+
+
+def test_spm_space_prefix(spm):
+    ids = spm.encode("Hello world")
+    assert ids == [15043, 3186]  # "▁Hello", "▁world": the dummy prefix
+    assert [spm.token_text(i) for i in ids] == ["\u2581Hello", "\u2581world"]
+    assert spm.decode(ids) == "Hello world"
+    assert spm.decode(ids, continuation=True) == " Hello world"  # text after a prompt keeps its space
+    assert spm.encode("Hello", add_bos=True) == [1, 15043]
+    assert spm.decode([1, 15043]) == "<s>Hello"
+    assert spm.decode([1, 15043], skip_special=True) == "Hello"
+
+
+def test_properties(spm, gpt2):
+    assert (spm.model, spm.n_vocab, spm.bos_id, spm.eos_id, spm.eot_id) == ("llama", 32000, 1, 2, None)
+    assert spm.add_bos is True and spm.add_eos is False and spm.add_space_prefix is True
+    assert spm.eog_ids == {2}
+    assert (gpt2.model, gpt2.pre, gpt2.n_vocab, gpt2.bos_id, gpt2.eos_id) == ("gpt2", "gpt-2", 50257, 50256, 50256)
+    assert gpt2.eot_id == 50256 and gpt2.eog_ids == {50256}
+    assert gpt2.add_bos is False and gpt2.add_space_prefix is False  # no add_bos_token key: llama.cpp's default
+    assert len(gpt2) == 50257 and gpt2.token_type(50256) == TokenType.CONTROL
+
+
+def test_add_bos_defaults_follow_llamacpp():
+    spm_meta = small_spm_metadata()
+    assert Tokenizer.from_metadata(spm_meta).add_bos is True
+    assert Tokenizer.from_metadata({**spm_meta, "tokenizer.ggml.add_bos_token": False}).add_bos is False
+    assert Tokenizer.from_metadata(small_gpt2_metadata()).add_bos is False
+    assert Tokenizer.from_metadata(small_gpt2_metadata("llama-bpe")).add_bos is True
+    with_eos = Tokenizer.from_metadata({**small_gpt2_metadata(), "tokenizer.ggml.add_eos_token": True})
+    assert with_eos.add_eos is True
+    assert with_eos.encode("Hello", add_eos=True)[-1] == with_eos.eos_id
+
+
+def test_token_bytes(spm, gpt2):
+    assert spm.token_bytes(15043) == b" Hello"
+    assert spm.token_bytes(spm.token_id("<0x0A>")) == b"\n"
+    assert spm.token_bytes(spm.token_id("<0xF0>")) == b"\xf0"
+    assert spm.token_bytes(1) == b"" and spm.token_bytes(1, special=True) == b"<s>"
+    assert spm.token_bytes(0) == b"" and spm.token_bytes(0, special=True) == b"<unk>"
+    assert gpt2.token_bytes(gpt2.token_id("\u0120Hello")) == b" Hello"
+    assert gpt2.token_bytes(gpt2.token_id("\u010a")) == b"\n"
+    assert gpt2.token_bytes(50256) == b"" and gpt2.token_bytes(50256, special=True) == b"<|endoftext|>"
+    table = gpt2_byte_chars()
+    for b in (0, 32, 65, 127, 160, 173, 255):
+        assert gpt2.token_bytes(gpt2.token_id(table[b])) == bytes([b])
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_ids_are_checked(tokenizers, name):
+    tok = tokenizers[name]
+    for bad in (tok.n_vocab, -1, 10**12):
+        with pytest.raises(ValueError, match=rf"token id {bad} .*{tok.n_vocab} tokens"):
+            tok.decode([5, bad])
+        with pytest.raises(ValueError, match=rf"token id {bad} .*{tok.n_vocab} tokens"):
+            tok.token_bytes(bad)
+        with pytest.raises(ValueError, match=rf"token id {bad}"):
+            tok.stream_decoder().feed(bad)
+    assert tok.decode(np.array([tok.n_vocab - 1], np.int64)) == tok.decode([tok.n_vocab - 1])
+
+
+def test_invalid_utf8_becomes_replacement_character(spm, gpt2):
+    f0 = spm.token_id("<0xF0>")
+    assert spm.decode([f0, spm.token_id("\u2581a")], continuation=True) == "\ufffd a"
+    assert gpt2.decode([gpt2.token_id(gpt2_byte_chars()[0xFF])]) == "\ufffd"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Special tokens
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_gpt2_endoftext_is_one_token(gpt2):
+    assert gpt2.encode("<|endoftext|>") == [50256]
+    ids = gpt2.encode("Hello<|endoftext|> world")
+    assert ids == gpt2.encode("Hello") + [50256] + gpt2.encode(" world")
+    assert gpt2.decode(ids) == "Hello<|endoftext|> world"
+    assert gpt2.decode(ids, skip_special=True) == "Hello world"
+    plain = gpt2.encode("<|endoftext|>", parse_special=False)
+    assert 50256 not in plain and len(plain) > 1 and gpt2.decode(plain) == "<|endoftext|>"
+
+
+def test_chat_tokens_from_a_written_file(tmp_path):
+    tok = Tokenizer.from_gguf(write_metadata(tmp_path / "chat.gguf", small_gpt2_metadata()))
+    start, end, eot = (tok.token_id(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
+    hello, world, newline = tok.token_id("Hello"), tok.token_id("\u0120world"), tok.token_id("\u010a")
+    text = "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.encode(text)
+    assert ids[:1] == [start] and ids.count(start) == 2 and ids.count(end) == 1
+    assert [hello, world, end] == ids[ids.index(hello): ids.index(end) + 1]
+    assert ids[ids.index(end) + 1] == newline
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special=True) == "user\nHello world\nassistant\n"
+    assert tok.encode("Hello world") == [hello, world]
+    assert tok.eot_id == end and tok.eog_ids == {end, eot}  # <|im_end|> before <|endoftext|>
+    assert tok.is_eog(end) and tok.is_eog(eot) and not tok.is_eog(start)
+    assert tok.is_special(start) and not tok.is_special(hello)
+    plain = tok.encode("<|im_end|>", parse_special=False)
+    assert end not in plain and tok.decode(plain) == "<|im_end|>"
+
+
+def test_longest_special_token_wins():
+    meta = small_gpt2_metadata()
+    meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + ["<|im_end|>x", "<|"]
+    meta["tokenizer.ggml.token_type"] = np.append(meta["tokenizer.ggml.token_type"], [3, 4]).astype(np.int32)
+    tok = Tokenizer.from_metadata(meta)
+    longer, short, end = tok.token_id("<|im_end|>x"), tok.token_id("<|"), tok.token_id("<|im_end|>")
+    assert tok.encode("a<|im_end|>xb<|im_end|>") == [tok.token_id("a"), longer, tok.token_id("b"), end]
+    # user-defined tokens are cut out even without parse_special; control tokens are not
+    ids = tok.encode("<|im_end|>", parse_special=False)
+    assert ids[0] == short and end not in ids
+
+
+def test_spm_special_tokens(spm):
+    assert spm.encode("<s>Hello</s>") == [1, 15043, 2]
+    # llama.cpp puts the dummy-prefix space before text that follows a special token; decoding removes it
+    assert spm.encode("</s>Hello world") == [2, 15043, 3186]
+    assert spm.decode([2, 15043, 3186]) == "</s>Hello world"
+    assert spm.encode("<s>", parse_special=False) != [1]
+    assert spm.decode(spm.encode("<s>", parse_special=False)) == "<s>"
+
+
+def test_spm_user_defined_token_in_small_vocab():
+    tok = Tokenizer.from_metadata(small_spm_metadata())
+    user = tok.token_id("<|user|>")
+    assert tok.encode("Hello world") == [tok.token_id("\u2581Hello"), tok.token_id("\u2581world")]
+    assert tok.encode("<|user|>Hello", parse_special=False) == [user, tok.token_id("\u2581Hello")]
+    assert tok.decode([user, tok.token_id("\u2581Hello")]) == "<|user|>Hello"
+    # a character outside the vocabulary falls back to byte tokens
+    assert tok.encode("\u00e9") == [tok.token_id("\u2581")] + [tok.token_id(f"<0x{b:02X}>") for b in "\u00e9".encode()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming detokenization
+# ---------------------------------------------------------------------------------------------------
+
+STREAM_TEXTS = [
+    "\U0001f680 rocket, \U0001f642\U0001f44d\U0001f3fd and \u4f60\u597d\u4e16\u754c",
+    "\u1780\u17b6\u1793\u17cb\u178f\u17c2 \u00c4pfel \u0928\u092e\u0938\u094d\u0924\u0947",
+    "Hello world\n\tdone",
+]
+
+
+@pytest.mark.parametrize("name", VOCABS)
+@pytest.mark.parametrize("text", STREAM_TEXTS)
+def test_stream_decoder_never_emits_half_a_character(tokenizers, name, text):
+    tok = tokenizers[name]
+    ids = tok.encode(text)
+    decoder = tok.stream_decoder()
+    pieces = []
+    for token_id in ids:
+        piece = decoder.feed(token_id)
+        assert "\ufffd" not in piece
+        pieces.append(piece)
+    pieces.append(decoder.flush())
+    assert pieces[-1] == ""
+    assert "".join(pieces) == tok.decode(ids) == text
+    # the emoji and CJK characters are spread over several tokens: some feeds must hold bytes back
+    if not text.isascii():
+        assert any(tok.token_bytes(i) and not tok.token_bytes(i).decode("utf-8", "ignore") for i in ids) \
+            or any(p == "" for p in pieces[:-1])
+
+
+def test_stream_decoder_byte_tokens_one_at_a_time(spm):
+    byte_ids = [spm.token_id(f"<0x{b:02X}>") for b in "\U0001f680".encode()]  # 4 byte tokens
+    decoder = StreamDecoder(spm)
+    assert [decoder.feed(i) for i in byte_ids] == ["", "", "", "\U0001f680"]
+    assert decoder.flush() == ""
+    # an unfinished character is given back by flush as U+FFFD
+    decoder = spm.stream_decoder(continuation=True)
+    assert decoder.feed(spm.token_id("\u2581a")) == " a"
+    assert decoder.feed(byte_ids[0]) == "" and decoder.feed(byte_ids[1]) == ""
+    assert decoder.flush() == "\ufffd"
+
+
+@pytest.mark.parametrize("skip_special", [False, True])
+@pytest.mark.parametrize("continuation", [False, True])
+def test_stream_decoder_matches_decode(spm, gpt2, skip_special, continuation):
+    f0 = spm.token_id("<0xF0>")
+    for tok, ids in [
+        (spm, [1] + spm.encode("Hello \U0001f642!") + [2, 15043, f0, f0, 29871]),
+        (gpt2, gpt2.encode("<|endoftext|>caf\u00e9 \U0001f642<|endoftext|>") + gpt2.encode("\U0001f680")[:2]),
+    ]:
+        decoder = tok.stream_decoder(skip_special, continuation=continuation)
+        streamed = "".join(decoder.feed(i) for i in ids) + decoder.flush()
+        assert streamed == tok.decode(ids, skip_special, continuation=continuation)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-tokenizers
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pre_tokenizers_split_digits_as_llamacpp():
+    def pieces(pre, text):
+        tok = Tokenizer.from_metadata(small_gpt2_metadata(pre))
+        return [tok.decode([i]) for i in tok.encode(text)]
+
+    # no merges of digits here, so every byte is a token; compare the pre-tokenizer's cuts instead
+    for pre in ("gpt-2", "smollm", "llama-bpe", "qwen2"):
+        assert "".join(pieces(pre, "x 12345 y")) == "x 12345 y"
+    gpt2 = PRE_TOKENIZERS["gpt-2"].regexes
+    assert PRE_TOKENIZERS["smollm"].regexes == (r"\p{N}",) + gpt2
+    assert PRE_TOKENIZERS["llama-bpe"].ignore_merges and PRE_TOKENIZERS["llama-bpe"].add_bos
+
+
+def test_smollm_splits_every_digit(gpt2):
+    # the gpt-2 vocabulary has merged digit tokens ("333"); smollm's pre-tokenizer never lets them form
+    meta = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": [gpt2.token_text(i) for i in range(gpt2.n_vocab)],
+        "tokenizer.ggml.token_type": np.array([int(gpt2.token_type(i)) for i in range(gpt2.n_vocab)], np.int32),
+        "tokenizer.ggml.merges": ["3 3", "33 3", "\u0120 3"],
+    }
+    three = gpt2.token_id("3")
+    assert Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": "gpt-2"}).encode(" 333") == \
+        [gpt2.token_id("\u0120"), gpt2.token_id("333")]
+    smollm = Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": "smollm"})
+    assert smollm.encode(" 333") == [gpt2.token_id("\u0120"), three, three, three]
+    assert smollm.decode(smollm.encode("a 1234 b")) == "a 1234 b"
+
+
+def test_unknown_pre_tokenizer_is_refused():
+    with pytest.raises(ValueError, match=r"tokenizer\.ggml\.pre 'no-such-pre' .*known: .*gpt-2.*llama-bpe.*smollm"):
+        Tokenizer.from_metadata(small_gpt2_metadata("no-such-pre"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile metadata
+# ---------------------------------------------------------------------------------------------------
+
+
+def _without(meta: dict, key: str) -> dict:
+    return {k: v for k, v in meta.items() if k != key}
+
+
+def _spm_with_token(i: int, text: str) -> dict:
+    meta = small_spm_metadata()
+    meta["tokenizer.ggml.tokens"] = list(meta["tokenizer.ggml.tokens"])
+    meta["tokenizer.ggml.tokens"][i] = text
+    return meta
+
+
+HOSTILE_FILES = {
+    "short scores": (lambda m: {**m, "tokenizer.ggml.scores": m["tokenizer.ggml.scores"][:-1]},
+                     "spm", r"tokenizer\.ggml\.scores has \d+ entries"),
+    "short token types": (lambda m: {**m, "tokenizer.ggml.token_type": m["tokenizer.ggml.token_type"][:5]},
+                          "gpt2", r"tokenizer\.ggml\.token_type has 5 entries"),
+    "merge without space": (lambda m: {**m, "tokenizer.ggml.merges": m["tokenizer.ggml.merges"] + ["Hello"]},
+                            "gpt2", r"tokenizer\.ggml\.merges\[9\] 'Hello' is not a pair"),
+    "merge of three": (lambda m: {**m, "tokenizer.ggml.merges": ["a b c"]}, "gpt2", r"tokenizer\.ggml\.merges\[0\]"),
+    "merge with empty part": (lambda m: {**m, "tokenizer.ggml.merges": [" a"]}, "gpt2", r"tokenizer\.ggml\.merges\[0\]"),
+    "bos outside": (lambda m: {**m, "tokenizer.ggml.bos_token_id": 1_000_000},
+                    "spm", r"tokenizer\.ggml\.bos_token_id = 1000000 is outside the vocabulary"),
+    "eos outside": (lambda m: {**m, "tokenizer.ggml.eos_token_id": len(m["tokenizer.ggml.tokens"])},
+                    "gpt2", r"tokenizer\.ggml\.eos_token_id = \d+ is outside"),
+    "byte token <0x-1>": (lambda m: _spm_with_token(3, "<0x-1>"), "spm", r"tokenizer\.ggml\.tokens\[3\] '<0x-1>'"),
+    "byte token <0xZZ>": (lambda m: _spm_with_token(4, "<0xZZ>"), "spm", r"tokenizer\.ggml\.tokens\[4\] '<0xZZ>'"),
+    "byte token <0x100>": (lambda m: _spm_with_token(5, "<0x100>"), "spm", r"tokenizer\.ggml\.tokens\[5\]"),
+    "token type 9": (lambda m: {**m, "tokenizer.ggml.token_type": np.full(len(m["tokenizer.ggml.tokens"]), 9, np.int32)},
+                     "spm", r"tokenizer\.ggml\.token_type\[0\] = 9"),
+    "duplicate token": (lambda m: _spm_with_token(260, "<s>"), "spm", r"tokenizer\.ggml\.tokens\[260\] '<s>' duplicates token 1"),
+    "no merges": (lambda m: _without(m, "tokenizer.ggml.merges"), "gpt2", r"tokenizer\.ggml\.merges is missing"),
+    "no tokens": (lambda m: _without(m, "tokenizer.ggml.tokens"), "spm", r"tokenizer\.ggml\.tokens is missing"),
+    "no model": (lambda m: _without(m, "tokenizer.ggml.model"), "spm", r"tokenizer\.ggml\.model is missing"),
+    "unknown model": (lambda m: {**m, "tokenizer.ggml.model": "bert"}, "spm", r"tokenizer\.ggml\.model 'bert'"),
+    "scores as strings": (lambda m: {**m, "tokenizer.ggml.scores": ["x"] * len(m["tokenizer.ggml.tokens"])},
+                          "spm", r"tokenizer\.ggml\.scores must be"),
+    "add_bos not a bool": (lambda m: {**m, "tokenizer.ggml.add_bos_token": "yes"}, "gpt2", r"tokenizer\.ggml\.add_bos_token"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_hostile_metadata_in_a_file(tmp_path, case):
+    change, kind, message = HOSTILE_FILES[case]
+    base = small_spm_metadata() if kind == "spm" else small_gpt2_metadata()
+    path = write_metadata(tmp_path / "hostile.gguf", change(base))
+    with pytest.raises(GGUFError, match=message) as info:
+        Tokenizer.from_gguf(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: {**m, "tokenizer.ggml.tokens": m["tokenizer.ggml.tokens"][:-1] + [7]}, r"tokenizer\.ggml\.tokens\[\d+\] must be a string"),
+    (lambda m: {**m, "tokenizer.ggml.tokens": "abc"}, r"tokenizer\.ggml\.tokens must be an array"),
+    (lambda m: {**m, "tokenizer.ggml.merges": [1, 2]}, r"tokenizer\.ggml\.merges\[0\] must be a string"),
+    (lambda m: {**m, "tokenizer.ggml.bos_token_id": -1}, r"tokenizer\.ggml\.bos_token_id = -1"),
+    (lambda m: {**m, "tokenizer.ggml.bos_token_id": 1.5}, r"tokenizer\.ggml\.bos_token_id must be an integer"),
+    (lambda m: {**m, "tokenizer.ggml.eot_token_id": 10**9}, r"tokenizer\.ggml\.eot_token_id"),
+    (lambda m: {**m, "tokenizer.ggml.token_type": m["tokenizer.ggml.token_type"].astype(np.float32)},
+     r"tokenizer\.ggml\.token_type must be an integer array"),
+    (lambda m: {**m, "tokenizer.ggml.token_type": np.full(len(m["tokenizer.ggml.tokens"]), -2, np.int32)},
+     r"tokenizer\.ggml\.token_type\[0\] = -2"),
+    (lambda m: {**m, "tokenizer.ggml.pre": 3}, r"tokenizer\.ggml\.pre must be a string"),
+])
+def test_hostile_metadata_dict(change, message):
+    with pytest.raises(GGUFError, match=message):
+        Tokenizer.from_metadata(change(small_gpt2_metadata()))
+
+
+def test_partial_byte_tokens_do_not_break_sentencepiece():
+    meta = small_spm_metadata()
+    meta["tokenizer.ggml.token_type"] = meta["tokenizer.ggml.token_type"].copy()
+    meta["tokenizer.ggml.token_type"][3 + 0xC3] = 1  # <0xC3> is no longer a byte token
+    tok = Tokenizer.from_metadata(meta)
+    ids = tok.encode("Hello \u00e9")  # no byte fallback: the unknown character becomes <unk>
+    assert tok.token_id("\u2581Hello") in ids and 0 in ids
+
+
+def test_merges_outside_the_vocabulary_are_ignored():
+    meta = small_gpt2_metadata()
+    meta["tokenizer.ggml.merges"] = meta["tokenizer.ggml.merges"] + ["x y", "\u0120w orld"]
+    tok = Tokenizer.from_metadata(meta)
+    assert tok.decode(tok.encode("Hello xy world")) == "Hello xy world"

@@ -1,0 +1,82 @@
+"""Small random-weight llama models written by our GGUF writer, for forward-pass tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import pyengine
+from pyengine.gguf import GGMLType, GGUFValueType, GGUFWriter
+
+
+def byte_level_vocab(n_vocab):
+    """A GPT-2 byte-level vocabulary: the 256 byte symbols, <|endoftext|>, then filler tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    tokens = [chr(c) for c in cs] + ["<|endoftext|>"]
+    tokens += [f"<filler{i}>" for i in range(n_vocab - len(tokens))]
+    types = [1] * 256 + [3] + [4] * (n_vocab - 257)
+    return tokens, types
+
+
+def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_heads=2, n_vocab=300,
+                     weight_type="f32", embd_type=None, tied=False, n_ctx_train=256, rope_theta=10000.0,
+                     n_rot=None, seed=0):
+    rng = np.random.default_rng(seed)
+    head_dim = n_embd // n_heads
+
+    def matrix(rows, cols, type_name):
+        w = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        return w if type_name == "f32" else pyengine.quantize(w, type_name)
+
+    def add_matrix(writer, name, rows, cols, type_name):
+        data = matrix(rows, cols, type_name)
+        if type_name == "f32":
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, data, getattr(GGMLType, type_name.upper()), shape=(cols, rows))
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    with GGUFWriter(path) as w:
+        w.add_string("general.architecture", "llama")
+        w.add_string("general.name", "tiny-random-llama")
+        w.add_uint32("llama.block_count", n_layers)
+        w.add_uint32("llama.context_length", n_ctx_train)
+        w.add_uint32("llama.embedding_length", n_embd)
+        w.add_uint32("llama.feed_forward_length", n_ff)
+        w.add_uint32("llama.attention.head_count", n_heads)
+        w.add_uint32("llama.attention.head_count_kv", n_kv_heads)
+        w.add_uint32("llama.rope.dimension_count", n_rot or head_dim)
+        w.add_float32("llama.rope.freq_base", rope_theta)
+        w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        tokens, types = byte_level_vocab(n_vocab)
+        w.add_string("tokenizer.ggml.model", "gpt2")
+        w.add_string("tokenizer.ggml.pre", "gpt-2")
+        w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
+        w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
+        w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
+        w.add_uint32("tokenizer.ggml.bos_token_id", 256)
+        w.add_uint32("tokenizer.ggml.eos_token_id", 256)
+        add_matrix(w, "token_embd.weight", n_vocab, n_embd, embd_type or weight_type)
+        w.add_tensor("output_norm.weight", norm(n_embd))
+        if not tied:
+            add_matrix(w, "output.weight", n_vocab, n_embd, weight_type)
+        for i in range(n_layers):
+            b = f"blk.{i}."
+            w.add_tensor(b + "attn_norm.weight", norm(n_embd))
+            add_matrix(w, b + "attn_q.weight", n_heads * head_dim, n_embd, weight_type)
+            add_matrix(w, b + "attn_k.weight", n_kv_heads * head_dim, n_embd, weight_type)
+            add_matrix(w, b + "attn_v.weight", n_kv_heads * head_dim, n_embd, weight_type)
+            add_matrix(w, b + "attn_output.weight", n_embd, n_heads * head_dim, weight_type)
+            w.add_tensor(b + "ffn_norm.weight", norm(n_embd))
+            add_matrix(w, b + "ffn_gate.weight", n_ff, n_embd, weight_type)
+            add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, weight_type)
+            add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, weight_type)
+    return path
