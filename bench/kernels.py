@@ -60,7 +60,9 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--isas", default=",".join(pyengine.available_isas()))
-    parser.add_argument("--matvec-shape", default="8192,4096", help="rows,cols of the matrix-vector weight")
+    parser.add_argument("--matvec-mb", type=float, default=256,
+                        help="weight megabytes of the matrix-vector product (well above the L3 cache)")
+    parser.add_argument("--matvec-cols", type=int, default=4096)
     parser.add_argument("--matmul-shape", default="2048,2048", help="rows,cols of the matrix-matrix weight")
     parser.add_argument("--tokens", type=int, default=128, help="tokens in the matrix-matrix batch")
     parser.add_argument("--json", action="store_true")
@@ -68,13 +70,15 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     threads = [int(t) for t in args.threads.split(",")]
-    mv_rows, mv_cols = (int(v) for v in args.matvec_shape.split(","))
+    mv_cols = args.matvec_cols
     mm_rows, mm_cols = (int(v) for v in args.matmul_shape.split(","))
     results = {"bandwidth_gb_s": {}, "rows": []}
     for t in threads:
-        results["bandwidth_gb_s"][t] = _core.memory_read_bandwidth(thread_pool(t), 512, 5)
+        results["bandwidth_gb_s"][t] = _core.memory_read_bandwidth(thread_pool(t), 512, 10)
     for type_name in args.formats.split(","):
         for isa in args.isas.split(","):
+            _, block_size, type_size = type_info(type_name)
+            mv_rows = int(args.matvec_mb * 1e6 / (mv_cols // block_size * type_size))
             for t in threads:
                 mv = measure(rng, type_name, isa, t, mv_rows, mv_cols, 1)
                 mm = measure(rng, type_name, isa, t, mm_rows, mm_cols, args.tokens)
@@ -88,7 +92,8 @@ def main(argv=None):
         return
     print(f"memory read bandwidth: " + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw:.1f} GB/s"
                                                   for t, bw in results["bandwidth_gb_s"].items()))
-    print(f"matvec: {mv_rows}x{mv_cols} weight, 1 token; matmul: {mm_rows}x{mm_cols} weight, {args.tokens} tokens\n")
+    print(f"matvec: {args.matvec_mb:.0f} MB weight (rows x {mv_cols}), 1 token; "
+          f"matmul: {mm_rows}x{mm_cols} weight, {args.tokens} tokens\n")
     print("| format | isa | threads | matvec GB/s | of bandwidth | matvec GFLOP/s | matmul GFLOP/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results["rows"]:

@@ -133,19 +133,13 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
     }
 }
 
-void LlamaModel::attention(int64_t n_tokens, int64_t pos0, int layer, const KVCache& cache, RunState& s,
+void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                            ThreadPool& pool) const {
     const LlamaConfig& c = config_;
     const int hd = c.head_dim;
     const int group = c.n_heads / c.n_kv_heads;  // query heads per KV head
     const float scale = 1.0f / std::sqrt(float(hd));
-    const uint8_t* keys = cache.keys(layer);
-    const uint8_t* values = cache.values(layer);
-    const size_t row_bytes = cache.row_bytes();
-    const size_t elem = row_bytes / size_t(c.kv_dim());
-    const vec_dot_fn dot = kernels_.vec_dot[cache.type()];
-    const axpy_fn axpy = kernels_.axpy[cache.type()];
-    const int64_t n_ctx = cache.n_ctx();
+    const int64_t n_ctx = s.scores.size() / size_t(pool.n_threads());
     // One task per (token, head): each output depends only on its own inputs, whoever computes it.
     pool.run([&](int ti, int n_threads) {
         int64_t begin, end;
@@ -154,7 +148,14 @@ void LlamaModel::attention(int64_t n_tokens, int64_t pos0, int layer, const KVCa
         for (int64_t task = begin; task < end; task++) {
             const int64_t t = task / c.n_heads;
             const int h = int(task % c.n_heads);
-            const int64_t n_pos = pos0 + t + 1;  // causal: positions 0 .. pos0 + t
+            const KVCache& cache = *caches[t];
+            const uint8_t* keys = cache.keys(layer);
+            const uint8_t* values = cache.values(layer);
+            const size_t row_bytes = cache.row_bytes();
+            const size_t elem = row_bytes / size_t(c.kv_dim());
+            const vec_dot_fn dot = kernels_.vec_dot[cache.type()];
+            const axpy_fn axpy = kernels_.axpy[cache.type()];
+            const int64_t n_pos = positions[t] + 1;  // causal: positions 0 .. positions[t]
             const float* q = s.q.data() + size_t(t) * size_t(c.q_dim()) + size_t(h) * size_t(hd);
             const size_t kv_off = size_t(h / group) * size_t(hd) * elem;
             float max_score = -INFINITY;
@@ -177,13 +178,45 @@ void LlamaModel::attention(int64_t n_tokens, int64_t pos0, int layer, const KVCa
 
 void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, float* logits, bool logits_all,
                          RunState& s, ThreadPool& pool) const {
-    const LlamaConfig& c = config_;
     const int64_t pos0 = cache.n_past();
     if (n_tokens <= 0) throw std::invalid_argument("no tokens to evaluate");
     if (pos0 + n_tokens > cache.n_ctx())
         throw std::invalid_argument("the context holds " + std::to_string(cache.n_ctx()) + " tokens; " +
                                     std::to_string(pos0) + " + " + std::to_string(n_tokens) + " do not fit");
-    s.reserve(c, n_tokens, cache.n_ctx(), pool.n_threads());
+    std::vector<KVCache*> caches(size_t(n_tokens), &cache);
+    std::vector<int64_t> positions(static_cast<size_t>(n_tokens));
+    for (int64_t t = 0; t < n_tokens; t++) positions[size_t(t)] = pos0 + t;
+    forward_tokens(tokens, caches.data(), positions.data(), n_tokens, logits, logits_all, s, pool);
+    cache.set_n_past(pos0 + n_tokens);
+}
+
+void LlamaModel::forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits,
+                                   RunState& s, ThreadPool& pool) const {
+    if (n <= 0) throw std::invalid_argument("no sequences to evaluate");
+    std::vector<int64_t> positions(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < i; j++)
+            if (caches[j] == caches[i]) throw std::invalid_argument("a sequence appears twice in one batch");
+        if (caches[i]->n_past() >= caches[i]->n_ctx())
+            throw std::invalid_argument("sequence " + std::to_string(i) + " is full (" +
+                                        std::to_string(caches[i]->n_ctx()) + " tokens)");
+        positions[size_t(i)] = caches[i]->n_past();
+    }
+    forward_tokens(tokens, caches, positions.data(), n, logits, true, s, pool);
+    for (int64_t i = 0; i < n; i++) caches[i]->set_n_past(positions[size_t(i)] + 1);
+}
+
+void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
+                                int64_t n_tokens, float* logits, bool logits_all, RunState& s,
+                                ThreadPool& pool) const {
+    const LlamaConfig& c = config_;
+    for (int64_t t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
+                                        std::to_string(c.n_vocab) + " tokens)");
+    int64_t n_ctx = 0;
+    for (int64_t t = 0; t < n_tokens; t++) n_ctx = std::max(n_ctx, caches[t]->n_ctx());
+    s.reserve(c, n_tokens, n_ctx, pool.n_threads());
     const int64_t E = c.n_embd;
     const float theta_scale = std::pow(c.rope_theta, -2.0f / float(c.n_rot));
 
@@ -191,13 +224,8 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache
     const TypeTraits* et = type_traits(w_.token_embd.type);
     const size_t embd_row = row_size(w_.token_embd.type, E);
     for (int64_t t = 0; t < n_tokens; t++)
-        if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
-            throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
-                                        std::to_string(c.n_vocab) + " tokens)");
-    for (int64_t t = 0; t < n_tokens; t++) {
         et->to_float(static_cast<const uint8_t*>(w_.token_embd.data) + size_t(tokens[t]) * embd_row,
                      s.x.data() + t * E, E);
-    }
 
     SharedInput input(kernels_, s.xq, pool);
     for (int l = 0; l < c.n_layers; l++) {
@@ -211,12 +239,13 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache
         input.multiply(L.wk, s.k.data());
         input.multiply(L.wv, s.v.data());
         for (int64_t t = 0; t < n_tokens; t++) {
-            for (int h = 0; h < c.n_heads; h++) rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, pos0 + t, theta_scale);
+            for (int h = 0; h < c.n_heads; h++)
+                rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, positions[t], theta_scale);
             for (int h = 0; h < c.n_kv_heads; h++)
-                rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, pos0 + t, theta_scale);
+                rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, positions[t], theta_scale);
+            caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
         }
-        cache.store(l, pos0, n_tokens, s.k.data(), s.v.data());
-        attention(n_tokens, pos0, l, cache, s, pool);
+        attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
         input.multiply(L.wo, s.xn.data());  // xn is free again: use it for wo's output
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
@@ -240,7 +269,6 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache
         input.multiply(L.w_down, s.xn.data());
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
     }
-    cache.set_n_past(pos0 + n_tokens);
 
     // Final norm and the output projection, for every token or the last only.
     const int64_t first = logits_all ? 0 : n_tokens - 1;

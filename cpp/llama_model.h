@@ -73,13 +73,22 @@ public:
 
     // Evaluates `n_tokens` tokens at positions cache.n_past ... and appends their keys and values to
     // the cache. Writes the logits of every token (logits_all) or of the last one only to `logits`
-    // ((n_tokens or 1) x n_vocab). Token ids must already be checked against n_vocab, and the cache
-    // must have room.
+    // ((n_tokens or 1) x n_vocab). Throws std::invalid_argument for an id outside the vocabulary or
+    // a cache without room, before changing anything.
     void forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, float* logits, bool logits_all,
                  RunState& state, ThreadPool& pool) const;
 
+    // Evaluates one token for each of n distinct sequences (beam search: every live beam in one
+    // call), token i at position caches[i]->n_past of its own cache. logits: n x n_vocab. Each
+    // sequence's logits are bit-identical to evaluating its token alone.
+    void forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits, RunState& state,
+                           ThreadPool& pool) const;
+
 private:
-    void attention(int64_t n_tokens, int64_t pos0, int layer, const KVCache& cache, RunState& s,
+    // The shared body: token t goes to caches[t] at positions[t].
+    void forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
+                        float* logits, bool logits_all, RunState& s, ThreadPool& pool) const;
+    void attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                    ThreadPool& pool) const;
 
     LlamaConfig config_;

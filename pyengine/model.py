@@ -181,6 +181,16 @@ class Model:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
         return self.context().eval_all(ids)
 
+    def eval_sequences(self, contexts: Sequence[Context], ids: Sequence[int]) -> np.ndarray:
+        """Appends ids[i] to contexts[i] for every i in one batched forward call (the live beams of a
+        beam search); float32 logits [len(contexts), n_vocab], each bit-identical to contexts[i].eval."""
+        if len(contexts) != len(ids) or not contexts:
+            raise ValueError("eval_sequences needs one token id per context, and at least one context")
+        for ctx in contexts:
+            if not isinstance(ctx, Context) or ctx.model is not self:
+                raise ValueError("every context must be one of this model's")
+        return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [int(i) for i in ids])
+
 
 class Context:
     """One sequence: its KV cache and position. eval() appends tokens and returns the logits of

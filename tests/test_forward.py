@@ -98,6 +98,28 @@ def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, wei
     np.testing.assert_array_equal(prefix.eval(PROMPT[6:]), base[-1])
 
 
+@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "f16"])
+def test_batched_sequences_match_single_evaluation(model_dir, weight_type):
+    path = tiny(model_dir, f"s1-{weight_type}", weight_type=weight_type, seed=1, **SHAPES[1])
+    m = Model(path, n_threads=2)
+    prefix = m.context()
+    prefix.eval(PROMPT[:5])
+    beams = [prefix.fork() for _ in range(3)]
+    beams.append(m.context())  # sequences may be at different positions
+    beams[-1].eval(PROMPT[:2])
+    batched = m.eval_sequences(beams, [7, 8, 9, 10])
+    assert batched.shape == (4, 300)
+    for row, (prompt, token) in enumerate([(PROMPT[:5], 7), (PROMPT[:5], 8), (PROMPT[:5], 9), (PROMPT[:2], 10)]):
+        np.testing.assert_array_equal(batched[row], m.logits(prompt + [token])[-1])
+    assert [b.n_past for b in beams] == [6, 6, 6, 3]
+    with pytest.raises(ValueError, match="twice"):
+        m.eval_sequences([beams[0], beams[0]], [1, 2])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.eval_sequences(beams[:1], [300])
+    with pytest.raises(ValueError, match="one token id per context"):
+        m.eval_sequences(beams[:2], [1])
+
+
 def test_truncate_and_re_evaluate(model_dir):
     path = tiny(model_dir, "s1-q4_0", weight_type="q4_0", seed=1, **SHAPES[1])
     m = Model(path)

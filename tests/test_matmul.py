@@ -105,9 +105,11 @@ print(json.dumps({"isa": pyengine.isa(), "y": pyengine.matmul(w, "q4_1", (40, 12
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_pyengine_isa_environment_variable(isa):
+def test_pyengine_isa_environment_variable(isa, tmp_path):
+    # cwd elsewhere: from the repository root, `import pyengine` would find the source tree, not the build
     env = dict(os.environ, PYENGINE_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     result = json.loads(out.stdout)
     assert result["isa"] == isa
     rng = np.random.default_rng(5)
@@ -116,9 +118,9 @@ def test_pyengine_isa_environment_variable(isa):
     np.testing.assert_array_equal(np.array(result["y"], np.float32), pyengine.matmul(w, "q4_1", (40, 128), x, isa=isa))
 
 
-def test_unavailable_isa_is_refused():
+def test_unavailable_isa_is_refused(tmp_path):
     env = dict(os.environ, PYENGINE_ISA="sse9")
     out = subprocess.run([sys.executable, "-c", "import pyengine; pyengine.isa()"], env=env, capture_output=True,
-                         text=True)
+                         text=True, cwd=tmp_path)
     assert out.returncode != 0
     assert "PYENGINE_ISA=sse9 is not available" in out.stderr

@@ -1,10 +1,9 @@
 // The thread pool and the threaded matrix product.
-#include <algorithm>
-#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "../bandwidth.h"
 #include "../matmul.h"
 #include "common.h"
 
@@ -40,36 +39,6 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     return y;
 }
 
-// Best-of-`repeats` read bandwidth in GB/s over a buffer of `megabytes`, the pool's threads each
-// summing a contiguous slice: the roofline for a matrix-vector product, measured beside it.
-double memory_read_bandwidth(ThreadPool& pool, int64_t megabytes, int repeats) {
-    if (megabytes < 1 || megabytes > 65536 || repeats < 1) throw py::value_error("bad bandwidth probe size");
-    const size_t n = size_t(megabytes) << 17;  // uint64 words
-    std::vector<uint64_t> buffer(n);
-    for (size_t i = 0; i < n; i++) buffer[i] = i * 0x9E3779B97F4A7C15ull;
-    py::gil_scoped_release release;
-    std::vector<uint64_t> sink(size_t(pool.n_threads()) * 8);
-    double best = 0.0;
-    for (int r = 0; r < repeats; r++) {
-        const auto t0 = std::chrono::steady_clock::now();
-        pool.run([&](int i, int n_threads) {
-            const size_t begin = n * size_t(i) / size_t(n_threads), end = n * size_t(i + 1) / size_t(n_threads);
-            uint64_t a = 0, b = 0, c = 0, d = 0;
-            size_t j = begin;
-            for (; j + 4 <= end; j += 4) {
-                a += buffer[j];
-                b += buffer[j + 1];
-                c += buffer[j + 2];
-                d += buffer[j + 3];
-            }
-            sink[size_t(i) * 8] = a ^ b ^ c ^ d;  // keeps the loads alive
-        });
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, double(n * sizeof(uint64_t)) / seconds / 1e9);
-    }
-    return best;
-}
-
 }  // namespace
 
 void register_matmul(py::module_& m) {
@@ -79,8 +48,12 @@ void register_matmul(py::module_& m) {
     m.def("default_n_threads", &default_n_threads, "physical performance cores available to this process");
     m.def("matmul", &matmul_py, py::arg("pool"), py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),
           py::arg("x"), py::arg("isa") = "");
-    m.def("memory_read_bandwidth", &memory_read_bandwidth, py::arg("pool"), py::arg("megabytes") = 512,
-          py::arg("repeats") = 5, "best read bandwidth in GB/s over a buffer of that size (for benchmarks)");
+    m.def("memory_read_bandwidth", [](ThreadPool& pool, int64_t megabytes, int repeats) {
+        if (megabytes < 1 || megabytes > 65536 || repeats < 1) throw py::value_error("bad bandwidth probe size");
+        py::gil_scoped_release release;
+        return read_bandwidth(pool, size_t(megabytes) << 20, repeats);
+    }, py::arg("pool"), py::arg("megabytes") = 512, py::arg("repeats") = 5,
+          "best read bandwidth in GB/s over a buffer of that size (for benchmarks)");
 }
 
 }  // namespace pe::bindings

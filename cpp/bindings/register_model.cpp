@@ -1,5 +1,6 @@
 // The llama model over memory-mapped weights, and its per-sequence contexts (KV cache + buffers).
 #include <memory>
+#include <pybind11/stl.h>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -126,6 +127,40 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
     return out;
 }
 
+// One token for each of several contexts of one model, in one forward call: logits (n, n_vocab).
+py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*>& contexts,
+                                  const std::vector<int64_t>& ids) {
+    if (contexts.empty() || contexts.size() != ids.size())
+        throw py::value_error("eval_sequences needs one token per context, and at least one context");
+    const auto& model = contexts[0]->model;
+    const LlamaConfig& c = model->model->config();
+    std::vector<KVCache*> caches;
+    std::vector<int32_t> tokens;
+    for (size_t i = 0; i < contexts.size(); i++) {
+        if (!contexts[i]) throw py::value_error("context " + std::to_string(i) + " is None");
+        if (contexts[i]->model != model) throw py::value_error("the contexts belong to different models");
+        for (size_t j = 0; j < i; j++)
+            if (contexts[j] == contexts[i]) throw py::value_error("a context appears twice");
+        if (ids[i] < 0 || ids[i] >= c.n_vocab)
+            throw py::value_error("token id " + std::to_string(ids[i]) + " is outside the vocabulary (" +
+                                  std::to_string(c.n_vocab) + " tokens)");
+        if (contexts[i]->cache.n_past() >= contexts[i]->cache.n_ctx())
+            throw py::value_error("context " + std::to_string(i) + " is full (" +
+                                  std::to_string(contexts[i]->cache.n_ctx()) + " tokens)");
+        caches.push_back(&contexts[i]->cache);
+        tokens.push_back(int32_t(ids[i]));
+    }
+    const int64_t n = int64_t(contexts.size());
+    py::array_t<float> out({n, int64_t(c.n_vocab)});
+    float* logits = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        RunState state;  // the batch's own buffers: the contexts' stay untouched
+        model->model->forward_sequences(tokens.data(), caches.data(), n, logits, state, pool);
+    }
+    return out;
+}
+
 }  // namespace
 
 void register_model(py::module_& m) {
@@ -153,6 +188,7 @@ void register_model(py::module_& m) {
                 throw py::value_error(e.what());
             }
         }, py::arg("n"))
+        .def_static("eval_sequences", &eval_sequences, py::arg("pool"), py::arg("contexts"), py::arg("ids"))
         .def("copy_from", [](PyContext& self, const PyContext& other) {
             if (self.model != other.model) throw py::value_error("contexts belong to different models");
             if (other.cache.n_past() > self.cache.n_ctx()) throw py::value_error("the source sequence does not fit");
