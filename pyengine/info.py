@@ -1,0 +1,72 @@
+"""What a GGUF file holds: metadata, tensor types, sizes and bits per weight (`python -m pyengine info`)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from .gguf import GGUFReader, TYPE_TRAITS, type_name
+
+# general.file_type values (llama.cpp's llama_ftype, and pyengine's own beyond its range).
+FILE_TYPE_NAMES = {0: "all F32", 1: "mostly F16", 2: "mostly Q4_0", 3: "mostly Q4_1", 7: "mostly Q8_0",
+                   32: "mostly BF16"}
+
+
+def model_stats(reader: GGUFReader) -> dict:
+    """Parameters, tensor bytes and bits per weight of the whole file, and per tensor type."""
+    by_type: dict[str, dict] = {}
+    n_params = n_bytes = 0
+    for info in reader.tensors.values():
+        name = TYPE_TRAITS[info.type].name
+        row = by_type.setdefault(name, {"tensors": 0, "params": 0, "bytes": 0})
+        row["tensors"] += 1
+        row["params"] += info.n_elements
+        row["bytes"] += info.nbytes
+        n_params += info.n_elements
+        n_bytes += info.nbytes
+    for row in by_type.values():
+        row["bpw"] = 8 * row["bytes"] / row["params"]
+    return {"params": n_params, "tensor_bytes": n_bytes, "bpw": 8 * n_bytes / max(n_params, 1),
+            "file_bytes": reader.file_size, "types": by_type}
+
+
+def _short(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"[{value.dtype} x {value.size}]"
+    if isinstance(value, list):
+        head = ", ".join(repr(v) for v in value[:4])
+        return f"[{len(value)} items: {head}{', ...' if len(value) > 4 else ''}]"
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def info(path: str | os.PathLike) -> dict:
+    with GGUFReader(path) as reader:
+        stats = model_stats(reader)
+        ftype = reader.get("general.file_type")
+        return {
+            "path": os.fspath(path),
+            "version": reader.version,
+            "architecture": reader.get("general.architecture"),
+            "name": reader.get("general.name"),
+            "file_type": FILE_TYPE_NAMES.get(ftype, ftype),
+            "metadata": {k: _short(v) for k, v in reader.metadata.items()},
+            "tensor_count": len(reader.tensors),
+            "tensor_types": dict(Counter(type_name(t.type) for t in reader.tensors.values())),
+            **stats,
+        }
+
+
+def format_info(d: dict) -> str:
+    lines = [f"{d['path']}: GGUF v{d['version']}, {d['architecture']} ({d['name']}), {d['file_type']}",
+             f"{d['params'] / 1e6:.2f} M parameters, {d['tensor_count']} tensors, "
+             f"{d['tensor_bytes'] / 1e6:.2f} MB of tensor data ({d['bpw']:.3f} bits per weight), "
+             f"file {d['file_bytes'] / 1e6:.2f} MB", "", "tensor types:"]
+    for name, row in sorted(d["types"].items(), key=lambda kv: -kv[1]["bytes"]):
+        lines.append(f"  {name:8s} {row['tensors']:4d} tensors {row['params'] / 1e6:9.2f} M params "
+                     f"{row['bytes'] / 1e6:9.2f} MB {row['bpw']:7.3f} bpw")
+    lines += ["", "metadata:"]
+    lines += [f"  {k} = {v}" for k, v in d["metadata"].items()]
+    return "\n".join(lines)

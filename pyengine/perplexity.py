@@ -1,0 +1,120 @@
+"""Perplexity and KL-divergence, by llama.cpp's method (tools/perplexity).
+
+The text is tokenized once (with BOS if the file adds one) and cut into chunks of n_ctx tokens;
+each chunk is a fresh sequence whose first token is replaced by BOS when the model adds one, and
+only the second half of each chunk is scored: the logits at positions n_ctx/2 ... n_ctx-2 predict
+the tokens that follow them. ppl = exp(mean negative log-likelihood).
+
+With a base model (`kl_base`), both models see the same chunks, and at every scored position the
+KL-divergence of this model's next-token distribution from the base's, KL(base || model), is
+taken, with the agreement of their top-1 tokens, as llama.cpp's --kl-divergence reports them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import Model
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    n_chunks: int
+    n_ctx: int
+    n_scored: int
+    chunk_ppl: list[float] = field(default_factory=list)  # running estimate after each chunk
+    # with a base model
+    base_ppl: float | None = None
+    kld_mean: float | None = None
+    kld_median: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    top1_agreement: float | None = None  # fraction of scored positions with the same top-1 token
+
+    @property
+    def delta_ppl(self) -> float | None:
+        return None if self.base_ppl is None else self.ppl - self.base_ppl
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.base_ppl is not None:
+            d["delta_ppl"] = self.delta_ppl
+        return d
+
+
+def chunk_tokens(model: Model, text: str, n_ctx: int, n_chunks: int | None) -> list[list[int]]:
+    if n_ctx < 8:
+        raise ValueError(f"the chunk size must be at least 8 tokens, got {n_ctx}")
+    tokens = model.tokenize(text)
+    available = len(tokens) // n_ctx
+    if available == 0:
+        raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
+    if n_chunks is not None:
+        if n_chunks < 1:
+            raise ValueError(f"--chunks must be at least 1, got {n_chunks}")
+        available = min(available, n_chunks)
+    chunks = []
+    bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
+    for i in range(available):
+        chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
+        if bos is not None:
+            chunk[0] = bos
+        chunks.append(chunk)
+    return chunks
+
+
+def perplexity(model: Model, text: str, n_ctx: int = 512, n_chunks: int | None = None,
+               kl_base: Model | None = None, progress: bool = False) -> PerplexityResult:
+    """Perplexity of `model` on `text` (and its divergence from `kl_base`, if given)."""
+    for m in (model, kl_base):
+        if m is not None and m.n_ctx < n_ctx:
+            raise ValueError(f"the model's context ({m.n_ctx}) is shorter than the chunk size {n_ctx}")
+    if kl_base is not None and kl_base.n_vocab != model.n_vocab:
+        raise ValueError(f"the base model has {kl_base.n_vocab} tokens, this one {model.n_vocab}")
+    chunks = chunk_tokens(model, text, n_ctx, n_chunks)
+    first = n_ctx // 2
+    nll, base_nll, count = 0.0, 0.0, 0
+    klds, agree, chunk_ppl = [], 0, []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(chunks), unit="chunk", desc="perplexity")
+    for chunk in chunks:
+        targets = np.asarray(chunk[first + 1:])
+        logp = log_softmax(model.logits(chunk)[first:n_ctx - 1])
+        nll -= float(logp[np.arange(len(targets)), targets].sum())
+        if kl_base is not None:
+            base_logp = log_softmax(kl_base.logits(chunk)[first:n_ctx - 1])
+            base_nll -= float(base_logp[np.arange(len(targets)), targets].sum())
+            klds.append((np.exp(base_logp) * (base_logp - logp)).sum(axis=-1))
+            agree += int((base_logp.argmax(-1) == logp.argmax(-1)).sum())
+        count += len(targets)
+        chunk_ppl.append(math.exp(nll / count))
+        if bar is not None:
+            bar.set_postfix(ppl=f"{chunk_ppl[-1]:.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    result = PerplexityResult(ppl=math.exp(nll / count), n_chunks=len(chunks), n_ctx=n_ctx, n_scored=count,
+                              chunk_ppl=chunk_ppl)
+    if kl_base is not None:
+        kld = np.concatenate(klds)
+        result.base_ppl = math.exp(base_nll / count)
+        result.kld_mean = float(kld.mean())
+        result.kld_median = float(np.median(kld))
+        result.kld_p99 = float(np.percentile(kld, 99))
+        result.kld_max = float(kld.max())
+        result.top1_agreement = agree / count
+    return result
