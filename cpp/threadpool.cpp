@@ -22,9 +22,20 @@
 namespace pe {
 
 namespace {
-// How long a worker spins for the next task before it sleeps: long enough to cover the gap between
-// the matmuls of one forward pass, short enough not to burn a core while the user reads.
-constexpr int kSpinIterations = 1 << 17;
+// How long a worker waits for the next task before it sleeps: long enough to cover the gap between
+// the matmuls of one forward pass, short enough not to burn a core while the user reads. The first
+// kSpinPauses checks only pause the core; after that each check also yields it, so that a machine
+// with more runnable threads than cores (several sequences driven at once) still makes progress.
+constexpr int kSpinPauses = 1 << 12;
+constexpr int kSpinIterations = 1 << 16;
+
+inline void backoff(int iteration) {
+    if (iteration < kSpinPauses) {
+        PE_CPU_RELAX();
+    } else {
+        std::this_thread::yield();
+    }
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
@@ -57,7 +68,7 @@ void ThreadPool::run_impl(TaskFn fn, void* ctx) {
         wake_.notify_all();
     }
     fn(ctx, 0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) PE_CPU_RELAX();
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; spin++) backoff(spin);
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -65,7 +76,7 @@ void ThreadPool::worker_loop(int index) {
     for (;;) {
         uint64_t gen = generation_.load(std::memory_order_acquire);
         for (int spin = 0; gen == seen && spin < kSpinIterations; spin++) {
-            PE_CPU_RELAX();
+            backoff(spin);
             gen = generation_.load(std::memory_order_acquire);
         }
         if (gen == seen) {
