@@ -1,7 +1,7 @@
 """Kernel throughput: GB/s and GFLOP/s of the matrix-vector and matrix-matrix products per weight
 format, ISA and thread count, beside this machine's memory read bandwidth measured in the same run.
 
-    python bench/kernels.py [--threads 1,2] [--formats q4_0,q4_1,q8_0,f16,bf16,f32] [--json]
+    python bench/kernels.py [--threads 1,2] [--formats q4_0,q4_1,nf4,nf4_dq,q8_0,f16,bf16,f32] [--json]
 
 matvec: one token against a weight matrix larger than the caches (memory-bound: compare its GB/s
 with the read bandwidth). matmul: a prompt-sized batch of tokens against a smaller matrix
@@ -20,7 +20,7 @@ import pyengine
 from pyengine import _core
 from pyengine.quants import thread_pool, type_info
 
-FORMATS = ["q4_0", "q4_1", "q8_0", "f16", "bf16", "f32"]
+FORMATS = ["q4_0", "q4_1", "nf4", "nf4_dq", "q8_0", "f16", "bf16", "f32"]
 
 
 def random_weights(rng, type_name, rows, cols):

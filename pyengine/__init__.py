@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from . import _core
+from .generate import Completion
 from .gguf import GGUFError
 from .model import Context, Model
 from .quants import dequantize, matmul, quantize
 from .tokenizer import Tokenizer
 
-__all__ = ["Model", "Context", "Tokenizer", "GGUFError", "quantize", "dequantize", "matmul", "isa",
-           "available_isas", "default_n_threads"]
+__all__ = ["Model", "Context", "Completion", "Tokenizer", "GGUFError", "quantize", "dequantize", "matmul",
+           "isa", "available_isas", "default_n_threads"]
 __version__ = "0.1.0"
 
 

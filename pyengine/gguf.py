@@ -114,7 +114,8 @@ _MIN_ELEMENT_BYTES = {
 
 
 class GGMLType(IntEnum):
-    """ggml's tensor type ids. Only those in TYPE_TRAITS can be read or written by pyengine."""
+    """ggml's tensor type ids, and pyengine's own from 100 on (PYENGINE_TYPES). Only those in
+    TYPE_TRAITS can be read or written by pyengine."""
 
     F32 = 0
     F16 = 1
@@ -148,6 +149,14 @@ class GGMLType(IntEnum):
     TQ1_0 = 34
     TQ2_0 = 35
     MXFP4 = 39
+    # pyengine's own formats, outside ggml's range (llama.cpp cannot read them): 4-bit NormalFloat
+    # (QLoRA's quantile code book of the normal distribution, 64-weight blocks), and the same with the
+    # block scales double-quantized to 8 bits per 256-weight super-block. Layouts: cpp/quant/blocks.h.
+    NF4 = 100
+    NF4_DQ = 101
+
+
+PYENGINE_TYPES = frozenset({GGMLType.NF4, GGMLType.NF4_DQ})
 
 
 class TypeTraits(NamedTuple):
@@ -165,6 +174,8 @@ TYPE_TRAITS: dict[GGMLType, TypeTraits] = {
     GGMLType.Q4_1: TypeTraits("q4_1", 32, 20),  # fp16 d, fp16 m, 16 bytes of nibbles
     GGMLType.Q8_0: TypeTraits("q8_0", 32, 34),  # fp16 d, 32 x int8
     GGMLType.Q8_1: TypeTraits("q8_1", 32, 36),  # fp16 d, fp16 s, 32 x int8
+    GGMLType.NF4: TypeTraits("nf4", 64, 34),  # fp16 d, 32 bytes of nibbles (pyengine's own)
+    GGMLType.NF4_DQ: TypeTraits("nf4_dq", 256, 134),  # fp16 D, 4 x u8 scale codes, 4 x 32 bytes of nibbles (ours)
 }
 
 # Types whose numpy view has one element per value; block types are viewed as bytes.
@@ -189,11 +200,14 @@ def type_by_name(name: str) -> GGMLType:
 
 
 def type_name(type_id: int) -> str:
-    """'Q5_0 (6)' for a known id, '99' for an unknown one: how messages name a type."""
+    """'Q5_0 (6)' for a ggml id, 'NF4 (100, pyengine)' for one of ours, '99' for an unknown one: how
+    messages (and `info`) name a type."""
     try:
-        return f"{GGMLType(type_id).name} ({int(type_id)})"
+        ggml_type = GGMLType(type_id)
     except ValueError:
         return str(int(type_id))
+    owner = ", pyengine" if ggml_type in PYENGINE_TYPES else ""
+    return f"{ggml_type.name} ({int(type_id)}{owner})"
 
 
 def tensor_nbytes(shape: Sequence[int], type: GGMLType) -> int:

@@ -11,7 +11,7 @@ from .gguf import GGUFReader, TYPE_TRAITS, type_name
 
 # general.file_type values (llama.cpp's llama_ftype, and pyengine's own beyond its range).
 FILE_TYPE_NAMES = {0: "all F32", 1: "mostly F16", 2: "mostly Q4_0", 3: "mostly Q4_1", 7: "mostly Q8_0",
-                   32: "mostly BF16"}
+                   32: "mostly BF16", 1000: "mostly NF4 (pyengine's own)", 1001: "mostly NF4_DQ (pyengine's own)"}
 
 
 def model_stats(reader: GGUFReader) -> dict:

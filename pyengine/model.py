@@ -181,6 +181,26 @@ class Model:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
         return self.context().eval_all(ids)
 
+    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
+                 repeat_last_n: int = 64, seed: int | None = None, stop=(), stream: bool = False,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logit_bias=None):
+        """Text from `prompt` (str or token ids): a Completion, or with stream=True an iterator of
+        text pieces. temperature 0 is greedy. See pyengine.generate.generate."""
+        from .generate import generate
+
+        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                        seed=seed, stop=stop, stream=stream, frequency_penalty=frequency_penalty,
+                        presence_penalty=presence_penalty, logit_bias=logit_bias)
+
+    def chat(self, messages, **sampling):
+        """The assistant's reply to messages ([{"role": ..., "content": ...}]) through the file's chat
+        template: a Completion, or an iterator with stream=True. See pyengine.chat.chat."""
+        from .chat import chat
+
+        return chat(self, messages, **sampling)
+
     def eval_sequences(self, contexts: Sequence[Context], ids: Sequence[int]) -> np.ndarray:
         """Appends ids[i] to contexts[i] for every i in one batched forward call (the live beams of a
         beam search); float32 logits [len(contexts), n_vocab], each bit-identical to contexts[i].eval."""
@@ -190,6 +210,16 @@ class Model:
             if not isinstance(ctx, Context) or ctx.model is not self:
                 raise ValueError("every context must be one of this model's")
         return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [int(i) for i in ids])
+
+    def beam_search(self, prompt, num_beams: int = 4, max_tokens: int = 64, length_penalty: float = 1.0,
+                    early_stopping: bool | str = False, num_return_sequences: int = 1) -> list:
+        """The num_return_sequences best hypotheses of a beam search from prompt (str or token ids),
+        best first, each a Completion with .score: transformers' generate(num_beams=...,
+        do_sample=False). See pyengine/beam.py."""
+        from .beam import beam_search
+
+        return beam_search(self, prompt, num_beams=num_beams, max_tokens=max_tokens, length_penalty=length_penalty,
+                           early_stopping=early_stopping, num_return_sequences=num_return_sequences)
 
 
 class Context:

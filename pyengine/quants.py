@@ -1,6 +1,7 @@
 """Block formats and the matrix product, over the native kernels.
 
-`quantize` / `dequantize` use the scalar reference conversions (llama.cpp's exact bytes);
+`quantize` / `dequantize` use the scalar reference conversions (llama.cpp's exact bytes; for
+pyengine's own NF4 and NF4_DQ, the bytes that define those formats);
 `matmul` runs the threaded kernels of the active ISA (see `pyengine.isa()`).
 """
 
@@ -70,8 +71,9 @@ def matmul(w_raw: np.ndarray, type: str | int, shape, x: np.ndarray, n_threads: 
     """y = x @ W.T for a weight W of `shape` (rows, cols) stored as raw `type` blocks.
 
     x: float32 (n_tokens, cols) or (cols,). The activations are quantized per 32-block to the
-    weight type's partner format (Q8_0 for Q4_0/Q8_0, Q8_1 for Q4_1) as llama.cpp does. Results are
-    bit-identical for any n_threads and any number of tokens. `isa` picks a kernel path ('' = active)."""
+    weight type's partner format (Q8_0 for Q4_0/Q8_0/NF4/NF4_DQ, Q8_1 for Q4_1) as llama.cpp does.
+    Results are bit-identical for any n_threads and any number of tokens. `isa` picks a kernel path
+    ('' = active)."""
     rows, cols = (int(s) for s in shape)
     x = np.asarray(x, dtype=np.float32)
     x2 = np.ascontiguousarray(x.reshape(-1, cols) if x.ndim == 1 else x)

@@ -19,7 +19,8 @@ def pytest_report_header(config):
     return f"pyengine isa: {pyengine.isa()} (available: {', '.join(ISAS)}){' forced' if forced else ''}"
 
 
-ACTIVATION_TYPE = {"q4_0": "q8_0", "q4_1": "q8_1", "q8_0": "q8_0", "f32": None, "f16": None, "bf16": None}
+ACTIVATION_TYPE = {"q4_0": "q8_0", "q4_1": "q8_1", "q8_0": "q8_0", "nf4": "q8_0", "nf4_dq": "q8_0", "f32": None,
+                   "f16": None, "bf16": None}
 
 
 def reference_product(w_raw, type_name, shape, x):

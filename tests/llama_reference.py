@@ -1,7 +1,10 @@
 """A plain numpy float64 llama forward pass: the slow, independent reference for pyengine's engine.
 
 It reads the file with gguf-py (not our reader), dequantizes with gguf.quants (not our kernels),
-and computes every step in float64 with exact RoPE angles. Two options make it see what the
+and computes every step in float64 with exact RoPE angles. pyengine's own formats (NF4, NF4_DQ:
+type ids gguf-py does not know, so it cannot parse such a file) are dequantized here in numpy from
+the raw bytes, and a file holding them is read with pyengine's pure-Python reader (held against
+gguf-py on ggml's types in test_gguf), not by the C++ core. Two options make it see what the
 engine sees, so that differences shrink to float rounding:
 - quantize_activations: each matmul input goes through a Q8_0 round trip (per 32-block absmax,
   what llama.cpp and pyengine multiply quantized weights with);
@@ -14,13 +17,57 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, quants
 
-QUANTIZED = {T.Q4_0, T.Q4_1, T.Q8_0}
+import pyengine.gguf
+
+# pyengine's own type ids, and the NF4 levels: QLoRA's normal-quantile code book times 127, rounded
+# (the derivation is in cpp/quant/blocks.h; test_nf4 recomputes it).
+NF4, NF4_DQ = 100, 101
+NF4_LEVELS = np.array([-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127], np.float32)
+QUANTIZED = {T.Q4_0, T.Q4_1, T.Q8_0, NF4, NF4_DQ}
+
+
+def _nf4_values(qs, d):
+    """64-blocks: nibble bytes (..., 32) and float32 scales (...) -> float32 values (..., 64); weight j
+    is the low nibble of byte j, weight j + 32 its high nibble."""
+    levels = NF4_LEVELS[np.concatenate([qs & 0x0F, qs >> 4], axis=-1)]
+    return d[..., None] * levels
+
+
+def dequantize_nf4(raw, type_id):
+    """float32 values of NF4 (fp16 d, 32 nibble bytes) or NF4_DQ (fp16 D, 4 scale codes c, 4 x 32
+    nibble bytes; block scale D * c / 127 in float32) blocks, flattened."""
+    if type_id == NF4:
+        b = np.asarray(raw, np.uint8).reshape(-1, 34)
+        d = b[:, :2].copy().view(np.float16)[:, 0].astype(np.float32)
+        return _nf4_values(b[:, 2:], d).reshape(-1)
+    b = np.asarray(raw, np.uint8).reshape(-1, 134)
+    D = b[:, :2].copy().view(np.float16)[:, 0].astype(np.float32)
+    d = D[:, None] * b[:, 2:6].astype(np.float32) / np.float32(127)
+    return _nf4_values(b[:, 6:].reshape(-1, 4, 32), d).reshape(-1)
+
+
+def _read(path):
+    """(metadata, [(name, type id, GGUF dims, raw data)]): read with gguf-py, or for a file holding
+    pyengine's own types, which gguf-py cannot parse, with pyengine's pure-Python reader."""
+    with pyengine.gguf.GGUFReader(path) as ours:
+        if any(t.type in pyengine.gguf.PYENGINE_TYPES for t in ours.tensors.values()):
+            return dict(ours.metadata), [(t.name, int(t.type), t.shape, t.data) for t in ours.tensors.values()]
+    r = GGUFReader(path)
+    kv = {f.name: f.contents() for f in r.fields.values()}
+    return kv, [(t.name, int(t.tensor_type), tuple(int(d) for d in t.shape), t.data) for t in r.tensors]
+
+
+def _dequantize(type_id, raw):
+    if type_id in (NF4, NF4_DQ):
+        return dequantize_nf4(raw, type_id)
+    if type_id == T.F32:
+        return np.array(raw)
+    return quants.dequantize(np.asarray(raw), T(type_id))
 
 
 class ReferenceLlama:
     def __init__(self, path):
-        r = GGUFReader(path)
-        kv = {f.name: f.contents() for f in r.fields.values()}
+        kv, tensors = _read(path)
         p = "llama."
         self.n_layers = int(kv[p + "block_count"])
         self.n_embd = int(kv[p + "embedding_length"])
@@ -31,16 +78,15 @@ class ReferenceLlama:
         self.theta = float(kv.get(p + "rope.freq_base", 10000.0))
         self.eps = float(kv.get(p + "attention.layer_norm_rms_epsilon", 1e-5))
         self.w, self.types, self.mins = {}, {}, {}
-        for t in r.tensors:
-            if t.tensor_type == T.Q4_1:
+        for name, type_id, dims, raw in tensors:
+            if type_id == T.Q4_1:
                 # Q4_1's per-block minimum m, (rows, n_blocks): its term is m * s with Q8_1's fp16 s.
-                raw = np.asarray(t.data).reshape(-1, 20)
-                self.mins[t.name] = raw[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float64).reshape(
-                    int(t.shape[1]), -1)
-            data = quants.dequantize(t.data, t.tensor_type) if t.tensor_type != T.F32 else np.array(t.data)
-            shape = [int(d) for d in reversed(t.shape)]
-            self.w[t.name] = np.asarray(data, np.float64).reshape(shape)
-            self.types[t.name] = t.tensor_type
+                blocks = np.asarray(raw).reshape(-1, 20)
+                self.mins[name] = blocks[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float64).reshape(
+                    int(dims[1]), -1)
+            shape = [int(d) for d in reversed(dims)]
+            self.w[name] = np.asarray(_dequantize(type_id, raw), np.float64).reshape(shape)
+            self.types[name] = type_id
         if "output.weight" not in self.w:
             for table in (self.w, self.types, self.mins):
                 if "token_embd.weight" in table:

@@ -162,9 +162,12 @@ def test_type_table():
     with pytest.raises(ValueError, match="not supported"):
         type_by_name("q5_0")
     assert pg.tensor_nbytes((64, 3), GGMLType.Q8_0) == 2 * 3 * 34
-    # the ids agree with gguf-py's
+    # the ids agree with gguf-py's, and pyengine's own (NF4, NF4_DQ) are outside ggml's range
     for t in GGMLType:
-        assert gguf_py.GGMLQuantizationType[t.name] == t
+        if t in pg.PYENGINE_TYPES:
+            assert t.name not in gguf_py.GGMLQuantizationType.__members__ and t > max(gguf_py.GGMLQuantizationType)
+        else:
+            assert gguf_py.GGMLQuantizationType[t.name] == t
     for t in VT:
         assert gguf_py.GGUFValueType[t.name] == t
 

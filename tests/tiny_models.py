@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import pyengine
-from pyengine.gguf import GGMLType, GGUFValueType, GGUFWriter
+from pyengine.gguf import GGMLType, GGUFReader, GGUFValueType, GGUFWriter
 
 
 def byte_level_vocab(n_vocab):
@@ -79,4 +79,19 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
             add_matrix(w, b + "ffn_gate.weight", n_ff, n_embd, weight_type)
             add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, weight_type)
             add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, weight_type)
+    return path
+
+
+def scale_output_row(path, token_id, factor):
+    """Multiplies the row of token_id in an F32 output.weight, in place: factor > 1 makes the token's
+    logit larger and more variable (an end-of-sequence token that beam search tests can reach)."""
+    with GGUFReader(path) as reader:
+        info = reader.tensors["output.weight"]
+        if info.type != GGMLType.F32:
+            raise ValueError(f"{path}: output.weight is {info.type.name}, not F32")
+        offset, shape = info.offset, info.data.shape
+    weights = np.memmap(path, np.float32, "r+", offset=offset, shape=shape)
+    weights[token_id] *= factor
+    weights.flush()
+    del weights
     return path

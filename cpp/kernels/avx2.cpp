@@ -83,6 +83,47 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     return hsum(acc);
 }
 
+// NF4: pshufb looks the 16 int8 levels up by nibble (the table in both 128-bit lanes), then the
+// levels (|level| <= 127) and the activations take the signed int8 dot above. One 64-block is two
+// 32-halves, the low nibbles against activation block x[0] and the high ones against x[1], each
+// scaled by fl(d * d_x) as the reference does; the halves go to separate accumulators.
+inline __m256i nf4_levels(__m256i nibbles) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNF4Levels)));
+    return _mm256_shuffle_epi8(table, nibbles);
+}
+
+inline void nf4_block_dot(const uint8_t* qs, float d, const block_q8_0* x, __m256* acc0, __m256* acc1) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    const __m256i w0 = nf4_levels(_mm256_and_si256(packed, mask));
+    const __m256i w1 = nf4_levels(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask));
+    const __m256i y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[0].qs));
+    const __m256i y1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[1].qs));
+    *acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * half_to_float(x[0].d)), _mm256_cvtepi32_ps(dot_i8(w0, y0)), *acc0);
+    *acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * half_to_float(x[1].d)), _mm256_cvtepi32_ps(dot_i8(w1, y1)), *acc1);
+}
+
+float vec_dot_nf4_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_nf4*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK_NF4; i++) nf4_block_dot(w[i].qs, half_to_float(w[i].d), x + 2 * i, &acc0, &acc1);
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+float vec_dot_nf4_dq_q8_0(int n, const void* vw, const void* vx) {
+    constexpr int kBlocks = QK_NF4_DQ / QK_NF4;
+    const auto* w = static_cast<const block_nf4_dq*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK_NF4_DQ; i++) {
+        const float D = half_to_float(w[i].d);
+        for (int b = 0; b < kBlocks; b++)
+            nf4_block_dot(w[i].qs[b], nf4_dq_block_scale(D, w[i].scales[b]), x + 2 * (kBlocks * i + b), &acc0, &acc1);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+
 // Float dots: four independent 8-lane accumulators over 32 values, 8 at a time after that; the
 // caller adds the last n % 8 in order.
 template <typename Load>
@@ -219,6 +260,8 @@ const Kernels* kernels_avx2() {
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;
         k.vec_dot[TYPE_Q8_0] = vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
+        k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
         k.vec_dot[TYPE_F16] = vec_dot_f16_f32;
         k.vec_dot[TYPE_BF16] = vec_dot_bf16_f32;

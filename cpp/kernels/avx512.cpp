@@ -127,6 +127,41 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     return hsum512(acc) + hsum256(tail);
 }
 
+// NF4: one 64-block fills a 512-bit register, its low nibbles (weights 0..31, against activation
+// block x[0]) in the lower half and its high nibbles (32..63, against x[1]) in the upper half, so the
+// two halves' int32 sums land in lanes 0..7 and 8..15 as two_scales expects. vpshufb looks the int8
+// levels up by nibble (the 16-byte table in every 128-bit lane).
+inline void nf4_block_dot(const uint8_t* qs, float d, const block_q8_0* x, __m512* acc) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+    const __m512i nibbles = _mm512_and_si512(join(packed, _mm256_srli_epi16(packed, 4)), _mm512_set1_epi8(0x0f));
+    const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNF4Levels)));
+    const __m512i q = _mm512_shuffle_epi8(table, nibbles);
+    const __m512i y = join(load32(x[0].qs), load32(x[1].qs));
+    const __m512 scales = two_scales(d * _cvtsh_ss(x[0].d), d * _cvtsh_ss(x[1].d));
+    *acc = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dot_i8(q, y)), *acc);
+}
+
+float vec_dot_nf4_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_nf4*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n / QK_NF4; i++) nf4_block_dot(w[i].qs, _cvtsh_ss(w[i].d), x + 2 * i, &acc);
+    return hsum512(acc);
+}
+
+float vec_dot_nf4_dq_q8_0(int n, const void* vw, const void* vx) {
+    constexpr int kBlocks = QK_NF4_DQ / QK_NF4;
+    const auto* w = static_cast<const block_nf4_dq*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n / QK_NF4_DQ; i++) {
+        const float D = _cvtsh_ss(w[i].d);
+        for (int b = 0; b < kBlocks; b++)
+            nf4_block_dot(w[i].qs[b], nf4_dq_block_scale(D, w[i].scales[b]), x + 2 * (kBlocks * i + b), &acc);
+    }
+    return hsum512(acc);
+}
+
 // Float dots: two 16-lane accumulators over 32 values, then 16 at a time; the caller adds the last
 // n % 16 in order.
 template <typename Load>
@@ -198,6 +233,8 @@ const Kernels* kernels_avx512() {
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;
         k.vec_dot[TYPE_Q8_0] = vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
+        k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
         k.vec_dot[TYPE_F16] = vec_dot_f16_f32;
         k.vec_dot[TYPE_BF16] = vec_dot_bf16_f32;

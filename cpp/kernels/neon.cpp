@@ -122,6 +122,46 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     return vaddvq_f32(vaddq_f32(acc0, acc1));
 }
 
+// NF4: tbl looks the 16 int8 levels up by nibble, then the levels take the signed byte dot. One
+// 64-block is two 32-halves: the low nibbles of qs[0..31] (weights 0..31) against activation block
+// x[0], the high ones (32..63) against x[1], each scaled by fl(d * d_x) as the reference does; the
+// halves go to separate accumulators.
+inline void nf4_block_dot(int8x16_t table, const uint8_t* qs, float d, const block_q8_0* x, float32x4_t* acc0,
+                          float32x4_t* acc1) {
+    const uint8x16_t p0 = vld1q_u8(qs), p1 = vld1q_u8(qs + 16);
+    const uint8x16_t mask = vdupq_n_u8(0x0f);
+    const int8x16_t w00 = vqtbl1q_s8(table, vandq_u8(p0, mask)), w01 = vqtbl1q_s8(table, vandq_u8(p1, mask));
+    const int8x16_t w10 = vqtbl1q_s8(table, vshrq_n_u8(p0, 4)), w11 = vqtbl1q_s8(table, vshrq_n_u8(p1, 4));
+    const int32x4_t s0 = block_dot(w00, w01, x[0].qs);  // weights 0..31
+    const int32x4_t s1 = block_dot(w10, w11, x[1].qs);  // weights 32..63
+    *acc0 = vfmaq_n_f32(*acc0, vcvtq_f32_s32(s0), d * half_to_float(x[0].d));
+    *acc1 = vfmaq_n_f32(*acc1, vcvtq_f32_s32(s1), d * half_to_float(x[1].d));
+}
+
+float vec_dot_nf4_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_nf4*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    const int8x16_t table = vld1q_s8(kNF4Levels);
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+    for (int i = 0; i < n / QK_NF4; i++) nf4_block_dot(table, w[i].qs, half_to_float(w[i].d), x + 2 * i, &acc0, &acc1);
+    return vaddvq_f32(vaddq_f32(acc0, acc1));
+}
+
+float vec_dot_nf4_dq_q8_0(int n, const void* vw, const void* vx) {
+    constexpr int kBlocks = QK_NF4_DQ / QK_NF4;
+    const auto* w = static_cast<const block_nf4_dq*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    const int8x16_t table = vld1q_s8(kNF4Levels);
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+    for (int i = 0; i < n / QK_NF4_DQ; i++) {
+        const float D = half_to_float(w[i].d);
+        for (int b = 0; b < kBlocks; b++)
+            nf4_block_dot(table, w[i].qs[b], nf4_dq_block_scale(D, w[i].scales[b]), x + 2 * (kBlocks * i + b), &acc0,
+                          &acc1);
+    }
+    return vaddvq_f32(vaddq_f32(acc0, acc1));
+}
+
 // Float dots: four independent 4-lane accumulators over 16 values, 4 at a time after that; the caller
 // adds the last n % 4 in order. load_w(i) gives weights i..i+3 as floats.
 template <typename Load>
@@ -237,6 +277,8 @@ const Kernels* kernels_neon() {
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;
         k.vec_dot[TYPE_Q8_0] = vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
+        k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
         k.vec_dot[TYPE_F16] = vec_dot_f16_f32;
         k.vec_dot[TYPE_BF16] = vec_dot_bf16_f32;

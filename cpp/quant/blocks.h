@@ -1,5 +1,6 @@
 // Block formats: the byte layout of each ggml type is the contract with the GGUF file, so each struct
-// is followed by a static_assert on its size. 32 weights per block, fp16 scales stored as raw bits.
+// is followed by a static_assert on its size. 32 weights per block for ggml's types, fp16 scales stored
+// as raw bits. NF4 and NF4_DQ (type ids 100, 101) are pyengine's own formats, not ggml's: see below.
 #pragma once
 
 #include <cstddef>
@@ -7,9 +8,9 @@
 
 namespace pe {
 
-constexpr int QK = 32;  // weights per block, for every block format here
+constexpr int QK = 32;  // weights per block of ggml's formats; also the activation (Q8_0) block
 
-// ggml's type ids, as stored in GGUF tensor infos.
+// ggml's type ids, as stored in GGUF tensor infos, and pyengine's own (100 and up, outside ggml's range).
 enum GGMLType : uint32_t {
     TYPE_F32 = 0,
     TYPE_F16 = 1,
@@ -18,7 +19,9 @@ enum GGMLType : uint32_t {
     TYPE_Q8_0 = 8,
     TYPE_Q8_1 = 9,
     TYPE_BF16 = 30,
-    TYPE_COUNT = 40,  // size of per-type tables; ids at or above it are never valid here
+    TYPE_NF4 = 100,     // pyengine's 4-bit NormalFloat, 64-weight blocks
+    TYPE_NF4_DQ = 101,  // NF4 with double-quantized block scales, 256-weight super-blocks
+    TYPE_COUNT = 102,   // size of per-type tables; ids at or above it are never valid here
 };
 
 struct block_q4_0 {
@@ -46,6 +49,48 @@ struct block_q8_1 {
     int8_t qs[QK];
 };
 static_assert(sizeof(block_q8_1) == 36, "block_q8_1 must be 36 bytes");
+
+// ---------------------------------------------------------------------------------------------------
+// NF4: 4-bit NormalFloat (QLoRA, Dettmers et al. 2023), pyengine's own format.
+//
+// Pre-trained weights are close to normally distributed, so the 16 levels are quantiles of the
+// standard normal N rather than evenly spaced: QLoRA's construction (bitsandbytes' create_normal_map)
+// takes 8 levels from the upper half, N^-1(p) for p = offset .. 0.5 in 9 even steps less the last,
+// 7 from the lower half, -N^-1(p) for p = offset .. 0.5 in 8 steps less the last, and an exact 0,
+// then divides by the largest, N^-1(offset), so the levels span [-1, 1] with 1 and -1 exact.
+// offset = 0.9677083 = (1 - 1/(2*15) + 1 - 1/(2*16)) / 2 keeps N^-1 finite. The float levels are
+//   -1, -0.6961929, -0.5250730, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0,
+//   0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229567, 1.
+// The format is defined by those levels times 127 rounded to integers, kNF4Levels below (the largest
+// rounding, 0.47 at -23.47, is under a twentieth of the smallest gap between levels, 10): value =
+// d * kNF4Levels[q]. Integer levels make the dot with Q8_0 activations an exact int8 product, as for
+// Q4_0 (tests/test_nf4.py recomputes the table from the formula).
+constexpr int QK_NF4 = 64;       // weights per NF4 block (QLoRA's block size)
+constexpr int QK_NF4_DQ = 256;   // weights per NF4_DQ super-block: 4 NF4 blocks
+constexpr int kNF4ZeroIndex = 7;  // the index of the level 0
+alignas(16) constexpr int8_t kNF4Levels[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
+                                               10,   20,  31,  43,  56,  71,  92,  127};
+
+struct block_nf4 {
+    uint16_t d;                 // scale (fp16) = absmax / 127; value = d * kNF4Levels[q]
+    uint8_t qs[QK_NF4 / 2];     // weight j in the low nibble of qs[j], weight j+32 in the high nibble
+};
+static_assert(sizeof(block_nf4) == 34, "block_nf4 must be 34 bytes (4.25 bits per weight)");
+
+// Double quantization (QLoRA): the four block scales of a super-block are stored as 8-bit codes of a
+// shared fp16 step D = max(block absmax) / 255, so block i's absmax is D * c_i and its scale
+// d_i = D * c_i / 127 (nf4_dq_block_scale: every path computes it so). A block that is not all zero
+// has c_i >= 1, so it never gets a zero scale.
+struct block_nf4_dq {
+    uint16_t d;                               // D, the step of the scale codes (fp16)
+    uint8_t scales[QK_NF4_DQ / QK_NF4];       // c_i, 0..255
+    uint8_t qs[QK_NF4_DQ / QK_NF4][QK_NF4 / 2];  // each 64-block's nibbles, laid out as in block_nf4
+};
+static_assert(sizeof(block_nf4_dq) == 134, "block_nf4_dq must be 134 bytes (4.1875 bits per weight)");
+
+// Static (one copy per translation unit, as in fp16.h): the per-ISA units include this header with
+// their own flags, and the float operations are the same IEEE ones in each.
+static inline float nf4_dq_block_scale(float D, uint8_t c) { return D * float(c) / 127.0f; }
 
 // Row conversions. n is the number of values and a multiple of the type's block size.
 using to_float_fn = void (*)(const void* src, float* dst, int64_t n);

@@ -4,7 +4,8 @@
 // the same float32 arithmetic in the same order, roundf (half away from zero) for Q8, truncation of
 // x + 8.5 for Q4_0, and the sign convention that Q4_0's scale is max / -8 with max the value of
 // largest magnitude. The dot products accumulate block by block, in order; the SIMD paths are
-// tested against them.
+// tested against them. NF4 and NF4_DQ are pyengine's own formats (blocks.h): their quantizers here
+// define their bytes.
 #include <cmath>
 #include <cstring>
 
@@ -99,6 +100,69 @@ void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
     }
 }
 
+// NF4: the level nearest to x on a block of scale d, argmin_i |x - d * kNF4Levels[i]| in float, the
+// lower index on a tie. A zero scale (an all-zero block, or one too small for fp16) maps everything
+// to the zero level, where any level would be as near.
+static inline int nf4_nearest(float x, float d) {
+    if (d == 0.0f) return kNF4ZeroIndex;
+    int best = 0;
+    float best_err = std::fabs(x - d * float(kNF4Levels[0]));
+    for (int i = 1; i < 16; i++) {
+        const float err = std::fabs(x - d * float(kNF4Levels[i]));
+        if (err < best_err) {
+            best = i;
+            best_err = err;
+        }
+    }
+    return best;
+}
+
+static inline float nf4_absmax(const float* xb) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK_NF4; j++) amax = std::fmax(amax, std::fabs(xb[j]));
+    return amax;
+}
+
+// The nibbles of one 64-block against its scale d as stored (its fp16 or double-quantized value, so
+// that the rounding of the scale is part of what the nearest level is chosen against).
+static void quantize_block_nf4(const float* xb, float d, uint8_t* qs) {
+    for (int j = 0; j < QK_NF4 / 2; j++)
+        qs[j] = uint8_t(nf4_nearest(xb[j], d) | (nf4_nearest(xb[j + QK_NF4 / 2], d) << 4));
+}
+
+void quantize_row_nf4(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_nf4*>(vy);
+    for (int64_t i = 0; i < n / QK_NF4; i++) {
+        const float* xb = x + i * QK_NF4;
+        y[i].d = fp32_to_fp16(nf4_absmax(xb) / 127);
+        quantize_block_nf4(xb, fp16_to_fp32(y[i].d), y[i].qs);
+    }
+}
+
+void quantize_row_nf4_dq(const float* x, void* vy, int64_t n) {
+    constexpr int kBlocks = QK_NF4_DQ / QK_NF4;
+    auto* y = static_cast<block_nf4_dq*>(vy);
+    for (int64_t i = 0; i < n / QK_NF4_DQ; i++) {
+        const float* xs = x + i * QK_NF4_DQ;
+        float amax[kBlocks];
+        float max = 0.0f;
+        for (int b = 0; b < kBlocks; b++) {
+            amax[b] = nf4_absmax(xs + b * QK_NF4);
+            max = std::fmax(max, amax[b]);
+        }
+        y[i].d = fp32_to_fp16(max / 255);
+        const float D = fp16_to_fp32(y[i].d);
+        for (int b = 0; b < kBlocks; b++) {
+            // c = round(absmax / D), at least 1 for a block that is not all zero. When D itself
+            // rounded to zero in fp16 every scale is zero whatever c is.
+            int c = 0;
+            if (amax[b] > 0.0f && D > 0.0f) c = int(std::fmin(std::fmax(std::round(amax[b] / D), 1.0f), 255.0f));
+            y[i].scales[b] = uint8_t(c);
+            quantize_block_nf4(xs + b * QK_NF4, nf4_dq_block_scale(D, y[i].scales[b]), y[i].qs[b]);
+        }
+    }
+}
+
 void quantize_row_f16(const float* x, void* vy, int64_t n) {
     auto* y = static_cast<uint16_t*>(vy);
     for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
@@ -147,6 +211,27 @@ void dequantize_row_q8_1(const void* vx, float* y, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++) {
         const float d = fp16_to_fp32(x[i].d);
         for (int j = 0; j < QK; j++) y[i * QK + j] = float(x[i].qs[j]) * d;
+    }
+}
+
+static void dequantize_block_nf4(const uint8_t* qs, float d, float* y) {
+    for (int j = 0; j < QK_NF4 / 2; j++) {
+        y[j] = d * float(kNF4Levels[qs[j] & 0x0f]);
+        y[j + QK_NF4 / 2] = d * float(kNF4Levels[qs[j] >> 4]);
+    }
+}
+
+void dequantize_row_nf4(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_nf4*>(vx);
+    for (int64_t i = 0; i < n / QK_NF4; i++) dequantize_block_nf4(x[i].qs, fp16_to_fp32(x[i].d), y + i * QK_NF4);
+}
+
+void dequantize_row_nf4_dq(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_nf4_dq*>(vx);
+    for (int64_t i = 0; i < n / QK_NF4_DQ; i++) {
+        const float D = fp16_to_fp32(x[i].d);
+        for (int b = 0; b < QK_NF4_DQ / QK_NF4; b++)
+            dequantize_block_nf4(x[i].qs[b], nf4_dq_block_scale(D, x[i].scales[b]), y + i * QK_NF4_DQ + b * QK_NF4);
     }
 }
 
@@ -208,6 +293,42 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     return sum;
 }
 
+// NF4 weights against Q8_0 activations, two activation blocks per 64-block: the low nibbles (weights
+// 0..31) pair with the first, the high ones (32..63) with the second. Each 32-half is a term
+// float(isum) * fl(d_w * d_x), exactly as a Q4_0 block is, the terms added in order; d_w is the
+// block's fp16 scale, or for NF4_DQ its nf4_dq_block_scale.
+static float nf4_block_dot(const uint8_t* qs, float d, const block_q8_0* x, float sum) {
+    int isum0 = 0, isum1 = 0;
+    for (int j = 0; j < QK_NF4 / 2; j++) {
+        isum0 += kNF4Levels[qs[j] & 0x0f] * x[0].qs[j];
+        isum1 += kNF4Levels[qs[j] >> 4] * x[1].qs[j];
+    }
+    sum += float(isum0) * (d * fp16_to_fp32(x[0].d));
+    sum += float(isum1) * (d * fp16_to_fp32(x[1].d));
+    return sum;
+}
+
+float vec_dot_nf4_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_nf4*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_NF4; i++) sum = nf4_block_dot(w[i].qs, fp16_to_fp32(w[i].d), x + 2 * i, sum);
+    return sum;
+}
+
+float vec_dot_nf4_dq_q8_0(int n, const void* vw, const void* vx) {
+    constexpr int kBlocks = QK_NF4_DQ / QK_NF4;
+    const auto* w = static_cast<const block_nf4_dq*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_NF4_DQ; i++) {
+        const float D = fp16_to_fp32(w[i].d);
+        for (int b = 0; b < kBlocks; b++)
+            sum = nf4_block_dot(w[i].qs[b], nf4_dq_block_scale(D, w[i].scales[b]), x + 2 * (kBlocks * i + b), sum);
+    }
+    return sum;
+}
+
 float vec_dot_f32_f32(int n, const void* vw, const void* vx) {
     const auto* w = static_cast<const float*>(vw);
     const auto* x = static_cast<const float*>(vx);
@@ -265,6 +386,10 @@ struct TraitsTable {
                                       ref::quantize_row_q8_0);
         rows[TYPE_Q8_1] = make_traits("q8_1", QK, sizeof(block_q8_1), TYPE_Q8_1, ref::dequantize_row_q8_1,
                                       ref::quantize_row_q8_1);
+        rows[TYPE_NF4] = make_traits("nf4", QK_NF4, sizeof(block_nf4), TYPE_Q8_0, ref::dequantize_row_nf4,
+                                     ref::quantize_row_nf4);
+        rows[TYPE_NF4_DQ] = make_traits("nf4_dq", QK_NF4_DQ, sizeof(block_nf4_dq), TYPE_Q8_0,
+                                        ref::dequantize_row_nf4_dq, ref::quantize_row_nf4_dq);
     }
 };
 
@@ -294,6 +419,8 @@ const Kernels* kernels_scalar() {
         k.vec_dot[TYPE_Q4_0] = ref::vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = ref::vec_dot_q4_1_q8_1;
         k.vec_dot[TYPE_Q8_0] = ref::vec_dot_q8_0_q8_0;
+        k.vec_dot[TYPE_NF4] = ref::vec_dot_nf4_q8_0;
+        k.vec_dot[TYPE_NF4_DQ] = ref::vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = ref::vec_dot_f32_f32;
         k.vec_dot[TYPE_F16] = ref::vec_dot_f16_f32;
         k.vec_dot[TYPE_BF16] = ref::vec_dot_bf16_f32;

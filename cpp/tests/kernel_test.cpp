@@ -23,6 +23,9 @@
 //   within the bound below, on random and adversarial blocks (zero bytes and scales, all equal, one
 //   outlier, +-65504 scales with -128 / 127 bytes and 0 / 15 nibbles, subnormal scales), over lengths
 //   with odd block counts and odd float counts, so every unrolled loop's tail runs;
+// - vec_dot for NF4 and NF4_DQ (pyengine's own formats, Q8_0 activations) likewise, on random and
+//   reference-quantized blocks, zero scales and scale codes, all-zero levels, one outlier, +-127
+//   levels under the largest fp16 scale (and scale code 255), subnormal scales;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
@@ -30,7 +33,9 @@
 // The tolerance. Both results are float sums of the same terms in a different order. For the
 // quantized dots the terms are t = D_b * L, with D_b = fl(d_w * d_x) computed identically by both
 // (one rounding of a product of two exact fp16 values) and L an exact integer: a block's whole int sum
-// (scalar) or a lane's share of it (SIMD); for Q4_1 also fl(m_b * s_b). Summing terms in any tree of
+// (scalar) or a lane's share of it (SIMD); for Q4_1 also fl(m_b * s_b). NF4 is the same with one
+// term per 32-half of a 64-block (d_w being the block's scale: fp16, or for NF4_DQ the float
+// nf4_dq_block_scale, computed identically by both). Summing terms in any tree of
 // depth h, with each product rounded once (or fused), errs by at most gamma(h + 1) * sum|t|, where
 // gamma(k) = k u / (1 - k u), u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms,
 // chapters 3 and 4). And
@@ -516,7 +521,7 @@ bool quantize_both(const Kernels& k, const Kernels& s, GGMLType type, const std:
 
 void check_table_entries(const Kernels& k, const Kernels& s) {
     Group& g = group("table entries");
-    const GGMLType dots[] = {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0, TYPE_F32, TYPE_F16, TYPE_BF16};
+    const GGMLType dots[] = {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0, TYPE_NF4, TYPE_NF4_DQ, TYPE_F32, TYPE_F16, TYPE_BF16};
     const bool is_scalar = &k == &s;
     for (GGMLType t : dots) {
         record(g, k.vec_dot[t] != nullptr, format("vec_dot[%s] missing", type_traits(t)->name));
@@ -612,6 +617,153 @@ void check_quant_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
                     for (int nb : lengths) one(wk, ak, nb);
             for (int nb : long_lengths) one(Wt::mixed, Act::mixed, nb);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NF4 and NF4_DQ weights (64-weight blocks; 256-weight super-blocks of four with 8-bit scale codes)
+// against Q8_0 activations, two activation blocks per 64-block.
+
+enum class Nw { random, quantized, zero_scale, zero_level, outlier, max_scale, extremes, tiny_scale, mixed };
+constexpr Nw kNws[] = {Nw::random,    Nw::quantized, Nw::zero_scale, Nw::zero_level, Nw::outlier,
+                       Nw::max_scale, Nw::extremes,  Nw::tiny_scale, Nw::mixed};
+
+const char* nw_name(Nw w) {
+    switch (w) {
+        case Nw::random: return "random";
+        case Nw::quantized: return "quantized";
+        case Nw::zero_scale: return "zero_scale";
+        case Nw::zero_level: return "zero_level";
+        case Nw::outlier: return "outlier";
+        case Nw::max_scale: return "max_scale";
+        case Nw::extremes: return "extremes";
+        case Nw::tiny_scale: return "tiny_scale";
+        case Nw::mixed: return "mixed";
+    }
+    return "?";
+}
+
+// The 32 nibble bytes of one 64-block. Indices 0 and 15 are the levels -127 and 127.
+void fill_nf4_nibbles(Nw kind, uint8_t* qs, Rng& rng) {
+    int q[QK_NF4];
+    switch (kind) {
+        case Nw::zero_level:
+            for (int& v : q) v = kNF4ZeroIndex;
+            break;
+        case Nw::outlier:
+            for (int& v : q) v = kNF4ZeroIndex;
+            q[rng.below(QK_NF4)] = rng.below(2) ? 0 : 15;
+            break;
+        case Nw::max_scale: {
+            const int c = rng.below(2) ? 0 : 15;
+            for (int& v : q) v = c;
+            break;
+        }
+        case Nw::extremes:
+            for (int& v : q) v = rng.below(2) ? 0 : 15;
+            break;
+        default:
+            for (int& v : q) v = rng.below(16);
+            break;
+    }
+    for (int j = 0; j < QK_NF4 / 2; j++) qs[j] = uint8_t(q[j] | (q[j + QK_NF4 / 2] << 4));
+}
+
+// The fp16 d of an NF4 block, or D of an NF4_DQ super-block. A file may hold a negative one.
+uint16_t nf4_scale_bits(Nw kind, Rng& rng) {
+    switch (kind) {
+        case Nw::zero_scale: return rng.below(2) ? 0x0000 : 0x8000;
+        case Nw::max_scale: return 0x7bff;  // 65504
+        case Nw::extremes: return rng.below(2) ? 0x7bff : 0xfbff;
+        case Nw::tiny_scale: return tiny_fp16(rng);
+        default: return random_fp16_scale(rng);
+    }
+}
+
+// One NF4 block or NF4_DQ super-block of the given kind at blk.
+void fill_nf4_weights(GGMLType type, Nw kind, uint8_t* blk, Rng& rng) {
+    if (kind == Nw::mixed) kind = kNws[rng.below(8)];  // any kind but mixed itself
+    const int block_size = type_traits(type)->block_size;
+    if (kind == Nw::quantized) {
+        // Bytes from the reference quantizer, as a model file holds them.
+        std::vector<float> x(static_cast<size_t>(block_size));
+        for (int b = 0; b < block_size / QK; b++) fill_act_block(Act::random, x.data() + b * QK, rng);
+        type_traits(type)->from_float(x.data(), blk, block_size);
+        return;
+    }
+    const uint16_t d = nf4_scale_bits(kind, rng);
+    if (type == TYPE_NF4) {
+        auto* b = reinterpret_cast<block_nf4*>(blk);
+        b->d = d;
+        fill_nf4_nibbles(kind, b->qs, rng);
+        return;
+    }
+    auto* b = reinterpret_cast<block_nf4_dq*>(blk);
+    b->d = d;
+    for (int i = 0; i < QK_NF4_DQ / QK_NF4; i++) {
+        const int code = kind == Nw::zero_scale ? rng.below(2) * rng.between(0, 255)  // a zero D or code
+                         : kind == Nw::max_scale || kind == Nw::extremes ? 255
+                         : kind == Nw::tiny_scale ? rng.between(0, 3)
+                                                  : rng.between(0, 255);
+        b->scales[i] = uint8_t(code);
+        fill_nf4_nibbles(kind, b->qs[i], rng);
+    }
+}
+
+// Weight k of an NF4 or NF4_DQ row: its level, and in *scale its block's scale as the kernels use it.
+int nf4_level(GGMLType type, const uint8_t* row, int k, float* scale) {
+    const uint8_t* qs;
+    if (type == TYPE_NF4) {
+        const auto* b = reinterpret_cast<const block_nf4*>(row) + k / QK_NF4;
+        *scale = fp16_to_fp32(b->d);
+        qs = b->qs;
+    } else {
+        const auto* b = reinterpret_cast<const block_nf4_dq*>(row) + k / QK_NF4_DQ;
+        const int sub = (k % QK_NF4_DQ) / QK_NF4;
+        *scale = nf4_dq_block_scale(fp16_to_fp32(b->d), b->scales[sub]);
+        qs = b->qs[sub];
+    }
+    const int j = k % QK_NF4;
+    return kNF4Levels[j < QK_NF4 / 2 ? (qs[j] & 0x0f) : (qs[j - QK_NF4 / 2] >> 4)];
+}
+
+void check_nf4_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    const int lengths[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33};  // in blocks (64 or 256 weights)
+    for (GGMLType type : {TYPE_NF4, TYPE_NF4_DQ}) {
+        const TypeTraits* tt = type_traits(type);
+        Group& g = group(format("vec_dot %s x q8_0", tt->name), true);
+        auto one = [&](Nw wk, Act ak, int nb) {
+            std::vector<uint8_t> w(size_t(nb) * tt->type_size);
+            for (int b = 0; b < nb; b++) fill_nf4_weights(type, wk, w.data() + size_t(b) * tt->type_size, rng);
+            const int n = nb * tt->block_size;
+            const std::vector<float> x = make_act_row(ak, n / QK, rng);
+            const std::string what = format("weights %s, activations %s, %d blocks", nw_name(wk), act_name(ak), nb);
+            set_case(g, what);
+            const uint8_t *xa, *xs;
+            std::string where;
+            if (!quantize_both(k, s, TYPE_Q8_0, x, buf, &xa, &xs, &where)) {
+                record(g, false, what + ": activation bytes differ from the scalar quantizer, " + where);
+                return;
+            }
+            const void* wp = buf.weights.put(w);
+            const float got = k.vec_dot[type](n, wp, xa);
+            const float want = s.vec_dot[type](n, wp, xs);
+            // S: one term per 32-half, |fl(d_w d_x)| * sum |level * y|.
+            const auto* xb = reinterpret_cast<const block_q8_0*>(xs);
+            double S = 0.0;
+            for (int h = 0; h < n / QK; h++) {
+                float scale = 0.0f;
+                long isum = 0;
+                for (int j = 0; j < QK; j++)
+                    isum += std::labs(long(nf4_level(type, w.data(), h * QK + j, &scale)) * xb[h].qs[j]);
+                S += std::fabs(double(scale * fp16_to_fp32(xb[h].d))) * double(isum);
+            }
+            check_dot(g, got, want, S, n / QK, what);
+        };
+        for (int t = 0; t < trials; t++)
+            for (Nw wk : kNws)
+                for (Act ak : kDotActs)
+                    for (int nb : lengths) one(wk, ak, nb);
     }
 }
 
@@ -893,6 +1045,7 @@ int main(int argc, char** argv) {
     check_table_entries(*table, *scalar);
     check_quantizers(*table, *scalar, buf, rng, trials);
     check_quant_dots(*table, *scalar, buf, rng, trials);
+    check_nf4_dots(*table, *scalar, buf, rng, trials);
     check_float_dots(*table, *scalar, buf, rng, trials);
     check_axpy(*table, *scalar, buf, rng, trials);
 

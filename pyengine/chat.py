@@ -1,0 +1,283 @@
+"""Chat: the file's chat template rendered as transformers' apply_chat_template does, and a session
+that keeps the conversation in one KV cache.
+
+    chat(model, [{"role": "user", "content": "Hi"}], seed=1) -> Completion (or an iterator, stream=True)
+    ChatTemplate.from_model(model).render(messages) -> str;  chat_ids(model, messages) -> ids
+    ChatSession(model, system="...").ask("Hi") -> iterator of text pieces (the REPL's engine)
+
+The template (`tokenizer.chat_template`, jinja2) comes from the file, so it is untrusted: it runs in
+jinja2's ImmutableSandboxedEnvironment (an unsandboxed template is code execution, CVE-2024-34359),
+and an unsafe attribute (`''.__class__`) raises a SecurityError instead of rendering as empty.
+Like transformers: trim_blocks and lstrip_blocks, the loopcontrols extension, a `tojson` filter that
+keeps non-ASCII text, the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`
+(and the other special tokens' texts), the helpers `raise_exception(message)` and
+`strftime_now(format)`. A file without a template gets ChatML.
+
+The rendered text is tokenized with special tokens parsed (`<|im_start|>` is one id), with BOS
+added when the file asks for it unless the text already starts with the BOS token's text.
+
+Templates that have no system role (rendering a system message raises, or drops its text) get the
+system text merged into the first user message: "SYSTEM\\n\\nUSER".
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+from .gguf import GGUFError
+from .generate import TokenStream, check_max_tokens, check_options, generate_ids
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["ChatTemplate", "ChatTemplateError", "ChatSession", "CHATML_TEMPLATE", "chat", "chat_ids",
+           "check_messages"]
+
+KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class ChatTemplateError(ValueError):
+    """The chat template cannot be compiled or rendered (a syntax error, raise_exception(), or an
+    unsafe operation that the sandbox refused: the jinja2 SecurityError is the __cause__)."""
+
+
+def check_messages(messages) -> list[dict]:
+    """messages: a sequence of {"role": str, "content": str}; ValueError naming the bad one."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    if not messages:
+        raise ValueError("messages is empty")
+    checked = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"messages[{i}]['role'] must be a non-empty str, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}]['content'] must be a str, got {type(content).__name__}")
+        checked.append(dict(m))
+    return checked
+
+
+def _sandbox():
+    import jinja2.ext
+    from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        def unsafe_undefined(self, obj, attribute):
+            # jinja2 would return an undefined value that prints as "": refuse loudly instead
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env
+
+
+class ChatTemplate:
+    """A compiled chat template. special_tokens: the texts passed to the template (bos_token, ...)."""
+
+    def __init__(self, source: str, special_tokens: Mapping[str, str] | None = None) -> None:
+        from jinja2.exceptions import TemplateError
+
+        if not isinstance(source, str):
+            raise GGUFError(f"{KEY_CHAT_TEMPLATE} must be a string, got {type(source).__name__}")
+        self.source = source
+        self.special_tokens = dict(special_tokens or {})
+        try:
+            self._template = _sandbox().from_string(source)
+        except TemplateError as e:
+            raise GGUFError(f"{KEY_CHAT_TEMPLATE} does not compile: {type(e).__name__}: {e}") from e
+        self._supports_system: bool | None = None
+
+    @classmethod
+    def from_model(cls, model: Model) -> ChatTemplate:
+        """The file's template (ChatML when it has none), with its special tokens' texts."""
+        tokenizer = model.tokenizer
+        special = {}
+        for name in ("bos", "eos", "unk"):
+            token_id = getattr(tokenizer, f"{name}_id")
+            special[f"{name}_token"] = tokenizer.token_text(token_id) if token_id is not None else ""
+        return cls(model.metadata.get(KEY_CHAT_TEMPLATE) or CHATML_TEMPLATE, special)
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         **self.special_tokens)
+        except TemplateError as e:
+            raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from e
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+            raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from e
+
+    @property
+    def supports_system(self) -> bool:
+        """Whether a system message survives rendering (it neither raises nor disappears)."""
+        if self._supports_system is None:
+            marker = "pyengine-system-probe-7f3a"
+            try:
+                text = self._render([{"role": "system", "content": marker}, {"role": "user", "content": "hi"}], True)
+                self._supports_system = marker in text
+            except ChatTemplateError:
+                self._supports_system = False
+        return self._supports_system
+
+    def prepare(self, messages: list[dict]) -> list[dict]:
+        """The messages as the template can take them: a leading system message merged into the first
+        user message when the template has no system role."""
+        if not messages or messages[0]["role"] != "system" or self.supports_system:
+            return messages
+        system, rest = messages[0]["content"], list(messages[1:])
+        for i, m in enumerate(rest):
+            if m["role"] == "user":
+                rest[i] = {**m, "content": f"{system}\n\n{m['content']}" if system else m["content"]}
+                return rest
+        return [{"role": "user", "content": system}] + rest
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        return self._render(self.prepare(check_messages(messages)), bool(add_generation_prompt))
+
+
+def _tokenize_chat(model: Model, text: str) -> list[int]:
+    tokenizer = model.tokenizer
+    bos = tokenizer.bos_id
+    add_bos = tokenizer.add_bos and bos is not None and not text.startswith(tokenizer.token_text(bos))
+    return tokenizer.encode(text, add_bos=add_bos, parse_special=True)
+
+
+def chat_ids(model: Model, messages, add_generation_prompt: bool = True,
+             template: ChatTemplate | None = None) -> list[int]:
+    """The token ids of the rendered conversation (apply_chat_template(tokenize=True))."""
+    template = template or ChatTemplate.from_model(model)
+    return _tokenize_chat(model, template.render(messages, add_generation_prompt))
+
+
+def chat(model: Model, messages, max_tokens: int = 128, stream: bool = False, stop=(), **sampling):
+    """The assistant's reply to `messages`, generated on a fresh context until an end-of-turn token.
+    sampling: generate()'s keywords (temperature, top_k, seed, ...). Returns a Completion, or an
+    iterator of text pieces with stream=True."""
+    params = SamplingParams(**sampling)
+    check_options(model, params, max_tokens, stop, stream)
+    ids = chat_ids(model, messages)
+    return generate_ids(model, ids, params, max_tokens, stop, stream)
+
+
+class ChatSession:
+    """A conversation held in one context, for the REPL. Each ask() renders the whole conversation
+    with the template, keeps the longest prefix of ids the context already holds, evaluates only the
+    rest, and streams the reply.
+
+    When the rendered conversation plus room for the reply (min(max_tokens, n_ctx // 4) tokens)
+    does not fit, the oldest turns are dropped (a system message stays) and `last_dropped` says how
+    many. Counters of the last ask(): last_reused (ids kept from the context), last_prompt_eval (ids
+    of the conversation evaluated), last_eval_count (everything evaluated: those and the reply's
+    tokens), last_finish ("stop", "length", or "interrupted")."""
+
+    def __init__(self, model: Model, system: str | None = None, max_tokens: int = 512,
+                 n_ctx: int | None = None, **sampling) -> None:
+        self.model = model
+        self.params = SamplingParams(**sampling)
+        self.sampler = Sampler(self.params, model.n_vocab)
+        self.max_tokens = check_max_tokens(max_tokens)
+        if system is not None and not isinstance(system, str):
+            raise ValueError(f"system must be a str, got {type(system).__name__}")
+        self.system = system
+        self.template = ChatTemplate.from_model(model)
+        self.ctx = model.context(n_ctx)
+        self.ctx_ids: list[int] = []  # what the context holds
+        self.messages: list[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the conversation (the system prompt stays)."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.ctx.truncate(0)
+        self.ctx_ids = []
+        self.last_reused = self.last_prompt_eval = self.last_eval_count = self.last_dropped = 0
+        self.last_finish: str | None = None
+
+    def _fit(self) -> list[int]:
+        """Ids of the conversation with the generation prompt, dropping the oldest turns until they
+        fit with room for the reply."""
+        n_ctx = self.ctx.n_ctx
+        room = max(1, min(self.max_tokens, n_ctx // 4))
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        ids = _tokenize_chat(self.model, self.template.render(self.messages, True))
+        if len(ids) + room > n_ctx:
+            alone = _tokenize_chat(self.model, self.template.render(self.messages[:first] + self.messages[-1:], True))
+            if len(alone) >= n_ctx:
+                raise ValueError(f"the message does not fit the context ({len(alone)} tokens, n_ctx {n_ctx})")
+        dropped = 0
+        while len(ids) + room > n_ctx:
+            later = [i for i in range(first + 1, len(self.messages)) if self.messages[i]["role"] == "user"]
+            if not later:  # only the newest user message is left: it fits, with less room
+                break
+            del self.messages[first:later[0]]  # the oldest turn: its user message and the replies
+            dropped += 1
+            ids = _tokenize_chat(self.model, self.template.render(self.messages, True))
+        self.last_dropped = dropped
+        return ids
+
+    def ask(self, text: str) -> Iterator[str]:
+        """Adds the user's message and returns an iterator of the reply's text pieces. The reply
+        joins the conversation when the iterator ends, is closed, or is interrupted (the partial
+        text, and the context truncated to what was evaluated)."""
+        if not isinstance(text, str):
+            raise ValueError(f"the message must be a str, got {type(text).__name__}")
+        message = {"role": "user", "content": text}
+        self.messages.append(message)
+        try:
+            ids = self._fit()
+        except BaseException:  # it does not fit, the template refuses the conversation, or Ctrl-C
+            if self.messages and self.messages[-1] is message:
+                self.messages.pop()
+            raise
+        reused = 0
+        for a, b in zip(ids, self.ctx_ids):
+            if a != b:
+                break
+            reused += 1
+        reused = min(reused, len(ids) - 1)  # the last id is evaluated again for its logits
+        self.ctx.truncate(reused)
+        self.ctx_ids = self.ctx_ids[:reused]
+        self.last_reused, self.last_prompt_eval = reused, len(ids) - reused
+        self.last_eval_count, self.last_finish = 0, None
+        stream = TokenStream(self.ctx, ids[reused:], self.sampler, self.max_tokens, history=self.ctx_ids)
+        return self._reply(stream)
+
+    def _reply(self, stream: TokenStream) -> Iterator[str]:
+        try:
+            for _, piece in stream:
+                if piece:
+                    yield piece
+        finally:
+            # Whatever happened (end, close(), KeyboardInterrupt), the context holds stream.ids.
+            self.ctx.truncate(len(stream.ids))
+            self.ctx_ids = stream.ids
+            self.last_eval_count = stream.n_evaluated
+            self.last_finish = stream.finish_reason or "interrupted"
+            self.messages.append({"role": "assistant", "content": stream.text})

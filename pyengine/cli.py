@@ -1,0 +1,192 @@
+"""The commands behind `python -m pyengine ...` (argument parsing lives in __main__.py).
+
+Each command is a plain function taking keyword arguments, usable without the command line:
+
+    run_generate(model="m.gguf", prompt="Hello", max_tokens=32, sampling={"seed": 1})
+    run_chat(model=None, system="Be brief.", sampling={"temperature": 0.7})
+    chat_repl(session, read=input)        # the REPL loop on a ChatSession, drivable from tests
+
+run_command(fn, **kwargs) runs one and turns a bad input (a missing file, a malformed GGUF, a bad
+value) into a one-line error on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TextIO
+
+from .sampling import SamplingParams
+
+HELP = """commands:
+  /reset   forget the conversation (the system prompt stays)
+  /help    this text
+  /exit    quit (Ctrl-D too)
+Ctrl-C stops the answer being written; the conversation goes on."""
+
+
+class CommandError(Exception):
+    """A bad input found by a command: reported as one line, exit code 1."""
+
+
+def run_command(fn: Callable[..., int | None], **kwargs) -> int:
+    """Runs fn(**kwargs); returns the process exit code. Errors caused by the input become one line
+    on stderr: 1 for a bad input, 130 for Ctrl-C."""
+    from .fetch import FetchError
+
+    try:
+        return fn(**kwargs) or 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): quiet, as other tools are
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 1
+    except (CommandError, ValueError, OSError, FetchError, UnicodeError) as e:
+        # ValueError covers GGUFError (a malformed file), bad sampling values and chat template errors
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, FileNotFoundError) and e.filename:
+            message = f"{e.filename}: no such file"
+        print(f"pyengine: error: {message}", file=sys.stderr)
+        return 1
+
+
+def load_model(path: str | None, n_ctx: int | None = None, n_threads: int | None = None):
+    from .model import Model
+
+    if path is not None and not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+    if n_ctx is not None and n_ctx <= 0:
+        raise CommandError(f"-c must be a positive number of tokens, got {n_ctx}")
+    if n_threads is not None and n_threads <= 0:
+        raise CommandError(f"-t must be a positive number of threads, got {n_threads}")
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads)
+
+
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()
+
+
+# ---------------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling: dict | None = None,
+                 stop=(), beams: int | None = None, n_ctx: int | None = None, n_threads: int | None = None,
+                 out: TextIO | None = None) -> int:
+    """Streams the completion of `prompt` to `out` (stdout), then a newline. max_tokens -1: until
+    the end of generation or the context is full. beams: beam search (prints the best)."""
+    out = out or sys.stdout
+    params = SamplingParams(**(sampling or {}))  # checked before the model loads
+    if max_tokens < -1:
+        raise CommandError(f"-n must be >= -1 (-1: until the end), got {max_tokens}")
+    if beams is not None and beams < 1:
+        raise CommandError(f"--beams must be >= 1, got {beams}")
+    m = load_model(model, n_ctx, n_threads)
+    n = m.n_ctx if max_tokens == -1 else max_tokens
+    if beams is not None:
+        if not hasattr(m, "beam_search"):
+            raise CommandError("beam search is not available in this version")
+        best = m.beam_search(prompt, num_beams=beams, max_tokens=n)[0]
+        _write(out, best.text + "\n")
+        return 0
+    from .generate import generate_ids, prompt_ids
+
+    ids = prompt_ids(m, prompt)
+    if max_tokens == -1:
+        n = max(0, m.n_ctx - len(ids) + 1)
+    for piece in generate_ids(m, ids, params, n, stop, stream=True):
+        _write(out, piece)
+    _write(out, "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# chat
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_chat(model: str | None = None, system: str | None = None, max_tokens: int = -1,
+             sampling: dict | None = None, n_ctx: int | None = None, n_threads: int | None = None) -> int:
+    """The interactive chat on stdin/stdout (a terminal or a pipe)."""
+    from .chat import ChatSession
+
+    SamplingParams(**(sampling or {}))  # checked before the model loads
+    if max_tokens < -1:
+        raise CommandError(f"-n must be >= -1 (-1: until the end of the turn), got {max_tokens}")
+    m = load_model(model, n_ctx, n_threads)
+    session = ChatSession(m, system=system, max_tokens=m.n_ctx if max_tokens == -1 else max_tokens,
+                          **(sampling or {}))
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    threads = f"{m.n_threads} thread{'s' if m.n_threads > 1 else ''}"
+    print(f"pyengine chat: {os.path.basename(m.path)}, context {m.n_ctx} tokens, {threads}. "
+          "/help for commands, Ctrl-C stops an answer, Ctrl-D or /exit quits.", file=sys.stderr)
+    chat_repl(session)
+    return 0
+
+
+def chat_repl(session, read: Callable[[str], str] = input, out: TextIO | None = None,
+              err: TextIO | None = None) -> None:
+    """Reads messages with read("> ") until /exit or EOF and streams each reply to out. Ctrl-C
+    while a reply is written stops it (the partial reply stays in the conversation); Ctrl-C at the
+    prompt only says how to quit."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    while True:
+        try:
+            line = read("> ")
+        except EOFError:
+            _write(out, "\n")
+            return
+        except KeyboardInterrupt:
+            _write(out, "\n")
+            print("(/exit or Ctrl-D quits)", file=err, flush=True)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command = text.split()[0]
+            if command in ("/exit", "/quit"):
+                return
+            if command == "/reset":
+                session.reset()
+                print("[conversation reset]", file=err, flush=True)
+            elif command == "/help":
+                print(HELP, file=err, flush=True)
+            else:
+                print(f"unknown command {command}; /help lists them", file=err, flush=True)
+            continue
+        try:
+            reply = session.ask(line)
+        except ValueError as e:  # the message alone does not fit the context
+            print(f"[{e}]", file=err, flush=True)
+            continue
+        except KeyboardInterrupt:
+            _write(out, "\n")
+            print("[interrupted]", file=err, flush=True)
+            continue
+        if session.last_dropped:
+            n = session.last_dropped
+            turns = "oldest turn" if n == 1 else f"{n} oldest turns"
+            print(f"[context full: dropped the {turns}]", file=err, flush=True)
+        try:
+            for piece in reply:
+                _write(out, piece)
+        except KeyboardInterrupt:
+            reply.close()
+            _write(out, "\n")
+            print("[interrupted]", file=err, flush=True)
+            continue
+        _write(out, "\n")
+        if session.last_finish == "length" and session.ctx.n_past >= session.ctx.n_ctx:
+            print("[context full: the next message drops the oldest turns]", file=err, flush=True)

@@ -1,0 +1,237 @@
+"""Text generation: the prompt evaluated in one batch, then one token at a time through Context.eval,
+each chosen by the sampling chain (pyengine/sampling.py), until a stop condition.
+
+    generate(model, prompt, ...) -> Completion       # or an iterator of text pieces (stream=True)
+    TokenStream(ctx, new_ids, sampler, ...)          # the loop itself, on a context the caller keeps
+
+Stop conditions, checked after each sampled token:
+- an end-of-generation token of the file (tokenizer.eog_ids: EOS, end of turn): finish_reason "stop";
+  the token is not part of .tokens or .text, and is not evaluated;
+- one of the `stop` strings in the generated text (found across token boundaries): "stop"; the text
+  ends just before the stop string (the tokens that made it stay in .tokens);
+- max_tokens tokens generated, or the context full: "length".
+
+Streaming is UTF-8 safe (the tokenizer's StreamDecoder holds back half a character) and holds back
+any text that could be the start of a stop string until the next tokens decide it; at the end
+whatever is held back comes out, so the pieces joined are always exactly the Completion's .text.
+Control tokens (<|im_start|>, ...) give no text, as llama.cpp prints them by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Context, Model
+
+__all__ = ["Completion", "TokenStream", "generate", "generate_ids", "check_max_tokens", "check_stop", "check_options",
+           "prompt_ids"]
+
+
+@dataclass
+class Completion:
+    """The result of a generation. tokens: the generated ids only (no prompt, no end-of-generation
+    token); finish_reason: "stop" (end of generation token or stop string) or "length" (max_tokens or
+    the context full); score: beam search's score, None for sampling."""
+
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    score: float | None = None
+
+
+def check_max_tokens(max_tokens) -> int:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+    return max_tokens
+
+
+def check_stop(stop) -> tuple[str, ...]:
+    """stop strings: one str or a sequence of them, none empty."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    try:
+        stop = tuple(stop)
+    except TypeError:
+        raise ValueError(f"stop must be a string or a sequence of strings, got {stop!r}") from None
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"each stop string must be a non-empty str, got {s!r}")
+    return stop
+
+
+def prompt_ids(model: Model, prompt) -> list[int]:
+    """Token ids of a prompt: a str (tokenized with the file's add_bos, special tokens parsed) or a
+    sequence of ids (each checked against the vocabulary). An empty prompt becomes [BOS]."""
+    if isinstance(prompt, str):
+        ids = model.tokenize(prompt)
+    elif isinstance(prompt, (bytes, bytearray)):
+        raise ValueError("prompt must be a str or a sequence of token ids, not bytes")
+    else:
+        try:
+            ids = list(prompt)
+        except TypeError:
+            raise ValueError(f"prompt must be a str or a sequence of token ids, got {type(prompt).__name__}") from None
+        n_vocab = model.n_vocab
+        for i in ids:
+            if isinstance(i, bool) or not hasattr(i, "__index__"):
+                raise ValueError(f"prompt token ids must be integers, got {i!r}")
+            if not 0 <= int(i) < n_vocab:
+                raise ValueError(f"prompt token id {int(i)} is outside the vocabulary ({n_vocab} tokens)")
+        ids = [int(i) for i in ids]
+    if not ids:
+        bos = model.tokenizer.bos_id
+        if bos is None:
+            raise ValueError("the prompt is empty and the vocabulary has no BOS token to start from")
+        ids = [bos]
+    return ids
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest end of text that is the start of a stop string (held back)."""
+    longest = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:n]):
+                longest = n
+                break
+    return longest
+
+
+class TokenStream:
+    """Generation on a context the caller keeps (the chat REPL's conversation).
+
+    ctx holds `history` (the ids already evaluated into it, len == ctx.n_past); `new_ids` are
+    evaluated in one batch, then tokens are sampled and evaluated one at a time. Iterating yields
+    (token_id, text) for each generated token, text being what that token released (may be ""), and
+    one last (None, text) when text held back was released by the end. After (or during) iteration:
+
+        .tokens          generated ids (no end-of-generation token)
+        .text            the text released so far (the completion's text when finished)
+        .finish_reason   None while running, then "stop" or "length"
+        .ids             the ids the context holds: ctx.n_past >= len(ids) at any moment (an
+                         interrupt between eval and bookkeeping leaves ctx one step ahead: truncate
+                         ctx to len(ids) after a KeyboardInterrupt)
+        .n_evaluated     tokens evaluated by this stream (new_ids and generated)
+
+    The last generated token is not evaluated (nothing needs its logits), nor is an end-of-generation
+    token."""
+
+    def __init__(self, ctx: Context, new_ids: Sequence[int], sampler: Sampler, max_tokens: int,
+                 stop: Sequence[str] = (), history: Sequence[int] = ()) -> None:
+        if len(history) != ctx.n_past:
+            raise ValueError(f"history has {len(history)} ids but the context holds {ctx.n_past}")
+        if not new_ids:
+            raise ValueError("new_ids must hold at least one id (the logits come from the last)")
+        if ctx.n_past + len(new_ids) > ctx.n_ctx:
+            raise ValueError(f"{len(new_ids)} tokens after {ctx.n_past} do not fit the context of {ctx.n_ctx} tokens")
+        self.ctx = ctx
+        self.new_ids = list(new_ids)
+        self.sampler = sampler
+        self.max_tokens = check_max_tokens(max_tokens)
+        self.stop = check_stop(stop)
+        self.ids = list(history)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.n_evaluated = 0
+
+    def __iter__(self) -> Iterator[tuple[int | None, str]]:
+        if self.finish_reason is not None or self.n_evaluated:
+            raise RuntimeError("a TokenStream runs once")
+        if self.max_tokens == 0:
+            self.finish_reason = "length"
+            return
+        ctx, ids, tokens, sample, stop = self.ctx, self.ids, self.tokens, self.sampler, self.stop
+        tokenizer = ctx.model.tokenizer
+        eog = tokenizer.eog_ids
+        decoder = tokenizer.stream_decoder(skip_special=True, continuation=True)
+        logits = ctx.eval(self.new_ids)
+        ids.extend(self.new_ids)
+        self.n_evaluated += len(self.new_ids)
+        pending = ""  # decoded, not yet released: it could be the start of a stop string
+        while True:
+            token = sample(ids, logits)
+            if token in eog:
+                self.finish_reason = "stop"
+                rest = pending + decoder.flush()
+                if rest:
+                    self.text += rest
+                    yield None, rest
+                return
+            tokens.append(token)
+            pending += decoder.feed(token)
+            last = len(tokens) >= self.max_tokens or ctx.n_past >= ctx.n_ctx
+            if last:
+                pending += decoder.flush()
+            if stop:
+                cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    self.finish_reason = "stop"
+                    self.text += pending[:cut]
+                    yield token, pending[:cut]
+                    return
+            if last:
+                self.finish_reason = "length"
+                self.text += pending
+                yield token, pending
+                return
+            keep = _held_back(pending, stop) if stop else 0
+            piece = pending[:len(pending) - keep]
+            pending = pending[len(pending) - keep:]
+            self.text += piece
+            yield token, piece
+            logits = ctx.eval((token,))
+            ids.append(token)
+            self.n_evaluated += 1
+
+
+def generate(model: Model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+             top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0, repeat_last_n: int = 64,
+             seed: int | None = None, stop=(), stream: bool = False, frequency_penalty: float = 0.0,
+             presence_penalty: float = 0.0, logit_bias=None):
+    """Generates from `prompt` (str, or a sequence of token ids) on a fresh context.
+
+    Returns a Completion, or with stream=True an iterator of text pieces whose concatenation is the
+    Completion's text for the same seed. Every argument is checked (ValueError) before any model
+    work, streaming or not. See sampling.py for the parameters' meaning and order."""
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                            logit_bias=logit_bias, seed=seed)
+    check_options(model, params, max_tokens, stop, stream)
+    return generate_ids(model, prompt_ids(model, prompt), params, max_tokens, stop, stream)
+
+
+def check_options(model: Model, params: SamplingParams, max_tokens, stop, stream) -> None:
+    """ValueError for a bad max_tokens, stop, stream, or a logit_bias id outside the vocabulary."""
+    check_max_tokens(max_tokens)
+    check_stop(stop)
+    if not isinstance(stream, bool):
+        raise ValueError(f"stream must be True or False, got {stream!r}")
+    params.check_vocab(model.n_vocab)
+
+
+def generate_ids(model: Model, ids: list[int], params: SamplingParams, max_tokens: int = 128, stop=(),
+                 stream: bool = False):
+    """generate() on checked prompt ids (see prompt_ids) and parameters."""
+    check_options(model, params, max_tokens, stop, stream)
+    stop = check_stop(stop)
+    sampler = Sampler(params, model.n_vocab)
+    if len(ids) > model.n_ctx:
+        raise ValueError(f"the prompt has {len(ids)} tokens, more than the context of {model.n_ctx}")
+    if max_tokens == 0:
+        return iter(()) if stream else Completion("", [], "length")
+    # A context just big enough: allocating the whole n_ctx costs more than a short generation.
+    ctx = model.context(min(model.n_ctx, len(ids) + max_tokens))
+    tokens = TokenStream(ctx, ids, sampler, max_tokens, stop)
+    if stream:
+        return (piece for _, piece in tokens if piece)
+    for _ in tokens:
+        pass
+    return Completion(tokens.text, tokens.tokens, tokens.finish_reason)

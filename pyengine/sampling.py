@@ -1,0 +1,381 @@
+"""Choosing the next token from the logits: a chain of small logits processors and a seeded draw.
+
+Each processor is an object with one method, `__call__(ids, logits) -> logits`: `ids` are the tokens
+of the sequence so far (prompt and generated; in a chat, the whole conversation held in the KV
+cache), `logits` a 1-D float array. A processor never changes its input; it returns a new array in
+which a removed token has the logit -inf. The chain runs in this order (HF transformers' order:
+processors, then warpers; the two extra penalties are llama.cpp's and OpenAI's):
+
+    1. RepetitionPenalty(penalty, last_n)     CTRL (Keskar et al. 2019): each distinct token of the
+                                              window has a positive logit divided by the penalty, a
+                                              negative one multiplied by it
+    2. FrequencyPresencePenalty(f, p, last_n) logit -= count * f + (count > 0) * p, count = the
+                                              token's occurrences in the window
+    3. LogitBias({id: bias})                  logit += bias (-inf bans a token)
+       -- temperature 0: greedy, the argmax of the logits so far (ties: the lowest id) --
+    4. Temperature(t)                         logits / t
+    5. TopK(k)                                keep the tokens whose logit is >= the k-th largest
+                                              (ties with the k-th are kept, as transformers does)
+    6. TopP(p)                                nucleus: keep the smallest set of most likely tokens
+                                              whose probability sums to >= p (transformers'
+                                              TopPLogitsWarper: sorted ascending, a token goes when
+                                              the cumulative probability up to it is <= 1 - p;
+                                              the most likely token always stays)
+    7. MinP(p)                                keep the tokens with probability >= p * the largest
+                                              probability (transformers' MinPLogitsWarper)
+    then one token is drawn from the softmax of what is left, with the Sampler's numpy Generator.
+
+The repetition window: the last `repeat_last_n` ids of the sequence (the prompt counts, as in
+transformers, which penalizes every id of input_ids; llama.cpp's window of the last n tokens). 0
+turns the penalties off; -1 takes the whole sequence.
+
+Disabled steps are left out of the chain: repetition_penalty 1, both other penalties 0, an empty
+logit_bias, temperature 1, top_k 0 (or >= the vocabulary), top_p 1, min_p 0.
+
+Speed: temperature, top-k, top-p and min-p do not depend on which token sits where, only on the
+values, so after top-k the Sampler keeps just the k candidates (found with argpartition, no sort of
+the whole vocabulary) and runs top-p, min-p and the draw on those.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["SamplingParams", "Sampler", "SamplingError", "RepetitionPenalty", "FrequencyPresencePenalty",
+           "LogitBias", "Temperature", "TopK", "TopP", "MinP", "softmax"]
+
+
+class SamplingError(ValueError):
+    """The logits leave nothing to sample: every token is banned (-inf) or a logit is NaN/inf."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of logits (-inf gives 0); logits must hold at least one finite value."""
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def _window(ids: Sequence[int], last_n: int) -> np.ndarray:
+    if last_n == 0 or len(ids) == 0:
+        return np.empty(0, np.int64)
+    window = ids if last_n < 0 else ids[-last_n:]
+    return np.asarray(window, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Processors: they look at which tokens came before
+# ---------------------------------------------------------------------------------------------------
+
+
+class RepetitionPenalty:
+    """CTRL's penalty over the distinct tokens of the last `last_n` ids (-1: all of them)."""
+
+    def __init__(self, penalty: float, last_n: int = 64) -> None:
+        self.penalty = float(penalty)
+        self.last_n = int(last_n)
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        seen = np.unique(_window(ids, self.last_n))
+        out = logits.copy()
+        if seen.size:
+            score = out[seen]
+            out[seen] = np.where(score < 0, score * self.penalty, score / self.penalty)
+        return out
+
+
+class FrequencyPresencePenalty:
+    """OpenAI's (and llama.cpp's) penalties: logit -= count * frequency + (count > 0) * presence,
+    counting each token's occurrences in the last `last_n` ids (-1: all of them)."""
+
+    def __init__(self, frequency: float, presence: float, last_n: int = 64) -> None:
+        self.frequency = float(frequency)
+        self.presence = float(presence)
+        self.last_n = int(last_n)
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        seen, counts = np.unique(_window(ids, self.last_n), return_counts=True)
+        out = logits.copy()
+        if seen.size:
+            out[seen] -= (counts * self.frequency + self.presence).astype(out.dtype)
+        return out
+
+
+class LogitBias:
+    """Adds a fixed bias to chosen token ids; -inf bans a token."""
+
+    def __init__(self, bias: Mapping[int, float]) -> None:
+        self.ids = np.fromiter((int(i) for i in bias), np.int64, len(bias))
+        self.values = np.fromiter((float(v) for v in bias.values()), np.float64, len(bias))
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        out = logits.copy()
+        out[self.ids] += self.values.astype(out.dtype)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Warpers: they only look at the values, so they work on any subset of the vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+
+class Temperature:
+    def __init__(self, temperature: float) -> None:
+        if not temperature > 0:
+            raise ValueError(f"Temperature needs temperature > 0 (0 is greedy: the Sampler's argmax), got {temperature}")
+        self.temperature = float(temperature)
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        return logits / logits.dtype.type(self.temperature)
+
+
+def _top_superset(logits: np.ndarray, m: int) -> np.ndarray:
+    """Ascending indices of every token whose logit is >= some threshold that at least min(m, n)
+    tokens reach: a superset of the m largest, usually not much bigger. The threshold comes from a
+    strided sample (a 1/16 subsample's top values estimate the whole vocabulary's), so a large
+    vocabulary costs two cheap passes instead of an argpartition; when the estimate falls short,
+    the exact m-th largest value is the threshold."""
+    n = logits.size
+    if m >= n:
+        return np.arange(n)
+    stride = 16
+    sample = logits[::stride]
+    j = 2 * m // stride + 2  # the sample's j-th largest: about the (2m + 32)-th largest overall
+    if n >= 1024 and j < sample.size:
+        threshold = np.partition(sample, sample.size - j)[sample.size - j]
+        kept = np.flatnonzero(logits >= threshold)
+        if kept.size >= m:
+            return kept
+    threshold = np.partition(logits, n - m)[n - m]
+    return np.flatnonzero(logits >= threshold)
+
+
+class TopK:
+    """Keeps the tokens whose logit is >= the k-th largest (ties with it stay too, as transformers'
+    TopKLogitsWarper, which removes what is below the k-th value)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = int(k)
+
+    def select(self, logits: np.ndarray) -> np.ndarray:
+        """Ascending indices of the tokens kept, without a sort of the whole vocabulary."""
+        if self.k >= logits.size:
+            return np.arange(logits.size)
+        candidates = _top_superset(logits, self.k)
+        values = logits[candidates]
+        kth = np.partition(values, values.size - self.k)[values.size - self.k]
+        return candidates[values >= kth]
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        return _keep(logits, self.select(logits))
+
+
+class TopP:
+    """Nucleus sampling, as transformers' TopPLogitsWarper (min_tokens_to_keep=1): with the tokens
+    sorted by ascending probability, one goes when the cumulative probability up to and including
+    it is <= 1 - p; the most likely token always stays."""
+
+    def __init__(self, p: float) -> None:
+        self.p = float(p)
+
+    def select(self, logits: np.ndarray) -> np.ndarray:
+        """Ascending indices of the tokens kept. On a large vocabulary, only the m most likely
+        tokens are sorted (m = 64, 256, ... until their mass covers p: the rest is then removed)."""
+        n = logits.size
+        e = np.exp(logits - logits.max())
+        total = e.sum(dtype=np.float64)
+        m = 64
+        while True:
+            top = _top_superset(logits, m) if m < n else np.arange(n)
+            order = top[np.argsort(logits[top], kind="stable")]  # ascending
+            mass = np.asarray(e[order], np.float64)
+            rest = total - mass.sum()  # the probability mass outside `top`, unnormalized
+            if top.size == n or rest / total <= 1.0 - self.p:
+                cumulative = (rest + np.cumsum(mass)) / total
+                remove = cumulative <= 1.0 - self.p
+                remove[-1] = False
+                return np.sort(order[~remove])
+            m *= 4
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        return _keep(logits, self.select(logits))
+
+
+class MinP:
+    """Keeps the tokens with probability >= p * the top probability, as transformers'
+    MinPLogitsWarper (the top token always stays)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = float(p)
+
+    def select(self, logits: np.ndarray) -> np.ndarray:
+        # probs / max(probs) = exp(logit - max(logit))
+        return np.flatnonzero(np.exp(logits - logits.max()) >= self.p)
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        return _keep(logits, self.select(logits))
+
+
+def _keep(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.full_like(logits, -np.inf)
+    out[keep] = logits[keep]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameters, checked up front
+# ---------------------------------------------------------------------------------------------------
+
+
+def _number(name: str, value, integer: bool = False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real if not integer else numbers.Integral):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if integer:
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The sampling settings, each checked when made (ValueError). Defaults are generate()'s."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: Mapping[int, float] | None = field(default=None, hash=False)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalize the values once, here
+        t = _number("temperature", self.temperature)
+        if t < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {t}")
+        k = _number("top_k", self.top_k, integer=True)
+        if k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {k}")
+        top_p = _number("top_p", self.top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p}")
+        min_p = _number("min_p", self.min_p)
+        if not 0 <= min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")
+        rp = _number("repetition_penalty", self.repetition_penalty)
+        if rp <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {rp}")
+        last_n = _number("repeat_last_n", self.repeat_last_n, integer=True)
+        if last_n < -1:
+            raise ValueError(f"repeat_last_n must be >= -1 (-1: the whole context, 0: off), got {last_n}")
+        fp = _number("frequency_penalty", self.frequency_penalty)
+        pp = _number("presence_penalty", self.presence_penalty)
+        bias = {}
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, Mapping):
+                raise ValueError(f"logit_bias must be a dict of token id -> bias, got {type(self.logit_bias).__name__}")
+            for token_id, value in self.logit_bias.items():
+                token_id = _number("a logit_bias token id", token_id, integer=True)
+                if token_id < 0:
+                    raise ValueError(f"logit_bias token id {token_id} is negative")
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
+                        or value == math.inf:
+                    raise ValueError(f"logit_bias[{token_id}] must be a finite number or -inf, got {value!r}")
+                bias[token_id] = float(value)
+        seed = self.seed
+        if seed is not None:
+            seed = _number("seed", seed, integer=True)
+            if seed < 0:
+                raise ValueError(f"seed must be >= 0 (or None for a fresh one), got {seed}")
+        for name, value in (("temperature", t), ("top_k", k), ("top_p", top_p), ("min_p", min_p),
+                            ("repetition_penalty", rp), ("repeat_last_n", last_n), ("frequency_penalty", fp),
+                            ("presence_penalty", pp), ("logit_bias", bias), ("seed", seed)):
+            set_(self, name, value)
+
+    def check_vocab(self, n_vocab: int) -> None:
+        """ValueError when a logit_bias id is outside a vocabulary of n_vocab tokens."""
+        for token_id in self.logit_bias:
+            if token_id >= n_vocab:
+                raise ValueError(f"logit_bias token id {token_id} is outside the vocabulary ({n_vocab} tokens)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------------
+
+
+class Sampler:
+    """The chain for one set of parameters, and its random generator (seeded from params.seed; a
+    fresh one from the OS when None). sampler(ids, logits) -> the next token id.
+
+    Calls draw from the same generator in turn, so the same seed and the same logits give the
+    same tokens."""
+
+    def __init__(self, params: SamplingParams | None = None, n_vocab: int | None = None) -> None:
+        self.params = params = params or SamplingParams()
+        if n_vocab is not None:
+            params.check_vocab(n_vocab)
+        self.rng = np.random.default_rng(params.seed)
+        self.processors: list = []
+        if params.repeat_last_n != 0 and params.repetition_penalty != 1.0:
+            self.processors.append(RepetitionPenalty(params.repetition_penalty, params.repeat_last_n))
+        if params.repeat_last_n != 0 and (params.frequency_penalty or params.presence_penalty):
+            self.processors.append(FrequencyPresencePenalty(params.frequency_penalty, params.presence_penalty,
+                                                            params.repeat_last_n))
+        if params.logit_bias:
+            self.processors.append(LogitBias(params.logit_bias))
+        self.warpers: list = []
+        if not params.greedy:
+            if params.temperature != 1.0:
+                self.warpers.append(Temperature(params.temperature))
+            if params.top_k > 0 and (n_vocab is None or params.top_k < n_vocab):
+                self.warpers.append(TopK(params.top_k))
+            if params.top_p < 1.0:
+                self.warpers.append(TopP(params.top_p))
+            if params.min_p > 0.0:
+                self.warpers.append(MinP(params.min_p))
+
+    def __call__(self, ids: Sequence[int], logits: np.ndarray) -> int:
+        for processor in self.processors:
+            logits = processor(ids, logits)
+        top = logits.max()  # NaN anywhere makes the max NaN
+        if not np.isfinite(top):
+            if np.isnan(top):
+                raise SamplingError("a logit is NaN: nothing can be sampled")
+            if top == -np.inf:
+                raise SamplingError("every token has the logit -inf (all banned): nothing can be sampled")
+            raise SamplingError("a logit is +inf: nothing can be sampled")
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        # The filters (top-k, top-p, min-p) shrink the candidates instead of writing -inf over the
+        # whole vocabulary; the candidates stay in vocabulary order, so the draw does not depend on it.
+        candidates = None  # vocabulary ids of the entries of `logits`; None: all of them
+        for warper in self.warpers:
+            if isinstance(warper, Temperature):
+                logits = warper(ids, logits)
+                continue
+            keep = warper.select(logits)
+            if keep.size < logits.size:
+                logits = logits[keep]
+                candidates = keep if candidates is None else candidates[keep]
+        if logits.size == 1:
+            choice = 0
+        else:
+            cumulative = np.cumsum(np.exp(logits - logits.max(), dtype=np.float64))
+            choice = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+            choice = min(choice, logits.size - 1)  # rounding at the very top
+        return int(choice if candidates is None else candidates[choice])

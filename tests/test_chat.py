@@ -1,0 +1,236 @@
+"""Chat templates (rendered as transformers does, in a sandbox), their tokenization, chat(), and the
+ChatSession that keeps a conversation in one KV cache."""
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+import pyengine
+from pyengine.chat import CHATML_TEMPLATE, ChatSession, ChatTemplate, ChatTemplateError, chat_ids
+from pyengine.gguf import GGUFReader
+from tiny_models import write_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+from recipes import smollm2  # noqa: E402
+
+SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Bye"},
+]
+USER = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return pyengine.Model(smollm2("q4_0"), n_ctx=512, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("chat") / "tiny.gguf")
+
+
+def tokenizer_model(path, **metadata):
+    """What chat_ids needs of a model (tokenizer, metadata), with metadata keys changed."""
+    with GGUFReader(path) as reader:
+        md = dict(reader.metadata)
+    md.update(metadata)
+    return SimpleNamespace(tokenizer=pyengine.Tokenizer.from_metadata(md), metadata=md)
+
+
+# --- rendering ---
+
+
+def test_smollm2_template_renders_chatml(smol):
+    template = ChatTemplate.from_model(smol)
+    assert template.render(CONVERSATION) == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert template.render(USER, add_generation_prompt=False) == (
+        f"<|im_start|>system\n{SMOL_DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
+    assert template.supports_system
+
+
+def test_smollm2_chat_ids_parse_special_tokens(smol):
+    ids = chat_ids(smol, CONVERSATION)
+    im_start, im_end = smol.tokenizer.token_id("<|im_start|>"), smol.tokenizer.token_id("<|im_end|>")
+    assert ids[0] == im_start and ids.count(im_start) == 5 and ids.count(im_end) == 4
+    assert smol.tokenizer.decode(ids) == ChatTemplate.from_model(smol).render(CONVERSATION)
+    assert ids[-4:] == smol.tokenizer.encode("<|im_start|>assistant\n")
+
+
+def test_no_double_bos(tiny_path):
+    with_bos = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    model = tokenizer_model(tiny_path, **{"tokenizer.ggml.add_bos_token": True, "tokenizer.chat_template": with_bos})
+    bos = model.tokenizer.bos_id
+    ids = chat_ids(model, USER)
+    assert ids[0] == bos and ids[1] != bos and ids.count(bos) == 1
+    # a template without the BOS text gets one added, as the file asks
+    model = tokenizer_model(tiny_path, **{"tokenizer.ggml.add_bos_token": True,
+                                          "tokenizer.chat_template": with_bos.replace("{{ bos_token }}", "")})
+    ids = chat_ids(model, USER)
+    assert ids[0] == bos and ids.count(bos) == 1
+    # and none when the file does not ask
+    model = tokenizer_model(tiny_path, **{"tokenizer.chat_template": with_bos.replace("{{ bos_token }}", "")})
+    assert bos not in chat_ids(model, USER)
+
+
+def test_fallback_chatml_when_the_file_has_none(tiny_path):
+    model = tokenizer_model(tiny_path)
+    template = ChatTemplate.from_model(model)
+    assert template.source == CHATML_TEMPLATE
+    assert template.render(USER) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ''.__class__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ messages.__class__ }}",
+    "{% set _ = messages.append({'role': 'user', 'content': 'x'}) %}",
+    "{{ messages[0].update({'role': 'x'}) }}",
+])
+def test_sandbox_refuses_unsafe_templates(source):
+    with pytest.raises(ChatTemplateError) as info:
+        ChatTemplate(source).render(USER)
+    assert isinstance(info.value.__cause__, SecurityError)
+    assert "unsafe" in str(info.value)
+
+
+def test_transformers_helpers_and_options():
+    with pytest.raises(ChatTemplateError, match="Conversation roles must alternate"):
+        ChatTemplate("{{ raise_exception('Conversation roles must alternate') }}").render(USER)
+    assert ChatTemplate("{{ strftime_now('%Y') }}").render(USER) == str(datetime.now().year)
+    assert ChatTemplate("{{ messages[0]['content'] | tojson }}").render(
+        [{"role": "user", "content": "né \"q\""}]) == '"né \\"q\\""'
+    loop = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}"
+    assert ChatTemplate(loop).render(CONVERSATION) == "You are terse."
+    # trim_blocks and lstrip_blocks, as transformers sets them
+    blocks = "{% for m in messages %}\n  {{ m.content }}\n    {% if m.role == 'user' %}!{% endif %}\n{% endfor %}"
+    assert ChatTemplate(blocks).render(USER + [{"role": "assistant", "content": "a"}]) == "  Hi\n!  a\n"
+    assert ChatTemplate("{{ bos_token }}|{{ eos_token }}", {"bos_token": "<s>", "eos_token": "</s>"}) \
+        .render(USER) == "<s>|</s>"
+
+
+def test_a_bad_template_is_a_gguf_error():
+    with pytest.raises(pyengine.GGUFError, match="tokenizer.chat_template"):
+        ChatTemplate("{% for m in messages %}")
+
+
+NO_SYSTEM_RAISES = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+NO_SYSTEM_IGNORES = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("source", [NO_SYSTEM_RAISES, NO_SYSTEM_IGNORES])
+def test_system_merged_into_the_first_user_message(source):
+    template = ChatTemplate(source)
+    assert not template.supports_system
+    text = template.render(CONVERSATION)
+    assert "You are terse.\n\nHi" in text and text.count("You are terse.") == 1
+    assert "Bye" in text and "\n\nBye" not in text
+    assert "You are terse." in template.render([{"role": "system", "content": "You are terse."}])
+
+
+@pytest.mark.parametrize("bad", ["Hi", [], [{"role": "user"}], [{"role": 1, "content": "x"}],
+                                 [{"role": "user", "content": None}], ["Hi"]])
+def test_bad_messages(smol, bad):
+    with pytest.raises(ValueError):
+        smol.chat(bad)
+
+
+# --- chat() ---
+
+
+def test_chat_stops_at_the_end_of_turn(smol):
+    reply = smol.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=64)
+    assert isinstance(reply, pyengine.Completion)
+    assert "Paris" in reply.text and reply.finish_reason == "stop"
+    assert not set(reply.tokens) & smol.tokenizer.eog_ids and "<|im_end|>" not in reply.text
+    pieces = list(smol.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0,
+                            max_tokens=64, stream=True))
+    assert "".join(pieces) == reply.text
+    seeded = smol.chat(USER, seed=3, max_tokens=16)
+    assert seeded == smol.chat(USER, seed=3, max_tokens=16)
+
+
+# --- ChatSession ---
+
+
+def test_session_reuses_the_cache_and_matches_a_fresh_chat(smol):
+    session = ChatSession(smol, system="You are terse.", max_tokens=24, temperature=0)
+    first = "".join(session.ask("What is the capital of France?"))
+    assert session.last_reused == 0 and session.last_eval_count > session.last_prompt_eval > 10
+    held = list(session.ctx_ids)
+    assert session.ctx.n_past == len(held)
+    second = "".join(session.ask("And of Italy?"))
+    # only the new turn was evaluated: the previous prompt and reply came from the cache
+    new_turn = chat_ids(smol, session.messages[:-1])
+    assert session.last_reused == len(held)
+    assert session.last_prompt_eval == len(new_turn) - len(held) < 20
+    # and the reply is what a fresh context gives for the whole conversation
+    assert second == smol.chat(session.messages[:-1], temperature=0, max_tokens=24).text
+    assert session.messages[-2:] == [{"role": "user", "content": "And of Italy?"},
+                                     {"role": "assistant", "content": second}]
+    assert session.messages[2]["content"] == first
+    session.reset()
+    assert session.messages == [{"role": "system", "content": "You are terse."}] and session.ctx.n_past == 0
+
+
+def test_session_interrupted_answer_stays_consistent(smol):
+    session = ChatSession(smol, max_tokens=200, seed=1)
+    reply = session.ask("Tell me a long story about a dragon.")
+    pieces = [next(reply) for _ in range(5)]
+    reply.close()  # the REPL's Ctrl-C
+    assert session.last_finish == "interrupted"
+    assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
+    assert session.ctx.n_past == len(session.ctx_ids)
+
+    calls = 0
+    sampler = session.sampler
+
+    def interrupting(ids, logits):
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise KeyboardInterrupt
+        return sampler(ids, logits)
+
+    session.sampler = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        list(session.ask("Go on."))
+    assert session.ctx.n_past == len(session.ctx_ids) and session.last_finish == "interrupted"
+    session.sampler = sampler
+    assert "".join(session.ask("Thanks.")) is not None
+    assert session.last_reused > 0 and session.ctx.n_past == len(session.ctx_ids)
+
+
+def test_session_drops_the_oldest_turns_when_full(smol):
+    session = ChatSession(smol, system="Be brief.", max_tokens=12, n_ctx=96, temperature=0)
+    dropped = 0
+    for i in range(5):
+        "".join(session.ask(f"Question {i}: name a color."))
+        dropped += session.last_dropped
+        assert session.messages[0] == {"role": "system", "content": "Be brief."}
+        assert session.ctx.n_past == len(session.ctx_ids) <= 96
+    assert dropped > 0
+    assert session.messages[1]["content"] != "Question 0: name a color."
+    before = list(session.messages)
+    with pytest.raises(ValueError, match="does not fit"):
+        session.ask("word " * 200)
+    assert session.messages == before

@@ -1,0 +1,254 @@
+"""The sampling chain: each processor on 4-token distributions with hand-computed results (as ggml's
+and transformers' tests do), the fast candidate paths against plain full-vocabulary versions, the
+seeded draw, and the checks of every parameter."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pyengine.sampling import (FrequencyPresencePenalty, LogitBias, MinP, RepetitionPenalty, Sampler, SamplingError,
+                               SamplingParams, Temperature, TopK, TopP, softmax)
+
+NEG = -np.inf
+
+
+def logits_of(probs):
+    return np.log(np.asarray(probs, np.float64))
+
+
+def kept(logits):
+    return [i for i, v in enumerate(logits) if v > NEG]
+
+
+# --- processors ---
+
+
+def test_repetition_penalty_divides_positive_multiplies_negative():
+    logits = np.array([2.0, -2.0, 1.0, 0.5])
+    out = RepetitionPenalty(2.0, last_n=64)([0, 1, 1], logits)
+    np.testing.assert_array_equal(out, [1.0, -4.0, 1.0, 0.5])  # token 1 twice: penalized once
+    np.testing.assert_array_equal(logits, [2.0, -2.0, 1.0, 0.5])  # the input is untouched
+
+
+def test_repetition_penalty_window():
+    logits = np.array([2.0, 2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(RepetitionPenalty(2.0, last_n=2)([0, 1, 2], logits), [2, 1, 1, 2])
+    np.testing.assert_array_equal(RepetitionPenalty(2.0, last_n=-1)([0, 1, 2], logits), [1, 1, 1, 2])
+    np.testing.assert_array_equal(RepetitionPenalty(2.0, last_n=0)([0, 1, 2], logits), logits)
+    np.testing.assert_array_equal(RepetitionPenalty(0.5, last_n=1)([3], logits), [2, 2, 2, 4])  # < 1 boosts
+
+
+def test_frequency_and_presence_penalties():
+    logits = np.array([1.0, 1.0, 1.0, 1.0])
+    out = FrequencyPresencePenalty(0.5, 1.0, last_n=64)([0, 0, 2], logits)
+    # token 0: 2 * 0.5 + 1; token 2: 1 * 0.5 + 1
+    np.testing.assert_allclose(out, [-1.0, 1.0, -0.5, 1.0])
+    out = FrequencyPresencePenalty(0.5, 0.0, last_n=2)([0, 0, 2], logits)  # the window sees [0, 2]
+    np.testing.assert_allclose(out, [0.5, 1.0, 0.5, 1.0])
+
+
+def test_logit_bias_adds_and_bans():
+    out = LogitBias({1: 5.0, 3: -np.inf})([], np.array([0.0, 1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(out, [0.0, 6.0, 2.0, NEG])
+
+
+def test_temperature_scales():
+    np.testing.assert_allclose(Temperature(0.5)([], np.array([1.0, -2.0, 0.0, 3.0])), [2.0, -4.0, 0.0, 6.0])
+    np.testing.assert_allclose(Temperature(2.0)([], np.array([1.0, -2.0, 0.0, 3.0])), [0.5, -1.0, 0.0, 1.5])
+
+
+def test_top_k():
+    logits = np.array([1.0, 4.0, 2.0, 3.0])
+    assert kept(TopK(2)([], logits)) == [1, 3]
+    assert kept(TopK(1)([], logits)) == [1]
+    assert kept(TopK(4)([], logits)) == [0, 1, 2, 3]
+    assert kept(TopK(10)([], logits)) == [0, 1, 2, 3]
+    # ties with the k-th value stay (transformers removes only what is below it)
+    assert kept(TopK(2)([], np.array([1.0, 3.0, 3.0, 3.0]))) == [1, 2, 3]
+    np.testing.assert_array_equal(TopK(2)([], logits), [NEG, 4.0, NEG, 3.0])
+
+
+def test_top_p():
+    logits = logits_of([0.1, 0.2, 0.3, 0.4])
+    # ascending cumulative: 0.1 0.3 0.6 1.0; a token goes when its cumulative is <= 1 - p
+    assert kept(TopP(0.5)([], logits)) == [2, 3]      # remove <= 0.5: 0.1, 0.2
+    assert kept(TopP(0.35)([], logits)) == [3]        # remove <= 0.65: 0.1, 0.2, 0.3
+    assert kept(TopP(0.75)([], logits)) == [1, 2, 3]  # remove <= 0.25: 0.1
+    assert kept(TopP(0.95)([], logits)) == [0, 1, 2, 3]
+    assert kept(TopP(0.01)([], logits)) == [3]        # the most likely token always stays
+    assert kept(TopP(1.0)([], logits)) == [0, 1, 2, 3]
+
+
+def test_min_p():
+    logits = logits_of([0.1, 0.2, 0.3, 0.4])
+    assert kept(MinP(0.6)([], logits)) == [2, 3]      # threshold 0.24
+    assert kept(MinP(0.3)([], logits)) == [1, 2, 3]   # threshold 0.12
+    assert kept(MinP(0.2)([], logits)) == [0, 1, 2, 3]
+    assert kept(MinP(1.0)([], logits)) == [3]
+    assert kept(MinP(0.0)([], logits)) == [0, 1, 2, 3]
+
+
+def test_warpers_ignore_banned_tokens():
+    logits = np.array([NEG, np.log(0.25), np.log(0.75), NEG])
+    assert kept(TopP(0.5)([], logits)) == [2]
+    assert kept(MinP(0.5)([], logits)) == [2]
+    assert kept(TopK(3)([], logits)) == [1, 2]
+
+
+# --- the fast paths on a large vocabulary against plain versions ---
+
+
+def plain_top_k(logits, k):
+    kth = np.sort(logits)[-k]
+    return np.flatnonzero(logits >= kth)
+
+
+def plain_top_p(logits, p):
+    order = np.argsort(logits, kind="stable")
+    cumulative = np.cumsum(softmax(logits[order].astype(np.float64)))
+    remove = cumulative <= 1 - p
+    remove[-1] = False
+    return np.sort(order[~remove])
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 20.0])
+def test_large_vocabulary_paths_match_plain_versions(rng, scale):
+    for trial in range(5):
+        logits = (rng.standard_normal(49152) * scale).astype(np.float32)
+        if trial == 4:
+            logits = np.round(logits)  # many ties
+        for k in (1, 2, 40, 1000):
+            np.testing.assert_array_equal(TopK(k).select(logits), plain_top_k(logits, k))
+        for p in (0.1, 0.5, 0.9, 0.95, 0.999):
+            got, want = TopP(p).select(logits), plain_top_p(logits, p)
+            if trial == 4:  # ties at the cut may go either way; the kept mass is the same
+                assert abs(softmax(logits.astype(np.float64))[got].sum()
+                           - softmax(logits.astype(np.float64))[want].sum()) < 1e-6
+            else:
+                np.testing.assert_array_equal(got, want)
+
+
+def reference_sample(params, history, logits, rng):
+    """The chain applied as written: every processor on the whole vocabulary (-inf for removed
+    tokens), then a draw over the vocabulary in order."""
+    chain = []
+    if params.repeat_last_n and params.repetition_penalty != 1:
+        chain.append(RepetitionPenalty(params.repetition_penalty, params.repeat_last_n))
+    if params.repeat_last_n and (params.frequency_penalty or params.presence_penalty):
+        chain.append(FrequencyPresencePenalty(params.frequency_penalty, params.presence_penalty, params.repeat_last_n))
+    if params.logit_bias:
+        chain.append(LogitBias(params.logit_bias))
+    for p in chain:
+        logits = p(history, logits)
+    if params.temperature == 0:
+        return int(np.argmax(logits))
+    for w in [Temperature(params.temperature), TopK(params.top_k) if params.top_k else None,
+              TopP(params.top_p), MinP(params.min_p)]:
+        if w is not None:
+            logits = w(history, logits)
+    finite = np.flatnonzero(logits > NEG)
+    if finite.size == 1:
+        return int(finite[0])
+    cumulative = np.cumsum(np.exp(logits - logits.max(), dtype=np.float64))
+    return int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+
+
+@pytest.mark.parametrize("setting", [
+    {}, {"top_k": 0}, {"top_k": 5, "top_p": 0.5}, {"temperature": 1.5, "min_p": 0.0, "top_p": 1.0},
+    {"repetition_penalty": 1.3, "frequency_penalty": 0.2, "presence_penalty": 0.4, "logit_bias": {3: 2.0}},
+    {"temperature": 0.0, "repetition_penalty": 1.3},
+])
+def test_sampler_matches_the_chain_applied_as_written(rng, setting):
+    params = SamplingParams(seed=7, **setting)
+    sampler = Sampler(params, 1000)
+    reference_rng = np.random.default_rng(7)
+    history = list(rng.integers(0, 1000, 50))
+    for _ in range(40):
+        logits = (rng.standard_normal(1000) * 2).astype(np.float32)
+        token = sampler(history, logits)
+        assert token == reference_sample(params, history, logits, reference_rng)
+        history.append(token)
+
+
+# --- the sampler ---
+
+
+def test_greedy_is_the_argmax_after_penalties_and_bias():
+    logits = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
+    assert Sampler(SamplingParams(temperature=0))([], logits) == 1
+    assert Sampler(SamplingParams(temperature=0, logit_bias={2: 1.5}))([], logits) == 2
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=4.0))([1], logits) == 2
+
+
+def test_top_k_1_and_temperature_0_are_greedy(rng):
+    greedy = Sampler(SamplingParams(temperature=0))
+    top1 = Sampler(SamplingParams(top_k=1, temperature=1.7, seed=3))
+    for _ in range(50):
+        logits = rng.standard_normal(500).astype(np.float32)
+        assert top1([], logits) == greedy([], logits) == int(np.argmax(logits))
+
+
+def test_same_seed_same_tokens(rng):
+    all_logits = [rng.standard_normal(300).astype(np.float32) for _ in range(100)]
+
+    def run(seed):
+        s = Sampler(SamplingParams(seed=seed, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
+        return [s([], x) for x in all_logits]
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_draw_follows_the_distribution():
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    s = Sampler(SamplingParams(seed=0, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
+    counts = np.bincount([s([], logits_of(probs)) for _ in range(20000)], minlength=4)
+    np.testing.assert_allclose(counts / 20000, probs, atol=0.015)
+
+
+def test_draw_only_from_what_the_filters_keep():
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    s = Sampler(SamplingParams(seed=0, temperature=1.0, top_k=3, top_p=1.0, min_p=0.6))
+    assert {s([], logits_of(probs)) for _ in range(500)} == {2, 3}
+
+
+def test_all_banned_or_nan_raises():
+    s = Sampler(SamplingParams(seed=0))
+    with pytest.raises(SamplingError, match="-inf"):
+        s([], np.full(4, NEG, np.float32))
+    with pytest.raises(SamplingError, match="NaN"):
+        s([], np.array([0.0, np.nan, 1.0, 2.0], np.float32))
+    with pytest.raises(SamplingError):
+        Sampler(SamplingParams(temperature=0))([], np.full(4, NEG, np.float32))
+    with pytest.raises(SamplingError, match="-inf"):
+        Sampler(SamplingParams(logit_bias={i: -math.inf for i in range(4)}))([], np.zeros(4, np.float32))
+    assert issubclass(SamplingError, ValueError)
+
+
+@pytest.mark.parametrize("bad", [
+    {"temperature": -0.1}, {"temperature": math.nan}, {"temperature": math.inf}, {"temperature": "hot"},
+    {"top_k": -1}, {"top_k": 2.5}, {"top_k": True},
+    {"top_p": 0.0}, {"top_p": 1.01}, {"top_p": math.nan},
+    {"min_p": -0.1}, {"min_p": 1.5},
+    {"repetition_penalty": 0.0}, {"repetition_penalty": -1.0}, {"repetition_penalty": math.inf},
+    {"repeat_last_n": -2}, {"frequency_penalty": math.nan}, {"presence_penalty": -math.inf},
+    {"logit_bias": {1: math.nan}}, {"logit_bias": {1: math.inf}}, {"logit_bias": {-1: 1.0}},
+    {"logit_bias": {"a": 1.0}}, {"logit_bias": [1, 2]}, {"seed": -5}, {"seed": 1.5},
+])
+def test_bad_values_raise(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_logit_bias_ids_checked_against_the_vocabulary():
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        Sampler(SamplingParams(logit_bias={300: 1.0}), n_vocab=300)
+    Sampler(SamplingParams(logit_bias={299: -math.inf}), n_vocab=300)
+
+
+def test_disabled_steps_are_left_out():
+    s = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
+    assert s.processors == [] and s.warpers == []
+    assert Sampler(SamplingParams(temperature=0)).warpers == []
+    assert [type(w).__name__ for w in Sampler(SamplingParams()).warpers] == ["Temperature", "TopK", "TopP", "MinP"]
