@@ -74,15 +74,26 @@ def chunk_tokens(model: Model, text: str, n_ctx: int, n_chunks: int | None) -> l
     return chunks
 
 
+def scored_logprobs(model: Model, chunks: list[list[int]]) -> list[np.ndarray]:
+    """float32 log-probabilities at the scored positions of each chunk: a base model's, computed once
+    and reused against several models (bench/formats.py)."""
+    first = len(chunks[0]) // 2
+    return [log_softmax(model.logits(c)[first:len(c) - 1]).astype(np.float32) for c in chunks]
+
+
 def perplexity(model: Model, text: str, n_ctx: int = 512, n_chunks: int | None = None,
-               kl_base: Model | None = None, progress: bool = False) -> PerplexityResult:
-    """Perplexity of `model` on `text` (and its divergence from `kl_base`, if given)."""
-    for m in (model, kl_base):
+               kl_base: Model | list[np.ndarray] | None = None, progress: bool = False) -> PerplexityResult:
+    """Perplexity of `model` on `text` (and its divergence from `kl_base`, if given: a Model, or
+    the scored_logprobs of one on the same chunks)."""
+    base_model = kl_base if isinstance(kl_base, Model) else None
+    for m in (model, base_model):
         if m is not None and m.n_ctx < n_ctx:
             raise ValueError(f"the model's context ({m.n_ctx}) is shorter than the chunk size {n_ctx}")
-    if kl_base is not None and kl_base.n_vocab != model.n_vocab:
-        raise ValueError(f"the base model has {kl_base.n_vocab} tokens, this one {model.n_vocab}")
+    if base_model is not None and base_model.n_vocab != model.n_vocab:
+        raise ValueError(f"the base model has {base_model.n_vocab} tokens, this one {model.n_vocab}")
     chunks = chunk_tokens(model, text, n_ctx, n_chunks)
+    if kl_base is not None and base_model is None and len(kl_base) != len(chunks):
+        raise ValueError(f"{len(kl_base)} chunks of base log-probabilities for {len(chunks)} chunks")
     first = n_ctx // 2
     nll, base_nll, count = 0.0, 0.0, 0
     klds, agree, chunk_ppl = [], 0, []
@@ -91,12 +102,15 @@ def perplexity(model: Model, text: str, n_ctx: int = 512, n_chunks: int | None =
         from tqdm import tqdm
 
         bar = tqdm(total=len(chunks), unit="chunk", desc="perplexity")
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         targets = np.asarray(chunk[first + 1:])
         logp = log_softmax(model.logits(chunk)[first:n_ctx - 1])
         nll -= float(logp[np.arange(len(targets)), targets].sum())
         if kl_base is not None:
-            base_logp = log_softmax(kl_base.logits(chunk)[first:n_ctx - 1])
+            if base_model is not None:
+                base_logp = log_softmax(base_model.logits(chunk)[first:n_ctx - 1])
+            else:
+                base_logp = kl_base[i].astype(np.float64)
             base_nll -= float(base_logp[np.arange(len(targets)), targets].sum())
             klds.append((np.exp(base_logp) * (base_logp - logp)).sum(axis=-1))
             agree += int((base_logp.argmax(-1) == logp.argmax(-1)).sum())

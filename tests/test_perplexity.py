@@ -87,3 +87,16 @@ def test_bench_and_info(models, tmp_path):
     assert "bits per weight" in format_info(d)
     with pytest.raises(ValueError):
         bench_model(q4, n_prompt=-1)
+
+
+def test_precomputed_base_logprobs_give_the_same_divergence(models):
+    from pyengine.perplexity import chunk_tokens, scored_logprobs
+
+    f32, q4 = models
+    base = pyengine.Model(f32, n_ctx=64)
+    m = pyengine.Model(q4, n_ctx=64)
+    direct = perplexity(m, TEXT, n_ctx=64, n_chunks=2, kl_base=base)
+    cached = perplexity(m, TEXT, n_ctx=64, n_chunks=2,
+                        kl_base=scored_logprobs(base, chunk_tokens(base, TEXT, 64, 2)))
+    assert cached.kld_mean == pytest.approx(direct.kld_mean, rel=1e-4)
+    assert cached.top1_agreement == direct.top1_agreement
