@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=lambda a: ("run_generate", {
         "model": a.model, "prompt": a.prompt, "max_tokens": a.n_predict, "sampling": _sampling(a),
         "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads}))
+
+    from .cli_tools import add_commands  # quantize, perplexity, bench, info
+
+    add_commands(commands)
     return parser
 
 

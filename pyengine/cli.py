@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Callable, TextIO
 
+from .cli_tools import run_bench, run_info, run_perplexity, run_quantize  # noqa: F401  (run by name)
 from .sampling import SamplingParams
 
 HELP = """commands:

@@ -1,0 +1,185 @@
+"""The format tools behind `python -m pyengine quantize | perplexity | bench | info`: their
+argument parsers (added to __main__'s by add_commands) and the functions that run them, each usable
+without the command line. Errors become one line through cli.run_command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _existing(path: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "no such file", path)
+    return path
+
+
+def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None = None,
+                 token_embedding_type: str | None = None, pure: bool = False) -> int:
+    from .requantize import quantize_model
+
+    _existing(src)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("the output must be another file than the input")
+    report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
+                            token_embedding_type=token_embedding_type, progress=sys.stderr.isatty())
+    print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
+          f"({report.output_bytes / report.input_bytes:.1%})")
+    counts: dict[str, int] = {}
+    for t in report.types.values():
+        counts[t] = counts.get(t, 0) + 1
+    print("tensor types: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if report.kept_higher:
+        print("kept at higher precision: " + ", ".join(report.kept_higher))
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def run_perplexity(model: str, file: str, ctx_size: int = 512, chunks: int | None = None,
+                   kl_base: str | None = None, as_json: bool = False, n_threads: int | None = None) -> int:
+    from .model import Model
+    from .perplexity import perplexity
+
+    _existing(model)
+    _existing(file)
+    if kl_base is not None:
+        _existing(kl_base)
+    with open(file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    m = Model(model, n_ctx=ctx_size, n_threads=n_threads)
+    base = Model(kl_base, n_ctx=ctx_size, n_threads=n_threads) if kl_base else None
+    res = perplexity(m, text, n_ctx=ctx_size, n_chunks=chunks, kl_base=base, progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps({"model": model, **res.to_dict()}))
+        return 0
+    print(f"{res.n_chunks} chunks of {res.n_ctx} tokens, {res.n_scored} scored")
+    print(f"Final estimate: PPL = {res.ppl:.4f}")
+    if base is not None:
+        print(f"base PPL = {res.base_ppl:.4f}, delta PPL = {res.delta_ppl:+.4f}")
+        print(f"KL-divergence: mean {res.kld_mean:.6f}, median {res.kld_median:.6f}, p99 {res.kld_p99:.6f}, "
+              f"max {res.kld_max:.6f}")
+        print(f"same top-1: {100 * res.top1_agreement:.2f}%")
+    return 0
+
+
+def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: list[int] | None,
+              depths: list[int], repetitions: int = 5, as_json: bool = False, plot_path: str | None = None,
+              ppl_file: str | None = None, kl_base: str | None = None, ppl_chunks: int = 4) -> int:
+    from .bench import format_table, plot, sweep
+
+    for path in models:
+        _existing(path)
+    if repetitions < 1:
+        raise ValueError(f"-r must be at least 1, got {repetitions}")
+    for name, values in (("-p", prompts), ("-n", gens), ("-d", depths)):
+        if any(v < 0 for v in values):
+            raise ValueError(f"{name} values must be at least 0")
+    if threads is not None and any(t < 1 for t in threads):
+        raise ValueError("-t values must be at least 1")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'pyengine[plot]'") from None
+    results = sweep(models, threads=tuple(threads or [None]), prompts=tuple(prompts), gens=tuple(gens),
+                    depths=tuple(depths), repetitions=repetitions)
+    if ppl_file or kl_base:
+        from .model import Model
+        from .perplexity import chunk_tokens, perplexity, scored_logprobs
+
+        if not ppl_file:
+            raise ValueError("--kld needs a text: --ppl FILE")
+        with open(_existing(ppl_file), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        base_logprobs = None
+        if kl_base:
+            base = Model(_existing(kl_base), n_ctx=512)
+            base_logprobs = scored_logprobs(base, chunk_tokens(base, text, 512, ppl_chunks))
+        quality = {path: perplexity(Model(path, n_ctx=512), text, 512, ppl_chunks, kl_base=base_logprobs)
+                   for path in models}
+        for r in results:
+            r.ppl = quality[r.model].ppl
+            r.kld = quality[r.model].kld_mean
+    if plot_path is not None:
+        plot(results, plot_path)
+    if as_json:
+        out = [r.to_dict() for r in results]
+        print(json.dumps(out[0] if len(out) == 1 else out))
+    else:
+        print(format_table(results))
+    return 0
+
+
+def run_info(model: str, as_json: bool = False) -> int:
+    from .info import format_info, info
+
+    d = info(_existing(model))
+    print(json.dumps(d) if as_json else format_info(d))
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Adds the quantize, perplexity, bench and info parsers to __main__'s subparsers."""
+    q = commands.add_parser("quantize", help="re-quantize a GGUF model to another type",
+                            description="Re-quantize a model with llama.cpp's per-tensor type rules "
+                                        "(1-D tensors stay F32; the output tensor keeps Q8_0 where llama.cpp "
+                                        "would). Written to a temporary file and renamed when complete.")
+    q.add_argument("src", metavar="IN.gguf")
+    q.add_argument("dst", metavar="OUT.gguf")
+    q.add_argument("type", metavar="TYPE", help="q4_0, q4_1, q8_0, f16, bf16, f32, nf4, nf4_dq")
+    q.add_argument("--output-tensor-type", default=None, metavar="TYPE")
+    q.add_argument("--token-embedding-type", default=None, metavar="TYPE")
+    q.add_argument("--pure", action="store_true", help="every 2-D tensor in TYPE, no exceptions")
+    q.set_defaults(run=lambda a: ("run_quantize", {
+        "src": a.src, "dst": a.dst, "type": a.type, "output_tensor_type": a.output_tensor_type,
+        "token_embedding_type": a.token_embedding_type, "pure": a.pure}))
+
+    p = commands.add_parser("perplexity", help="perplexity (and KL-divergence from a base model) on a text",
+                            description="llama.cpp's method: chunks of -c tokens, the second half of each scored.")
+    p.add_argument("-m", "--model", required=True, metavar="MODEL")
+    p.add_argument("-f", "--file", required=True, metavar="TEXT_FILE")
+    p.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N")
+    p.add_argument("--chunks", type=int, default=None, metavar="N", help="at most N chunks (default: all)")
+    p.add_argument("--kl-base", default=None, metavar="REF.gguf", help="KL-divergence from this model's outputs")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(run=lambda a: ("run_perplexity", {
+        "model": a.model, "file": a.file, "ctx_size": a.ctx_size, "chunks": a.chunks, "kl_base": a.kl_base,
+        "as_json": a.json, "n_threads": a.threads}))
+
+    b = commands.add_parser("bench", help="tokens/s of prompt processing and generation, as llama-bench",
+                            description="Every combination of -m, -t, -p, -n and -d (comma lists), repeated.")
+    b.add_argument("-m", "--model", action="append", required=True, metavar="MODEL", dest="models")
+    b.add_argument("-p", "--n-prompt", type=_int_list, default=[512], metavar="N[,N...]")
+    b.add_argument("-n", "--n-gen", type=_int_list, default=[128], metavar="N[,N...]")
+    b.add_argument("-t", "--threads", type=_int_list, default=None, metavar="T[,T...]")
+    b.add_argument("-d", "--n-depth", type=_int_list, default=[0], metavar="N[,N...]",
+                   help="tokens already in the KV cache before tg")
+    b.add_argument("-r", "--repetitions", type=int, default=5)
+    b.add_argument("--ppl", default=None, metavar="TEXT_FILE", help="also the perplexity on this text")
+    b.add_argument("--kld", default=None, metavar="BASE.gguf", help="also the KL-divergence from this model")
+    b.add_argument("--ppl-chunks", type=int, default=4, metavar="N")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--plot", default=None, metavar="OUT.png", help="tokens/s against bits per weight")
+    b.set_defaults(run=lambda a: ("run_bench", {
+        "models": a.models, "prompts": a.n_prompt, "gens": a.n_gen, "threads": a.threads, "depths": a.n_depth,
+        "repetitions": a.repetitions, "as_json": a.json, "plot_path": a.plot, "ppl_file": a.ppl,
+        "kl_base": a.kld, "ppl_chunks": a.ppl_chunks}))
+
+    i = commands.add_parser("info", help="metadata, tensor types, sizes and bits per weight of a GGUF file")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(run=lambda a: ("run_info", {"model": a.model, "as_json": a.json}))
