@@ -125,22 +125,29 @@ def plot(results: list[BenchResult], out: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = [os.path.basename(r.model).replace(".gguf", "") for r in results]
+    prefix = os.path.commonprefix(names) if len(set(names)) > 1 else ""
+    prefix = prefix[:prefix.rfind(".") + 1]  # "Model-Name." shared by every file
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    if prefix:
+        fig.suptitle(prefix.rstrip("."))
     for ax, key, title in ((axes[0], "pp_tok_s", "prompt processing"), (axes[1], "tg_tok_s", "generation")):
-        for r in results:
+        for r, name in zip(results, names):
             value = getattr(r, key)
             if value is None:
                 continue
-            ax.scatter(r.bpw, value)
-            label = os.path.basename(r.model).replace(".gguf", "")
+            ax.scatter(r.bpw, value, color="C0" if r.threads == 1 else "C1")
+            label = name[len(prefix):]
             if r.kld is not None:
-                label += f"\nKLD {r.kld:.4f}"
-            ax.annotate(f"{label} ({r.threads}t)", (r.bpw, value), fontsize=7, xytext=(4, 4),
+                label += f" KLD {r.kld:.3f}"
+            ax.annotate(f"{label} ({r.threads}t)", (r.bpw, value), fontsize=6, xytext=(4, 2),
                         textcoords="offset points")
         ax.set_xlabel("bits per weight")
         ax.set_ylabel("tokens/s")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    ax.set_xscale("log", base=2)
+    axes[0].set_xscale("log", base=2)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
