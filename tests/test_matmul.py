@@ -42,9 +42,9 @@ def test_matmul_close_to_unquantized_product(rng, type_name):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", TYPES + ["nf4", "nf4_dq"])
 def test_bit_identical_across_threads_and_batches(rng, isa, type_name):
-    rows, cols, n_tokens = 75, 320, 37
+    rows, cols, n_tokens = 75, 768, 37  # 768: a whole number of blocks for every type, NF4_DQ's 256 too
     w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
     base = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa)
