@@ -8,6 +8,7 @@ end of stdout and at the last line of stderr."""
 import io
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,14 @@ sys.path.insert(0, str(ROOT / "models"))
 from recipes import smollm2  # noqa: E402
 
 
+# Commands run from outside the repository: from its root, `python -m pyengine` would import the
+# source tree instead of the installed package.
+ELSEWHERE = tempfile.gettempdir()
+
+
 def run(*args, stdin=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "pyengine", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=ELSEWHERE)
 
 
 def last_line(text):
@@ -46,7 +52,7 @@ def tiny_path(tmp_path_factory):
 def spawn_chat(*args):
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "pyengine", "chat", "-t", "1", *args], encoding="utf-8",
-                          timeout=90, dimensions=(24, 200))
+                          timeout=90, dimensions=(24, 200), cwd=ELSEWHERE)
     child.expect("> ")
     return child
 
