@@ -119,6 +119,32 @@ def _tensor_table(reader: GGUFReader, config: LlamaConfig) -> dict[str, tuple]:
     return table
 
 
+def kv_cache_bytes(config: LlamaConfig, n_ctx: int, kv_type: str = "f16") -> int:
+    """Bytes of one sequence's KV cache: keys and values of every layer at every position."""
+    return 2 * config.n_layers * n_ctx * config.n_kv_heads * config.head_dim * (2 if kv_type == "f16" else 4)
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_kv_cache_fits(config: LlamaConfig, n_ctx: int, kv_type: str) -> None:
+    """Refuses up front an n_ctx whose KV cache could not be allocated, with the numbers."""
+    need = kv_cache_bytes(config, n_ctx, kv_type)
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ValueError(f"n_ctx {n_ctx} needs a KV cache of {need / 2**30:.2f} GiB per sequence "
+                         f"({kv_type}), but only {available / 2**30:.2f} GiB of memory is available")
+
+
 class Model:
     """A llama-architecture model from a GGUF file, ready to evaluate.
 
@@ -159,6 +185,7 @@ class Model:
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
         self.kv_type = kv_type
+        _check_kv_cache_fits(self.config, self.n_ctx, kv_type)
         self._pool = thread_pool(n_threads)
         self.n_threads = self._pool.n_threads
 
@@ -230,6 +257,7 @@ class Context:
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         self.model = model
+        _check_kv_cache_fits(model.config, int(n_ctx), model.kv_type)
         self._ctx = _core.Context(model._core, int(n_ctx), KV_TYPES[model.kv_type])
 
     @property

@@ -222,3 +222,15 @@ def test_missing_and_misshapen_tensors_are_refused(tmp_path):
         Model(rewrite(tmp_path / "b.gguf", replace={"blk.0.attn_k.weight": np.zeros((16, 64), np.float32)}))
     with pytest.raises(GGUFError, match="block_count"):
         Model(rewrite(tmp_path / "c.gguf", drop={n for n in src.tensors if n.startswith("blk.1.")}))
+
+
+def test_a_kv_cache_that_cannot_fit_is_refused_up_front(model_dir):
+    from pyengine.model import kv_cache_bytes
+
+    path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
+    m = Model(path, n_ctx=32)
+    assert m.context()._ctx.kv_bytes == kv_cache_bytes(m.config, 32)
+    with pytest.raises(ValueError, match=r"n_ctx 2000000000 needs a KV cache of .* GiB per sequence"):
+        Model(path, n_ctx=2_000_000_000)
+    with pytest.raises(ValueError, match="GiB of memory is available"):
+        m.context(n_ctx=2_000_000_000)
