@@ -44,12 +44,26 @@ void matmul_prequantized(const Kernels& k, const Matrix& w, const uint8_t* xq, s
     const size_t w_row_bytes = row_size(w.type, w.cols);
     const auto* wbytes = static_cast<const uint8_t*>(w.data);
     const int n = int(w.cols);
+    const vec_dot_tile_fn tile = n_tokens >= kTileTokens ? k.vec_dot_tile[w.type] : nullptr;
     pool.run([&](int i, int n_threads) {
         int64_t r0, r1;
         split(w.rows, i, n_threads, r0, r1);
         for (int64_t rt = r0; rt < r1; rt += kRowTile) {
             const int64_t rt_end = std::min(rt + kRowTile, r1);
-            for (int64_t t = 0; t < n_tokens; t++) {
+            int64_t t = 0;
+            if (tile) {
+                // kTileRows x kTileTokens at a time; every output equals the vec_dot below bit for bit.
+                for (; t + kTileTokens <= n_tokens; t += kTileTokens) {
+                    int64_t r = rt;
+                    for (; r + kTileRows <= rt_end; r += kTileRows)
+                        tile(n, wbytes + size_t(r) * w_row_bytes, w_row_bytes, xq + size_t(t) * xq_row_bytes,
+                             xq_row_bytes, y + t * w.rows + r, size_t(w.rows));
+                    for (; r < rt_end; r++)
+                        for (int64_t c = t; c < t + kTileTokens; c++)
+                            y[c * w.rows + r] = dot(n, wbytes + size_t(r) * w_row_bytes, xq + size_t(c) * xq_row_bytes);
+                }
+            }
+            for (; t < n_tokens; t++) {
                 const uint8_t* xt = xq + size_t(t) * xq_row_bytes;
                 float* yt = y + t * w.rows;
                 for (int64_t r = rt; r < rt_end; r++) yt[r] = dot(n, wbytes + size_t(r) * w_row_bytes, xt);

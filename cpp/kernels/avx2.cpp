@@ -70,6 +70,89 @@ float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
     return hsum(acc) + mins;
 }
 
+// kTileRows x kTileTokens outputs of a signed-byte weight format (Q4_0, Q8_0): per output exactly the
+// operations of vec_dot_*_q8_0 above, in the same order, so the results are bit-identical to it.
+template <typename Block, typename Unpack>
+inline void tile_i8(int n, const void* vw, size_t w_stride, const void* vx, size_t x_stride, float* y,
+                    size_t y_stride, Unpack unpack) {
+    const auto* wb = static_cast<const uint8_t*>(vw);
+    const auto* xb = static_cast<const uint8_t*>(vx);
+    __m256 acc[kTileRows][kTileTokens];
+    for (int r = 0; r < kTileRows; r++)
+        for (int c = 0; c < kTileTokens; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        __m256i yv[kTileTokens];
+        float dx[kTileTokens];
+        for (int c = 0; c < kTileTokens; c++) {
+            const auto* x = reinterpret_cast<const block_q8_0*>(xb + c * x_stride) + i;
+            yv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
+            dx[c] = half_to_float(x->d);
+        }
+        for (int r = 0; r < kTileRows; r++) {
+            const Block* w = reinterpret_cast<const Block*>(wb + r * w_stride) + i;
+            const __m256i q = unpack(*w);
+            const __m256i aq = _mm256_sign_epi8(q, q);
+            const float dw = half_to_float(w->d);
+            for (int c = 0; c < kTileTokens; c++) {
+                const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(yv[c], q)),
+                                                      _mm256_set1_epi16(1));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[c]), _mm256_cvtepi32_ps(dot), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < kTileRows; r++)
+        for (int c = 0; c < kTileTokens; c++) y[c * y_stride + r] = hsum(acc[r][c]);
+}
+
+void tile_q4_0_q8_0(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y, size_t y_stride) {
+    tile_i8<block_q4_0>(n, w, w_stride, x, x_stride, y, y_stride, [](const block_q4_0& b) {
+        return _mm256_sub_epi8(unpack_nibbles(b.qs), _mm256_set1_epi8(8));
+    });
+}
+
+void tile_q8_0_q8_0(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y, size_t y_stride) {
+    tile_i8<block_q8_0>(n, w, w_stride, x, x_stride, y, y_stride, [](const block_q8_0& b) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+    });
+}
+
+// The Q4_1 tile: vec_dot_q4_1_q8_1's operations per output, in its order (integer dot of unsigned
+// nibbles, the scale's multiply-add into 8 lanes, the minimum's term summed apart and added last).
+void tile_q4_1_q8_1(int n, const void* vw, size_t w_stride, const void* vx, size_t x_stride, float* y,
+                    size_t y_stride) {
+    const auto* wb = static_cast<const uint8_t*>(vw);
+    const auto* xb = static_cast<const uint8_t*>(vx);
+    __m256 acc[kTileRows][kTileTokens];
+    float mins[kTileRows][kTileTokens];
+    for (int r = 0; r < kTileRows; r++)
+        for (int c = 0; c < kTileTokens; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            mins[r][c] = 0.0f;
+        }
+    for (int i = 0; i < n / QK; i++) {
+        __m256i yv[kTileTokens];
+        float dx[kTileTokens], sx[kTileTokens];
+        for (int c = 0; c < kTileTokens; c++) {
+            const auto* x = reinterpret_cast<const block_q8_1*>(xb + c * x_stride) + i;
+            yv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
+            dx[c] = half_to_float(x->d);
+            sx[c] = half_to_float(x->s);
+        }
+        for (int r = 0; r < kTileRows; r++) {
+            const auto* w = reinterpret_cast<const block_q4_1*>(wb + r * w_stride) + i;
+            const __m256i q = unpack_nibbles(w->qs);
+            const float dw = half_to_float(w->d), mw = half_to_float(w->m);
+            for (int c = 0; c < kTileTokens; c++) {
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[c]), _mm256_cvtepi32_ps(dot_u8_i8(q, yv[c])),
+                                            acc[r][c]);
+                mins[r][c] += mw * sx[c];
+            }
+        }
+    }
+    for (int r = 0; r < kTileRows; r++)
+        for (int c = 0; c < kTileTokens; c++) y[c * y_stride + r] = hsum(acc[r][c]) + mins[r][c];
+}
+
 float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     const auto* w = static_cast<const block_q8_0*>(vw);
     const auto* x = static_cast<const block_q8_0*>(vx);
@@ -260,6 +343,9 @@ const Kernels* kernels_avx2() {
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;
         k.vec_dot[TYPE_Q8_0] = vec_dot_q8_0_q8_0;
+        k.vec_dot_tile[TYPE_Q4_0] = tile_q4_0_q8_0;
+        k.vec_dot_tile[TYPE_Q8_0] = tile_q8_0_q8_0;
+        k.vec_dot_tile[TYPE_Q4_1] = tile_q4_1_q8_1;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;

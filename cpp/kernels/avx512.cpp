@@ -229,6 +229,9 @@ const Kernels* kernels_avx512() {
 #else
         Kernels k = *kernels_avx2();
         k.isa = "avx512";
+        // AVX2's tiles repeat AVX2's vec_dot operations, not these: a tile must match its table's
+        // vec_dot bit for bit, so none is inherited.
+        for (auto& tile : k.vec_dot_tile) tile = nullptr;
 #endif
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;

@@ -7,11 +7,23 @@
 
 namespace pe {
 
+constexpr int kTileRows = 4;
+constexpr int kTileTokens = 2;
+
+// y[c * y_stride + r] = vec_dot(n, w + r * w_stride, x + c * x_stride) for r < kTileRows, c < kTileTokens.
+using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
+                                 size_t y_stride);
+
 struct Kernels {
     const char* isa;                    // "scalar", "avx2", "avx512", "neon"
     vec_dot_fn vec_dot[TYPE_COUNT];     // by weight type; the activation is in its vec_dot_type
     from_float_fn from_float[TYPE_COUNT];  // activation quantizers (q8_0, q8_1, f32): same bytes as the reference
     axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32 and f16 (the KV cache types)
+    // Optional (nullptr: none): kTileRows weight rows x kTileTokens activations in one pass, each weight
+    // block unpacked once for every token and each activation block loaded once for every row. Every
+    // output must be bit-identical to vec_dot on the same row and activation (same operations in the
+    // same order), so tiling never changes a result.
+    vec_dot_tile_fn vec_dot_tile[TYPE_COUNT];
 };
 
 // The scalar reference: never optimised, the oracle for every other path.
