@@ -42,12 +42,6 @@ void rope(float* head, int n_rot, int64_t pos, float theta_scale) {
     }
 }
 
-inline void split(int64_t n, int i, int n_threads, int64_t& begin, int64_t& end) {
-    const int64_t per = n / n_threads, extra = n % n_threads;
-    begin = i * per + std::min<int64_t>(i, extra);
-    end = begin + per + (i < extra ? 1 : 0);
-}
-
 // Quantized copies of one float input, shared by the matmuls that read it (q/k/v, gate/up).
 class SharedInput {
 public:
@@ -143,7 +137,7 @@ void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64
     // One task per (token, head): each output depends only on its own inputs, whoever computes it.
     pool.run([&](int ti, int n_threads) {
         int64_t begin, end;
-        split(n_tokens * c.n_heads, ti, n_threads, begin, end);
+        split_range(n_tokens * c.n_heads, ti, n_threads, begin, end);
         float* scores = s.scores.data() + size_t(ti) * size_t(n_ctx);
         for (int64_t task = begin; task < end; task++) {
             const int64_t t = task / c.n_heads;
@@ -259,7 +253,7 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
         const int64_t n_ff_total = n_tokens * c.n_ff;
         pool.run([&](int ti, int n_threads) {
             int64_t begin, end;
-            split(n_ff_total, ti, n_threads, begin, end);
+            split_range(n_ff_total, ti, n_threads, begin, end);
             for (int64_t i = begin; i < end; i++) {
                 const float g = s.gate[size_t(i)];
                 s.gate[size_t(i)] = g / (1.0f + std::exp(-g)) * s.up[size_t(i)];

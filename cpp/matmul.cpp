@@ -10,12 +10,6 @@ constexpr int64_t kRowTile = 16;
 // Below this many tokens per thread, converting the activations is cheaper on one thread.
 constexpr int64_t kParallelQuantizeTokens = 8;
 
-// [begin, end) of n items for thread i of n_threads, in contiguous chunks.
-inline void split(int64_t n, int i, int n_threads, int64_t& begin, int64_t& end) {
-    const int64_t per = n / n_threads, extra = n % n_threads;
-    begin = i * per + std::min<int64_t>(i, extra);
-    end = begin + per + (i < extra ? 1 : 0);
-}
 }  // namespace
 
 size_t quantize_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
@@ -27,7 +21,7 @@ size_t quantize_activations(const Kernels& k, GGMLType weight_type, const float*
     uint8_t* dst = out.data();
     auto task = [&](int i, int n_threads) {
         int64_t t0, t1;
-        split(n_tokens, i, n_threads, t0, t1);
+        split_range(n_tokens, i, n_threads, t0, t1);
         for (int64_t t = t0; t < t1; t++) convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
     };
     if (n_tokens >= kParallelQuantizeTokens * pool.n_threads()) {
@@ -47,7 +41,7 @@ void matmul_prequantized(const Kernels& k, const Matrix& w, const uint8_t* xq, s
     const vec_dot_tile_fn tile = n_tokens >= kTileTokens ? k.vec_dot_tile[w.type] : nullptr;
     pool.run([&](int i, int n_threads) {
         int64_t r0, r1;
-        split(w.rows, i, n_threads, r0, r1);
+        split_range(w.rows, i, n_threads, r0, r1);
         for (int64_t rt = r0; rt < r1; rt += kRowTile) {
             const int64_t rt_end = std::min(rt + kRowTile, r1);
             int64_t t = 0;

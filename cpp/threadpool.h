@@ -57,6 +57,13 @@ private:
     std::atomic<int> sleepers_{0};
 };
 
+// [begin, end) of n items for thread i of n_threads: contiguous chunks, sizes differing by at most one.
+inline void split_range(int64_t n, int i, int n_threads, int64_t& begin, int64_t& end) {
+    const int64_t per = n / n_threads, extra = n % n_threads;
+    begin = i * per + (i < extra ? i : extra);
+    end = begin + per + (i < extra ? 1 : 0);
+}
+
 // Physical performance cores this process may use (SMT siblings and efficiency cores not counted),
 // at least 1.
 int default_n_threads();
