@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -125,6 +126,21 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
         check_matrix(L.w_up, c.n_ff, c.n_embd, p + "ffn_up.weight");
         check_matrix(L.w_down, c.n_embd, c.n_ff, p + "ffn_down.weight");
     }
+    const char* pack_env = std::getenv("PYENGINE_PACK");
+    if (pack_env && std::string(pack_env) == "0") return;
+    auto pack = [this](Matrix& m) {
+        std::vector<uint8_t> storage;
+        if (pack_matrix(kernels_, m, storage)) packed_.push_back(std::move(storage));
+    };
+    for (LayerWeights& L : w_.layers)
+        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*m);
+    pack(w_.output);
+}
+
+size_t LlamaModel::packed_bytes() const {
+    size_t total = 0;
+    for (const auto& p : packed_) total += p.size();
+    return total;
 }
 
 void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,

@@ -66,8 +66,14 @@ struct RunState {
 
 class LlamaModel {
 public:
-    // Checks every shape against the config; throws std::invalid_argument naming the tensor.
+    // Checks every shape against the config; throws std::invalid_argument naming the tensor. Then
+    // packs the matrices the ISA has packed kernels for (a copy as large as those weights; the
+    // token embeddings stay where they are, and are read in place). PYENGINE_PACK=0 turns packing
+    // off (to measure what it gains).
     LlamaModel(const LlamaConfig& config, LlamaWeights weights);
+
+    // Bytes of packed weight copies this model holds.
+    size_t packed_bytes() const;
 
     const LlamaConfig& config() const { return config_; }
 
@@ -93,6 +99,7 @@ private:
 
     LlamaConfig config_;
     LlamaWeights w_;
+    std::vector<std::vector<uint8_t>> packed_;  // the matrices repacked for the ISA's packed kernels
     std::vector<float> rope_freqs_;  // (n_rot / 2) theta^(-2i / n_rot)
     const Kernels& kernels_;
 };

@@ -1,7 +1,9 @@
 // y = W x for a quantized (or float) weight matrix and a batch of float activations.
 //
-// Determinism: every output y[t][r] is one call of the ISA's vec_dot on weight row r and activation
-// t, so its value depends on neither the number of tokens in the batch nor the thread split.
+// Determinism: every output y[t][r] takes the same operations in the same order whatever the batch
+// size and the thread split: one vec_dot of weight row r and activation t (or a tile repeating it),
+// or, for a packed matrix, the packed kernel, which repeats the scalar reference's vec_dot. A matrix
+// is packed or not for its whole life, so one output never changes path.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +19,13 @@ struct Matrix {
     const void* data;  // rows x row_bytes, row-major, used in place (memory-mapped)
     int64_t rows;      // output features
     int64_t cols;      // input features; a multiple of the type's block size
+    const void* packed = nullptr;  // the same rows repacked for the ISA's packed_dot (pack_matrix), or none
 };
+
+// Packs w's rows for k.packed_dot into `storage` (same size as the weights) and points w.packed at
+// it, when the ISA has packed kernels for w's type and w.rows is a multiple of kPackRows; returns
+// whether it did. The original data stays valid (and is still what w.data points at).
+bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage);
 
 // Converts n_tokens rows of cols floats into the weight type's vec_dot_type, into `out` (resized).
 // Returns the bytes per converted row.

@@ -67,18 +67,19 @@ def thread_pool(n_threads: int | None = None) -> "_core.ThreadPool":
 
 
 def matmul(w_raw: np.ndarray, type: str | int, shape, x: np.ndarray, n_threads: int | None = None,
-           isa: str = "") -> np.ndarray:
+           isa: str = "", packed: bool = False) -> np.ndarray:
     """y = x @ W.T for a weight W of `shape` (rows, cols) stored as raw `type` blocks.
 
     x: float32 (n_tokens, cols) or (cols,). The activations are quantized per 32-block to the
     weight type's partner format (Q8_0 for Q4_0/Q8_0/NF4/NF4_DQ, Q8_1 for Q4_1) as llama.cpp does.
     Results are bit-identical for any n_threads and any number of tokens. `isa` picks a kernel path
-    ('' = active)."""
+    ('' = active). packed=True first packs the rows as a Model does at load time (ValueError if the
+    ISA has no packed kernels for the type, or rows is not a multiple of 8)."""
     rows, cols = (int(s) for s in shape)
     x = np.asarray(x, dtype=np.float32)
     x2 = np.ascontiguousarray(x.reshape(-1, cols) if x.ndim == 1 else x)
     w = np.ascontiguousarray(w_raw).view(np.uint8).reshape(-1)
-    y = _core.matmul(thread_pool(n_threads), w, _type_id(type), rows, cols, x2, isa)
+    y = _core.matmul(thread_pool(n_threads), w, _type_id(type), rows, cols, x2, isa, packed)
     return y.reshape(rows) if x.ndim == 1 else y
 
 

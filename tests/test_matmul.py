@@ -124,3 +124,74 @@ def test_unavailable_isa_is_refused(tmp_path):
                          text=True, cwd=tmp_path)
     assert out.returncode != 0
     assert "PYENGINE_ISA=sse9 is not available" in out.stderr
+
+
+# Packed weights (the layout a Model repacks its matrices into at load time, where the ISA has
+# packed kernels): every output must equal the scalar reference's vec_dot bit for bit.
+PACKED = [(isa, t) for isa in ISAS for t in TYPES if pyengine._core.can_pack(pyengine.quants._type_id(t), isa)]
+
+
+def _fp16_scales(rng, n, lo=-12, hi=4):
+    """n random finite fp16 values of both signs, magnitudes 2^lo .. 2^hi, as uint16."""
+    mags = np.exp2(rng.uniform(lo, hi, n)) * rng.choice([-1.0, 1.0], n)
+    return mags.astype(np.float16).view(np.uint16)
+
+
+def _raw_blocks(rng, type_name, rows, cols, nibbles=None):
+    """Raw Q4_0/Q4_1 rows with random (or given) nibble bytes and random fp16 scales / minimums."""
+    nb = rows * cols // 32
+    qs = rng.integers(0, 256, (nb, 16), dtype=np.uint8) if nibbles is None else np.full((nb, 16), nibbles, np.uint8)
+    head = [_fp16_scales(rng, nb)] + ([_fp16_scales(rng, nb)] if type_name == "q4_1" else [])
+    return np.concatenate([h.reshape(nb, 1).view(np.uint8) for h in head] + [qs], axis=1).reshape(-1)
+
+
+@pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
+@pytest.mark.parametrize("isa,type_name", PACKED)
+@pytest.mark.parametrize("rows,cols", [(8, 32), (16, 64), (24, 576), (64, 2048)])
+def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols):
+    w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
+    for n_tokens in (1, 2, 3, 4, 5, 9):  # every remainder of the 4-token kernel
+        x = rng.standard_normal((n_tokens, cols)).astype(np.float32) * rng.uniform(0.01, 100)
+        ref = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa="scalar")
+        got = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa, packed=True)
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
+@pytest.mark.parametrize("isa,type_name", PACKED)
+def test_packed_matmul_adversarial_blocks(rng, isa, type_name):
+    """Random bytes and random fp16 scales of both signs, and the extremes of the integer sums:
+    every nibble 15 (or 0) against activations that quantize to +-127 everywhere."""
+    rows, cols = 16, 256
+    x_cases = [np.full((4, cols), 3.0, np.float32), np.full((4, cols), -3.0, np.float32),
+               np.tile(np.array([1.0, -1.0], np.float32), (3, cols // 2)),
+               rng.standard_normal((5, cols)).astype(np.float32)]
+    for nibbles in (None, 0xFF, 0x00, 0x0F, 0xF0):
+        w_raw = _raw_blocks(rng, type_name, rows, cols, nibbles)
+        for x in x_cases:
+            ref = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa="scalar")
+            got = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=True)
+            np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
+@pytest.mark.parametrize("isa,type_name", PACKED)
+def test_packed_bit_identical_across_threads_and_batches(rng, isa, type_name):
+    rows, cols, n_tokens = 72, 768, 37
+    w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    base = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=True)
+    for n_threads in (2, 3, 7):
+        np.testing.assert_array_equal(
+            pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=n_threads, isa=isa, packed=True), base)
+    one_by_one = np.stack([pyengine.matmul(w_raw, type_name, (rows, cols), x[t], isa=isa, packed=True)
+                           for t in range(n_tokens)])
+    np.testing.assert_array_equal(one_by_one, base)
+
+
+def test_packing_refused_where_it_cannot_apply(rng):
+    w_raw = pyengine.quantize(rng.standard_normal((12, 64)).astype(np.float32), "q4_0")
+    with pytest.raises(ValueError, match="groups of 8"):
+        pyengine.matmul(w_raw, "q4_0", (12, 64), np.zeros((1, 64), np.float32), isa="scalar", packed=True)
+    with pytest.raises(ValueError, match="groups of 8"):
+        pyengine.matmul(w_raw, "q4_0", (12, 64), np.zeros((1, 64), np.float32), packed=True)

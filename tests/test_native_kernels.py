@@ -38,7 +38,7 @@ REFERENCE = CPP / "quant" / "reference.cpp"
 REFERENCE_FLAGS = ["-ffp-contract=off"]
 
 COMMON_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]
-AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
 # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers (as in CMakeLists.txt), and
 # that SIMDe's 64-byte vector types passed by value have another ABI without -mavx512f (-Wpsabi;
 # harmless here, see cpp/tests/simde_avx512.h).

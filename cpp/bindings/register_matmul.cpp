@@ -13,7 +13,7 @@ namespace {
 
 // y = x W^T: w holds `rows` rows of `cols` values of type wtype; x is (n_tokens, cols) float32.
 FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols,
-                     const FloatArray& x, const std::string& isa) {
+                     const FloatArray& x, const std::string& isa, bool packed) {
     const Kernels& k = kernels_or_throw(isa);
     const TypeTraits& t = traits_or_throw(wtype);
     if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
@@ -28,7 +28,11 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
         throw py::value_error("activations must be (n_tokens, " + std::to_string(cols) + ") float32");
     const int64_t n_tokens = x.shape(0);
     FloatArray y({n_tokens, rows});
-    const Matrix m{GGMLType(wtype), w.data(), rows, cols};
+    Matrix m{GGMLType(wtype), w.data(), rows, cols};
+    std::vector<uint8_t> storage;
+    if (packed && !pack_matrix(k, m, storage))
+        throw py::value_error(std::string("the ") + k.isa + " kernels cannot pack " + t.name + " rows in groups of " +
+                              std::to_string(kPackRows) + " (rows: " + std::to_string(rows) + ")");
     const float* xp = x.data();
     float* yp = y.mutable_data();
     {
@@ -47,7 +51,14 @@ void register_matmul(py::module_& m) {
         .def_property_readonly("n_threads", &ThreadPool::n_threads);
     m.def("default_n_threads", &default_n_threads, "physical performance cores available to this process");
     m.def("matmul", &matmul_py, py::arg("pool"), py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),
-          py::arg("x"), py::arg("isa") = "");
+          py::arg("x"), py::arg("isa") = "", py::arg("packed") = false,
+          "packed=True: the rows packed for the ISA's packed kernels first, as the model does at load time");
+    m.def("can_pack", [](uint32_t wtype, const std::string& isa) {
+        const Kernels& k = kernels_or_throw(isa);
+        traits_or_throw(wtype);
+        return k.pack[wtype] != nullptr && k.packed_dot[wtype] != nullptr;
+    }, py::arg("wtype"), py::arg("isa") = "", "whether the ISA packs weights of this type at load time");
+    m.def("pack_rows", []() { return kPackRows; });
     m.def("memory_read_bandwidth", [](ThreadPool& pool, int64_t megabytes, int repeats) {
         if (megabytes < 1 || megabytes > 65536 || repeats < 1) throw py::value_error("bad bandwidth probe size");
         py::gil_scoped_release release;

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "../quant/fp16.h"
 
@@ -151,6 +152,165 @@ void tile_q4_1_q8_1(int n, const void* vw, size_t w_stride, const void* vx, size
     }
     for (int r = 0; r < kTileRows; r++)
         for (int c = 0; c < kTileTokens; c++) y[c * y_stride + r] = hsum(acc[r][c]) + mins[r][c];
+}
+
+// ---- Packed weights: 8 rows interleaved, one row per vector lane ----
+//
+// A packed group holds block i of 8 rows together. Its 128 nibble bytes are four runs of 32:
+// bytes 0-7 of rows 0-3, bytes 0-7 of rows 4-7, bytes 8-15 of rows 0-3, bytes 8-15 of rows 4-7. One
+// 32-byte load thus holds 8 bytes of 4 rows; against 8 activation bytes broadcast to the 4 quarters,
+// maddubs + madd give each row two int32 partial sums, and one hadd of the rows-0-3 and rows-4-7
+// vectors leaves one exact integer dot per lane, the lanes holding rows 0 1 4 5 2 3 6 7 (kLaneRow).
+// The scales are stored in that lane order, and the accumulators are put back in row order once, at
+// the end. Every output then takes the scalar reference's operations, in its order: exact integer
+// block dots, the block's float(isum) * (d_w * d_x) (+ m * s for Q4_1) added to the sum block by
+// block. So packed results are bit-identical to ref::vec_dot_* on the unpacked row.
+constexpr int kLaneRow[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+struct block_q4_0x8 {
+    uint16_t d[8];  // scales, in kLaneRow order
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "packing must not change the size");
+
+struct block_q4_1x8 {
+    uint16_t d[8];  // scales, in kLaneRow order
+    uint16_t m[8];  // minimums, in kLaneRow order
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "packing must not change the size");
+
+template <typename Block>
+inline const Block& row_block(const uint8_t* w, size_t stride, int row, int i) {
+    return reinterpret_cast<const Block*>(w + size_t(row) * stride)[i];
+}
+
+template <typename Block>
+inline void interleave_nibbles(const uint8_t* w, size_t stride, int i, uint8_t* qs) {
+    for (int half = 0; half < 2; half++)      // bytes 0-7, then 8-15 of each row
+        for (int group = 0; group < 2; group++)  // rows 0-3, then 4-7
+            for (int j = 0; j < 4; j++)
+                std::memcpy(qs + (half * 2 + group) * 32 + j * 8,
+                            row_block<Block>(w, stride, group * 4 + j, i).qs + half * 8, 8);
+}
+
+void pack_q4_0(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q4_0x8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q4_0>(w, stride, kLaneRow[l], i).d;
+        interleave_nibbles<block_q4_0>(w, stride, i, o[i].qs);
+    }
+}
+
+void pack_q4_1(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q4_1x8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q4_1>(w, stride, kLaneRow[l], i).d;
+            o[i].m[l] = row_block<block_q4_1>(w, stride, kLaneRow[l], i).m;
+        }
+        interleave_nibbles<block_q4_1>(w, stride, i, o[i].qs);
+    }
+}
+
+// The 8 nibble vectors of a packed group's block: u[2k] low nibbles, u[2k+1] high nibbles of run k.
+inline void unpack_group(const uint8_t* qs, __m256i (&u)[8]) {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (int k = 0; k < 4; k++) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
+        u[2 * k] = _mm256_and_si256(v, mask);
+        u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    }
+}
+
+inline __m256i broadcast8(const int8_t* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return _mm256_set1_epi64x(v);
+}
+
+// Exact integer dots of the 8 unpacked rows (0..15) with 32 int8 activations, lanes in kLaneRow
+// order. In run k = 2 * half + group, the low nibbles are weights 8*half .. 8*half+7 and the high
+// ones weights 16 + 8*half ...; int16 partial sums stay below 4 * 2 * 15 * 127 = 15240.
+inline __m256i dot_group(const __m256i (&u)[8], const int8_t* y) {
+    const __m256i y0 = broadcast8(y), y1 = broadcast8(y + 8), y2 = broadcast8(y + 16), y3 = broadcast8(y + 24);
+    const __m256i rows03 = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[0], y0), _mm256_maddubs_epi16(u[1], y2)),
+                                            _mm256_add_epi16(_mm256_maddubs_epi16(u[4], y1), _mm256_maddubs_epi16(u[5], y3)));
+    const __m256i rows47 = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[2], y0), _mm256_maddubs_epi16(u[3], y2)),
+                                            _mm256_add_epi16(_mm256_maddubs_epi16(u[6], y1), _mm256_maddubs_epi16(u[7], y3)));
+    const __m256i ones = _mm256_set1_epi16(1);
+    return _mm256_hadd_epi32(_mm256_madd_epi16(rows03, ones), _mm256_madd_epi16(rows47, ones));
+}
+
+// Lanes in kLaneRow order -> rows 0..7 (the permutation is its own inverse).
+inline void store_rows(float* y, __m256 acc) {
+    _mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+
+template <int NT>
+void packed_q4_0_nt(int n, const block_q4_0x8* w, const uint8_t* x, size_t x_stride, const int32_t* xsums,
+                    size_t xsums_stride, float* y, size_t y_stride) {
+    __m256 acc[NT];
+    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        __m256i u[8];
+        unpack_group(w[i].qs, u);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
+        for (int c = 0; c < NT; c++) {
+            const auto& xb = reinterpret_cast<const block_q8_0*>(x + c * x_stride)[i];
+            // sum (q - 8) y = sum q y - 8 sum y, exactly
+            const __m256i isum = _mm256_sub_epi32(dot_group(u, xb.qs), _mm256_set1_epi32(8 * xsums[c * xsums_stride + i]));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
+            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+        }
+    }
+    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
+}
+
+template <int NT>
+void packed_q4_1_nt(int n, const block_q4_1x8* w, const uint8_t* x, size_t x_stride, float* y, size_t y_stride) {
+    __m256 acc[NT];
+    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        __m256i u[8];
+        unpack_group(w[i].qs, u);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].m)));
+        for (int c = 0; c < NT; c++) {
+            const auto& xb = reinterpret_cast<const block_q8_1*>(x + c * x_stride)[i];
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
+            const __m256 term = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(u, xb.qs)), d),
+                                              _mm256_mul_ps(mw, _mm256_set1_ps(half_to_float(xb.s))));
+            acc[c] = _mm256_add_ps(acc[c], term);
+        }
+    }
+    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
+}
+
+void packed_dot_q4_0(int n, const void* w, const void* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
+                     int n_tokens, float* y, size_t y_stride) {
+    const auto* pw = static_cast<const block_q4_0x8*>(w);
+    const auto* px = static_cast<const uint8_t*>(x);
+    switch (n_tokens) {
+        case 1: return packed_q4_0_nt<1>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
+        case 2: return packed_q4_0_nt<2>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
+        case 3: return packed_q4_0_nt<3>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
+        default: return packed_q4_0_nt<4>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
+    }
+}
+
+void packed_dot_q4_1(int n, const void* w, const void* x, size_t x_stride, const int32_t*, size_t, int n_tokens,
+                     float* y, size_t y_stride) {
+    const auto* pw = static_cast<const block_q4_1x8*>(w);
+    const auto* px = static_cast<const uint8_t*>(x);
+    switch (n_tokens) {
+        case 1: return packed_q4_1_nt<1>(n, pw, px, x_stride, y, y_stride);
+        case 2: return packed_q4_1_nt<2>(n, pw, px, x_stride, y, y_stride);
+        case 3: return packed_q4_1_nt<3>(n, pw, px, x_stride, y, y_stride);
+        default: return packed_q4_1_nt<4>(n, pw, px, x_stride, y, y_stride);
+    }
 }
 
 float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
@@ -346,6 +506,11 @@ const Kernels* kernels_avx2() {
         k.vec_dot_tile[TYPE_Q4_0] = tile_q4_0_q8_0;
         k.vec_dot_tile[TYPE_Q8_0] = tile_q8_0_q8_0;
         k.vec_dot_tile[TYPE_Q4_1] = tile_q4_1_q8_1;
+        k.pack[TYPE_Q4_0] = pack_q4_0;
+        k.packed_dot[TYPE_Q4_0] = packed_dot_q4_0;
+        k.packed_xsums[TYPE_Q4_0] = true;
+        k.pack[TYPE_Q4_1] = pack_q4_1;
+        k.packed_dot[TYPE_Q4_1] = packed_dot_q4_1;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;

@@ -10,6 +10,23 @@ namespace pe {
 constexpr int kTileRows = 4;
 constexpr int kTileTokens = 2;
 
+// Packed weights: kPackRows rows interleaved block by block, so that one vector instruction works on
+// the same block of every row of the group and each vector lane ends up holding one row's output.
+constexpr int kPackRows = 8;
+constexpr int kPackTokens = 4;  // activations one packed_dot call takes at most
+
+// Packs rows 0 .. kPackRows-1 (row r at w + r * w_stride, n values each) into out: kPackRows rows'
+// bytes, same size, a layout private to the ISA's packed_dot.
+using pack_fn = void (*)(int n, const void* w, size_t w_stride, void* out);
+
+// y[c * y_stride + r] = row r of the packed group . activation c, for r < kPackRows, c < n_tokens
+// (1 .. kPackTokens); activation c at x + c * x_stride. xsums[c * xsums_stride + b]: the sum of the
+// int8 values of activation c's block b, for the formats whose packed_xsums is set. Every output
+// is bit-identical to the scalar reference's vec_dot on the unpacked row (same operations in the
+// same order), whatever n_tokens is.
+using packed_dot_fn = void (*)(int n, const void* packed, const void* x, size_t x_stride, const int32_t* xsums,
+                               size_t xsums_stride, int n_tokens, float* y, size_t y_stride);
+
 // y[c * y_stride + r] = vec_dot(n, w + r * w_stride, x + c * x_stride) for r < kTileRows, c < kTileTokens.
 using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
                                  size_t y_stride);
@@ -24,6 +41,10 @@ struct Kernels {
     // output must be bit-identical to vec_dot on the same row and activation (same operations in the
     // same order), so tiling never changes a result.
     vec_dot_tile_fn vec_dot_tile[TYPE_COUNT];
+    // Optional (nullptr: none): weights packed at load time (pack), and their product (packed_dot).
+    pack_fn pack[TYPE_COUNT];
+    packed_dot_fn packed_dot[TYPE_COUNT];
+    bool packed_xsums[TYPE_COUNT];  // packed_dot needs the activations' block sums
 };
 
 // The scalar reference: never optimised, the oracle for every other path.
