@@ -137,10 +137,12 @@ def _fp16_scales(rng, n, lo=-12, hi=4):
     return mags.astype(np.float16).view(np.uint16)
 
 
-def _raw_blocks(rng, type_name, rows, cols, nibbles=None):
-    """Raw Q4_0/Q4_1 rows with random (or given) nibble bytes and random fp16 scales / minimums."""
+def _raw_blocks(rng, type_name, rows, cols, fill=None):
+    """Raw Q4_0/Q4_1/Q8_0 rows with random (or all `fill`) quant bytes and random fp16 scales /
+    minimums. Q8_0's random bytes include -128, which the file format allows."""
     nb = rows * cols // 32
-    qs = rng.integers(0, 256, (nb, 16), dtype=np.uint8) if nibbles is None else np.full((nb, 16), nibbles, np.uint8)
+    width = 32 if type_name == "q8_0" else 16
+    qs = rng.integers(0, 256, (nb, width), dtype=np.uint8) if fill is None else np.full((nb, width), fill, np.uint8)
     head = [_fp16_scales(rng, nb)] + ([_fp16_scales(rng, nb)] if type_name == "q4_1" else [])
     return np.concatenate([h.reshape(nb, 1).view(np.uint8) for h in head] + [qs], axis=1).reshape(-1)
 
@@ -161,13 +163,14 @@ def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols):
 @pytest.mark.parametrize("isa,type_name", PACKED)
 def test_packed_matmul_adversarial_blocks(rng, isa, type_name):
     """Random bytes and random fp16 scales of both signs, and the extremes of the integer sums:
-    every nibble 15 (or 0) against activations that quantize to +-127 everywhere."""
+    every nibble 15 (or 0; for Q8_0 every weight -128, -1, 0x0F, -16) against activations that
+    quantize to +-127 everywhere."""
     rows, cols = 16, 256
     x_cases = [np.full((4, cols), 3.0, np.float32), np.full((4, cols), -3.0, np.float32),
                np.tile(np.array([1.0, -1.0], np.float32), (3, cols // 2)),
                rng.standard_normal((5, cols)).astype(np.float32)]
-    for nibbles in (None, 0xFF, 0x00, 0x0F, 0xF0):
-        w_raw = _raw_blocks(rng, type_name, rows, cols, nibbles)
+    for fill in (None, 0xFF, 0x00, 0x0F, 0xF0, 0x80):
+        w_raw = _raw_blocks(rng, type_name, rows, cols, fill)
         for x in x_cases:
             ref = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa="scalar")
             got = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=True)

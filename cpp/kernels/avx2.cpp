@@ -289,6 +289,67 @@ void packed_q4_1_nt(int n, const block_q4_1x8* w, const uint8_t* x, size_t x_str
     for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
 }
 
+struct block_q8_0x8 {
+    uint16_t d[8];  // scales, in kLaneRow order
+    int8_t qs[256];  // runs of 32: bytes 8c .. 8c+7 of rows 0-3, then of rows 4-7, for c = 0 .. 3
+};
+static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "packing must not change the size");
+
+void pack_q8_0(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q8_0x8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q8_0>(w, stride, kLaneRow[l], i).d;
+        for (int c = 0; c < 4; c++)
+            for (int group = 0; group < 2; group++)
+                for (int j = 0; j < 4; j++)
+                    std::memcpy(o[i].qs + (c * 2 + group) * 32 + j * 8,
+                                row_block<block_q8_0>(w, stride, group * 4 + j, i).qs + c * 8, 8);
+    }
+}
+
+// Signed weights: |w| times y with w's sign (the sign trick of dot_i8; |y| <= 127). Products of two
+// int8 can reach 2 * 127 * 128 in an int16 pair, so each maddubs goes to int32 at once.
+template <int NT>
+void packed_q8_0_nt(int n, const block_q8_0x8* w, const uint8_t* x, size_t x_stride, float* y, size_t y_stride) {
+    __m256 acc[NT];
+    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < n / QK; i++) {
+        __m256i wv[8], aw[8];
+        for (int k = 0; k < 8; k++) {
+            wv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i].qs + 32 * k));
+            aw[k] = _mm256_sign_epi8(wv[k], wv[k]);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
+        for (int c = 0; c < NT; c++) {
+            const auto& xb = reinterpret_cast<const block_q8_0*>(x + c * x_stride)[i];
+            __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+            for (int k = 0; k < 8; k++) {
+                const __m256i yk = broadcast8(xb.qs + 8 * (k / 2));
+                const __m256i p = _mm256_maddubs_epi16(aw[k], _mm256_sign_epi8(yk, wv[k]));
+                rows[k % 2] = _mm256_add_epi32(rows[k % 2], _mm256_madd_epi16(p, ones));
+            }
+            const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
+            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+        }
+    }
+    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
+}
+
+void packed_dot_q8_0(int n, const void* w, const void* x, size_t x_stride, const int32_t*, size_t, int n_tokens,
+                     float* y, size_t y_stride) {
+    const auto* pw = static_cast<const block_q8_0x8*>(w);
+    const auto* px = static_cast<const uint8_t*>(x);
+    switch (n_tokens) {
+        case 1: return packed_q8_0_nt<1>(n, pw, px, x_stride, y, y_stride);
+        case 2: return packed_q8_0_nt<2>(n, pw, px, x_stride, y, y_stride);
+        case 3: return packed_q8_0_nt<3>(n, pw, px, x_stride, y, y_stride);
+        default: return packed_q8_0_nt<4>(n, pw, px, x_stride, y, y_stride);
+    }
+}
+
 void packed_dot_q4_0(int n, const void* w, const void* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
                      int n_tokens, float* y, size_t y_stride) {
     const auto* pw = static_cast<const block_q4_0x8*>(w);
@@ -511,6 +572,8 @@ const Kernels* kernels_avx2() {
         k.packed_xsums[TYPE_Q4_0] = true;
         k.pack[TYPE_Q4_1] = pack_q4_1;
         k.packed_dot[TYPE_Q4_1] = packed_dot_q4_1;
+        k.pack[TYPE_Q8_0] = pack_q8_0;
+        k.packed_dot[TYPE_Q8_0] = packed_dot_q8_0;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
