@@ -30,24 +30,33 @@ void rms_norm(const float* x, const float* weight, float* out, int n, float eps)
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
 }
 
-// Rotates adjacent pairs (x[2i], x[2i+1]) of the first n_rot dims of one head by pos * freqs[i].
-// llama.cpp builds each angle as pos * theta_scale^i by repeated float multiplication; so do we.
-void rope(float* head, int n_rot, int64_t pos, float theta_scale) {
+// RoPE's cos and sin for one position, n_rot / 2 pairs: llama.cpp builds each angle as
+// pos * theta_scale^i by repeated float multiplication; so do we. Computed once per token and shared
+// by every layer and head.
+void rope_angles(int64_t pos, int n_rot, float theta_scale, float* cs) {
     float theta = float(pos);
-    for (int i = 0; i < n_rot; i += 2) {
-        const float c = std::cos(theta), s = std::sin(theta);
-        const float x0 = head[i], x1 = head[i + 1];
-        head[i] = x0 * c - x1 * s;
-        head[i + 1] = x0 * s + x1 * c;
+    for (int i = 0; i < n_rot / 2; i++) {
+        cs[2 * i] = std::cos(theta);
+        cs[2 * i + 1] = std::sin(theta);
         theta *= theta_scale;
     }
 }
 
-// Quantized copies of one float input, shared by the matmuls that read it (q/k/v, gate/up).
+// Rotates adjacent pairs (x[2i], x[2i+1]) of the first n_rot dims of one head by the angles' cos/sin.
+void rope(float* head, int n_rot, const float* cs) {
+    for (int i = 0; i < n_rot; i += 2) {
+        const float c = cs[i], s = cs[i + 1];
+        const float x0 = head[i], x1 = head[i + 1];
+        head[i] = x0 * c - x1 * s;
+        head[i + 1] = x0 * s + x1 * c;
+    }
+}
+
+// One float input converted once for every matmul that reads it (q/k/v, gate/up): they share a
+// vec_dot_type, so the first product converts and the others reuse it.
 class SharedInput {
 public:
-    SharedInput(const Kernels& k, std::vector<uint8_t>& buffer, ThreadPool& pool)
-        : k_(k), buffer_(buffer), pool_(pool) {}
+    SharedInput(const Kernels& k, RunState& s, ThreadPool& pool) : k_(k), s_(s), pool_(pool) {}
 
     void set(const float* x, int64_t n_tokens, int64_t cols) {
         x_ = x;
@@ -56,27 +65,59 @@ public:
         type_ = TYPE_COUNT;
     }
 
-    void multiply(const Matrix& w, float* y) {
+    const Activations& prepare(const Matrix& w) {
         const GGMLType vdt = type_traits(w.type)->vec_dot_type;
-        if (vdt == TYPE_F32) {
-            matmul_prequantized(k_, w, reinterpret_cast<const uint8_t*>(x_), size_t(cols_) * 4, n_tokens_, y, pool_);
-            return;
-        }
-        if (vdt != type_) {
-            row_bytes_ = quantize_activations(k_, w.type, x_, n_tokens_, cols_, buffer_, pool_);
+        const bool sums = needs_block_sums(k_, w);
+        if (vdt != type_ || (sums && !a_.block_sums)) {
+            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, sums, s_.xq, s_.xq_sums, pool_);
             type_ = vdt;
         }
-        matmul_prequantized(k_, w, buffer_.data(), row_bytes_, n_tokens_, y, pool_);
+        return a_;
+    }
+
+    // Every product y_j = W_j x in one pool run (one synchronisation for all), each thread taking
+    // its rows of each matrix in turn, then running after(i, n_threads). Products whose weights want
+    // different activation formats (a file mixing types) take a run each.
+    template <typename After>
+    void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
+        const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
+        for (const auto& p : products) {
+            if (type_traits(p.first->type)->vec_dot_type != vdt) {
+                for (const auto& [w, y] : products) {
+                    const Activations& a = prepare(*w);
+                    pool_.run([&](int i, int n_threads) {
+                        int64_t r0, r1;
+                        matmul_split(*w, i, n_threads, r0, r1);
+                        matmul_rows(k_, *w, a, y, r0, r1);
+                    });
+                }
+                pool_.run(after);
+                return;
+            }
+        }
+        for (const auto& p : products) prepare(*p.first);
+        const Activations& a = a_;
+        pool_.run([&](int i, int n_threads) {
+            for (const auto& [w, y] : products) {
+                int64_t r0, r1;
+                matmul_split(*w, i, n_threads, r0, r1);
+                matmul_rows(k_, *w, a, y, r0, r1);
+            }
+            after(i, n_threads);
+        });
+    }
+    void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products) {
+        multiply(products, [](int, int) {});
     }
 
 private:
     const Kernels& k_;
-    std::vector<uint8_t>& buffer_;
+    RunState& s_;
     ThreadPool& pool_;
     const float* x_ = nullptr;
     int64_t n_tokens_ = 0, cols_ = 0;
-    GGMLType type_ = TYPE_COUNT;  // what buffer_ holds now
-    size_t row_bytes_ = 0;
+    GGMLType type_ = TYPE_COUNT;  // what a_ holds now
+    Activations a_;
 };
 
 }  // namespace
@@ -237,7 +278,10 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
         et->to_float(static_cast<const uint8_t*>(w_.token_embd.data) + size_t(tokens[t]) * embd_row,
                      s.x.data() + t * E, E);
 
-    SharedInput input(kernels_, s.xq, pool);
+    s.rope.resize(size_t(n_tokens * c.n_rot));
+    for (int64_t t = 0; t < n_tokens; t++) rope_angles(positions[t], c.n_rot, theta_scale, s.rope.data() + t * c.n_rot);
+
+    SharedInput input(kernels_, s, pool);
     for (int l = 0; l < c.n_layers; l++) {
         const LayerWeights& L = w_.layers[size_t(l)];
 
@@ -245,38 +289,47 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
         for (int64_t t = 0; t < n_tokens; t++)
             rms_norm(s.x.data() + t * E, L.attn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
         input.set(s.xn.data(), n_tokens, E);
-        input.multiply(L.wq, s.q.data());
-        input.multiply(L.wk, s.k.data());
-        input.multiply(L.wv, s.v.data());
+        input.multiply({{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}});
         for (int64_t t = 0; t < n_tokens; t++) {
-            for (int h = 0; h < c.n_heads; h++)
-                rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, positions[t], theta_scale);
-            for (int h = 0; h < c.n_kv_heads; h++)
-                rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, positions[t], theta_scale);
+            const float* cs = s.rope.data() + t * c.n_rot;
+            for (int h = 0; h < c.n_heads; h++) rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, cs);
+            for (int h = 0; h < c.n_kv_heads; h++) rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs);
             caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
         }
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
-        input.multiply(L.wo, s.xn.data());  // xn is free again: use it for wo's output
+        input.multiply({{&L.wo, s.xn.data()}});  // xn is free again: use it for wo's output
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
 
         // Feed-forward block (SwiGLU): x += w_down · (silu(w_gate · xn) * (w_up · xn)).
         for (int64_t t = 0; t < n_tokens; t++)
             rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
         input.set(s.xn.data(), n_tokens, E);
-        input.multiply(L.w_gate, s.gate.data());
-        input.multiply(L.w_up, s.up.data());
-        const int64_t n_ff_total = n_tokens * c.n_ff;
-        pool.run([&](int ti, int n_threads) {
-            int64_t begin, end;
-            split_range(n_ff_total, ti, n_threads, begin, end);
-            for (int64_t i = begin; i < end; i++) {
-                const float g = s.gate[size_t(i)];
-                s.gate[size_t(i)] = g / (1.0f + std::exp(-g)) * s.up[size_t(i)];
+        // silu(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
+        // products' run when each thread's gate rows are its up rows (the same split).
+        auto swiglu = [&](int64_t r0, int64_t r1) {
+            for (int64_t t = 0; t < n_tokens; t++) {
+                float* g = s.gate.data() + t * c.n_ff;
+                const float* u = s.up.data() + t * c.n_ff;
+                for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
             }
-        });
+        };
+        if ((L.w_gate.packed != nullptr) == (L.w_up.packed != nullptr)) {
+            input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, [&](int i, int n_threads) {
+                int64_t r0, r1;
+                matmul_split(L.w_gate, i, n_threads, r0, r1);
+                swiglu(r0, r1);
+            });
+        } else {
+            input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}});
+            pool.run([&](int i, int n_threads) {
+                int64_t r0, r1;
+                split_range(c.n_ff, i, n_threads, r0, r1);
+                swiglu(r0, r1);
+            });
+        }
         input.set(s.gate.data(), n_tokens, c.n_ff);
-        input.multiply(L.w_down, s.xn.data());
+        input.multiply({{&L.w_down, s.xn.data()}});
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
     }
 
@@ -285,7 +338,7 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
     for (int64_t t = first; t < n_tokens; t++)
         rms_norm(s.x.data() + t * E, w_.output_norm, s.xn.data() + t * E, int(E), c.rms_eps);
     input.set(s.xn.data() + first * E, n_tokens - first, E);
-    input.multiply(w_.output, logits);
+    input.multiply({{&w_.output, logits}});
 }
 
 }  // namespace pe

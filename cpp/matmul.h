@@ -27,18 +27,35 @@ struct Matrix {
 // whether it did. The original data stays valid (and is still what w.data points at).
 bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage);
 
-// Converts n_tokens rows of cols floats into the weight type's vec_dot_type, into `out` (resized).
-// Returns the bytes per converted row.
-size_t quantize_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
-                            std::vector<uint8_t>& out, ThreadPool& pool);
+// A batch of activations in a weight type's vec_dot_type, ready for matmul_rows.
+struct Activations {
+    const uint8_t* data = nullptr;  // n_tokens rows of row_bytes
+    size_t row_bytes = 0;
+    int64_t n_tokens = 0;
+    const int32_t* block_sums = nullptr;  // n_tokens x n_blocks int8 sums of Q8_0 blocks, or none
+    int64_t n_blocks = 0;
+};
+
+// Converts n_tokens rows of cols floats for multiplying weights of `weight_type`: into its
+// vec_dot_type (in `buffer`, resized; float activations are used as they are), with the block
+// sums packed kernels need when `with_sums` (in `sums`). Threaded over tokens for large batches.
+Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
+                                bool with_sums, std::vector<uint8_t>& buffer, std::vector<int32_t>& sums,
+                                ThreadPool& pool);
+
+// Whether w's product needs block sums from prepare_activations.
+bool needs_block_sums(const Kernels& k, const Matrix& w);
+
+// The rows [r0, r1) of w that thread i of n_threads computes: contiguous, whole packed groups for a
+// packed matrix, so that threads never share a group.
+void matmul_split(const Matrix& w, int i, int n_threads, int64_t& r0, int64_t& r1);
+
+// y[t * w.rows + r] for r in [r0, r1) and every token of x: one thread's share (no threading).
+void matmul_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1);
 
 // y[t * rows + r] = dot(W row r, x row t) for t < n_tokens. x: n_tokens x W.cols floats.
 // `scratch` holds the converted activations between calls (no allocation once it is large enough).
 void matmul(const Kernels& k, const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             std::vector<uint8_t>& scratch);
-
-// The same product on activations already converted by quantize_activations.
-void matmul_prequantized(const Kernels& k, const Matrix& w, const uint8_t* xq, size_t xq_row_bytes, int64_t n_tokens,
-                         float* y, ThreadPool& pool);
 
 }  // namespace pe

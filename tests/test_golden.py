@@ -79,14 +79,20 @@ def test_matches_llamacpp(models, fmt):
 
 @pytest.mark.parametrize("fmt", ["f32", "q8_0"])
 def test_greedy_continuation_matches_llamacpp(models, fmt):
+    """llama.cpp's greedy continuation, fed back token by token: at every step our argmax is its
+    token, except where our own top two are within TIE nats (a near-tie that summation order may
+    flip either way; Q8_0 has one, 0.003 apart, at step 13). F32 has none."""
     m = load(models, fmt)
     ctx = m.context()
     logits = ctx.eval(GOLDEN[f"{fmt}_ids"].tolist())
-    out = []
-    for _ in range(len(GOLDEN[f"{fmt}_greedy"])):
-        out.append(int(np.argmax(logits)))
-        logits = ctx.eval([out[-1]])
-    np.testing.assert_array_equal(out, GOLDEN[f"{fmt}_greedy"])
+    near_ties = 0
+    for step, token in enumerate(GOLDEN[f"{fmt}_greedy"].tolist()):
+        top2 = np.sort(logits)[-2:]
+        if int(np.argmax(logits)) != token:
+            assert top2[1] - top2[0] < TIE and logits.max() - logits[token] < TIE, f"step {step}"
+            near_ties += 1
+        logits = ctx.eval([token])
+    assert near_ties <= (0 if fmt == "f32" else 2)
 
 
 def test_smollm2_matches_numpy_reference(models):
