@@ -134,7 +134,8 @@ void RunState::reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, in
         up.resize(size_t(n_tokens * c.n_ff));
         capacity = n_tokens;
     }
-    if (scores.size() < size_t(n_threads) * size_t(n_ctx)) scores.resize(size_t(n_threads) * size_t(n_ctx));
+    const size_t n_scores = size_t(n_threads) * size_t(n_ctx) * size_t(c.n_heads / c.n_kv_heads);
+    if (scores.size() < n_scores) scores.resize(n_scores);
 }
 
 LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
@@ -190,39 +191,22 @@ void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64
     const int hd = c.head_dim;
     const int group = c.n_heads / c.n_kv_heads;  // query heads per KV head
     const float scale = 1.0f / std::sqrt(float(hd));
-    const int64_t n_ctx = s.scores.size() / size_t(pool.n_threads());
-    // One task per (token, head): each output depends only on its own inputs, whoever computes it.
+    const int64_t n_ctx = int64_t(s.scores.size() / (size_t(pool.n_threads()) * size_t(group)));
+    // One task per (token, KV head), for the query heads that share it: each output depends only on
+    // its own query and the cache, whoever computes it.
     pool.run([&](int ti, int n_threads) {
         int64_t begin, end;
-        split_range(n_tokens * c.n_heads, ti, n_threads, begin, end);
-        float* scores = s.scores.data() + size_t(ti) * size_t(n_ctx);
+        split_range(n_tokens * c.n_kv_heads, ti, n_threads, begin, end);
+        float* scores = s.scores.data() + size_t(ti) * size_t(n_ctx) * size_t(group);
         for (int64_t task = begin; task < end; task++) {
-            const int64_t t = task / c.n_heads;
-            const int h = int(task % c.n_heads);
+            const int64_t t = task / c.n_kv_heads;
+            const int kv_head = int(task % c.n_kv_heads);
             const KVCache& cache = *caches[t];
-            const uint8_t* keys = cache.keys(layer);
-            const uint8_t* values = cache.values(layer);
-            const size_t row_bytes = cache.row_bytes();
-            const size_t elem = row_bytes / size_t(c.kv_dim());
-            const vec_dot_fn dot = kernels_.vec_dot[cache.type()];
-            const axpy_fn axpy = kernels_.axpy[cache.type()];
-            const int64_t n_pos = positions[t] + 1;  // causal: positions 0 .. positions[t]
-            const float* q = s.q.data() + size_t(t) * size_t(c.q_dim()) + size_t(h) * size_t(hd);
-            const size_t kv_off = size_t(h / group) * size_t(hd) * elem;
-            float max_score = -INFINITY;
-            for (int64_t p = 0; p < n_pos; p++) {
-                scores[p] = dot(hd, keys + size_t(p) * row_bytes + kv_off, q) * scale;
-                max_score = std::max(max_score, scores[p]);
-            }
-            double sum = 0.0;
-            for (int64_t p = 0; p < n_pos; p++) {
-                scores[p] = std::exp(scores[p] - max_score);
-                sum += scores[p];
-            }
-            const float inv_sum = float(1.0 / sum);
-            float* out = s.attn.data() + size_t(t) * size_t(c.q_dim()) + size_t(h) * size_t(hd);
-            std::fill(out, out + hd, 0.0f);
-            for (int64_t p = 0; p < n_pos; p++) axpy(hd, scores[p] * inv_sum, values + size_t(p) * row_bytes + kv_off, out);
+            const size_t kv_off = size_t(kv_head) * size_t(hd) * (cache.row_bytes() / size_t(c.kv_dim()));
+            const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * size_t(group) * size_t(hd);
+            kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, cache.keys(layer) + kv_off,
+                                          cache.values(layer) + kv_off, cache.row_bytes(), positions[t] + 1, scale,
+                                          scores, s.attn.data() + q_off);
         }
     });
 }

@@ -59,7 +59,7 @@ struct RunState {
     std::vector<float> attn;    // (T, q_dim) attention output, before wo
     std::vector<float> gate;    // (T, n_ff)
     std::vector<float> up;      // (T, n_ff)
-    std::vector<float> scores;  // (n_threads, n_ctx) attention scores, a row per thread
+    std::vector<float> scores;  // (n_threads, heads per KV head, n_ctx) attention scores, per thread
     std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
     std::vector<int32_t> xq_sums;  // their Q8_0 block sums, for packed kernels that need them
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles

@@ -148,3 +148,46 @@ def test_isa_selection():
     assert ISAS[0] == "scalar"
     with pytest.raises(ValueError, match="not available"):
         _core.vec_dot("mmx", TYPE_IDS["f32"], np.zeros(32, np.float32).view(np.uint8), np.zeros(32, np.float32))
+
+
+# The attention kernel (one KV head, the query heads that share it): against float64 softmax
+# attention, scalar against each ISA, and each query head's output independent of how many heads
+# share the call.
+def _attention64(q, k, v, scale):
+    s = (q.astype(np.float64) @ k.astype(np.float64).T) * scale
+    w = np.exp(s - s.max(-1, keepdims=True))
+    return (w / w.sum(-1, keepdims=True)) @ v.astype(np.float64)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv", ["f16", "f32"])
+@pytest.mark.parametrize("hd,n_q,n_pos", [(64, 3, 1), (64, 3, 13), (64, 8, 100), (128, 1, 37), (32, 5, 9),
+                                          (48, 2, 20), (6, 3, 7)])
+def test_attention_kernel(rng, isa, kv, hd, n_q, n_pos):
+    q = rng.standard_normal((n_q, hd)).astype(np.float32)
+    k = rng.standard_normal((n_pos, hd)).astype(np.float32) * 2
+    v = rng.standard_normal((n_pos, hd)).astype(np.float32)
+    dtype = np.float16 if kv == "f16" else np.float32
+    k, v = k.astype(dtype), v.astype(dtype)
+    kv_id = TYPE_IDS[kv]
+    scale = 1 / np.sqrt(hd)
+    out = _core.attend(isa, kv_id, q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+    np.testing.assert_allclose(out, _attention64(q, k, v, scale), rtol=0, atol=2e-5)
+    ref = _core.attend("scalar", kv_id, q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+    # head j alone gives the same bits as head j among n_q
+    for j in range(n_q):
+        alone = _core.attend(isa, kv_id, q[j:j + 1], k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+        np.testing.assert_array_equal(alone[0], out[j])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_kernel_extreme_scores(rng, isa):
+    """Scores far apart (softmax weights that underflow to 0) and all equal (uniform weights)."""
+    hd, n_pos = 64, 40
+    k = rng.standard_normal((n_pos, hd)).astype(np.float16)
+    v = rng.standard_normal((n_pos, hd)).astype(np.float16)
+    for q in (rng.standard_normal((3, hd)).astype(np.float32) * 300, np.zeros((3, hd), np.float32)):
+        out = _core.attend(isa, TYPE_IDS["f16"], q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, 0.125)
+        assert np.all(np.isfinite(out))
+        np.testing.assert_allclose(out, _attention64(q, k, v, 0.125), rtol=0, atol=5e-5)

@@ -74,6 +74,25 @@ float vec_dot(const std::string& isa, uint32_t wtype, const ByteArray& w, const 
     return k.vec_dot[wtype](int(n), w.data(), xq.data());
 }
 
+// The attention kernel of an ISA on one KV head: q (n_q, hd) float32; keys and values (n_pos, hd) as
+// raw rows of kv_type (f16 or f32). Returns (n_q, hd).
+FloatArray attend(const std::string& isa, uint32_t kv_type, const FloatArray& q, const ByteArray& keys,
+                  const ByteArray& values, int64_t n_pos, float scale) {
+    const Kernels& k = kernels_or_throw(isa);
+    if (kv_type >= TYPE_COUNT || !k.attend[kv_type]) throw py::value_error("no attention kernel for that KV type");
+    if (q.ndim() != 2 || q.shape(1) <= 0 || q.shape(0) <= 0 || n_pos <= 0)
+        throw py::value_error("q must be (n_q, head_dim) and n_pos positive");
+    const int64_t n_q = q.shape(0), hd = q.shape(1);
+    const size_t row_bytes = size_t(hd) * (kv_type == TYPE_F16 ? 2 : 4);
+    if (size_t(keys.size()) != row_bytes * size_t(n_pos) || size_t(values.size()) != row_bytes * size_t(n_pos))
+        throw py::value_error("keys and values must hold n_pos rows of head_dim values");
+    FloatArray out({n_q, hd});
+    std::vector<float> scores(size_t(n_q * n_pos));
+    k.attend[kv_type](int(hd), int(n_q), q.data(), keys.data(), values.data(), row_bytes, n_pos, scale,
+                      scores.data(), out.mutable_data());
+    return out;
+}
+
 }  // namespace
 
 void register_quants(py::module_& m) {
@@ -86,6 +105,8 @@ void register_quants(py::module_& m) {
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("quantize_activation", &quantize_activation, py::arg("isa"), py::arg("x"), py::arg("type"));
     m.def("vec_dot", &vec_dot, py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("x"));
+    m.def("attend", &attend, py::arg("isa"), py::arg("kv_type"), py::arg("q"), py::arg("keys"), py::arg("values"),
+          py::arg("n_pos"), py::arg("scale"));
     m.def("isa", [] { return std::string(active_kernels().isa); }, "the ISA whose kernels run");
     m.def("available_isas", [] {
         py::list names;

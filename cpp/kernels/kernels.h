@@ -31,11 +31,20 @@ using packed_dot_fn = void (*)(int n, const void* packed, const void* x, size_t 
 using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
                                  size_t y_stride);
 
+// Attention of n_q query heads sharing one KV head (query j at q + j * hd, its output at
+// out + j * hd), over positions 0 .. n_pos-1 of the keys and values (row p at keys + p * kv_stride,
+// hd values of the KV type): out_j = sum_p softmax_p(scale * q_j . K_p) V_p, the softmax taking the
+// maximum out, exp in float, the sum in double. scores: n_q * n_pos floats of scratch. Each output
+// depends only on its own query and the cache, never on n_q.
+using attend_fn = void (*)(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                           int64_t n_pos, float scale, float* scores, float* out);
+
 struct Kernels {
     const char* isa;                    // "scalar", "avx2", "avx512", "neon"
     vec_dot_fn vec_dot[TYPE_COUNT];     // by weight type; the activation is in its vec_dot_type
     from_float_fn from_float[TYPE_COUNT];  // activation quantizers (q8_0, q8_1, f32): same bytes as the reference
     axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32 and f16 (the KV cache types)
+    attend_fn attend[TYPE_COUNT];       // by the KV cache type: f32 and f16
     // Optional (nullptr: none): kTileRows weight rows x kTileTokens activations in one pass, each weight
     // block unpacked once for every token and each activation block loaded once for every row. Every
     // output must be bit-identical to vec_dot on the same row and activation (same operations in the
@@ -80,6 +89,11 @@ float vec_dot_bf16_f32(int n, const void* w, const void* x);
 
 void axpy_f32(int n, float a, const void* x, float* y);
 void axpy_f16(int n, float a, const void* x, float* y);
+
+void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                int64_t n_pos, float scale, float* scores, float* out);
+void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                int64_t n_pos, float scale, float* scores, float* out);
 }  // namespace ref
 
 const Kernels* kernels_scalar();
