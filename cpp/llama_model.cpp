@@ -168,15 +168,20 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
         check_matrix(L.w_up, c.n_ff, c.n_embd, p + "ffn_up.weight");
         check_matrix(L.w_down, c.n_embd, c.n_ff, p + "ffn_down.weight");
     }
+}
+
+void LlamaModel::pack(ThreadPool& pool, const std::function<void(const void*, size_t)>& release) {
     const char* pack_env = std::getenv("PYENGINE_PACK");
-    if (pack_env && std::string(pack_env) == "0") return;
-    auto pack = [this](Matrix& m) {
+    if (!packed_.empty() || (pack_env && std::string(pack_env) == "0")) return;
+    auto pack_one = [&](Matrix& m) {
         std::vector<uint8_t> storage;
-        if (pack_matrix(kernels_, m, storage)) packed_.push_back(std::move(storage));
+        if (!pack_matrix(kernels_, m, storage, pool)) return;
+        packed_.push_back(std::move(storage));
+        if (release && m.data != w_.token_embd.data) release(m.data, row_size(m.type, m.cols) * size_t(m.rows));
     };
     for (LayerWeights& L : w_.layers)
-        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*m);
-    pack(w_.output);
+        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack_one(*m);
+    pack_one(w_.output);
 }
 
 size_t LlamaModel::packed_bytes() const {

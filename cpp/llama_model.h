@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -68,11 +69,16 @@ struct RunState {
 
 class LlamaModel {
 public:
-    // Checks every shape against the config; throws std::invalid_argument naming the tensor. Then
-    // packs the matrices the ISA has packed kernels for (a copy as large as those weights; the
-    // token embeddings stay where they are, and are read in place). PYENGINE_PACK=0 turns packing
-    // off (to measure what it gains).
+    // Checks every shape against the config; throws std::invalid_argument naming the tensor.
     LlamaModel(const LlamaConfig& config, LlamaWeights weights);
+
+    // Packs the matrices the ISA has packed kernels for (threads split each matrix's row groups),
+    // before any forward pass. The packed copy is as large as those weights; after each matrix,
+    // release(data, bytes) is told that its original bytes will not be read again (the loader drops
+    // those pages of the mapping, so the process does not hold both). The token embeddings stay
+    // where they are and are read in place (a tied output matrix is packed, its source kept).
+    // PYENGINE_PACK=0 turns packing off (to measure what it gains).
+    void pack(ThreadPool& pool, const std::function<void(const void*, size_t)>& release);
 
     // Bytes of packed weight copies this model holds.
     size_t packed_bytes() const;

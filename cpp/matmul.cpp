@@ -33,14 +33,19 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
 
 }  // namespace
 
-bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage) {
+bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, ThreadPool& pool) {
     if (!k.pack[w.type] || !k.packed_dot[w.type] || w.rows % kPackRows != 0) return false;
     const size_t row_bytes = row_size(w.type, w.cols);
     storage.resize(row_bytes * size_t(w.rows));
     const auto* src = static_cast<const uint8_t*>(w.data);
-    for (int64_t g = 0; g < w.rows / kPackRows; g++)
-        k.pack[w.type](int(w.cols), src + size_t(g) * kPackRows * row_bytes, row_bytes,
-                       storage.data() + size_t(g) * kPackRows * row_bytes);
+    uint8_t* dst = storage.data();
+    pool.run([&](int i, int n_threads) {
+        int64_t g0, g1;
+        split_range(w.rows / kPackRows, i, n_threads, g0, g1);
+        for (int64_t g = g0; g < g1; g++)
+            k.pack[w.type](int(w.cols), src + size_t(g) * kPackRows * row_bytes, row_bytes,
+                           dst + size_t(g) * kPackRows * row_bytes);
+    });
     w.packed = storage.data();
     return true;
 }

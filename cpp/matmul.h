@@ -24,8 +24,9 @@ struct Matrix {
 
 // Packs w's rows for k.packed_dot into `storage` (same size as the weights) and points w.packed at
 // it, when the ISA has packed kernels for w's type and w.rows is a multiple of kPackRows; returns
-// whether it did. The original data stays valid (and is still what w.data points at).
-bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage);
+// whether it did. The original data stays valid (and is still what w.data points at). Threads split
+// the row groups.
+bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, ThreadPool& pool);
 
 // A batch of activations in a weight type's vec_dot_type, ready for matmul_rows.
 struct Activations {

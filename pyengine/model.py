@@ -11,6 +11,7 @@ thread count (see README: Determinism).
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -145,6 +146,29 @@ def _check_kv_cache_fits(config: LlamaConfig, n_ctx: int, kv_type: str) -> None:
                          f"({kv_type}), but only {available / 2**30:.2f} GiB of memory is available")
 
 
+def _page_dropper(reader: GGUFReader):
+    """release(address, nbytes) for LlamaModel.pack: drops the whole pages of that range of the
+    file mapping from this process (MADV_DONTNEED on a read-only shared file mapping: the data stays
+    in the page cache and a later read maps it in again, so nothing can be lost)."""
+    mm = reader._mmap
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    view = np.frombuffer(mm, dtype=np.uint8)
+    base, size = view.ctypes.data, view.size
+    del view  # only the address is kept: no export of the mapping outlives this call
+
+    def release(address: int, nbytes: int) -> None:
+        start, end = address - base, address - base + nbytes
+        if start < 0 or end > size:
+            return  # not from this mapping
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    return release
+
+
 class Model:
     """A llama-architecture model from a GGUF file, ready to evaluate.
 
@@ -173,21 +197,24 @@ class Model:
                 self._core = _core.LlamaModel(cfg, _tensor_table(self._reader, self.config))
             except ValueError as e:
                 raise GGUFError(f"{self.path}: {e}") from None
+            if n_ctx is None:
+                n_ctx = min(self.config.n_ctx_train, DEFAULT_MAX_CTX)
+            if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
+                raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+            self.n_ctx = int(n_ctx)
+            if kv_type not in KV_TYPES:
+                raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+            self.kv_type = kv_type
+            _check_kv_cache_fits(self.config, self.n_ctx, kv_type)
+            self._pool = thread_pool(n_threads)
+            self.n_threads = self._pool.n_threads
+            # Matrices repacked for the kernels (where the ISA has packed kernels): the mapped pages
+            # of each packed source are dropped, so the process holds one copy of the weights.
+            self._core.pack(self._pool, _page_dropper(self._reader))
         finally:
             # The native model holds the tensor views (and through them the mapping); the reader's
             # own hold is not needed past loading.
             self._reader.close()
-        if n_ctx is None:
-            n_ctx = min(self.config.n_ctx_train, DEFAULT_MAX_CTX)
-        if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        self.n_ctx = int(n_ctx)
-        if kv_type not in KV_TYPES:
-            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
-        self.kv_type = kv_type
-        _check_kv_cache_fits(self.config, self.n_ctx, kv_type)
-        self._pool = thread_pool(n_threads)
-        self.n_threads = self._pool.n_threads
 
     @property
     def n_vocab(self) -> int:

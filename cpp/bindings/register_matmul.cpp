@@ -30,7 +30,7 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     FloatArray y({n_tokens, rows});
     Matrix m{GGMLType(wtype), w.data(), rows, cols};
     std::vector<uint8_t> storage;
-    if (packed && !pack_matrix(k, m, storage))
+    if (packed && !pack_matrix(k, m, storage, pool))
         throw py::value_error(std::string("the ") + k.isa + " kernels cannot pack " + t.name + " rows in groups of " +
                               std::to_string(kPackRows) + " (rows: " + std::to_string(rows) + ")");
     const float* xp = x.data();

@@ -168,7 +168,16 @@ void register_model(py::module_& m) {
         .def(py::init(&build_model), py::arg("config"), py::arg("tensors"))
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
         .def_property_readonly("n_layers", [](const PyModel& pm) { return pm.model->config().n_layers; })
-        .def_property_readonly("kv_dim", [](const PyModel& pm) { return pm.model->config().kv_dim(); });
+        .def_property_readonly("kv_dim", [](const PyModel& pm) { return pm.model->config().kv_dim(); })
+        .def("pack", [](PyModel& pm, ThreadPool& pool, py::object release) {
+            std::function<void(const void*, size_t)> cb;
+            if (!release.is_none())
+                cb = [&release](const void* data, size_t bytes) { release(reinterpret_cast<uintptr_t>(data), bytes); };
+            pm.model->pack(pool, cb);
+        }, py::arg("pool"), py::arg("release") = py::none(),
+            "packs the matrices for the ISA's packed kernels; release(address, nbytes) is called for each "
+            "source no longer read")
+        .def_property_readonly("packed_bytes", [](const PyModel& pm) { return pm.model->packed_bytes(); });
 
     py::class_<PyContext>(m, "Context")
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
