@@ -19,6 +19,22 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
     const auto* packed = static_cast<const uint8_t*>(w.packed);
     const int n = int(w.cols);
     const int64_t g0 = r0 / kPackRows, g1 = r1 / kPackRows;
+    if (x.n_tokens == 1 && k.packed_dot_pair[w.type]) {
+        // A matrix-vector product: the first and the second half of the groups side by side, two
+        // streams from memory at once.
+        const int64_t half = (g1 - g0 + 1) / 2;
+        for (int64_t j = 0; j < half; j++) {
+            const int64_t ga = g0 + j, gb = g0 + half + j;
+            if (gb < g1) {
+                k.packed_dot_pair[w.type](n, packed + size_t(ga) * group_bytes, packed + size_t(gb) * group_bytes,
+                                          x.data, x.block_sums, y + ga * kPackRows, y + gb * kPackRows);
+            } else {
+                dot(n, packed + size_t(ga) * group_bytes, x.data, x.row_bytes, x.block_sums, size_t(x.n_blocks), 1,
+                    y + ga * kPackRows, size_t(w.rows));
+            }
+        }
+        return;
+    }
     for (int64_t gt = g0; gt < g1; gt += kGroupTile) {
         const int64_t gt_end = std::min(gt + kGroupTile, g1);
         for (int64_t t = 0; t < x.n_tokens; t += kPackTokens) {

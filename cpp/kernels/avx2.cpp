@@ -168,10 +168,6 @@ void tile_q4_1_q8_1(int n, const void* vw, size_t w_stride, const void* vx, size
 // block. So packed results are bit-identical to ref::vec_dot_* on the unpacked row.
 constexpr int kLaneRow[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
-// Packed blocks ahead of the one in use to prefetch: a matrix-vector product streams its weights
-// from memory, and the hardware prefetcher alone leaves a single core well below the read bandwidth.
-constexpr int kPrefetchBlocks = 6;
-
 struct block_q4_0x8 {
     uint16_t d[8];  // scales, in kLaneRow order
     uint8_t qs[128];
@@ -254,47 +250,6 @@ inline void store_rows(float* y, __m256 acc) {
     _mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
 }
 
-template <int NT>
-void packed_q4_0_nt(int n, const block_q4_0x8* w, const uint8_t* x, size_t x_stride, const int32_t* xsums,
-                    size_t xsums_stride, float* y, size_t y_stride) {
-    __m256 acc[NT];
-    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
-    for (int i = 0; i < n / QK; i++) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchBlocks), _MM_HINT_T0);
-        __m256i u[8];
-        unpack_group(w[i].qs, u);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
-        for (int c = 0; c < NT; c++) {
-            const auto& xb = reinterpret_cast<const block_q8_0*>(x + c * x_stride)[i];
-            // sum (q - 8) y = sum q y - 8 sum y, exactly
-            const __m256i isum = _mm256_sub_epi32(dot_group(u, xb.qs), _mm256_set1_epi32(8 * xsums[c * xsums_stride + i]));
-            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
-            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
-        }
-    }
-    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
-}
-
-template <int NT>
-void packed_q4_1_nt(int n, const block_q4_1x8* w, const uint8_t* x, size_t x_stride, float* y, size_t y_stride) {
-    __m256 acc[NT];
-    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
-    for (int i = 0; i < n / QK; i++) {
-        __m256i u[8];
-        unpack_group(w[i].qs, u);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].m)));
-        for (int c = 0; c < NT; c++) {
-            const auto& xb = reinterpret_cast<const block_q8_1*>(x + c * x_stride)[i];
-            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
-            const __m256 term = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(u, xb.qs)), d),
-                                              _mm256_mul_ps(mw, _mm256_set1_ps(half_to_float(xb.s))));
-            acc[c] = _mm256_add_ps(acc[c], term);
-        }
-    }
-    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
-}
-
 struct block_q8_0x8 {
     uint16_t d[8];  // scales, in kLaneRow order
     int8_t qs[256];  // runs of 32: bytes 8c .. 8c+7 of rows 0-3, then of rows 4-7, for c = 0 .. 3
@@ -314,70 +269,124 @@ void pack_q8_0(int n, const void* vw, size_t stride, void* out) {
     }
 }
 
+// The three packed formats as steps of one loop: Unpacked is what load() makes of a packed block
+// (shared by every token of a pass), term() the float vector that one activation block adds to the
+// 8 lane accumulators: float(isum) * (d_w * d_x), plus m * s for Q4_1, exactly the reference's.
+struct PackedQ4_0 {
+    using Block = block_q4_0x8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum) {
+        // sum (q - 8) y = sum q y - 8 sum y, exactly
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(8 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+struct PackedQ4_1 {
+    using Block = block_q4_1x8;
+    using XBlock = block_q8_1;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d, m;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
+                             _mm256_mul_ps(w.m, _mm256_set1_ps(half_to_float(x.s))));
+    }
+};
+
 // Signed weights: |w| times y with w's sign (the sign trick of dot_i8; |y| <= 127). Products of two
 // int8 can reach 2 * 127 * 128 in an int16 pair, so each maddubs goes to int32 at once.
-template <int NT>
-void packed_q8_0_nt(int n, const block_q8_0x8* w, const uint8_t* x, size_t x_stride, float* y, size_t y_stride) {
+struct PackedQ8_0 {
+    using Block = block_q8_0x8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        const int8_t* qs;  // 8 vectors: loaded again per token (L1), fewer registers held
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        return {w.qs, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)))};
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int k = 0; k < 8; k++) {  // run k = 2 * chunk + group
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k));
+            const __m256i yk = broadcast8(x.qs + 8 * (k / 2));
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(yk, wv));
+            rows[k % 2] = _mm256_add_epi32(rows[k % 2], _mm256_madd_epi16(p, ones));
+        }
+        const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+// NT tokens (1..4) against one packed group: each block unpacked once for all of them.
+template <typename F, int NT>
+void packed_nt(int n, const void* vw, const uint8_t* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
+               float* y, size_t y_stride) {
+    const auto* w = static_cast<const typename F::Block*>(vw);
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int i = 0; i < n / QK; i++) {
-        __m256i wv[8], aw[8];
-        for (int k = 0; k < 8; k++) {
-            wv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i].qs + 32 * k));
-            aw[k] = _mm256_sign_epi8(wv[k], wv[k]);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].d)));
+        const typename F::Unpacked u = F::load(w[i]);
         for (int c = 0; c < NT; c++) {
-            const auto& xb = reinterpret_cast<const block_q8_0*>(x + c * x_stride)[i];
-            __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-            for (int k = 0; k < 8; k++) {
-                const __m256i yk = broadcast8(xb.qs + 8 * (k / 2));
-                const __m256i p = _mm256_maddubs_epi16(aw[k], _mm256_sign_epi8(yk, wv[k]));
-                rows[k % 2] = _mm256_add_epi32(rows[k % 2], _mm256_madd_epi16(p, ones));
-            }
-            const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
-            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(half_to_float(xb.d)));
-            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d));
+            const auto& xb = reinterpret_cast<const typename F::XBlock*>(x + c * x_stride)[i];
+            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb, xsums ? xsums[c * xsums_stride + i] : 0));
         }
     }
     for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
 }
 
-void packed_dot_q8_0(int n, const void* w, const void* x, size_t x_stride, const int32_t*, size_t, int n_tokens,
-                     float* y, size_t y_stride) {
-    const auto* pw = static_cast<const block_q8_0x8*>(w);
-    const auto* px = static_cast<const uint8_t*>(x);
+template <typename F>
+void packed_dot(int n, const void* w, const void* vx, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
+                int n_tokens, float* y, size_t y_stride) {
+    const auto* x = static_cast<const uint8_t*>(vx);
     switch (n_tokens) {
-        case 1: return packed_q8_0_nt<1>(n, pw, px, x_stride, y, y_stride);
-        case 2: return packed_q8_0_nt<2>(n, pw, px, x_stride, y, y_stride);
-        case 3: return packed_q8_0_nt<3>(n, pw, px, x_stride, y, y_stride);
-        default: return packed_q8_0_nt<4>(n, pw, px, x_stride, y, y_stride);
+        case 1: return packed_nt<F, 1>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
+        case 2: return packed_nt<F, 2>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
+        case 3: return packed_nt<F, 3>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
+        default: return packed_nt<F, 4>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
     }
 }
 
-void packed_dot_q4_0(int n, const void* w, const void* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
-                     int n_tokens, float* y, size_t y_stride) {
-    const auto* pw = static_cast<const block_q4_0x8*>(w);
-    const auto* px = static_cast<const uint8_t*>(x);
-    switch (n_tokens) {
-        case 1: return packed_q4_0_nt<1>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
-        case 2: return packed_q4_0_nt<2>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
-        case 3: return packed_q4_0_nt<3>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
-        default: return packed_q4_0_nt<4>(n, pw, px, x_stride, xsums, xsums_stride, y, y_stride);
+// One token against two packed groups at once: two weight streams in flight, which is what lets one
+// core's matrix-vector product approach the memory bandwidth (one stream leaves it at ~70%). Each
+// group takes exactly packed_nt<F, 1>'s operations.
+template <typename F>
+void packed_dot_pair(int n, const void* vwa, const void* vwb, const void* vx, const int32_t* xsums, float* ya,
+                     float* yb) {
+    const auto* wa = static_cast<const typename F::Block*>(vwa);
+    const auto* wb = static_cast<const typename F::Block*>(vwb);
+    const auto* x = static_cast<const typename F::XBlock*>(vx);
+    __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const int32_t xsum = xsums ? xsums[i] : 0;
+        acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), x[i], xsum));
+        acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), x[i], xsum));
     }
-}
-
-void packed_dot_q4_1(int n, const void* w, const void* x, size_t x_stride, const int32_t*, size_t, int n_tokens,
-                     float* y, size_t y_stride) {
-    const auto* pw = static_cast<const block_q4_1x8*>(w);
-    const auto* px = static_cast<const uint8_t*>(x);
-    switch (n_tokens) {
-        case 1: return packed_q4_1_nt<1>(n, pw, px, x_stride, y, y_stride);
-        case 2: return packed_q4_1_nt<2>(n, pw, px, x_stride, y, y_stride);
-        case 3: return packed_q4_1_nt<3>(n, pw, px, x_stride, y, y_stride);
-        default: return packed_q4_1_nt<4>(n, pw, px, x_stride, y, y_stride);
-    }
+    store_rows(ya, acc_a);
+    store_rows(yb, acc_b);
 }
 
 float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
@@ -719,12 +728,15 @@ const Kernels* kernels_avx2() {
         k.vec_dot_tile[TYPE_Q8_0] = tile_q8_0_q8_0;
         k.vec_dot_tile[TYPE_Q4_1] = tile_q4_1_q8_1;
         k.pack[TYPE_Q4_0] = pack_q4_0;
-        k.packed_dot[TYPE_Q4_0] = packed_dot_q4_0;
+        k.packed_dot[TYPE_Q4_0] = packed_dot<PackedQ4_0>;
         k.packed_xsums[TYPE_Q4_0] = true;
+        k.packed_dot_pair[TYPE_Q4_0] = packed_dot_pair<PackedQ4_0>;
         k.pack[TYPE_Q4_1] = pack_q4_1;
-        k.packed_dot[TYPE_Q4_1] = packed_dot_q4_1;
+        k.packed_dot[TYPE_Q4_1] = packed_dot<PackedQ4_1>;
+        k.packed_dot_pair[TYPE_Q4_1] = packed_dot_pair<PackedQ4_1>;
         k.pack[TYPE_Q8_0] = pack_q8_0;
-        k.packed_dot[TYPE_Q8_0] = packed_dot_q8_0;
+        k.packed_dot[TYPE_Q8_0] = packed_dot<PackedQ8_0>;
+        k.packed_dot_pair[TYPE_Q8_0] = packed_dot_pair<PackedQ8_0>;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;

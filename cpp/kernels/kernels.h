@@ -27,6 +27,12 @@ using pack_fn = void (*)(int n, const void* w, size_t w_stride, void* out);
 using packed_dot_fn = void (*)(int n, const void* packed, const void* x, size_t x_stride, const int32_t* xsums,
                                size_t xsums_stride, int n_tokens, float* y, size_t y_stride);
 
+// One activation against two packed groups (two weight streams in flight, for matrix-vector
+// products that read the weights from memory): ya, yb get kPackRows outputs each, every one
+// bit-identical to packed_dot's.
+using packed_dot_pair_fn = void (*)(int n, const void* packed_a, const void* packed_b, const void* x,
+                                    const int32_t* xsums, float* ya, float* yb);
+
 // y[c * y_stride + r] = vec_dot(n, w + r * w_stride, x + c * x_stride) for r < kTileRows, c < kTileTokens.
 using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
                                  size_t y_stride);
@@ -53,6 +59,7 @@ struct Kernels {
     // Optional (nullptr: none): weights packed at load time (pack), and their product (packed_dot).
     pack_fn pack[TYPE_COUNT];
     packed_dot_fn packed_dot[TYPE_COUNT];
+    packed_dot_pair_fn packed_dot_pair[TYPE_COUNT];  // optional: one token, two groups
     bool packed_xsums[TYPE_COUNT];  // packed_dot needs the activations' block sums
 };
 
