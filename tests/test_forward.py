@@ -224,6 +224,39 @@ def test_missing_and_misshapen_tensors_are_refused(tmp_path):
         Model(rewrite(tmp_path / "c.gguf", drop={n for n in src.tensors if n.startswith("blk.1.")}))
 
 
+def test_the_native_model_checks_every_size(model_dir):
+    """_core checks what it is given itself, whatever the Python loader let through."""
+    from pyengine import _core
+    from pyengine.model import _tensor_table
+
+    path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
+    m = Model(path)
+    cfg = {k: getattr(m.config, k) for k in ("n_layers", "n_embd", "n_ff", "n_heads", "n_kv_heads", "head_dim",
+                                             "n_rot", "n_vocab", "rope_theta", "rms_eps")}
+    from pyengine.gguf import GGUFReader
+
+    with GGUFReader(path) as reader:
+        table = _tensor_table(reader, m.config)
+    _core.LlamaModel(cfg, table)  # the table as the loader makes it
+    empty = np.zeros(0, np.uint8)
+    for name, entry, match in [
+        ("token_embd.weight", (empty, 0, 2**56, 256), "do not fit in memory"),  # 2**66 bytes: wraps to 0
+        ("token_embd.weight", (empty, 0, 1, 2**31), "bad shape"),
+        ("token_embd.weight", (empty, 8, 0, 64), "bad shape"),
+        ("output_norm.weight", (table["output_norm.weight"][0], 99, 1, 64), "unsupported"),
+        ("blk.0.attn_q.weight", (table["blk.0.attn_q.weight"][0][:-1], 8, 64, 64), "bytes"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _core.LlamaModel(cfg, {**table, name: entry})
+    for change, match in [({"n_heads": 2**16, "head_dim": 2**16}, "overflows"), ({"n_layers": 0}, "block_count"),
+                          ({"n_kv_heads": 3}, "head_count_kv"), ({"n_rot": 3}, "rope")]:
+        with pytest.raises(ValueError, match=match):
+            _core.LlamaModel({**cfg, **change}, table)
+    for n_ctx in (0, -5, 2**61):
+        with pytest.raises(ValueError, match="n_ctx"):
+            _core.Context(m._core, n_ctx, 1)
+
+
 def test_a_kv_cache_that_cannot_fit_is_refused_up_front(model_dir):
     from pyengine.model import kv_cache_bytes
 

@@ -42,9 +42,10 @@ Matrix matrix_from(const py::dict& tensors, const std::string& name, std::vector
     const uint32_t type = entry[1].cast<uint32_t>();
     const int64_t rows = entry[2].cast<int64_t>(), cols = entry[3].cast<int64_t>();
     const TypeTraits& t = traits_or_throw(type);
-    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0)
-        throw py::value_error("tensor " + name + ": bad shape for " + t.name);
-    const size_t need = row_size(GGMLType(type), cols) * size_t(rows);
+    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0 || cols > kMaxRowLength)
+        throw py::value_error("tensor " + name + ": bad shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                              ") for " + t.name);
+    const size_t need = checked_bytes(rows, row_size(GGMLType(type), cols), "tensor " + name);
     const size_t have = size_t(info.size) * size_t(info.itemsize);
     if (have != need)
         throw py::value_error("tensor " + name + " holds " + std::to_string(have) + " bytes, its shape needs " +
@@ -172,7 +173,8 @@ void register_model(py::module_& m) {
 
     py::class_<PyContext>(m, "Context")
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
-                 if (n_ctx <= 0) throw py::value_error("n_ctx must be positive");
+                 if (n_ctx <= 0 || n_ctx > (int64_t(1) << 31))
+                     throw py::value_error("n_ctx must be between 1 and 2**31, got " + std::to_string(n_ctx));
                  if (kv_type != TYPE_F16 && kv_type != TYPE_F32) throw py::value_error("KV cache type must be f16 or f32");
                  return new PyContext(std::move(model), n_ctx, GGMLType(kv_type));
              }),
