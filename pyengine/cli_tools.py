@@ -124,10 +124,14 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
 
 
 def run_info(model: str, as_json: bool = False) -> int:
+    """Prints what the file holds; a file pyengine would refuse to run ends with that error (exit 1)."""
+    from .gguf import GGUFError
     from .info import format_info, info
 
     d = info(_existing(model))
-    print(json.dumps(d) if as_json else format_info(d))
+    print(json.dumps(d) if as_json else format_info(d), flush=True)
+    if d["error"]:
+        raise GGUFError(d["error"])
     return 0
 
 

@@ -163,7 +163,10 @@ class Model:
         try:
             self.config = read_llama_config(self._reader)
             self.metadata = self._reader.metadata
-            self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
+            try:
+                self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
+            except GGUFError as e:
+                raise GGUFError(f"{self.path}: {e}") from None
             if self.tokenizer.n_vocab != self.config.n_vocab:
                 raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.n_vocab} tokens, "
                                 f"token_embd.weight has {self.config.n_vocab} rows")

@@ -498,7 +498,10 @@ class Tokenizer:
         """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
         with GGUFReader(path) as reader:
             metadata = dict(reader.metadata)
-        return cls.from_metadata(metadata)
+        try:
+            return cls.from_metadata(metadata)
+        except GGUFError as e:
+            raise GGUFError(f"{path}: {e}") from None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:

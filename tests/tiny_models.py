@@ -24,9 +24,22 @@ def byte_level_vocab(n_vocab):
     return tokens, types
 
 
+def sentencepiece_vocab(n_vocab):
+    """A SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens <0xNN>, then scored pieces."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = ["\u2581"] + list(letters) + ["\u2581" + c for c in letters]
+    pieces += [f"\u2581{a}{b}" for a in letters for b in letters]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces[: n_vocab - 259]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    return tokens, types, scores
+
+
 def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_heads=2, n_vocab=300,
                      weight_type="f32", embd_type=None, tied=False, n_ctx_train=256, rope_theta=10000.0,
-                     n_rot=None, seed=0):
+                     n_rot=None, seed=0, vocab="gpt2"):
+    """A llama model of random weights; vocab "gpt2" (byte-level BPE, GPT-2's byte symbols) or "spm"
+    (SentencePiece: byte tokens and pieces of letters)."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_heads
 
@@ -56,14 +69,24 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
         w.add_uint32("llama.rope.dimension_count", n_rot or head_dim)
         w.add_float32("llama.rope.freq_base", rope_theta)
         w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        tokens, types = byte_level_vocab(n_vocab)
-        w.add_string("tokenizer.ggml.model", "gpt2")
-        w.add_string("tokenizer.ggml.pre", "gpt-2")
-        w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
-        w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
-        w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
-        w.add_uint32("tokenizer.ggml.bos_token_id", 256)
-        w.add_uint32("tokenizer.ggml.eos_token_id", 256)
+        if vocab == "spm":
+            tokens, types, scores = sentencepiece_vocab(n_vocab)
+            w.add_string("tokenizer.ggml.model", "llama")
+            w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
+            w.add_array("tokenizer.ggml.scores", np.array(scores, np.float32), GGUFValueType.FLOAT32)
+            w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
+            w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+            w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+            w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
+        else:
+            tokens, types = byte_level_vocab(n_vocab)
+            w.add_string("tokenizer.ggml.model", "gpt2")
+            w.add_string("tokenizer.ggml.pre", "gpt-2")
+            w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
+            w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
+            w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
+            w.add_uint32("tokenizer.ggml.bos_token_id", 256)
+            w.add_uint32("tokenizer.ggml.eos_token_id", 256)
         add_matrix(w, "token_embd.weight", n_vocab, n_embd, embd_type or weight_type)
         w.add_tensor("output_norm.weight", norm(n_embd))
         if not tied:
