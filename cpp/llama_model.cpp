@@ -225,6 +225,7 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
 
     SharedInput input(kernels_, s.xq, pool);
     for (int l = 0; l < c.n_layers; l++) {
+        if (s.interrupted && s.interrupted()) throw Interrupted();
         const LayerWeights& L = w_.layers[size_t(l)];
 
         // Attention block: x += wo · attention(rope(wq · xn), rope(wk · xn), wv · xn).

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -61,7 +63,15 @@ struct RunState {
     std::vector<float> up;      // (T, n_ff)
     std::vector<float> scores;  // (n_threads, n_ctx) attention scores, a row per thread
     std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
+    // Optional: asked between layers on the calling thread; true stops the evaluation with Interrupted
+    // (the caches' n_past stay as they were: the batch is not part of the sequence).
+    std::function<bool()> interrupted;
     void reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
+};
+
+// Thrown by an evaluation that RunState::interrupted stopped.
+struct Interrupted : std::exception {
+    const char* what() const noexcept override { return "evaluation interrupted"; }
 };
 
 class LlamaModel {

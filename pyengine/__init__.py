@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _startup  # noqa: F401  (first: Ctrl-C while `python -m pyengine` starts)
 from . import _core
 from .generate import Completion
 from .gguf import GGUFError

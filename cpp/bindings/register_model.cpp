@@ -1,4 +1,5 @@
 // The llama model over memory-mapped weights, and its per-sequence contexts (KV cache + buffers).
+#include <chrono>
 #include <memory>
 #include <pybind11/stl.h>
 #include <stdexcept>
@@ -104,6 +105,26 @@ std::shared_ptr<PyModel> build_model(const py::dict& cfg, const py::dict& tensor
     return m;
 }
 
+// The interrupt hook of an evaluation (RunState::interrupted), run on the evaluating thread between
+// layers: at most every 20 ms it takes the GIL and runs Python's signal handlers, so that Ctrl-C
+// stops a long prompt promptly. A handler that raises (KeyboardInterrupt) leaves its exception set;
+// the hook then returns true, the forward pass throws Interrupted, and the caller re-raises the
+// Python exception with the GIL held again. Only the main thread runs signal handlers, so other
+// threads get no hook (and never wait for the GIL).
+unsigned long main_thread_ident = 0;  // threading.main_thread().ident, read when the module loads
+
+std::function<bool()> signal_check() {
+    if (PyThread_get_thread_ident() != main_thread_ident) return nullptr;
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    return [last]() {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - *last < std::chrono::milliseconds(20)) return false;
+        *last = now;
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+}
+
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
                         bool logits_all) {
@@ -121,10 +142,15 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
     py::array_t<float> out = logits_all ? py::array_t<float>({n, int64_t(c.n_vocab)})
                                         : py::array_t<float>({int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
-    {
+    ctx.state.interrupted = signal_check();
+    try {
         py::gil_scoped_release release;
         ctx.model->model->forward(p, n, ctx.cache, logits, logits_all, ctx.state, pool);
+    } catch (const Interrupted&) {
+        ctx.state.interrupted = nullptr;
+        throw py::error_already_set();  // the exception the signal handler raised
     }
+    ctx.state.interrupted = nullptr;
     return out;
 }
 
@@ -154,10 +180,13 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
     const int64_t n = int64_t(contexts.size());
     py::array_t<float> out({n, int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
-    {
+    RunState state;  // the batch's own buffers: the contexts' stay untouched
+    state.interrupted = signal_check();
+    try {
         py::gil_scoped_release release;
-        RunState state;  // the batch's own buffers: the contexts' stay untouched
         model->model->forward_sequences(tokens.data(), caches.data(), n, logits, state, pool);
+    } catch (const Interrupted&) {
+        throw py::error_already_set();
     }
     return out;
 }
@@ -165,6 +194,7 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
 }  // namespace
 
 void register_model(py::module_& m) {
+    main_thread_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     py::class_<PyModel, std::shared_ptr<PyModel>>(m, "LlamaModel")
         .def(py::init(&build_model), py::arg("config"), py::arg("tensors"))
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
