@@ -12,6 +12,7 @@ thread count (see README: Determinism).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -27,6 +28,19 @@ KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
+
+
+class OversubscriptionWarning(RuntimeWarning):
+    """More threads were asked for than there are CPUs this process may run on: they work, but take
+    turns on the CPUs, and every step of the forward pass waits for the slowest."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), or all of them where there is no mask."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,8 @@ class Model:
 
     path: the GGUF file; None fetches the default model (SmolLM2-135M-Instruct) on first use.
     n_ctx: context length of each sequence (default: min(the file's context_length, 4096)).
-    n_threads: threads of the matmuls (default: the physical performance cores)."""
+    n_threads: threads of the matmuls (default: the physical performance cores); more than the CPUs
+    this process may run on works, with an OversubscriptionWarning."""
 
     def __init__(self, path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, kv_type: str = "f16") -> None:
@@ -191,6 +206,10 @@ class Model:
         _check_kv_cache_fits(self.config, self.n_ctx, kv_type)
         self._pool = thread_pool(n_threads)
         self.n_threads = self._pool.n_threads
+        cpus = usable_cpus()
+        if self.n_threads > cpus:
+            warnings.warn(f"{self.n_threads} threads on {cpus} CPUs: they will take turns, and run slower "
+                          f"than {cpus}", OversubscriptionWarning, stacklevel=2)
 
     @property
     def n_vocab(self) -> int:

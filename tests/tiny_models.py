@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import pytest
 
 import pyengine
 from pyengine.gguf import GGMLType, GGUFReader, GGUFValueType, GGUFWriter
@@ -103,6 +106,17 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
             add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, weight_type)
             add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, weight_type)
     return path
+
+
+def threads_warning(n_threads):
+    """What Model(n_threads=...) must do on this machine: warn (OversubscriptionWarning) when n_threads is
+    more than the CPUs the process may run on, else nothing (under filterwarnings=error, a warning
+    would fail the test)."""
+    from pyengine.model import usable_cpus
+
+    if n_threads > usable_cpus():
+        return pytest.warns(pyengine.OversubscriptionWarning, match=f"{n_threads} threads on")
+    return contextlib.nullcontext()
 
 
 def scale_output_row(path, token_id, factor):
