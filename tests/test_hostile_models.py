@@ -5,6 +5,8 @@ refuses it with a one-line GGUFError that names the problem, or loads it where t
 valid file; a loaded model then evaluates without crashing. Nothing else may happen: another
 exception, a crash, a hang, or a large allocation.
 
+The inputs that bench/fuzz/fuzz_gguf.py found interesting (tests/data/fuzz_corpus/) run the same way.
+
     python tests/test_hostile_models.py      prints the corpus size and the outcomes per loader
 """
 
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -131,6 +134,31 @@ def test_commands_refuse_mutants_in_one_line(tmp_path, bases, case):
         assert len(lines) == 1 and lines[0].startswith("pyengine: error: ") and str(path) in lines[0], proc.stderr
 
 
+FUZZ_CORPUS = Path(__file__).resolve().parent / "data" / "fuzz_corpus"  # kept by bench/fuzz/fuzz_gguf.py
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FUZZ_CORPUS.glob("*.gguf")))
+def test_fuzz_corpus(tmp_path, name):
+    """The inputs the fuzzer found interesting: each is refused with a GGUFError or loads, quickly."""
+    path = tmp_path / name
+    path.write_bytes((FUZZ_CORPUS / name).read_bytes())
+    start = time.perf_counter()
+    outcomes = run_loaders(path, MayLoad(name))
+    assert set(outcomes.values()) <= {"GGUFError", "loaded"}, outcomes
+    assert time.perf_counter() - start < 10
+
+
+class MayLoad(NamedTuple):
+    """A fuzz input: no expected words; it may load."""
+
+    name: str
+    words: None = None
+
+
+def test_the_fuzz_corpus_is_there():
+    assert len(list(FUZZ_CORPUS.glob("*.gguf"))) >= 10
+
+
 def outcome_table() -> str:
     """Corpus size and outcomes per loader, for both bases."""
     with tempfile.TemporaryDirectory() as d:
@@ -147,6 +175,14 @@ def outcome_table() -> str:
     lines = [f"{n} mutants"] + [f"  {name:20s} GGUFError {c['GGUFError']:5d}   loaded {c['loaded']:5d}   "
                                 f"other {n - c['GGUFError'] - c['loaded']}" for name, c in counts.items()]
     lines += [f"  other: {o}" for c in counts.values() for o in c if o.startswith("other")]
+    fuzz = collections.Counter()
+    with tempfile.TemporaryDirectory() as d:
+        for p in sorted(FUZZ_CORPUS.glob("*.gguf")):
+            path = Path(d) / p.name
+            path.write_bytes(p.read_bytes())
+            fuzz.update(f"{loader} {outcome.split(':')[0]}" for loader, outcome in run_loaders(path, MayLoad(p.name)).items())
+    lines += [f"fuzz corpus ({len(list(FUZZ_CORPUS.glob('*.gguf')))} files): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items()))]
     return "\n".join(lines)
 
 
