@@ -258,6 +258,29 @@ def test_the_native_model_checks_every_size(model_dir):
             _core.Context(m._core, n_ctx, 1)
 
 
+def test_tensors_at_odd_addresses_are_refused(tmp_path):
+    """general.alignment 1 is valid GGUF, but a float tensor at an odd offset cannot be read in place."""
+    from pyengine.gguf import GGUFReader, GGUFWriter
+
+    src = GGUFReader(write_tiny_llama(tmp_path / "good.gguf", weight_type="q8_0"))
+    path = tmp_path / "packed.gguf"
+    for pad in range(4):  # a key of 0..3 bytes shifts the data: one of them puts a float tensor off 4 bytes
+        with GGUFWriter(path, alignment=1) as w:
+            w.add("pad", "x" * pad)
+            for key, value in src.metadata.items():
+                t = src.metadata_types[key]
+                w.add(key, value, t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
+            for name, info in src.tensors.items():
+                w.add_tensor(name, np.asarray(info.data), info.type, shape=info.shape)
+        with GGUFReader(path) as packed:
+            if any(t.offset % 4 for t in packed.tensors.values() if t.type.name == "F32"):
+                break
+    else:
+        raise AssertionError("no padding misaligned a float tensor")
+    with pytest.raises(GGUFError, match=r"packed\.gguf: tensor .* is not aligned to \d bytes in the file"):
+        Model(path)
+
+
 def test_a_kv_cache_that_cannot_fit_is_refused_up_front(model_dir):
     from pyengine.model import kv_cache_bytes
 

@@ -52,6 +52,12 @@ Matrix matrix_from(const py::dict& tensors, const std::string& name, std::vector
         throw py::value_error("tensor " + name + " holds " + std::to_string(have) + " bytes, its shape needs " +
                               std::to_string(need));
     if (!PyBuffer_IsContiguous(info.view(), 'C')) throw py::value_error("tensor " + name + " is not contiguous");
+    // The weights are read in place as floats, or as blocks that start with an fp16 scale: a file whose
+    // alignment (general.alignment 1 or 2) puts a tensor at an odd address cannot be used as it is.
+    const size_t align = type == TYPE_F32 ? 4 : 2;
+    if (reinterpret_cast<uintptr_t>(info.ptr) % align != 0)
+        throw py::value_error("tensor " + name + " is not aligned to " + std::to_string(align) +
+                              " bytes in the file (general.alignment is too small)");
     owners.push_back(entry[0]);
     return Matrix{GGMLType(type), info.ptr, rows, cols};
 }
