@@ -137,8 +137,8 @@ def test_ctrl_c_in_generate_while_writing(files):
 
 
 def test_ctrl_c_in_generate_during_a_long_prompt():
-    # SmolLM2 on 4000 tokens of prompt: tens of seconds on one thread; the signal stops it within a layer
-    proc = pyengine_process("generate", "-p", "word " * 4000, "-n", "4", "-c", "4096", "-t", "1")
+    # SmolLM2 on 1500 tokens of prompt: tens of seconds on one thread; the signal stops it within a layer
+    proc = pyengine_process("generate", "-p", "word " * 1500, "-n", "4", "-c", "2048", "-t", "1")
     code, out, err, took = interrupted(proc, after=3)
     assert_clean_interrupt(code, err)
     assert out == "" and took < 5
