@@ -14,5 +14,14 @@ def _interrupted_while_starting(signum, frame):
     os._exit(130)
 
 
-if sys.argv[:1] == ["-m"]:  # runpy sets argv[0] to the module's path only once the package is imported
+def _starting_the_commands() -> bool:
+    """Whether this is `python -m pyengine` importing the package (runpy sets argv[0] to the module's
+    path only once the package is imported), not `python -m pyengine.something` or a program."""
+    if sys.argv[:1] != ["-m"]:
+        return False
+    command_line = getattr(sys, "orig_argv", None)  # Python 3.10+
+    return command_line is None or any(a == "-m" and b == "pyengine" for a, b in zip(command_line, command_line[1:]))
+
+
+if _starting_the_commands():
     signal.signal(signal.SIGINT, _interrupted_while_starting)
