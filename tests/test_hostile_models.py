@@ -180,7 +180,8 @@ def outcome_table() -> str:
         for p in sorted(FUZZ_CORPUS.glob("*.gguf")):
             path = Path(d) / p.name
             path.write_bytes(p.read_bytes())
-            fuzz.update(f"{loader} {outcome.split(':')[0]}" for loader, outcome in run_loaders(path, MayLoad(p.name)).items())
+            outcomes = run_loaders(path, MayLoad(p.name))
+            fuzz.update(f"{loader} {outcome.split(':')[0]}" for loader, outcome in outcomes.items())
     lines += [f"fuzz corpus ({len(list(FUZZ_CORPUS.glob('*.gguf')))} files): "
               + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items()))]
     return "\n".join(lines)
