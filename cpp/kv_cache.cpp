@@ -13,6 +13,8 @@ KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type)
     if (type != TYPE_F16 && type != TYPE_F32) throw std::invalid_argument("KV cache type must be f16 or f32");
     if (n_layers <= 0 || n_ctx <= 0 || kv_dim <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
     elem_size_ = type == TYPE_F16 ? 2 : 4;
+    if (uint64_t(n_ctx) > SIZE_MAX / size_t(n_layers) / row_bytes())
+        throw std::invalid_argument("a KV cache of " + std::to_string(n_ctx) + " positions does not fit in memory");
     const size_t bytes = size_t(n_layers) * size_t(n_ctx) * row_bytes();
     k_.assign(bytes, 0);
     v_.assign(bytes, 0);

@@ -142,6 +142,8 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
     : config_(c), w_(std::move(weights)), kernels_(active_kernels()) {
     if (c.n_layers <= 0 || c.n_embd <= 0 || c.n_ff <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_vocab <= 0)
         throw std::invalid_argument("hyper-parameters must be positive");
+    if (int64_t(c.n_heads) * c.head_dim > INT32_MAX || int64_t(c.n_kv_heads) * c.head_dim > INT32_MAX)
+        throw std::invalid_argument("head_count x head dimension overflows");
     if (c.n_heads % c.n_kv_heads != 0)
         throw std::invalid_argument("head_count " + std::to_string(c.n_heads) + " is not a multiple of head_count_kv " +
                                     std::to_string(c.n_kv_heads));
@@ -272,6 +274,7 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
 
     SharedInput input(kernels_, s, pool);
     for (int l = 0; l < c.n_layers; l++) {
+        if (s.interrupted && s.interrupted()) throw Interrupted();
         const LayerWeights& L = w_.layers[size_t(l)];
 
         // Attention block: x += wo · attention(rope(wq · xn), rope(wk · xn), wv · xn).

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <string>
 #include <vector>
@@ -64,7 +65,15 @@ struct RunState {
     std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
     std::vector<int32_t> xq_sums;  // their Q8_0 block sums, for packed kernels that need them
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
+    // Optional: asked between layers on the calling thread; true stops the evaluation with Interrupted
+    // (the caches' n_past stay as they were: the batch is not part of the sequence).
+    std::function<bool()> interrupted;
     void reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
+};
+
+// Thrown by an evaluation that RunState::interrupted stopped.
+struct Interrupted : std::exception {
+    const char* what() const noexcept override { return "evaluation interrupted"; }
 };
 
 class LlamaModel {

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from . import _startup  # noqa: F401  (first: Ctrl-C while `python -m pyengine` starts)
 from . import _core
 from .generate import Completion
 from .gguf import GGUFError
-from .model import Context, Model
+from .model import Context, Model, OversubscriptionWarning
 from .quants import dequantize, matmul, quantize
 from .tokenizer import Tokenizer
 
-__all__ = ["Model", "Context", "Completion", "Tokenizer", "GGUFError", "quantize", "dequantize", "matmul",
-           "isa", "available_isas", "default_n_threads"]
+__all__ = ["Model", "Context", "Completion", "Tokenizer", "GGUFError", "OversubscriptionWarning", "quantize",
+           "dequantize", "matmul", "isa", "available_isas", "default_n_threads"]
 __version__ = "0.1.0"
 
 

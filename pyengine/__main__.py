@@ -7,7 +7,10 @@ cli.py that takes the parsed values as keyword arguments.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import warnings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,13 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from . import cli
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"pyengine: warning: {message}\n"
 
-    name, kwargs = args.run(args)
-    return cli.run_command(getattr(cli, name), **kwargs)
+
+def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt from here on
+    try:
+        args = build_parser().parse_args(argv)
+        # Text that is not UTF-8 (a pasted line, a file) becomes U+FFFD instead of ending the command;
+        # warnings are one line, as errors are.
+        for stream, errors in ((sys.stdin, "replace"), (sys.stdout, "replace"), (sys.stderr, "backslashreplace")):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors=errors)
+        warnings.formatwarning = _one_line_warning
+        from . import cli
+
+        name, kwargs = args.run(args)
+        return cli.run_command(getattr(cli, name), **kwargs)
+    except KeyboardInterrupt:  # before the command runs (importing numpy, ...): the same one line
+        print("pyengine: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a late Ctrl-C changes nothing
+    sys.exit(code)

@@ -149,5 +149,15 @@ def plot(results: list[BenchResult], out: str | os.PathLike) -> None:
     ax.set_xscale("log", base=2)
     axes[0].set_xscale("log", base=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    # a temporary file renamed into place: an error or Ctrl-C leaves no half-written image
+    out = os.fspath(out)
+    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(out)[1][1:] or "png")
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)

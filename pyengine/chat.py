@@ -7,7 +7,10 @@ that keeps the conversation in one KV cache.
 
 The template (`tokenizer.chat_template`, jinja2) comes from the file, so it is untrusted: it runs in
 jinja2's ImmutableSandboxedEnvironment (an unsandboxed template is code execution, CVE-2024-34359),
-and an unsafe attribute (`''.__class__`) raises a SecurityError instead of rendering as empty.
+and an unsafe attribute (`''.__class__`) raises a SecurityError instead of rendering as empty. The
+sandbox bounds time and memory too (a SecurityError past a limit, see TemplateLimits): the work of one
+rendering (range() items and function or macro calls), the length of what `*`, `+` and `~` build and
+of the output, and the size of `**`; deep recursion is a ChatTemplateError, not a crash.
 Like transformers: trim_blocks and lstrip_blocks, the loopcontrols extension, a `tojson` filter that
 keeps non-ASCII text, the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`
 (and the other special tokens' texts), the helpers `raise_exception(message)` and
@@ -22,9 +25,10 @@ system text merged into the first user message: "SYSTEM\\n\\nUSER".
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 
 from .gguf import GGUFError
 from .generate import TokenStream, check_max_tokens, check_options, generate_ids
@@ -70,15 +74,94 @@ def check_messages(messages) -> list[dict]:
     return checked
 
 
-def _sandbox():
+class TemplateLimits(NamedTuple):
+    """What one rendering of a chat template may do. Real templates loop over the messages and call a
+    few filters: far below each."""
+
+    steps: int = 200_000  # range() items and calls (functions, methods, macros), together
+    length: int = 2**24  # characters (or items) of a value built by *, + or ~, and of the output
+    power_bits: int = 4096  # bits of an integer built by **
+
+
+def _sandbox(limits: TemplateLimits = TemplateLimits()):
     import jinja2.ext
     from jinja2.exceptions import SecurityError, TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    def check_length(n: int) -> None:
+        if n > limits.length:
+            raise SecurityError(f"the template builds a value of {n} items, more than {limits.length}")
+
+    def size(value) -> int:
+        """Characters of a string, or of the strings in a list or tuple (other items count one)."""
+        if isinstance(value, str):
+            return len(value)
+        return sum(len(v) if isinstance(v, str) else 1 for v in value)
+
+    def check_arguments(args, kwargs) -> None:
+        """A width, count or length beyond the limit (str.ljust(10**12), center(10**12), ...)."""
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, int) and value > limits.length:
+                raise SecurityError(f"the template passes {value}, more than {limits.length}, to a function")
+
+    def guarded(function):
+        """A filter whose arguments (after the value, and the environment or context that jinja2 passes
+        some filters first) and result are held to the limits."""
+        skip = 2 if getattr(function, "jinja_pass_arg", None) else 1
+
+        @functools.wraps(function)  # keeps jinja_pass_arg
+        def run(*args, **kwargs):
+            check_arguments(args[skip:], kwargs)
+            result = function(*args, **kwargs)
+            if isinstance(result, (str, list, tuple)):
+                check_length(size(result))
+            return result
+        return run
+
     class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "+", "**"])
+
         def unsafe_undefined(self, obj, attribute):
             # jinja2 would return an undefined value that prints as "": refuse loudly instead
             raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+        def start(self) -> None:
+            """A new rendering: its work budget starts again."""
+            self.steps = 0
+
+        def step(self, n: int = 1) -> None:
+            self.steps += n
+            if self.steps > limits.steps:
+                raise SecurityError(f"the template does more than {limits.steps} steps (loop items and calls)")
+
+        def call(self, context, obj, /, *args, **kwargs):
+            self.step()
+            check_arguments(args, kwargs)
+            return super().call(context, obj, *args, **kwargs)
+
+        def call_binop(self, context, op, left, right):
+            sized = (str, list, tuple)
+            if op == "*" and isinstance(left, sized) and isinstance(right, int):
+                check_length(size(left) * right)
+            elif op == "*" and isinstance(right, sized) and isinstance(left, int):
+                check_length(size(right) * left)
+            elif op == "+" and isinstance(left, sized) and isinstance(right, sized):
+                check_length(size(left) + size(right))
+            elif op == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                    and max(left.bit_length(), 1) * right > limits.power_bits:
+                raise SecurityError(f"the template raises {left} to the power {right}: too large")
+            return super().call_binop(context, op, left, right)
+
+    def budgeted_range(*args):
+        items = range(*args)
+        env.step(len(items))
+        return items
+
+    def bounded_join(values) -> str:
+        """jinja2's `~` (str_join): the strings joined, refused past the length limit."""
+        parts = [str(v) for v in values]
+        check_length(sum(map(len, parts)))
+        return "".join(parts)
 
     def raise_exception(message):
         raise TemplateError(message)
@@ -92,8 +175,13 @@ def _sandbox():
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
+    env.filters = {name: guarded(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
+    env.globals["range"] = budgeted_range
+    env.bounded_join = bounded_join
+    env.limits = limits
+    env.start()
     return env
 
 
@@ -107,10 +195,14 @@ class ChatTemplate:
             raise GGUFError(f"{KEY_CHAT_TEMPLATE} must be a string, got {type(source).__name__}")
         self.source = source
         self.special_tokens = dict(special_tokens or {})
+        self._env = _sandbox()
         try:
-            self._template = _sandbox().from_string(source)
-        except TemplateError as e:
+            self._template = self._env.from_string(source)
+        except (TemplateError, SyntaxError, RecursionError, MemoryError) as e:  # SyntaxError: Python's limits
             raise GGUFError(f"{KEY_CHAT_TEMPLATE} does not compile: {type(e).__name__}: {e}") from e
+        # `~` compiles to a call of str_join, a name of the compiled template's module: the sandbox
+        # cannot intercept it as it does + and *, so the template gets a join that checks the length.
+        self._template.root_render_func.__globals__["str_join"] = self._env.bounded_join
         self._supports_system: bool | None = None
 
     @classmethod
@@ -121,17 +213,27 @@ class ChatTemplate:
         for name in ("bos", "eos", "unk"):
             token_id = getattr(tokenizer, f"{name}_id")
             special[f"{name}_token"] = tokenizer.token_text(token_id) if token_id is not None else ""
-        return cls(model.metadata.get(KEY_CHAT_TEMPLATE) or CHATML_TEMPLATE, special)
+        source = model.metadata.get(KEY_CHAT_TEMPLATE)
+        return cls(CHATML_TEMPLATE if source is None or source == "" else source, special)
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        from jinja2.exceptions import TemplateError
+        from jinja2.exceptions import SecurityError, TemplateError
 
+        self._env.start()
+        limit = self._env.limits.length
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens)
+            pieces, length = [], 0
+            for piece in self._template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                 **self.special_tokens):
+                length += len(piece)
+                if length > limit:
+                    raise SecurityError(f"the template writes more than {limit} characters")
+                pieces.append(piece)
+            return "".join(pieces)
         except TemplateError as e:
             raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from e
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                RecursionError, MemoryError) as e:
             raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from e
 
     @property

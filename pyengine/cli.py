@@ -23,11 +23,22 @@ HELP = """commands:
   /reset   forget the conversation (the system prompt stays)
   /help    this text
   /exit    quit (Ctrl-D too)
-Ctrl-C stops the answer being written; the conversation goes on."""
+Ctrl-C stops the answer being written (the conversation goes on); at the prompt it quits."""
 
 
 class CommandError(Exception):
     """A bad input found by a command: reported as one line, exit code 1."""
+
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
+def report_interrupt() -> int:
+    """The one line a command stopped by Ctrl-C prints; returns its exit code."""
+    # on a terminal the cursor may follow "^C" or a half-written line: start a new one
+    lead = "\n" if sys.stderr.isatty() else ""
+    print(f"{lead}pyengine: interrupted", file=sys.stderr, flush=True)
+    return INTERRUPTED
 
 
 def run_command(fn: Callable[..., int | None], **kwargs) -> int:
@@ -38,8 +49,7 @@ def run_command(fn: Callable[..., int | None], **kwargs) -> int:
     try:
         return fn(**kwargs) or 0
     except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+        return report_interrupt()
     except BrokenPipeError:  # the reader of stdout went away (`| head`): quiet, as other tools are
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -139,7 +149,7 @@ def chat_repl(session, read: Callable[[str], str] = input, out: TextIO | None = 
               err: TextIO | None = None) -> None:
     """Reads messages with read("> ") until /exit or EOF and streams each reply to out. Ctrl-C
     while a reply is written stops it (the partial reply stays in the conversation); Ctrl-C at the
-    prompt only says how to quit."""
+    prompt quits, as in llama.cpp: the KeyboardInterrupt goes to the caller (exit code 130)."""
     out = out or sys.stdout
     err = err or sys.stderr
     while True:
@@ -148,10 +158,6 @@ def chat_repl(session, read: Callable[[str], str] = input, out: TextIO | None = 
         except EOFError:
             _write(out, "\n")
             return
-        except KeyboardInterrupt:
-            _write(out, "\n")
-            print("(/exit or Ctrl-D quits)", file=err, flush=True)
-            continue
         text = line.strip()
         if not text:
             continue

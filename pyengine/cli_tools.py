@@ -26,6 +26,35 @@ def _existing(path: str) -> str:
     return path
 
 
+def _check_writable(path: str) -> None:
+    """ValueError now, not after the work, for an output file that cannot be written (the file is
+    written as a temporary file in the same directory, then renamed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{path}: cannot be written: there is no directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot be written: no permission to write in {directory}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: cannot be written: it is a directory")
+
+
+def _read_text(path: str) -> str:
+    """A text file to tokenize, decoded as UTF-8 (undecodable bytes become U+FFFD); ValueError before
+    reading one that holds more than the tokenizer takes at once (tokenizer.MAX_TEXT_CHARS)."""
+    from .tokenizer import MAX_TEXT_CHARS
+
+    size = os.path.getsize(_existing(path))
+    if size > 4 * MAX_TEXT_CHARS:  # more characters than that for sure (UTF-8 takes at most 4 bytes each)
+        raise ValueError(f"{path}: {size} bytes is more text than pyengine tokenizes at once "
+                         f"({MAX_TEXT_CHARS} characters): cut the file")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read(MAX_TEXT_CHARS + 1)
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"{path}: more text than pyengine tokenizes at once ({MAX_TEXT_CHARS} characters): "
+                         "cut the file")
+    return text
+
+
 def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None = None,
                  token_embedding_type: str | None = None, pure: bool = False) -> int:
     from .requantize import quantize_model
@@ -33,6 +62,7 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
     _existing(src)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be another file than the input")
+    _check_writable(dst)
     report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
                             token_embedding_type=token_embedding_type, progress=sys.stderr.isatty())
     print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
@@ -54,11 +84,9 @@ def run_perplexity(model: str, file: str, ctx_size: int = 512, chunks: int | Non
     from .perplexity import perplexity
 
     _existing(model)
-    _existing(file)
     if kl_base is not None:
         _existing(kl_base)
-    with open(file, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    text = _read_text(file)
     m = Model(model, n_ctx=ctx_size, n_threads=n_threads)
     base = Model(kl_base, n_ctx=ctx_size, n_threads=n_threads) if kl_base else None
     res = perplexity(m, text, n_ctx=ctx_size, n_chunks=chunks, kl_base=base, progress=sys.stderr.isatty())
@@ -94,16 +122,19 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plot needs matplotlib: pip install 'pyengine[plot]'") from None
+    if kl_base and not ppl_file:
+        raise ValueError("--kld needs a text: --ppl FILE")
+    text = _read_text(ppl_file) if ppl_file else None  # read (and refused) before the sweep
+    if kl_base:
+        _existing(kl_base)
+    if plot_path is not None:
+        _check_writable(plot_path)
     results = sweep(models, threads=tuple(threads or [None]), prompts=tuple(prompts), gens=tuple(gens),
                     depths=tuple(depths), repetitions=repetitions)
-    if ppl_file or kl_base:
+    if text is not None:
         from .model import Model
         from .perplexity import chunk_tokens, perplexity, scored_logprobs
 
-        if not ppl_file:
-            raise ValueError("--kld needs a text: --ppl FILE")
-        with open(_existing(ppl_file), encoding="utf-8", errors="replace") as f:
-            text = f.read()
         base_logprobs = None
         if kl_base:
             base = Model(_existing(kl_base), n_ctx=512)
@@ -124,10 +155,14 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
 
 
 def run_info(model: str, as_json: bool = False) -> int:
+    """Prints what the file holds; a file pyengine would refuse to run ends with that error (exit 1)."""
+    from .gguf import GGUFError
     from .info import format_info, info
 
     d = info(_existing(model))
-    print(json.dumps(d) if as_json else format_info(d))
+    print(json.dumps(d) if as_json else format_info(d), flush=True)
+    if d["error"]:
+        raise GGUFError(d["error"])
     return 0
 
 

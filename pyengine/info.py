@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from .gguf import GGUFReader, TYPE_TRAITS, type_name
+from .gguf import GGUFError, GGUFReader, TYPE_TRAITS, type_name
 
 # general.file_type values (llama.cpp's llama_ftype, and pyengine's own beyond its range).
 FILE_TYPE_NAMES = {0: "all F32", 1: "mostly F16", 2: "mostly Q4_0", 3: "mostly Q4_1", 7: "mostly Q8_0",
@@ -42,11 +42,30 @@ def _short(value) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+def load_error(path: str | os.PathLike, reader: GGUFReader) -> str | None:
+    """Why pyengine would refuse to run the file (a model: Model; a vocabulary-only file: Tokenizer),
+    or None."""
+    from .model import Model
+    from .tokenizer import KEY_MODEL, Tokenizer
+
+    try:
+        if reader.tensors:
+            Model(path, n_ctx=1, n_threads=1)
+        elif KEY_MODEL in reader.metadata:
+            Tokenizer.from_metadata(reader.metadata)
+    except GGUFError as e:
+        return str(e)
+    return None
+
+
 def info(path: str | os.PathLike) -> dict:
+    """What the file holds; "error" says why pyengine would refuse to run it (None if it would not).
+    GGUFError for a file that is not valid GGUF."""
     with GGUFReader(path) as reader:
         stats = model_stats(reader)
         ftype = reader.get("general.file_type")
         return {
+            "error": load_error(path, reader),
             "path": os.fspath(path),
             "version": reader.version,
             "architecture": reader.get("general.architecture"),

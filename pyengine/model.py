@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -28,6 +29,19 @@ KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
+
+
+class OversubscriptionWarning(RuntimeWarning):
+    """More threads were asked for than there are CPUs this process may run on: they work, but take
+    turns on the CPUs, and every step of the forward pass waits for the slowest."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), or all of them where there is no mask."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,8 @@ class Model:
 
     path: the GGUF file; None fetches the default model (SmolLM2-135M-Instruct) on first use.
     n_ctx: context length of each sequence (default: min(the file's context_length, 4096)).
-    n_threads: threads of the matmuls (default: the physical performance cores)."""
+    n_threads: threads of the matmuls (default: the physical performance cores); more than the CPUs
+    this process may run on works, with an OversubscriptionWarning."""
 
     def __init__(self, path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, kv_type: str = "f16") -> None:
@@ -187,7 +202,10 @@ class Model:
         try:
             self.config = read_llama_config(self._reader)
             self.metadata = self._reader.metadata
-            self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
+            try:
+                self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
+            except GGUFError as e:
+                raise GGUFError(f"{self.path}: {e}") from None
             if self.tokenizer.n_vocab != self.config.n_vocab:
                 raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.n_vocab} tokens, "
                                 f"token_embd.weight has {self.config.n_vocab} rows")
@@ -215,6 +233,10 @@ class Model:
             # The native model holds the tensor views (and through them the mapping); the reader's
             # own hold is not needed past loading.
             self._reader.close()
+        cpus = usable_cpus()
+        if self.n_threads > cpus:
+            warnings.warn(f"{self.n_threads} threads on {cpus} CPUs: they will take turns, and run slower "
+                          f"than {cpus}", OversubscriptionWarning, stacklevel=2)
 
     @property
     def n_vocab(self) -> int:

@@ -21,6 +21,13 @@ Both follow llama.cpp's `llama_tokenize` (src/llama-vocab.cpp):
 Decoding works on bytes (`token_bytes`), so a multi-byte character split across byte tokens is joined
 before it becomes text; `StreamDecoder` does the same one token at a time.
 
+Long texts: `encode` refuses a text of more than MAX_TEXT_CHARS characters (16 Mi: some 20 seconds of
+byte-level BPE and 5 million ids) with a ValueError, before any work; below that, the text goes to the tokenizer
+library in pieces of about ENCODE_PIECE_CHARS characters, cut only where no token can cross (see
+_cut_points), so the ids are those of the whole text while the library's working memory (some 200
+bytes per character for byte-level BPE) stays small. Lone surrogates (undecodable bytes that Python
+kept as U+DC80..U+DCFF) become U+FFFD, as invalid UTF-8 does when it is decoded with "replace".
+
 Everything read from the file is untrusted: each array's type and length, token types, byte tokens,
 merges and special token ids are checked, and a bad one is refused with a one-line GGUFError naming
 the key.
@@ -40,7 +47,10 @@ import numpy as np
 
 from .gguf import GGUFError, GGUFReader
 
-__all__ = ["Tokenizer", "StreamDecoder", "TokenType", "PRE_TOKENIZERS"]
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType", "PRE_TOKENIZERS", "MAX_TEXT_CHARS"]
+
+MAX_TEXT_CHARS = 2**24  # the longest text encode() takes
+ENCODE_PIECE_CHARS = 2**16  # the size of the pieces a long text is tokenized in
 
 KEY_MODEL = "tokenizer.ggml.model"
 KEY_PRE = "tokenizer.ggml.pre"
@@ -84,6 +94,7 @@ _EOM_TEXTS = ("<|eom_id|>",)
 _EOG_ONLY_TEXTS = ("<|return|>", "<|call|>")
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SPM_SPACE = "\u2581"  # "▁": SentencePiece's escaped space
 
 
@@ -337,6 +348,36 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Long texts in pieces
+# ---------------------------------------------------------------------------------------------------
+
+# Byte-level BPE merges only inside one pre-token, so a text can be cut between two pre-tokens. Before
+# a space or newline that has a letter or digit on each side is such a place for every pre-tokenizer
+# of PRE_TOKENIZERS: no regex alternative matches a letter or digit followed by whitespace (\p{L}+,
+# \p{N}+, \p{N}{1,3} stop there; only punctuation runs take trailing newlines, llama 3's
+# ` ?[^\s\p{L}\p{N}]+[\r\n]*`), nor whitespace followed by a letter or digit other than as the optional
+# leading space of a word, which the cut keeps with its word; and the whitespace-run lookahead
+# `\s+(?!\S)` never ends at a letter. So the pre-tokens on each side are those of the whole text.
+_BPE_CUT = re.compile(r"(?<=[^\W_])[ \n](?=[^\W_])")
+# SentencePiece merges any two neighbours whose concatenation is a piece, across spaces too; a character
+# that no piece of two or more characters contains is never merged, so the text can be cut before it.
+_SPM_CUT = re.compile("\n")
+
+
+def _pieces(text: str, cut: re.Pattern | None, size: int) -> Iterator[str]:
+    """text in consecutive pieces of at least `size` characters (the last may be shorter), each cut
+    before a match of `cut`; a text without such places stays whole."""
+    start = 0
+    while cut is not None and len(text) - start > size:
+        match = cut.search(text, start + size)
+        if match is None:
+            break
+        yield text[start:match.start()]
+        start = match.start()
+    yield text[start:]
+
+
+# ---------------------------------------------------------------------------------------------------
 # SentencePiece: a ModelProto written by hand (fields of sentencepiece_model.proto)
 # ---------------------------------------------------------------------------------------------------
 
@@ -426,9 +467,13 @@ class _SentencePieceEncoder:
 
         self._sp = sentencepiece.SentencePieceProcessor()
         self._sp.LoadFromSerializedProto(_sentencepiece_proto(vocab))
+        self._cut = None if any("\n" in t and len(t) > 1 for t in vocab.tokens) else _SPM_CUT
 
-    def encode(self, text: str) -> list[int]:
-        return self._sp.EncodeAsIds(text)
+    def encode(self, text: str, piece_chars: int = ENCODE_PIECE_CHARS) -> list[int]:
+        ids: list[int] = []
+        for piece in _pieces(text, self._cut, piece_chars):
+            ids.extend(self._sp.EncodeAsIds(piece))
+        return ids
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,8 +499,11 @@ class _ByteLevelBPEEncoder:
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
 
-    def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, piece_chars: int = ENCODE_PIECE_CHARS) -> list[int]:
+        ids: list[int] = []
+        for piece in _pieces(text, _BPE_CUT, piece_chars):
+            ids.extend(self._hf.encode(piece, add_special_tokens=False).ids)
+        return ids
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -498,7 +546,10 @@ class Tokenizer:
         """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
         with GGUFReader(path) as reader:
             metadata = dict(reader.metadata)
-        return cls.from_metadata(metadata)
+        try:
+            return cls.from_metadata(metadata)
+        except GGUFError as e:
+            raise GGUFError(f"{path}: {e}") from None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
@@ -648,9 +699,15 @@ class Tokenizer:
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False,
                parse_special: bool = True) -> list[int]:
         """Token ids of `text`. Special tokens written in the text (<|im_start|>, <s>, ...) become
-        their single ids when `parse_special`; user-defined tokens always do."""
+        their single ids when `parse_special`; user-defined tokens always do. ValueError for a text of
+        more than MAX_TEXT_CHARS characters; lone surrogates are read as U+FFFD."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"the text has {len(text)} characters, more than the tokenizer takes at once "
+                             f"({MAX_TEXT_CHARS}): tokenize it in parts")
+        if _SURROGATE.search(text):
+            text = _SURROGATE.sub("\ufffd", text)
         ids: list[int] = []
         if add_bos:
             if self.bos_id is None:

@@ -2,6 +2,7 @@
 ChatSession that keeps a conversation in one KV cache."""
 
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,6 +107,36 @@ def test_sandbox_refuses_unsafe_templates(source):
         ChatTemplate(source).render(USER)
     assert isinstance(info.value.__cause__, SecurityError)
     assert "unsafe" in str(info.value)
+
+
+@pytest.mark.parametrize("source, words", [
+    ("{{ 'x' * 10**12 }}", "builds a value of 1000000000000 items"),
+    ("{{ [1] * 10**10 }}", "builds a value"),
+    ("{{ (['x' * 10000000] * 1000) | join('') }}", "builds a value"),
+    ("{{ 7 ** 100000 }}", "to the power"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "steps"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+     "builds a value"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+     "builds a value"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    ("{% macro d(n) %}{% if n %}{{ d(n - 1) }}{{ d(n - 1) }}{% endif %}{% endmacro %}{{ d(40) }}", "steps"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "writes more than"),
+    ("{{ 'x' | center(10**12) }}", "passes 1000000000000"),
+    ("{{ 'x'.ljust(10**12) }}", "passes 1000000000000"),
+])
+def test_templates_that_would_exhaust_time_or_memory_are_refused(source, words):
+    start = time.perf_counter()
+    with pytest.raises(ChatTemplateError, match=words):
+        ChatTemplate(source).render(CONVERSATION)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deeply_nested_templates_are_refused(depth):
+    for source in ("{{ " + "(" * depth + "1" + ")" * depth + " }}", "{% if 1 %}" * depth + "{% endif %}" * depth):
+        with pytest.raises(pyengine.GGUFError, match="tokenizer.chat_template does not compile"):
+            ChatTemplate(source)
 
 
 def test_transformers_helpers_and_options():

@@ -8,7 +8,7 @@ import pyengine
 from pyengine import GGUFError, Model
 
 from llama_reference import ReferenceLlama
-from tiny_models import write_tiny_llama
+from tiny_models import threads_warning, write_tiny_llama
 
 SHAPES = [
     dict(n_heads=4, n_kv_heads=4),                          # plain multi-head attention
@@ -78,7 +78,8 @@ def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, wei
     path = tiny(model_dir, f"s1-{weight_type}", weight_type=weight_type, seed=1, **SHAPES[1])
     base = Model(path, n_threads=1).logits(PROMPT)
     for n_threads in (2, 3, 5):
-        m = Model(path, n_threads=n_threads)
+        with threads_warning(n_threads):
+            m = Model(path, n_threads=n_threads)
         np.testing.assert_array_equal(m.logits(PROMPT), base)
     m = Model(path, n_threads=2)
     ctx = m.context()
@@ -222,6 +223,62 @@ def test_missing_and_misshapen_tensors_are_refused(tmp_path):
         Model(rewrite(tmp_path / "b.gguf", replace={"blk.0.attn_k.weight": np.zeros((16, 64), np.float32)}))
     with pytest.raises(GGUFError, match="block_count"):
         Model(rewrite(tmp_path / "c.gguf", drop={n for n in src.tensors if n.startswith("blk.1.")}))
+
+
+def test_the_native_model_checks_every_size(model_dir):
+    """_core checks what it is given itself, whatever the Python loader let through."""
+    from pyengine import _core
+    from pyengine.model import _tensor_table
+
+    path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
+    m = Model(path)
+    cfg = {k: getattr(m.config, k) for k in ("n_layers", "n_embd", "n_ff", "n_heads", "n_kv_heads", "head_dim",
+                                             "n_rot", "n_vocab", "rope_theta", "rms_eps")}
+    from pyengine.gguf import GGUFReader
+
+    with GGUFReader(path) as reader:
+        table = _tensor_table(reader, m.config)
+    _core.LlamaModel(cfg, table)  # the table as the loader makes it
+    empty = np.zeros(0, np.uint8)
+    for name, entry, match in [
+        ("token_embd.weight", (empty, 0, 2**56, 256), "do not fit in memory"),  # 2**66 bytes: wraps to 0
+        ("token_embd.weight", (empty, 0, 1, 2**31), "bad shape"),
+        ("token_embd.weight", (empty, 8, 0, 64), "bad shape"),
+        ("output_norm.weight", (table["output_norm.weight"][0], 99, 1, 64), "unsupported"),
+        ("blk.0.attn_q.weight", (table["blk.0.attn_q.weight"][0][:-1], 8, 64, 64), "bytes"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _core.LlamaModel(cfg, {**table, name: entry})
+    for change, match in [({"n_heads": 2**16, "head_dim": 2**16}, "overflows"), ({"n_layers": 0}, "block_count"),
+                          ({"n_kv_heads": 3}, "head_count_kv"), ({"n_rot": 3}, "rope")]:
+        with pytest.raises(ValueError, match=match):
+            _core.LlamaModel({**cfg, **change}, table)
+    for n_ctx in (0, -5, 2**61):
+        with pytest.raises(ValueError, match="n_ctx"):
+            _core.Context(m._core, n_ctx, 1)
+
+
+def test_tensors_at_odd_addresses_are_refused(tmp_path):
+    """general.alignment 1 is valid GGUF, but a float tensor at an odd offset cannot be read in place."""
+    from pyengine.gguf import GGUFReader, GGUFWriter
+
+    src = GGUFReader(write_tiny_llama(tmp_path / "good.gguf", weight_type="q8_0"))
+    path = tmp_path / "packed.gguf"
+    for pad in range(4):  # a key of 0..3 bytes shifts the data: one of them puts a float tensor off 4 bytes
+        with GGUFWriter(path, alignment=1) as w:
+            w.add("pad", "x" * pad)
+            for key, value in src.metadata.items():
+                t = src.metadata_types[key]
+                w.add(key, value, t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
+            for name, info in src.tensors.items():
+                w.add_tensor(name, np.asarray(info.data), info.type, shape=info.shape)
+        with GGUFReader(path) as packed:
+            if any(t.offset % 4 for t in packed.tensors.values() if t.type.name == "F32"):
+                break
+    else:
+        raise AssertionError("no padding misaligned a float tensor")
+    with pytest.raises(GGUFError, match=r"packed\.gguf: tensor .* is not aligned to \d bytes in the file"):
+        Model(path)
 
 
 def test_a_kv_cache_that_cannot_fit_is_refused_up_front(model_dir):

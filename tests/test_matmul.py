@@ -74,6 +74,14 @@ def test_matmul_validates_shapes(rng):
         pyengine.matmul(w_raw, "q4_0", (8, 32), x)  # same bytes, wrong shape
 
 
+def test_thread_pool_size_is_checked():
+    from pyengine import _core
+
+    for n in (0, -1, 1025):
+        with pytest.raises(ValueError, match="n_threads"):
+            _core.ThreadPool(n)
+
+
 def test_matmul_from_several_python_threads(rng):
     import threading
 

@@ -116,6 +116,16 @@ def test_unknown_type_is_a_value_error(bad):
         pyengine.quantize(np.zeros((1, 32), np.float32), bad)
 
 
+def test_shapes_whose_size_overflows_are_refused():
+    # (2**30, 2**32) float32 is 2**64 bytes: a size that wraps to 0 must not pass for an empty array
+    with pytest.raises(ValueError, match="do not fit in memory"):
+        pyengine.dequantize(np.zeros(0, np.uint8), "f32", (2**30, 2**32))
+    with pytest.raises(ValueError, match="do not fit in memory"):
+        pyengine.dequantize(np.zeros(0, np.uint8), "q8_0", (2**62, 2**34))
+    with pytest.raises(ValueError, match="do not fit in memory"):
+        pyengine.matmul(np.zeros(0, np.uint8), "f32", (2**56, 256), np.zeros((1, 256), np.float32))
+
+
 def test_row_length_must_fit_the_block():
     with pytest.raises(ValueError, match="multiple of 32"):
         pyengine.quantize(np.zeros((2, 33), np.float32), "q4_0")

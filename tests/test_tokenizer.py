@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyengine.gguf import GGUFError, GGUFValueType, GGUFWriter
-from pyengine.tokenizer import PRE_TOKENIZERS, StreamDecoder, Tokenizer, TokenType
+import pyengine.tokenizer as tokenizer_module
+from pyengine.gguf import GGUFError, GGUFReader, GGUFValueType, GGUFWriter
+from pyengine.tokenizer import MAX_TEXT_CHARS, PRE_TOKENIZERS, StreamDecoder, Tokenizer, TokenType
 
 VT = GGUFValueType
 # The repository's parent holds shared/ (in CI too: a clone of the repository with shared/ beside it).
@@ -531,3 +532,61 @@ def test_merges_outside_the_vocabulary_are_ignored():
     meta["tokenizer.ggml.merges"] = meta["tokenizer.ggml.merges"] + ["x y", "\u0120w orld"]
     tok = Tokenizer.from_metadata(meta)
     assert tok.decode(tok.encode("Hello xy world")) == "Hello xy world"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Long texts: tokenized in pieces, with the ids of the whole
+# ---------------------------------------------------------------------------------------------------
+
+PIECE_ALPHABET = list("ab xy\n\n  \t!?.,'s'll12345_-") + ["\u00e9", "\u65e5\u672c", "\u00bd", "\u216b", "\r\n",
+                                                         "\u00a0", "'S", "\U0001f600", "\u2581"]
+
+
+def every_kind_of_tokenizer():
+    """The two real vocabularies, and GPT-2's with each family of pre-tokenizer regexes."""
+    spm = Tokenizer.from_gguf(vocab_path("ggml-vocab-llama-spm.gguf"))
+    with GGUFReader(vocab_path("ggml-vocab-gpt-2.gguf")) as r:
+        meta = dict(r.metadata)
+    by_regexes = {}
+    for name, pre in PRE_TOKENIZERS.items():
+        by_regexes.setdefault(pre, name)
+    return {"spm": spm, **{pre: Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": pre})
+                           for pre in by_regexes.values()}}
+
+
+def test_pieces_give_the_ids_of_the_whole_text():
+    import random
+
+    rng = random.Random(1)
+    tokenizers = every_kind_of_tokenizer()
+    for _ in range(400):
+        text = "".join(rng.choice(PIECE_ALPHABET) for _ in range(rng.randint(1, 80)))
+        for name, tok in tokenizers.items():
+            whole = tok._encoder.encode(text, piece_chars=10**9)
+            for size in (1, 2, 5):  # a cut at every place the rules allow
+                assert tok._encoder.encode(text, piece_chars=size) == whole, (name, size, text)
+
+
+def test_a_long_text_is_encoded_in_pieces():
+    text = ("Hello world, how are you?\nFine: 12345 \u00e9t\u00e9.  " * 3000)[:150_000]
+    for name, tok in every_kind_of_tokenizer().items():
+        cut = tok._encoder._cut if name == "spm" else tokenizer_module._BPE_CUT
+        pieces = list(tokenizer_module._pieces(text, cut, tokenizer_module.ENCODE_PIECE_CHARS))
+        assert len(pieces) == 3 and "".join(pieces) == text, (name, [len(p) for p in pieces])
+        prefix = " " if tok.add_space_prefix else ""  # SentencePiece's, put before the text by encode()
+        assert tok.encode(text) == tok._encoder.encode(prefix + text, piece_chars=10**9), name
+
+
+def test_a_sentencepiece_vocabulary_with_newlines_in_pieces_is_not_cut():
+    meta = small_spm_metadata()
+    meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"][:-1] + ["o\nw"]
+    tok = Tokenizer.from_metadata(meta)
+    assert tok._encoder._cut is None
+    assert tok._encoder.encode("Hello\nworld", piece_chars=1) == tok._encoder.encode("Hello\nworld", piece_chars=10**9)
+
+
+def test_text_limits_and_lone_surrogates(spm, gpt2):
+    for tok in (spm, gpt2):
+        with pytest.raises(ValueError, match="tokenize it in parts"):
+            tok.encode("x" * (MAX_TEXT_CHARS + 1))
+        assert tok.encode("caf\udce9 \ud800!") == tok.encode("caf\ufffd \ufffd!")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import pytest
 
 import pyengine
 from pyengine.gguf import GGMLType, GGUFReader, GGUFValueType, GGUFWriter
@@ -24,9 +27,22 @@ def byte_level_vocab(n_vocab):
     return tokens, types
 
 
+def sentencepiece_vocab(n_vocab):
+    """A SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens <0xNN>, then scored pieces."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = ["\u2581"] + list(letters) + ["\u2581" + c for c in letters]
+    pieces += [f"\u2581{a}{b}" for a in letters for b in letters]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces[: n_vocab - 259]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    return tokens, types, scores
+
+
 def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_heads=2, n_vocab=300,
                      weight_type="f32", embd_type=None, tied=False, n_ctx_train=256, rope_theta=10000.0,
-                     n_rot=None, seed=0):
+                     n_rot=None, seed=0, vocab="gpt2"):
+    """A llama model of random weights; vocab "gpt2" (byte-level BPE, GPT-2's byte symbols) or "spm"
+    (SentencePiece: byte tokens and pieces of letters)."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_heads
 
@@ -56,14 +72,24 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
         w.add_uint32("llama.rope.dimension_count", n_rot or head_dim)
         w.add_float32("llama.rope.freq_base", rope_theta)
         w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        tokens, types = byte_level_vocab(n_vocab)
-        w.add_string("tokenizer.ggml.model", "gpt2")
-        w.add_string("tokenizer.ggml.pre", "gpt-2")
-        w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
-        w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
-        w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
-        w.add_uint32("tokenizer.ggml.bos_token_id", 256)
-        w.add_uint32("tokenizer.ggml.eos_token_id", 256)
+        if vocab == "spm":
+            tokens, types, scores = sentencepiece_vocab(n_vocab)
+            w.add_string("tokenizer.ggml.model", "llama")
+            w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
+            w.add_array("tokenizer.ggml.scores", np.array(scores, np.float32), GGUFValueType.FLOAT32)
+            w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
+            w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+            w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+            w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
+        else:
+            tokens, types = byte_level_vocab(n_vocab)
+            w.add_string("tokenizer.ggml.model", "gpt2")
+            w.add_string("tokenizer.ggml.pre", "gpt-2")
+            w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
+            w.add_array("tokenizer.ggml.token_type", np.array(types, np.int32), GGUFValueType.INT32)
+            w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
+            w.add_uint32("tokenizer.ggml.bos_token_id", 256)
+            w.add_uint32("tokenizer.ggml.eos_token_id", 256)
         add_matrix(w, "token_embd.weight", n_vocab, n_embd, embd_type or weight_type)
         w.add_tensor("output_norm.weight", norm(n_embd))
         if not tied:
@@ -80,6 +106,17 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
             add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, weight_type)
             add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, weight_type)
     return path
+
+
+def threads_warning(n_threads):
+    """What Model(n_threads=...) must do on this machine: warn (OversubscriptionWarning) when n_threads is
+    more than the CPUs the process may run on, else nothing (under filterwarnings=error, a warning
+    would fail the test)."""
+    from pyengine.model import usable_cpus
+
+    if n_threads > usable_cpus():
+        return pytest.warns(pyengine.OversubscriptionWarning, match=f"{n_threads} threads on")
+    return contextlib.nullcontext()
 
 
 def scale_output_row(path, token_id, factor):

@@ -17,10 +17,10 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     const Kernels& k = kernels_or_throw(isa);
     const TypeTraits& t = traits_or_throw(wtype);
     if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
-    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0 || cols > (int64_t(1) << 30))
+    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0 || cols > kMaxRowLength)
         throw py::value_error("bad weight shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ") for " +
                               t.name);
-    const size_t need = row_size(GGMLType(wtype), cols) * size_t(rows);
+    const size_t need = checked_bytes(rows, row_size(GGMLType(wtype), cols), std::string("weight of ") + t.name);
     if (size_t(w.size()) != need)
         throw py::value_error("weight data has " + std::to_string(w.size()) + " bytes, shape needs " +
                               std::to_string(need));
@@ -47,7 +47,12 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
 
 void register_matmul(py::module_& m) {
     py::class_<ThreadPool>(m, "ThreadPool")
-        .def(py::init<int>(), py::arg("n_threads"))
+        .def(py::init([](int n_threads) {
+                 if (n_threads < 1 || n_threads > 1024)
+                     throw py::value_error("n_threads must be between 1 and 1024, got " + std::to_string(n_threads));
+                 return new ThreadPool(n_threads);
+             }),
+             py::arg("n_threads"))
         .def_property_readonly("n_threads", &ThreadPool::n_threads);
     m.def("default_n_threads", &default_n_threads, "physical performance cores available to this process");
     m.def("matmul", &matmul_py, py::arg("pool"), py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),

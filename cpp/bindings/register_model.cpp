@@ -1,4 +1,5 @@
 // The llama model over memory-mapped weights, and its per-sequence contexts (KV cache + buffers).
+#include <chrono>
 #include <memory>
 #include <pybind11/stl.h>
 #include <stdexcept>
@@ -42,14 +43,21 @@ Matrix matrix_from(const py::dict& tensors, const std::string& name, std::vector
     const uint32_t type = entry[1].cast<uint32_t>();
     const int64_t rows = entry[2].cast<int64_t>(), cols = entry[3].cast<int64_t>();
     const TypeTraits& t = traits_or_throw(type);
-    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0)
-        throw py::value_error("tensor " + name + ": bad shape for " + t.name);
-    const size_t need = row_size(GGMLType(type), cols) * size_t(rows);
+    if (rows <= 0 || cols <= 0 || cols % t.block_size != 0 || cols > kMaxRowLength)
+        throw py::value_error("tensor " + name + ": bad shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                              ") for " + t.name);
+    const size_t need = checked_bytes(rows, row_size(GGMLType(type), cols), "tensor " + name);
     const size_t have = size_t(info.size) * size_t(info.itemsize);
     if (have != need)
         throw py::value_error("tensor " + name + " holds " + std::to_string(have) + " bytes, its shape needs " +
                               std::to_string(need));
     if (!PyBuffer_IsContiguous(info.view(), 'C')) throw py::value_error("tensor " + name + " is not contiguous");
+    // The weights are read in place as floats, or as blocks that start with an fp16 scale: a file whose
+    // alignment (general.alignment 1 or 2) puts a tensor at an odd address cannot be used as it is.
+    const size_t align = type == TYPE_F32 ? 4 : 2;
+    if (reinterpret_cast<uintptr_t>(info.ptr) % align != 0)
+        throw py::value_error("tensor " + name + " is not aligned to " + std::to_string(align) +
+                              " bytes in the file (general.alignment is too small)");
     owners.push_back(entry[0]);
     return Matrix{GGMLType(type), info.ptr, rows, cols};
 }
@@ -103,6 +111,26 @@ std::shared_ptr<PyModel> build_model(const py::dict& cfg, const py::dict& tensor
     return m;
 }
 
+// The interrupt hook of an evaluation (RunState::interrupted), run on the evaluating thread between
+// layers: at most every 20 ms it takes the GIL and runs Python's signal handlers, so that Ctrl-C
+// stops a long prompt promptly. A handler that raises (KeyboardInterrupt) leaves its exception set;
+// the hook then returns true, the forward pass throws Interrupted, and the caller re-raises the
+// Python exception with the GIL held again. Only the main thread runs signal handlers, so other
+// threads get no hook (and never wait for the GIL).
+unsigned long main_thread_ident = 0;  // threading.main_thread().ident, read when the module loads
+
+std::function<bool()> signal_check() {
+    if (PyThread_get_thread_ident() != main_thread_ident) return nullptr;
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    return [last]() {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - *last < std::chrono::milliseconds(20)) return false;
+        *last = now;
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+}
+
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
                         bool logits_all) {
@@ -120,10 +148,15 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
     py::array_t<float> out = logits_all ? py::array_t<float>({n, int64_t(c.n_vocab)})
                                         : py::array_t<float>({int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
-    {
+    ctx.state.interrupted = signal_check();
+    try {
         py::gil_scoped_release release;
         ctx.model->model->forward(p, n, ctx.cache, logits, logits_all, ctx.state, pool);
+    } catch (const Interrupted&) {
+        ctx.state.interrupted = nullptr;
+        throw py::error_already_set();  // the exception the signal handler raised
     }
+    ctx.state.interrupted = nullptr;
     return out;
 }
 
@@ -153,10 +186,13 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
     const int64_t n = int64_t(contexts.size());
     py::array_t<float> out({n, int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
-    {
+    RunState state;  // the batch's own buffers: the contexts' stay untouched
+    state.interrupted = signal_check();
+    try {
         py::gil_scoped_release release;
-        RunState state;  // the batch's own buffers: the contexts' stay untouched
         model->model->forward_sequences(tokens.data(), caches.data(), n, logits, state, pool);
+    } catch (const Interrupted&) {
+        throw py::error_already_set();
     }
     return out;
 }
@@ -164,6 +200,7 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
 }  // namespace
 
 void register_model(py::module_& m) {
+    main_thread_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     py::class_<PyModel, std::shared_ptr<PyModel>>(m, "LlamaModel")
         .def(py::init(&build_model), py::arg("config"), py::arg("tensors"))
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
@@ -181,7 +218,8 @@ void register_model(py::module_& m) {
 
     py::class_<PyContext>(m, "Context")
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
-                 if (n_ctx <= 0) throw py::value_error("n_ctx must be positive");
+                 if (n_ctx <= 0 || n_ctx > (int64_t(1) << 31))
+                     throw py::value_error("n_ctx must be between 1 and 2**31, got " + std::to_string(n_ctx));
                  if (kv_type != TYPE_F16 && kv_type != TYPE_F32) throw py::value_error("KV cache type must be f16 or f32");
                  return new PyContext(std::move(model), n_ctx, GGMLType(kv_type));
              }),

@@ -33,9 +33,11 @@ FloatArray dequantize(const ByteArray& raw, uint32_t type, int64_t rows, int64_t
         throw py::value_error("bad shape for " + std::string(t.name) + ": (" + std::to_string(rows) + ", " +
                               std::to_string(cols) + ")");
     const size_t row_bytes = row_size(GGMLType(type), cols);
-    if (size_t(raw.size()) != row_bytes * size_t(rows))
-        throw py::value_error(std::string(t.name) + " data of shape (" + std::to_string(rows) + ", " +
-                              std::to_string(cols) + ") needs " + std::to_string(row_bytes * size_t(rows)) +
+    const std::string shape = "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+    const size_t need = checked_bytes(rows, row_bytes, std::string(t.name) + " data of shape " + shape);
+    // rows * cols floats come out: at most 32 times the bytes that go in
+    if (size_t(raw.size()) != need)
+        throw py::value_error(std::string(t.name) + " data of shape " + shape + " needs " + std::to_string(need) +
                               " bytes, got " + std::to_string(raw.size()));
     FloatArray out({rows, cols});
     const uint8_t* src = raw.data();
@@ -66,6 +68,7 @@ float vec_dot(const std::string& isa, uint32_t wtype, const ByteArray& w, const 
     const TypeTraits& t = traits_or_throw(wtype);
     if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
     const int64_t n = x.size();
+    if (n > kMaxRowLength) throw py::value_error("a row of " + std::to_string(n) + " values is too long");
     if (n % t.block_size != 0 || size_t(w.size()) != row_size(GGMLType(wtype), n))
         throw py::value_error("weight row of " + std::to_string(w.size()) + " bytes does not hold " +
                               std::to_string(n) + " " + t.name + " values");

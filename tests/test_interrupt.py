@@ -1,0 +1,194 @@
+"""Ctrl-C: a long prompt evaluation stops within a layer and leaves the KV cache as it was; every
+command stopped by SIGINT, whenever it comes, prints one line, exits 130 and leaves no partial output.
+
+The commands run from outside the repository (from its root, `python -m pyengine` would import the
+source tree) with -t 1 where they take it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pyengine
+from pyengine.gguf import GGUFReader
+
+from tiny_models import write_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+from recipes import smollm2  # noqa: E402
+
+ELSEWHERE = tempfile.gettempdir()
+
+
+# --- in-process: the evaluation itself ---
+
+
+def send_sigint_after(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return pyengine.Model(smollm2("q4_0"), n_ctx=2048, n_threads=1)
+
+
+def test_ctrl_c_stops_a_long_prompt_and_leaves_the_cache_as_it_was(smollm):
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, smollm.n_vocab, 8).tolist()
+    prompt = rng.integers(0, smollm.n_vocab, 1500).tolist()
+    ctx = smollm.context()
+    ctx.eval(prefix)
+    # One layer of this prompt takes about 1/30 of the whole; the whole takes many seconds on one thread.
+    start = time.perf_counter()
+    timer = send_sigint_after(0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ctx.eval(prompt)
+    finally:
+        timer.join()
+    stopped_after = time.perf_counter() - start
+    assert ctx.n_past == len(prefix)  # the interrupted batch is not part of the sequence
+    # the cache holds the prefix untouched: going on gives exactly what a fresh context gives
+    fresh = smollm.context()
+    fresh.eval(prefix)
+    np.testing.assert_array_equal(ctx.eval(prompt[:60]), fresh.eval(prompt[:60]))
+    start = time.perf_counter()
+    smollm.context().eval(prompt[:300])
+    at_least_full = 5 * (time.perf_counter() - start)  # 1500 tokens take at least 5x as long as 300
+    assert stopped_after < 0.3 + at_least_full / 4, (stopped_after, at_least_full)
+
+
+# --- the commands ---
+
+
+def pyengine_process(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyengine", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ELSEWHERE)
+
+
+def wait_for_the_native_core(proc: subprocess.Popen) -> None:
+    """Until proc has loaded pyengine's native module: pyengine's code runs, past Python's own start-up
+    (a signal before the first line of pyengine runs gets Python's traceback, which no program can
+    prevent)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/maps") as f:
+            if "_core" in f.read():
+                return
+        time.sleep(0.005)
+
+
+def interrupted(proc: subprocess.Popen, after: float | None = None, first_output: bool = False,
+                within: float = 30) -> tuple[int, str, str, float]:
+    """SIGINT to proc `after` seconds after it loaded the native core, or once it has written its first
+    byte to stdout; (exit code, stdout, stderr, seconds from the signal to the exit)."""
+    head = ""
+    if first_output:
+        head = proc.stdout.read(1)
+    else:
+        wait_for_the_native_core(proc)
+        time.sleep(after)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=within)
+    return proc.returncode, head + out, err, time.perf_counter() - sent
+
+
+# An editable install (pip install -e, a development setup) runs `cmake --build` when the package is
+# imported; a signal in that second stops the build tool too, which says so on the shared stderr.
+EDITABLE_REBUILD_WORDS = ("CMake", "ninja", "SIGPIPE")
+
+
+def assert_clean_interrupt(code: int, err: str) -> None:
+    assert code == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    ours = [line for line in lines if not any(word in line for word in EDITABLE_REBUILD_WORDS)]
+    assert ours == ["pyengine: interrupted"], err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("interrupt")
+    model = write_tiny_llama(d / "tiny.gguf", n_layers=2, n_embd=128, n_ff=256, n_vocab=400, n_ctx_train=4096)
+    text = d / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 4000)
+    return d, model, text
+
+
+def test_ctrl_c_in_generate_while_writing(files):
+    _, model, _ = files
+    proc = pyengine_process("generate", "-m", str(model), "-p", "Hello", "-n", "-1", "-c", "4096", "-t", "1")
+    code, out, err, _ = interrupted(proc, first_output=True)
+    assert_clean_interrupt(code, err)
+    assert out
+
+
+def test_ctrl_c_in_generate_during_a_long_prompt():
+    # SmolLM2 on 1500 tokens of prompt: tens of seconds on one thread; the signal stops it within a layer
+    proc = pyengine_process("generate", "-p", "word " * 1500, "-n", "4", "-c", "2048", "-t", "1")
+    code, out, err, took = interrupted(proc, after=3)
+    assert_clean_interrupt(code, err)
+    assert out == "" and took < 5
+
+
+def test_ctrl_c_at_the_chat_prompt_quits(files):
+    pexpect = pytest.importorskip("pexpect")
+    _, model, _ = files
+    child = pexpect.spawn(sys.executable, ["-m", "pyengine", "chat", "-m", str(model), "-t", "1"], encoding="utf-8",
+                          timeout=60, cwd=ELSEWHERE)
+    child.expect("> ")
+    child.sendintr()
+    child.expect("pyengine: interrupted")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "Traceback" not in child.before
+
+
+@pytest.mark.parametrize("command", ["perplexity", "bench"])
+def test_ctrl_c_in_perplexity_and_bench(files, command):
+    d, model, text = files
+    plot = d / "plot.png"
+    args = {"perplexity": ["perplexity", "-m", str(model), "-f", str(text), "-c", "128", "-t", "1"],
+            "bench": ["bench", "-m", str(model), "-p", "64", "-n", "64", "-r", "1000", "-t", "1", "--plot", str(plot)]}
+    code, out, err, _ = interrupted(pyengine_process(*args[command]), after=1.5)
+    assert_clean_interrupt(code, err)
+    assert not plot.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="watches the process through /proc (Linux)")
+@pytest.mark.parametrize("command", ["quantize", "info"])
+def test_ctrl_c_at_any_moment_of_quantize_and_info(files, command):
+    """Signals sent at growing delays land in every phase (imports, reading, converting, writing):
+    each run ends either complete or with exit 130 and no output file, partial or temporary."""
+    d, model, _ = files
+    out = d / "out.gguf"
+    codes = []
+    for after in (0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0):
+        out.unlink(missing_ok=True)
+        args = ["quantize", str(model), str(out), "nf4_dq"] if command == "quantize" else ["info", str(model)]
+        code, stdout, err, _ = interrupted(pyengine_process(*args), after=after)
+        codes.append(code)
+        if code == 130:
+            assert_clean_interrupt(code, err)
+            assert not out.exists()
+        else:
+            assert code == 0, err
+            if command == "quantize":
+                with GGUFReader(out) as r:
+                    assert r.tensors["blk.0.ffn_down.weight"].type.name == "NF4_DQ"
+        assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
+    assert 130 in codes
