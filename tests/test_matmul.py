@@ -155,6 +155,12 @@ def _raw_blocks(rng, type_name, rows, cols, fill=None):
     return np.concatenate([h.reshape(nb, 1).view(np.uint8) for h in head] + [qs], axis=1).reshape(-1)
 
 
+def _assert_packed_is_scalar(w_raw, type_name, shape, x, isa, n_threads):
+    ref = pyengine.matmul(w_raw, type_name, shape, x, n_threads=1, isa="scalar")
+    got = pyengine.matmul(w_raw, type_name, shape, x, n_threads=n_threads, isa=isa, packed=True)
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
 @pytest.mark.parametrize("isa,type_name", PACKED)
 @pytest.mark.parametrize("rows,cols", [(8, 32), (16, 64), (24, 576), (64, 2048)])
@@ -162,9 +168,7 @@ def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols):
     w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
     for n_tokens in (1, 2, 3, 4, 5, 9):  # every remainder of the 4-token kernel
         x = rng.standard_normal((n_tokens, cols)).astype(np.float32) * rng.uniform(0.01, 100)
-        ref = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa="scalar")
-        got = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa, packed=True)
-        np.testing.assert_array_equal(got, ref)
+        _assert_packed_is_scalar(w_raw, type_name, (rows, cols), x, isa, n_threads=2)
 
 
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
@@ -180,9 +184,7 @@ def test_packed_matmul_adversarial_blocks(rng, isa, type_name):
     for fill in (None, 0xFF, 0x00, 0x0F, 0xF0, 0x80):
         w_raw = _raw_blocks(rng, type_name, rows, cols, fill)
         for x in x_cases:
-            ref = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa="scalar")
-            got = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=True)
-            np.testing.assert_array_equal(got, ref)
+            _assert_packed_is_scalar(w_raw, type_name, (rows, cols), x, isa, n_threads=1)
 
 
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
