@@ -44,7 +44,16 @@ def smollm():
     return pyengine.Model(smollm2("q4_0"), n_ctx=2048, n_threads=1)
 
 
-def test_ctrl_c_stops_a_long_prompt_and_leaves_the_cache_as_it_was(smollm):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test: a process started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python then keeps it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_long_prompt_and_leaves_the_cache_as_it_was(smollm, python_sigint_handler):
     rng = np.random.default_rng(0)
     prefix = rng.integers(0, smollm.n_vocab, 8).tolist()
     prompt = rng.integers(0, smollm.n_vocab, 1500).tolist()
