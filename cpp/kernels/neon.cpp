@@ -2,6 +2,7 @@
 // check). The integer dots use the ARMv8.2 dot-product instruction (sdot: four byte products summed
 // into each int32 lane) when the compiler targets it (-march=armv8.2-a+dotprod or later), and widening
 // multiplies (smull + sadalp) otherwise. Everything lives in an anonymous namespace, as in avx2.cpp.
+#include "attend_by_rows.h"
 #include "kernels.h"
 
 #if defined(__aarch64__)
@@ -286,6 +287,8 @@ const Kernels* kernels_neon() {
         k.from_float[TYPE_Q8_1] = quantize_row_q8_1;
         k.axpy[TYPE_F32] = axpy_f32;
         k.axpy[TYPE_F16] = axpy_f16;
+        k.attend[TYPE_F32] = attend_by_rows<vec_dot_f32_f32, axpy_f32>;
+        k.attend[TYPE_F16] = attend_by_rows<vec_dot_f16_f32, axpy_f16>;
         return k;
     }();
     return &table;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "../kernels/attend_by_rows.h"
 #include "../kernels/kernels.h"
 #include "fp16.h"
 
@@ -364,40 +365,14 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
     for (int i = 0; i < n; i++) y[i] += a * fp16_to_fp32(x[i]);
 }
 
-namespace {
-template <vec_dot_fn Dot, axpy_fn Axpy>
-void attend(int hd, int n_q, const float* q, const void* vkeys, const void* vvalues, size_t kv_stride, int64_t n_pos,
-            float scale, float* scores, float* out) {
-    const auto* keys = static_cast<const uint8_t*>(vkeys);
-    const auto* values = static_cast<const uint8_t*>(vvalues);
-    for (int j = 0; j < n_q; j++) {
-        float* s = scores + size_t(j) * size_t(n_pos);
-        float max_score = -INFINITY;
-        for (int64_t p = 0; p < n_pos; p++) {
-            s[p] = Dot(hd, keys + size_t(p) * kv_stride, q + size_t(j) * size_t(hd)) * scale;
-            max_score = std::max(max_score, s[p]);
-        }
-        double sum = 0.0;
-        for (int64_t p = 0; p < n_pos; p++) {
-            s[p] = std::exp(s[p] - max_score);
-            sum += s[p];
-        }
-        const float inv_sum = float(1.0 / sum);
-        float* o = out + size_t(j) * size_t(hd);
-        std::fill(o, o + hd, 0.0f);
-        for (int64_t p = 0; p < n_pos; p++) Axpy(hd, s[p] * inv_sum, values + size_t(p) * kv_stride, o);
-    }
-}
-}  // namespace
-
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out) {
-    attend<vec_dot_f32_f32, axpy_f32>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+    attend_by_rows<vec_dot_f32_f32, axpy_f32>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
 }
 
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out) {
-    attend<vec_dot_f16_f32, axpy_f16>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+    attend_by_rows<vec_dot_f16_f32, axpy_f16>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
 }
 
 }  // namespace ref

@@ -27,6 +27,7 @@
 //   reference-quantized blocks, zero scales and scale codes, all-zero levels, one outlier, +-127
 //   levels under the largest fp16 scale (and scale code 255), subnormal scales;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
+// - attend (the query heads of one KV head over an F32 / F16 cache) agrees with the scalar one.
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
 //
@@ -531,8 +532,10 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
     }
     for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_F32})
         record(g, k.from_float[t] != nullptr, format("from_float[%s] missing", type_traits(t)->name));
-    for (GGMLType t : {TYPE_F32, TYPE_F16})
+    for (GGMLType t : {TYPE_F32, TYPE_F16}) {
         record(g, k.axpy[t] != nullptr, format("axpy[%s] missing", type_traits(t)->name));
+        record(g, k.attend[t] != nullptr, format("attend[%s] missing", type_traits(t)->name));
+    }
 }
 
 void check_quantizers(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
@@ -994,6 +997,52 @@ void check_axpy(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int 
     }
 }
 
+// attend: the query heads that share one KV head, over n_pos cached rows, against the scalar kernel.
+// Outputs are softmax-weighted sums of the value rows, so they differ from the scalar ones only by
+// the rounding of the scores and the sums: within 2e-5 of max |v| (the values are N(0, 1) here).
+
+void check_attend(const Kernels& k, const Kernels& s, Rng& rng, int trials) {
+    for (GGMLType type : {TYPE_F32, TYPE_F16}) {
+        Group& g = group(format("attend %s", type_traits(type)->name), true);
+        const size_t es = type == TYPE_F16 ? 2 : 4;
+        for (int t = 0; t < trials; t++)
+            for (int hd : {6, 32, 64, 128})
+                for (int n_q : {1, 3, 8})
+                    for (int n_pos : {1, 5, 37}) {
+                        std::vector<float> q(size_t(n_q * hd));
+                        for (float& v : q) v = rng.normal();
+                        std::vector<uint8_t> keys(size_t(n_pos * hd) * es), values(keys.size());
+                        double vmax = 0.0;
+                        for (int i = 0; i < n_pos * hd; i++) {
+                            const float kv[2] = {2.0f * rng.normal(), rng.normal()};
+                            for (int m = 0; m < 2; m++) {
+                                uint8_t* dst = (m == 0 ? keys : values).data() + size_t(i) * es;
+                                if (type == TYPE_F16) {
+                                    const uint16_t h = fp32_to_fp16(kv[m]);
+                                    std::memcpy(dst, &h, 2);
+                                } else {
+                                    std::memcpy(dst, &kv[m], 4);
+                                }
+                            }
+                            vmax = std::max(vmax, std::fabs(double(weight_value(type, values.data(), i))));
+                        }
+                        const std::string what = format("head dim %d, %d heads, %d positions", hd, n_q, n_pos);
+                        set_case(g, what);
+                        std::vector<float> scores(size_t(n_q * n_pos)), got(q.size()), want(q.size());
+                        const float scale = 1.0f / std::sqrt(float(hd));
+                        k.attend[type](hd, n_q, q.data(), keys.data(), values.data(), size_t(hd) * es, n_pos, scale,
+                                       scores.data(), got.data());
+                        s.attend[type](hd, n_q, q.data(), keys.data(), values.data(), size_t(hd) * es, n_pos, scale,
+                                       scores.data(), want.data());
+                        double worst = 0.0;
+                        for (size_t i = 0; i < got.size(); i++)
+                            worst = std::max(worst, std::fabs(double(got[i]) - double(want[i])) / (2e-5 * vmax));
+                        if (worst > g.worst_ratio) g.worst_ratio = worst;
+                        record(g, worst <= 1.0, format("%s: off by %.3g x the tolerance", what.c_str(), worst));
+                    }
+    }
+}
+
 // What this binary was compiled for: the arm64 build has two kernel paths (sdot or smull), and the
 // runner checks that each build took the one it meant to test.
 const char* build_target() {
@@ -1048,6 +1097,7 @@ int main(int argc, char** argv) {
     check_nf4_dots(*table, *scalar, buf, rng, trials);
     check_float_dots(*table, *scalar, buf, rng, trials);
     check_axpy(*table, *scalar, buf, rng, trials);
+    check_attend(*table, *scalar, rng, trials);
 
     long passed = 0, failed = 0;
     for (const Group& g : g_groups) {
