@@ -27,7 +27,8 @@
 //   reference-quantized blocks, zero scales and scale codes, all-zero levels, one outlier, +-127
 //   levels under the largest fp16 scale (and scale code 255), subnormal scales;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
-// - attend (the query heads of one KV head over an F32 / F16 cache) agrees with the scalar one.
+// - attend (the query heads of one KV head over an F32 / F16 cache) agrees with the scalar one
+//   (its inputs are plain vectors, not placed before the unmapped page below).
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
 //
