@@ -83,14 +83,7 @@ public:
         const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
         for (const auto& p : products) {
             if (type_traits(p.first->type)->vec_dot_type != vdt) {
-                for (const auto& [w, y] : products) {
-                    const Activations& a = prepare(*w);
-                    pool_.run([&](int i, int n_threads) {
-                        int64_t r0, r1;
-                        matmul_split(*w, i, n_threads, r0, r1);
-                        matmul_rows(k_, *w, a, y, r0, r1);
-                    });
-                }
+                for (const auto& [w, y] : products) matmul_prepared(k_, *w, prepare(*w), y, pool_);
                 pool_.run(after);
                 return;
             }

@@ -153,16 +153,20 @@ void matmul_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
     }
 }
 
+void matmul_prepared(const Kernels& k, const Matrix& w, const Activations& x, float* y, ThreadPool& pool) {
+    pool.run([&](int i, int n_threads) {
+        int64_t r0, r1;
+        matmul_split(w, i, n_threads, r0, r1);
+        matmul_rows(k, w, x, y, r0, r1);
+    });
+}
+
 void matmul(const Kernels& k, const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             std::vector<uint8_t>& scratch) {
     std::vector<int32_t> sums;
     const Activations a =
         prepare_activations(k, w.type, x, n_tokens, w.cols, needs_block_sums(k, w), scratch, sums, pool);
-    pool.run([&](int i, int n_threads) {
-        int64_t r0, r1;
-        matmul_split(w, i, n_threads, r0, r1);
-        matmul_rows(k, w, a, y, r0, r1);
-    });
+    matmul_prepared(k, w, a, y, pool);
 }
 
 }  // namespace pe

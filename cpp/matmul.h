@@ -54,6 +54,9 @@ void matmul_split(const Matrix& w, int i, int n_threads, int64_t& r0, int64_t& r
 // y[t * w.rows + r] for r in [r0, r1) and every token of x: one thread's share (no threading).
 void matmul_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1);
 
+// All of y = W x for prepared activations, the rows split between the pool's threads.
+void matmul_prepared(const Kernels& k, const Matrix& w, const Activations& x, float* y, ThreadPool& pool);
+
 // y[t * rows + r] = dot(W row r, x row t) for t < n_tokens. x: n_tokens x W.cols floats.
 // `scratch` holds the converted activations between calls (no allocation once it is large enough).
 void matmul(const Kernels& k, const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
