@@ -48,3 +48,18 @@ def reference_product(w_raw, type_name, shape, x):
         exact = xq @ w_no_min.T + s @ m.T
         scale = np.abs(xq) @ np.abs(w_no_min).T + np.abs(s) @ np.abs(m).T
         return exact, scale
+
+
+def check_matmul_against_float64(rng, isa, type_name, rows, cols, n_tokens):
+    """pyengine.matmul of a random (rows, cols) weight quantized to type_name and random activations,
+    held to the float64 product as the kernels define it (reference_product): within ~(terms + 4)
+    float32 roundings of 2^-24 relative to sum |w x|. Returns (w, x, y, exact) for further checks."""
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    w_raw = pyengine.quantize(w, type_name)
+    y = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa)
+    assert y.shape == (n_tokens, rows) and y.dtype == np.float32
+    exact, scale = reference_product(w_raw, type_name, (rows, cols), x)
+    terms = cols if ACTIVATION_TYPE[type_name] is None else cols // 32
+    np.testing.assert_array_less(np.abs(y - exact), (terms + 4) * 2.0**-23 * scale + 1e-30)
+    return w, x, y, exact

@@ -11,7 +11,7 @@ import pytest
 
 import pyengine
 
-from conftest import ACTIVATION_TYPE, ISAS, reference_product
+from conftest import ISAS, check_matmul_against_float64
 
 TYPES = ["q4_0", "q4_1", "q8_0", "f32", "f16", "bf16"]
 
@@ -20,15 +20,7 @@ TYPES = ["q4_0", "q4_1", "q8_0", "f32", "f16", "bf16"]
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows,cols,n_tokens", [(1, 32, 1), (3, 64, 2), (17, 96, 5), (33, 256, 3), (100, 160, 17)])
 def test_matmul_matches_float64(rng, isa, type_name, rows, cols, n_tokens):
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
-    w_raw = pyengine.quantize(w, type_name)
-    y = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa)
-    assert y.shape == (n_tokens, rows) and y.dtype == np.float32
-    exact, scale = reference_product(w_raw, type_name, (rows, cols), x)
-    # float32 accumulation: at most ~(terms + 4) roundings of 2^-24 relative to sum |w x|.
-    terms = cols if ACTIVATION_TYPE[type_name] is None else cols // 32
-    np.testing.assert_array_less(np.abs(y - exact), (terms + 4) * 2.0**-23 * scale + 1e-30)
+    check_matmul_against_float64(rng, isa, type_name, rows, cols, n_tokens)
 
 
 @pytest.mark.parametrize("type_name", ["q4_0", "q8_0", "f32"])

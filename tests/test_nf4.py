@@ -17,7 +17,7 @@ from pyengine.gguf import TYPE_TRAITS, GGMLType, GGUFReader, type_name
 from pyengine.info import info
 from pyengine.requantize import quantize_model
 
-from conftest import ISAS, reference_product
+from conftest import ISAS, check_matmul_against_float64, reference_product
 from llama_reference import NF4_LEVELS, ReferenceLlama, dequantize_nf4
 from tiny_models import threads_warning, write_tiny_llama
 
@@ -320,13 +320,7 @@ def test_kernels_are_deterministic(rng, isa, type_name):
 @pytest.mark.parametrize("type_name", ["nf4", "nf4_dq"])
 @pytest.mark.parametrize("rows,cols,n_tokens", [(1, 256, 1), (3, 512, 2), (17, 768, 5), (100, 256, 17)])
 def test_matmul_matches_float64(rng, isa, type_name, rows, cols, n_tokens):
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
-    w_raw = pyengine.quantize(w, type_name)
-    y = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=2, isa=isa)
-    assert y.shape == (n_tokens, rows) and y.dtype == np.float32
-    exact, scale = reference_product(w_raw, type_name, (rows, cols), x)
-    np.testing.assert_array_less(np.abs(y - exact), (cols // 32 + 4) * 2.0**-23 * scale + 1e-30)
+    w, x, y, exact = check_matmul_against_float64(rng, isa, type_name, rows, cols, n_tokens)
     # and close to the unquantized product: 4-bit noise
     rel = np.linalg.norm(y - x.astype(np.float64) @ w.astype(np.float64).T) / np.linalg.norm(exact)
     assert rel < 0.15
