@@ -6,11 +6,16 @@ cli.py that takes the parsed values as keyword arguments.
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import os
 import signal
 import sys
 import threading
 import warnings
+from typing import Callable
+
+from ._startup import caused_by_interrupt
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,9 +93,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt from here on
     try:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt from here on
         args = build_parser().parse_args(argv)
         # Text that is not UTF-8 (a pasted line, a file) becomes U+FFFD instead of ending the command;
         # warnings are one line, as errors are.
@@ -102,12 +107,51 @@ def main(argv: list[str] | None = None) -> int:
 
         name, kwargs = args.run(args)
         return cli.run_command(getattr(cli, name), **kwargs)
-    except KeyboardInterrupt:  # before the command runs (importing numpy, ...): the same one line
+    except BaseException as e:  # a Ctrl-C before the command runs (importing numpy, ...): the same one line
+        if not caused_by_interrupt(e):
+            raise
         print("pyengine: interrupted", file=sys.stderr, flush=True)
         return 130
 
 
+def keep_swallowed_interrupts(hook: Callable = sys.__unraisablehook__) -> Callable:
+    """An unraisable-exception hook for the commands. A Ctrl-C that lands in a finalizer or a weakref
+    callback (importlib's module locks run one after each import) cannot propagate there: Python
+    prints "Exception ignored in ..." and goes on as if no key had been pressed. This hook sends it
+    again to the main thread, where it stops the command as any other Ctrl-C does; everything else
+    goes to `hook`. It is sent from another thread a moment later: sent at once it would land in
+    the hook itself, where it would be swallowed again."""
+
+    def keep_interrupts(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            again = threading.Timer(0.01, _thread.interrupt_main)
+            again.daemon = True
+            again.start()
+        else:
+            hook(unraisable)
+
+    return keep_interrupts
+
+
+def exit_process(code: int) -> None:
+    """Ends `python -m pyengine` with the command's exit code. After a Ctrl-C the process leaves
+    without Python's shutdown: CPython remembers a KeyboardInterrupt that went through code run from
+    a string (dataclasses and namedtuple build their methods with exec) even when the program caught
+    it, and then ends a `-m` run by SIGINT instead of with the code it was given."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a late Ctrl-C changes nothing
+    except KeyboardInterrupt:  # one that came as it ended, handled as SIG_IGN was set
+        pass
+    if code != 130:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a late Ctrl-C changes nothing
-    sys.exit(code)
+    sys.unraisablehook = keep_swallowed_interrupts(sys.unraisablehook)
+    exit_process(main())

@@ -1,7 +1,9 @@
 """Imported first by the package. `python -m pyengine ...` imports the package (numpy, the native
 core, ...) before the command starts: a Ctrl-C in that second ends the process with the commands'
 one line and exit code (130), not a traceback through the imports. The command restores Python's
-handler as it starts (__main__.main); an ordinary `import pyengine` is left alone."""
+handler as it starts (__main__.main); an ordinary `import pyengine` is left alone.
+
+caused_by_interrupt() is what the commands use to know a Ctrl-C when Python has wrapped it."""
 
 import os
 import signal
@@ -21,6 +23,19 @@ def _starting_the_commands() -> bool:
         return False
     command_line = getattr(sys, "orig_argv", None)  # Python 3.10+
     return command_line is None or any(a == "-m" and b == "pyengine" for a, b in zip(command_line, command_line[1:]))
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in error's chain of causes: Python wraps the one that lands in
+    some places (a class body's __set_name__, while a lazily imported module builds a dataclass,
+    raises RuntimeError from it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if _starting_the_commands():

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Callable, TextIO
 
+from ._startup import caused_by_interrupt
 from .cli_tools import run_bench, run_info, run_perplexity, run_quantize  # noqa: F401  (run by name)
 from .sampling import SamplingParams
 
@@ -44,7 +45,7 @@ def report_interrupt() -> int:
 def run_command(fn: Callable[..., int | None], **kwargs) -> int:
     """Runs fn(**kwargs); returns the process exit code. Errors caused by the input become one line
     on stderr: 1 for a bad input, 130 for Ctrl-C."""
-    from .fetch import FetchError
+    from .fetch import FetchError  # (a Ctrl-C while importing it reaches __main__.main: the same line)
 
     try:
         return fn(**kwargs) or 0
@@ -56,7 +57,11 @@ def run_command(fn: Callable[..., int | None], **kwargs) -> int:
         except (OSError, ValueError):
             pass
         return 1
-    except (CommandError, ValueError, OSError, FetchError, UnicodeError) as e:
+    except Exception as e:
+        if caused_by_interrupt(e):
+            return report_interrupt()
+        if not isinstance(e, (CommandError, ValueError, OSError, FetchError, UnicodeError)):
+            raise
         # ValueError covers GGUFError (a malformed file), bad sampling values and chat template errors
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, FileNotFoundError) and e.filename:

@@ -201,3 +201,69 @@ def test_ctrl_c_at_any_moment_of_quantize_and_info(files, command):
                     assert r.tensors["blk.0.ffn_down.weight"].type.name == "NF4_DQ"
         assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
     assert 130 in codes
+
+
+# --- Ctrl-C in the places where Python hides or remembers it ---
+
+
+def test_an_interrupt_python_wrapped_is_still_a_ctrl_c(capsys):
+    """A signal landing in a class body's __set_name__ (a dataclass built while a command imports its
+    module) reaches the command as RuntimeError from KeyboardInterrupt on Python 3.11."""
+    from pyengine.cli import run_command
+
+    class Interrupted:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    def command():
+        class Report:  # noqa: F841
+            field = Interrupted()
+
+    assert run_command(command) == 130
+    assert capsys.readouterr().err == "pyengine: interrupted\n"
+
+    def failing():
+        raise RuntimeError("a bug, not a Ctrl-C")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command(failing)
+
+
+def test_a_caught_interrupt_still_ends_with_130(tmp_path):
+    """CPython remembers a KeyboardInterrupt that went through code run from a string (dataclasses
+    build their methods with exec) even when the program caught it, and ends a `python -m` run by
+    SIGINT instead of with the exit code; the commands end through exit_process."""
+    (tmp_path / "caught.py").write_text(
+        "try:\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught', flush=True)\n"
+        "from pyengine.__main__ import exit_process\n"
+        "exit_process(130)\n")
+    done = subprocess.run([sys.executable, "-m", "caught"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (130, "caught\n"), done.stderr
+
+
+def test_an_interrupt_python_swallowed_is_sent_again(python_sigint_handler, monkeypatch):
+    """A signal landing in a finalizer or weakref callback (importlib runs one after each import) is
+    printed as "Exception ignored" and lost; the commands' hook sends it again to the main thread."""
+    from pyengine.__main__ import keep_swallowed_interrupts
+
+    others = []
+    monkeypatch.setattr(sys, "unraisablehook", keep_swallowed_interrupts(others.append))
+
+    class InterruptedFinalizer:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    class BrokenFinalizer:
+        def __del__(self):
+            raise ValueError("not an interrupt")
+
+    with pytest.raises(KeyboardInterrupt):
+        InterruptedFinalizer()  # dropped at once: nothing can catch what its __del__ raises
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the interrupt comes back within milliseconds
+            pass
+    BrokenFinalizer()
+    assert [u.exc_type for u in others] == [ValueError]
