@@ -172,7 +172,9 @@ void LlamaModel::pack(ThreadPool& pool, const std::function<void(const void*, si
         std::vector<uint8_t> storage;
         if (!pack_matrix(kernels_, m, storage, pool)) return;
         packed_.push_back(std::move(storage));
-        if (release && m.data != w_.token_embd.data) release(m.data, row_size(m.type, m.cols) * size_t(m.rows));
+        // The mapped pages go back to the page cache; a tied output matrix is also the token
+        // embeddings, whose lookups then map in again only the rows of the tokens used.
+        if (release) release(m.data, row_size(m.type, m.cols) * size_t(m.rows));
     };
     for (LayerWeights& L : w_.layers)
         for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack_one(*m);

@@ -73,3 +73,32 @@ def test_load_and_free_fifty_times_keeps_rss_flat(model_path):
         cycle()
     growth = rss_bytes() - before
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 50 loads"
+
+
+def mapped_bytes_of(path) -> int:
+    """Resident bytes of this process's mappings of the file at path (/proc/self/smaps)."""
+    name, total, ours = str(path), 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
+                ours = line.rstrip("\n").endswith(name)
+            elif ours and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs /proc (Linux)")
+def test_packed_weights_leave_their_mapped_pages(tmp_path):
+    """After packing, a model holds its weights once: the mapped pages of every packed matrix are
+    dropped, a tied output matrix's too (its embedding lookups map in again only the rows they read)."""
+    path = write_tiny_llama(tmp_path / "tied.gguf", weight_type="q4_0", embd_type="q8_0", n_layers=2,
+                            n_embd=256, n_ff=512, n_vocab=4096, tied=True, seed=3)
+    size = path.stat().st_size
+    m = pyengine.Model(path, n_ctx=64)
+    if m._core.packed_bytes == 0:
+        pytest.skip("this kernel path does not pack weights")
+    assert m._core.packed_bytes > 0.9 * size
+    assert mapped_bytes_of(path) < 0.1 * size, (mapped_bytes_of(path), size)
+    m.logits([1, 2, 3])  # reads the embeddings again from the file: the same as without packing
+    assert mapped_bytes_of(path) < 0.2 * size
