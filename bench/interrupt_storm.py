@@ -19,26 +19,13 @@ import argparse
 import collections
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_interrupt import interrupted, pyengine_process  # noqa: E402  (the tests' own way to send it)
 from tiny_models import write_tiny_llama  # noqa: E402
-
-
-def wait_for_the_native_core(proc: subprocess.Popen) -> None:
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/maps") as f:
-                if "_core" in f.read():
-                    return
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        time.sleep(0.002)
 
 
 def main() -> int:
@@ -60,23 +47,15 @@ def main() -> int:
         odd = 0
         for _ in range(args.runs):
             out.unlink(missing_ok=True)
-            proc = subprocess.Popen([sys.executable, "-m", "pyengine", *command], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d)
-            wait_for_the_native_core(proc)
             after = rng.uniform(*args.window)
-            time.sleep(after)
-            try:
-                proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            _, err = proc.communicate()
-            outcomes[proc.returncode] += 1
+            code, _, err, _ = interrupted(pyengine_process(*command), after=after)
+            outcomes[code] += 1
             left = [p for p in os.listdir(d) if p.endswith(".tmp")]
-            clean = ((proc.returncode == 0 and not err) or
-                     (proc.returncode == 130 and err == "pyengine: interrupted\n" and not out.exists()))
+            clean = ((code == 0 and not err) or
+                     (code == 130 and err == "pyengine: interrupted\n" and not out.exists()))
             if not clean or left:
                 odd += 1
-                print(f"exit {proc.returncode} {after * 1000:.0f} ms after the core loaded; left {left}; "
+                print(f"exit {code} {after * 1000:.0f} ms after the core loaded; left {left}; "
                       f"stderr: {err[-2000:]!r}")
     print(f"{args.runs} runs of `pyengine {args.command}`: " +
           ", ".join(f"exit {code}: {n}" for code, n in sorted(outcomes.items())) + f"; not clean: {odd}")
