@@ -16,8 +16,18 @@ enum GGMLType : uint32_t {
     TYPE_F16 = 1,
     TYPE_Q4_0 = 2,
     TYPE_Q4_1 = 3,
+    TYPE_Q5_0 = 6,
+    TYPE_Q5_1 = 7,
     TYPE_Q8_0 = 8,
     TYPE_Q8_1 = 9,
+    TYPE_Q2_K = 10,
+    TYPE_Q3_K = 11,
+    TYPE_Q4_K = 12,
+    TYPE_Q5_K = 13,
+    TYPE_Q6_K = 14,
+    TYPE_Q8_K = 15,
+    TYPE_IQ4_NL = 20,
+    TYPE_IQ4_XS = 23,
     TYPE_BF16 = 30,
     TYPE_NF4 = 100,     // pyengine's 4-bit NormalFloat, 64-weight blocks
     TYPE_NF4_DQ = 101,  // NF4 with double-quantized block scales, 256-weight super-blocks
@@ -49,6 +59,108 @@ struct block_q8_1 {
     int8_t qs[QK];
 };
 static_assert(sizeof(block_q8_1) == 36, "block_q8_1 must be 36 bytes");
+
+struct block_q5_0 {
+    uint16_t d;            // scale (fp16); value = d * (q - 16)
+    uint8_t qh[4];         // bit 4 of weight j in bit j (little-endian u32)
+    uint8_t qs[QK / 2];    // low 4 bits, laid out as in block_q4_0
+};
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 must be 22 bytes");
+
+struct block_q5_1 {
+    uint16_t d;            // scale (fp16)
+    uint16_t m;            // minimum (fp16); value = d * q + m
+    uint8_t qh[4];         // bit 4 of weight j in bit j
+    uint8_t qs[QK / 2];    // low 4 bits, laid out as in block_q4_0
+};
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1 must be 24 bytes");
+
+// IQ4_NL: 4-bit indices into a fixed non-linear table of int8 levels (denser near zero), one fp16
+// scale per 32 weights; value = d * kIQ4NLValues[q]. IQ4_XS uses the same levels.
+alignas(16) constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                 1,    13,   25,  38,  53,  69,  89,  113};
+
+struct block_iq4_nl {
+    uint16_t d;            // scale (fp16)
+    uint8_t qs[QK / 2];    // indices, laid out as in block_q4_0
+};
+static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl must be 18 bytes");
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants: 256-weight super-blocks of 8 or 16 sub-blocks, each sub-block with its own small integer
+// scale (and minimum) relative to the super-block's fp16 scales. Their activations are Q8_K.
+constexpr int QK_K = 256;
+constexpr int K_SCALE_SIZE = 12;  // 8 six-bit scales and 8 six-bit minimums (Q4_K, Q5_K), or 16 six-bit scales (Q3_K)
+
+struct block_q2_K {
+    uint8_t scales[QK_K / 16];  // per 16 weights: scale in the low nibble, minimum in the high one
+    uint8_t qs[QK_K / 4];       // 2-bit quants: weight 128h + 32s + j in bits 2s..2s+1 of qs[32h + j]
+    uint16_t d;                 // super-block scale of the scales (fp16)
+    uint16_t dmin;              // super-block scale of the minimums (fp16)
+};  // value = d * sc * q - dmin * m
+static_assert(sizeof(block_q2_K) == 84, "block_q2_K must be 84 bytes");
+
+struct block_q3_K {
+    uint8_t hmask[QK_K / 8];      // high bit: weight 32k + j has it in bit k of hmask[j] (set: no -4)
+    uint8_t qs[QK_K / 4];         // low 2 bits, laid out as in block_q2_K
+    uint8_t scales[K_SCALE_SIZE]; // 16 six-bit scales, stored with an offset of 32 (see ref's q3_K_scales)
+    uint16_t d;                   // super-block scale (fp16)
+};  // value = d * (sc - 32) * (q - 4 * !hbit)
+static_assert(sizeof(block_q3_K) == 110, "block_q3_K must be 110 bytes");
+
+struct block_q4_K {
+    uint16_t d;                    // super-block scale of the scales (fp16)
+    uint16_t dmin;                 // super-block scale of the minimums (fp16)
+    uint8_t scales[K_SCALE_SIZE];  // 8 six-bit scales and 8 six-bit minimums, per 32 weights
+    uint8_t qs[QK_K / 2];          // weight 64h + j in the low nibble of qs[32h + j], 64h + 32 + j in the high one
+};  // value = d * sc * q - dmin * m
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes");
+
+struct block_q5_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];  // as in block_q4_K
+    uint8_t qh[QK_K / 8];          // bit 4: weight 32k + j has it in bit k of qh[j]
+    uint8_t qs[QK_K / 2];          // low 4 bits, laid out as in block_q4_K
+};
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K must be 176 bytes");
+
+struct block_q6_K {
+    uint8_t ql[QK_K / 2];     // low 4 bits
+    uint8_t qh[QK_K / 4];     // high 2 bits
+    int8_t scales[QK_K / 16]; // signed 8-bit scale per 16 weights
+    uint16_t d;               // super-block scale (fp16)
+};  // value = d * sc * (q - 32); the bit layout: ref's dequantize_row_q6_K
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K must be 210 bytes");
+
+// The activation format of the K-quants: int8 with a float32 scale, and the sums of each 16 values
+// (for the minimums' term of Q2_K, Q4_K and Q5_K).
+struct block_q8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+};
+static_assert(sizeof(block_q8_K) == 292, "block_q8_K must be 292 bytes");
+
+struct block_iq4_xs {
+    uint16_t d;                 // super-block scale (fp16)
+    uint16_t scales_h;          // bits 4-5 of the 8 six-bit scales, 2 bits each
+    uint8_t scales_l[QK_K / 64];  // bits 0-3 of the scales, a nibble each (scale 2k low, 2k+1 high)
+    uint8_t qs[QK_K / 2];       // indices into kIQ4NLValues, each 32-group laid out as in block_q4_0
+};  // value = d * (scale - 32) * kIQ4NLValues[q]
+static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs must be 136 bytes");
+
+// The 6-bit scale and minimum of sub-block j (0..7) of a Q4_K / Q5_K super-block: 8 scales and 8
+// minimums in 12 bytes, the low 6 bits of the first four of each in bytes 0..7, the rest split.
+static inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------
 // NF4: 4-bit NormalFloat (QLoRA, Dettmers et al. 2023), pyengine's own format.
