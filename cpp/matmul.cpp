@@ -80,7 +80,7 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
         return a;
     }
     a.row_bytes = row_size(xtype, cols);
-    a.n_blocks = cols / QK;
+    a.n_blocks = cols / type_traits(xtype)->block_size;
     if (buffer.size() < a.row_bytes * size_t(n_tokens)) buffer.resize(a.row_bytes * size_t(n_tokens));
     if (with_sums && sums.size() < size_t(n_tokens * a.n_blocks)) sums.resize(size_t(n_tokens * a.n_blocks));
     const from_float_fn convert = k.from_float[xtype];
@@ -94,7 +94,8 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
         for (int64_t t = t0; t < t1; t++) {
             convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
             if (!sums_out) continue;
-            // Sums of the Q8_0 blocks' int8 values, for packed kernels that subtract a zero point.
+            // Sums of the Q8_0 blocks' int8 values, for packed kernels that subtract a zero point
+            // (only Q8_0 activations carry them: packed_xsums is set for Q8_0-paired types alone).
             const auto* blocks = reinterpret_cast<const block_q8_0*>(dst + size_t(t) * row_bytes);
             for (int64_t b = 0; b < n_blocks; b++) {
                 int32_t s = 0;

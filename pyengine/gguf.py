@@ -165,18 +165,21 @@ class TypeTraits(NamedTuple):
     type_size: int  # bytes per block
 
 
-# Adding a type = adding a row here (and, for element types, a row in _ELEMENT_DTYPES).
-TYPE_TRAITS: dict[GGMLType, TypeTraits] = {
-    GGMLType.F32: TypeTraits("f32", 1, 4),
-    GGMLType.F16: TypeTraits("f16", 1, 2),
-    GGMLType.BF16: TypeTraits("bf16", 1, 2),
-    GGMLType.Q4_0: TypeTraits("q4_0", 32, 18),  # fp16 d, 16 bytes of nibbles
-    GGMLType.Q4_1: TypeTraits("q4_1", 32, 20),  # fp16 d, fp16 m, 16 bytes of nibbles
-    GGMLType.Q8_0: TypeTraits("q8_0", 32, 34),  # fp16 d, 32 x int8
-    GGMLType.Q8_1: TypeTraits("q8_1", 32, 36),  # fp16 d, fp16 s, 32 x int8
-    GGMLType.NF4: TypeTraits("nf4", 64, 34),  # fp16 d, 32 bytes of nibbles (pyengine's own)
-    GGMLType.NF4_DQ: TypeTraits("nf4_dq", 256, 134),  # fp16 D, 4 x u8 scale codes, 4 x 32 bytes of nibbles (ours)
-}
+def _native_type_table() -> dict[GGMLType, TypeTraits]:
+    """The native core's type table (cpp/quant/blocks.h, reference.cpp): the one source of each
+    type's name and block geometry. Adding a type there adds it here."""
+    from . import _core
+
+    table = {}
+    for ggml_type in GGMLType:
+        info = _core.type_info(int(ggml_type))
+        if info is not None:
+            name, block_size, type_size, _ = info
+            table[ggml_type] = TypeTraits(name, block_size, type_size)
+    return table
+
+
+TYPE_TRAITS: dict[GGMLType, TypeTraits] = _native_type_table()
 
 # Types whose numpy view has one element per value; block types are viewed as bytes.
 # BF16 has no numpy type: its view holds the raw 16-bit patterns.

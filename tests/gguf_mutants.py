@@ -350,7 +350,7 @@ def _tensor_mutants(raw: RawGGUF) -> Iterator[Mutant]:
         }
         for label, (dims, n_dims, words) in cases.items():
             yield Mutant(f"{name}: {label}", _with_tensor(raw, name, dims=dims, n_dims=n_dims).to_bytes(), words)
-        for label, type_id, words in (("unknown type 99", 99, ("99",)), ("type Q5_0", GGMLType.Q5_0, ("Q5_0",)),
+        for label, type_id, words in (("unknown type 99", 99, ("99",)), ("type IQ1_S", GGMLType.IQ1_S, ("IQ1_S",)),
                                       ("type IQ2_XXS", GGMLType.IQ2_XXS, ("IQ2_XXS",)), ("type 2**32-1", 2**32 - 1, ()),
                                       ("type Q8_1", GGMLType.Q8_1, ()), ("type F16", GGMLType.F16, ()),
                                       ("type BF16", GGMLType.BF16, ())):

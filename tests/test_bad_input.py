@@ -98,7 +98,7 @@ def test_invalid_sampling_values(tiny, bad):
 # --- types and output paths ---
 
 
-@pytest.mark.parametrize("type_name", ["q9_9", "q5_0", "", "Q4_0 ", "iq2_xxs"])
+@pytest.mark.parametrize("type_name", ["q9_9", "iq1_s", "", "Q4_0 ", "iq2_xxs"])
 def test_unknown_quantization_types(tmp_path, tiny_path, type_name):
     if type_name.strip().lower() == "q4_0":  # names are taken case- and space-insensitively
         quantize_model(tiny_path, tmp_path / "ok.gguf", type_name)

@@ -160,7 +160,7 @@ def test_type_table():
     with pytest.raises(ValueError, match="q4_0"):
         type_by_name("q3_x")
     with pytest.raises(ValueError, match="not supported"):
-        type_by_name("q5_0")
+        type_by_name("iq2_xxs")
     assert pg.tensor_nbytes((64, 3), GGMLType.Q8_0) == 2 * 3 * 34
     # the ids agree with gguf-py's, and pyengine's own (NF4, NF4_DQ) are outside ggml's range
     for t in GGMLType:
@@ -170,6 +170,19 @@ def test_type_table():
             assert gguf_py.GGMLQuantizationType[t.name] == t
     for t in VT:
         assert gguf_py.GGUFValueType[t.name] == t
+
+
+def test_type_table_matches_gguf_py():
+    """Every ggml type the native table supports has gguf-py's name and block geometry."""
+    assert len(pg.TYPE_TRAITS) >= 19
+    for t, traits in pg.TYPE_TRAITS.items():
+        if t in pg.PYENGINE_TYPES:
+            continue
+        assert traits.name == t.name.lower()
+        if t == GGMLType.Q8_1:  # gguf-py still says 40 (float d and s); ggml's block_q8_1 has fp16 ones: 36
+            assert traits.type_size == 36 and gguf_py.GGML_QUANT_SIZES[gguf_py.GGMLQuantizationType.Q8_1] == (32, 40)
+            continue
+        assert (traits.block_size, traits.type_size) == gguf_py.GGML_QUANT_SIZES[gguf_py.GGMLQuantizationType(t)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -441,8 +454,8 @@ HOSTILE = {  # id: (file bytes, words the message must hold)
                          ["duplicate tensor", "'w'"]),
     "empty tensor name": (_file(infos=[_info("", (4, 2))], data=DATA_32), ["empty name"]),
     "unknown tensor type": (_file(infos=[_info("w", (32,), 99)], data=DATA_32), ["tensor w", "unknown type id 99"]),
-    "unsupported tensor type": (_file(infos=[_info("blk.0.attn_q.weight", (32,), GGMLType.Q5_0)], data=DATA_32),
-                                ["tensor blk.0.attn_q.weight has type Q5_0 (6), which pyengine does not support"]),
+    "unsupported tensor type": (_file(infos=[_info("blk.0.attn_q.weight", (256,), GGMLType.IQ2_XXS)], data=DATA_32),
+                                ["tensor blk.0.attn_q.weight has type IQ2_XXS (16), which pyengine does not support"]),
     "zero dim": (_file(infos=[_info("w", (4, 0))], data=DATA_32), ["tensor w", "dimension of 0"]),
     "n_dims 0": (_file(infos=[_info("w", ())], data=DATA_32), ["tensor w", "0 dimensions"]),
     "n_dims 5": (_file(infos=[_info("w", (1, 1, 1, 1, 1))], data=DATA_32), ["tensor w", "5 dimensions"]),
@@ -603,7 +616,7 @@ def test_writer_infers_types(tmp_path):
     (lambda w: w.add_tensor("t", np.zeros(36, np.uint8), GGMLType.Q8_0, shape=(33,)), "block size"),
     (lambda w: w.add_tensor("t", np.zeros((1,) * 5, np.float32)), "5 dimensions"),
     (lambda w: w.add_tensor("t", np.zeros(32, np.float32), GGMLType.Q8_0), "uint8"),
-    (lambda w: w.add_tensor("t", np.zeros(22, np.uint8), GGMLType.Q5_0), "not supported"),
+    (lambda w: w.add_tensor("t", np.zeros(66, np.uint8), GGMLType.IQ2_XXS), "not supported"),
     (lambda w: w.add_tensor("t", np.zeros(4, np.float32)) or w.add_tensor("t", np.zeros(4, np.float32)),
      "duplicate tensor"),
     (lambda w: w.add_tensor("", np.zeros(4, np.float32)), "non-empty"),

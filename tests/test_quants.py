@@ -110,7 +110,7 @@ def test_one_dimensional_input(rng):
     assert pyengine.dequantize(raw, "q4_0", (64,)).shape == (64,)
 
 
-@pytest.mark.parametrize("bad", ["q5_0", "nope", "", 6, 99])
+@pytest.mark.parametrize("bad", ["iq1_s", "nope", "", 16, 99])
 def test_unknown_type_is_a_value_error(bad):
     with pytest.raises(ValueError):
         pyengine.quantize(np.zeros((1, 32), np.float32), bad)

@@ -12,6 +12,7 @@ namespace {
 py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type) {
     const TypeTraits& t = traits_or_throw(type);
     if (x.ndim() != 2) throw py::value_error("quantize expects a 2-D float32 array (rows, cols)");
+    if (!t.from_float) throw py::value_error(std::string("pyengine has no quantizer for ") + t.name);
     const int64_t rows = x.shape(0), cols = x.shape(1);
     if (cols % t.block_size != 0)
         throw py::value_error(std::string(t.name) + " needs a row length that is a multiple of " +

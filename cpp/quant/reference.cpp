@@ -102,6 +102,43 @@ void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
     }
 }
 
+// ggml's nearest_int: float rounding to the nearest integer, ties to even, by adding 1.5 * 2^23
+// (exact for |x| < 2^22, which a scaled activation always is).
+static inline int nearest_int(float x) {
+    const float v = x + 12582912.0f;
+    int32_t i;
+    std::memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// Q8_K, the K-quants' activation format (ggml's quantize_row_q8_K_ref): the scale -max / 127 of the
+// value of largest magnitude max (so that value becomes exactly -127), ties to even, and the sums
+// of each 16 values.
+void quantize_row_q8_K(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<block_q8_K*>(vy);
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            if (std::fabs(x[j]) > amax) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        }
+        if (amax == 0.0f) {
+            std::memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) y[i].qs[j] = int8_t(std::min(127, nearest_int(iscale * x[j])));
+        for (int j = 0; j < QK_K / 16; j++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++) sum += y[i].qs[16 * j + l];
+            y[i].bsums[j] = int16_t(sum);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
 // NF4: the level nearest to x on a block of scale d, argmin_i |x - d * kNF4Levels[i]| in float, the
 // lower index on a tie. A zero scale (an all-zero block, or one too small for fp16) maps everything
 // to the zero level, where any level would be as near.
@@ -331,6 +368,302 @@ float vec_dot_nf4_dq_q8_0(int n, const void* vw, const void* vx) {
     return sum;
 }
 
+// ---- 5-bit and non-linear 32-blocks (Q5_0, Q5_1, IQ4_NL) ----
+//
+// Each block is unpacked to its 32 integer levels first; dequantizing multiplies them by the scale
+// (and adds the minimum), as ggml does, and the dot with a Q8_0 / Q8_1 block takes the same form as
+// Q4_0's / Q4_1's above: an exact integer sum, then float(isum) * (d_w * d_x) (+ m * s).
+
+// Weight j's 5th bit is bit j of qh (little-endian); the low 4 bits sit as in Q4_0.
+static void q5_levels(const uint8_t* qs, const uint8_t* qh_bytes, int offset, int* q) {
+    uint32_t qh;
+    std::memcpy(&qh, qh_bytes, 4);
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = int((qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - offset;
+        q[j + QK / 2] = int((qs[j] >> 4) | (((qh >> (j + QK / 2)) & 1) << 4)) - offset;
+    }
+}
+
+static void iq4_levels(const uint8_t* qs, int* q) {
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = kIQ4NLValues[qs[j] & 0x0f];
+        q[j + QK / 2] = kIQ4NLValues[qs[j] >> 4];
+    }
+}
+
+void dequantize_row_q5_0(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q5_0*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        int q[QK];
+        q5_levels(x[i].qs, x[i].qh, 16, q);
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = float(q[j]) * d;
+    }
+}
+
+void dequantize_row_q5_1(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q5_1*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        int q[QK];
+        q5_levels(x[i].qs, x[i].qh, 0, q);
+        const float d = fp16_to_fp32(x[i].d);
+        const float m = fp16_to_fp32(x[i].m);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = float(q[j]) * d + m;
+    }
+}
+
+void dequantize_row_iq4_nl(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_iq4_nl*>(vx);
+    for (int64_t i = 0; i < n / QK; i++) {
+        int q[QK];
+        iq4_levels(x[i].qs, q);
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = d * float(q[j]);
+    }
+}
+
+static int int_dot32(const int* q, const int8_t* y) {
+    int isum = 0;
+    for (int j = 0; j < QK; j++) isum += q[j] * y[j];
+    return isum;
+}
+
+float vec_dot_q5_0_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q5_0*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int q[QK];
+        q5_levels(w[i].qs, w[i].qh, 16, q);
+        sum += float(int_dot32(q, x[i].qs)) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d));
+    }
+    return sum;
+}
+
+float vec_dot_q5_1_q8_1(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q5_1*>(vw);
+    const auto* x = static_cast<const block_q8_1*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int q[QK];
+        q5_levels(w[i].qs, w[i].qh, 0, q);
+        sum += float(int_dot32(q, x[i].qs)) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d)) +
+               fp16_to_fp32(w[i].m) * fp16_to_fp32(x[i].s);
+    }
+    return sum;
+}
+
+float vec_dot_iq4_nl_q8_0(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_iq4_nl*>(vw);
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK; i++) {
+        int q[QK];
+        iq4_levels(w[i].qs, q);
+        sum += float(int_dot32(q, x[i].qs)) * (fp16_to_fp32(w[i].d) * fp16_to_fp32(x[i].d));
+    }
+    return sum;
+}
+
+// ---- K-quants and IQ4_XS: 256-weight super-blocks ----
+//
+// Every super-block is unpacked to one form: 256 integer levels q, an integer scale per sub-block
+// (16 sub-blocks of 16 weights, or 8 of 32), an integer minimum per sub-block for the types that
+// have one, and the fp16 super-block factors d (and dmin). Then
+//   value             = (d * sc) * q - (dmin * m)        (ggml's dequantizers, in this order)
+//   dot with Q8_K     = (d * d_x) * float(isum) - (dmin * d_x) * float(msum)
+//     isum = sum over sub-blocks of sc * (sum of q * y), msum = sum over sub-blocks of m * (sum of y)
+// The integer sums are exact (|isum| < 2^28 for every type), so a SIMD kernel that computes them
+// in any order and then does these float operations gets the same bits; the super-blocks'
+// contributions are added in order.
+struct SuperBlock {
+    int8_t q[QK_K];
+    int sc[16];
+    int m[16];
+    int n_sub;        // 16 or 8 sub-blocks
+    bool has_min;
+    float d, dmin;
+};
+
+static void unpack(const block_q2_K& b, SuperBlock& s) {
+    s.n_sub = 16;
+    s.has_min = true;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = fp16_to_fp32(b.dmin);
+    for (int j = 0; j < 16; j++) {
+        s.sc[j] = b.scales[j] & 0x0f;
+        s.m[j] = b.scales[j] >> 4;
+    }
+    // weight 128h + 32k + l: bits 2k..2k+1 of qs[32h + l]
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) s.q[128 * h + 32 * k + l] = int8_t((b.qs[32 * h + l] >> (2 * k)) & 3);
+}
+
+// Q3_K's 16 six-bit scales: the low 4 bits of scale j in nibble j of bytes 0..7 (scales 0..7 in the
+// low nibbles, 8..15 in the high ones), the high 2 bits of scale j in bits 2(j/4).. of byte 8 + j%4.
+static int q3_K_scale(const uint8_t* scales, int j) {
+    const int low = (scales[j % 8] >> (4 * (j / 8))) & 0x0f;
+    const int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (low | (high << 4)) - 32;
+}
+
+static void unpack(const block_q3_K& b, SuperBlock& s) {
+    s.n_sub = 16;
+    s.has_min = false;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = 0.0f;  // no minimums: msum stays 0
+    std::fill(s.m, s.m + 16, 0);
+    for (int j = 0; j < 16; j++) s.sc[j] = q3_K_scale(b.scales, j);
+    // weight 128h + 32k + l: low bits as in Q2_K, high bit in bit 4h + k of hmask[l]
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) {
+                const int low = (b.qs[32 * h + l] >> (2 * k)) & 3;
+                const bool high = (b.hmask[l] >> (4 * h + k)) & 1;
+                s.q[128 * h + 32 * k + l] = int8_t(low - (high ? 0 : 4));
+            }
+}
+
+static void unpack_scales_k4(const uint8_t* scales, SuperBlock& s) {
+    for (int j = 0; j < 8; j++) {
+        uint8_t sc, m;
+        get_scale_min_k4(j, scales, &sc, &m);
+        s.sc[j] = sc;
+        s.m[j] = m;
+    }
+}
+
+static void unpack(const block_q4_K& b, SuperBlock& s) {
+    s.n_sub = 8;
+    s.has_min = true;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = fp16_to_fp32(b.dmin);
+    unpack_scales_k4(b.scales, s);
+    for (int h = 0; h < 4; h++)
+        for (int l = 0; l < 32; l++) {
+            s.q[64 * h + l] = int8_t(b.qs[32 * h + l] & 0x0f);
+            s.q[64 * h + 32 + l] = int8_t(b.qs[32 * h + l] >> 4);
+        }
+}
+
+static void unpack(const block_q5_K& b, SuperBlock& s) {
+    s.n_sub = 8;
+    s.has_min = true;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = fp16_to_fp32(b.dmin);
+    unpack_scales_k4(b.scales, s);
+    for (int h = 0; h < 4; h++)
+        for (int l = 0; l < 32; l++) {
+            s.q[64 * h + l] = int8_t((b.qs[32 * h + l] & 0x0f) | (((b.qh[l] >> (2 * h)) & 1) << 4));
+            s.q[64 * h + 32 + l] = int8_t((b.qs[32 * h + l] >> 4) | (((b.qh[l] >> (2 * h + 1)) & 1) << 4));
+        }
+}
+
+static void unpack(const block_q6_K& b, SuperBlock& s) {
+    s.n_sub = 16;
+    s.has_min = false;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = 0.0f;  // no minimums: msum stays 0
+    std::fill(s.m, s.m + 16, 0);
+    for (int j = 0; j < 16; j++) s.sc[j] = b.scales[j];
+    // each half of 128 weights: 64 bytes of ql, 32 of qh; weight 128h + 32k + l takes a nibble of
+    // ql[64h + l + 32(k%2)] (low for k < 2) and bits 2k..2k+1 of qh[32h + l]
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) {
+                const int low = (b.ql[64 * h + l + 32 * (k % 2)] >> (4 * (k / 2))) & 0x0f;
+                const int high = (b.qh[32 * h + l] >> (2 * k)) & 3;
+                s.q[128 * h + 32 * k + l] = int8_t((low | (high << 4)) - 32);
+            }
+}
+
+static void unpack(const block_iq4_xs& b, SuperBlock& s) {
+    s.n_sub = 8;
+    s.has_min = false;
+    s.d = fp16_to_fp32(b.d);
+    s.dmin = 0.0f;  // no minimums: msum stays 0
+    std::fill(s.m, s.m + 16, 0);
+    for (int j = 0; j < 8; j++) {
+        const int low = (b.scales_l[j / 2] >> (4 * (j % 2))) & 0x0f;
+        const int high = (b.scales_h >> (2 * j)) & 3;
+        s.sc[j] = (low | (high << 4)) - 32;
+        for (int l = 0; l < 16; l++) {
+            s.q[32 * j + l] = kIQ4NLValues[b.qs[16 * j + l] & 0x0f];
+            s.q[32 * j + 16 + l] = kIQ4NLValues[b.qs[16 * j + l] >> 4];
+        }
+    }
+}
+
+template <typename Block>
+static void dequantize_row_k(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const Block*>(vx);
+    SuperBlock s;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        unpack(x[i], s);
+        const int len = QK_K / s.n_sub;
+        for (int j = 0; j < s.n_sub; j++) {
+            const float dl = s.d * float(s.sc[j]);
+            if (s.has_min) {
+                const float ml = s.dmin * float(s.m[j]);
+                for (int l = 0; l < len; l++) y[j * len + l] = dl * float(s.q[j * len + l]) - ml;
+            } else {
+                for (int l = 0; l < len; l++) y[j * len + l] = dl * float(s.q[j * len + l]);
+            }
+        }
+    }
+}
+
+void dequantize_row_q2_K(const void* x, float* y, int64_t n) { dequantize_row_k<block_q2_K>(x, y, n); }
+void dequantize_row_q3_K(const void* x, float* y, int64_t n) { dequantize_row_k<block_q3_K>(x, y, n); }
+void dequantize_row_q4_K(const void* x, float* y, int64_t n) { dequantize_row_k<block_q4_K>(x, y, n); }
+void dequantize_row_q5_K(const void* x, float* y, int64_t n) { dequantize_row_k<block_q5_K>(x, y, n); }
+void dequantize_row_q6_K(const void* x, float* y, int64_t n) { dequantize_row_k<block_q6_K>(x, y, n); }
+void dequantize_row_iq4_xs(const void* x, float* y, int64_t n) { dequantize_row_k<block_iq4_xs>(x, y, n); }
+
+void dequantize_row_q8_K(const void* vx, float* y, int64_t n) {
+    const auto* x = static_cast<const block_q8_K*>(vx);
+    for (int64_t i = 0; i < n / QK_K; i++)
+        for (int j = 0; j < QK_K; j++) y[i * QK_K + j] = x[i].d * float(x[i].qs[j]);
+}
+
+// The float step of a super-block's dot, shared by every kernel that computes the integer sums
+// (any order gives the same integers): see SuperBlock above.
+float k_superblock_term(float d, float dmin, float dx, int32_t isum, int32_t msum) {
+    return (d * dx) * float(isum) - (dmin * dx) * float(msum);
+}
+
+template <typename Block>
+static float vec_dot_k(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const Block*>(vw);
+    const auto* x = static_cast<const block_q8_K*>(vx);
+    float sum = 0.0f;
+    SuperBlock s;
+    for (int i = 0; i < n / QK_K; i++) {
+        unpack(w[i], s);
+        const int len = QK_K / s.n_sub;
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < s.n_sub; j++) {
+            int32_t sub = 0, ysum = 0;
+            for (int l = 0; l < len; l++) {
+                sub += s.q[j * len + l] * x[i].qs[j * len + l];
+                ysum += x[i].qs[j * len + l];
+            }
+            isum += s.sc[j] * sub;
+            if (s.has_min) msum += s.m[j] * ysum;
+        }
+        sum += k_superblock_term(s.d, s.dmin, x[i].d, isum, msum);
+    }
+    return sum;
+}
+
+float vec_dot_q2_K_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_q2_K>(n, w, x); }
+float vec_dot_q3_K_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_q3_K>(n, w, x); }
+float vec_dot_q4_K_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_q4_K>(n, w, x); }
+float vec_dot_q5_K_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_q5_K>(n, w, x); }
+float vec_dot_q6_K_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_q6_K>(n, w, x); }
+float vec_dot_iq4_xs_q8_K(int n, const void* w, const void* x) { return vec_dot_k<block_iq4_xs>(n, w, x); }
+
 float vec_dot_f32_f32(int n, const void* vw, const void* vx) {
     const auto* w = static_cast<const float*>(vw);
     const auto* x = static_cast<const float*>(vx);
@@ -398,6 +731,19 @@ struct TraitsTable {
                                       ref::quantize_row_q8_0);
         rows[TYPE_Q8_1] = make_traits("q8_1", QK, sizeof(block_q8_1), TYPE_Q8_1, ref::dequantize_row_q8_1,
                                       ref::quantize_row_q8_1);
+        rows[TYPE_Q5_0] = make_traits("q5_0", QK, sizeof(block_q5_0), TYPE_Q8_0, ref::dequantize_row_q5_0, nullptr);
+        rows[TYPE_Q5_1] = make_traits("q5_1", QK, sizeof(block_q5_1), TYPE_Q8_1, ref::dequantize_row_q5_1, nullptr);
+        rows[TYPE_IQ4_NL] =
+            make_traits("iq4_nl", QK, sizeof(block_iq4_nl), TYPE_Q8_0, ref::dequantize_row_iq4_nl, nullptr);
+        rows[TYPE_Q2_K] = make_traits("q2_k", QK_K, sizeof(block_q2_K), TYPE_Q8_K, ref::dequantize_row_q2_K, nullptr);
+        rows[TYPE_Q3_K] = make_traits("q3_k", QK_K, sizeof(block_q3_K), TYPE_Q8_K, ref::dequantize_row_q3_K, nullptr);
+        rows[TYPE_Q4_K] = make_traits("q4_k", QK_K, sizeof(block_q4_K), TYPE_Q8_K, ref::dequantize_row_q4_K, nullptr);
+        rows[TYPE_Q5_K] = make_traits("q5_k", QK_K, sizeof(block_q5_K), TYPE_Q8_K, ref::dequantize_row_q5_K, nullptr);
+        rows[TYPE_Q6_K] = make_traits("q6_k", QK_K, sizeof(block_q6_K), TYPE_Q8_K, ref::dequantize_row_q6_K, nullptr);
+        rows[TYPE_IQ4_XS] =
+            make_traits("iq4_xs", QK_K, sizeof(block_iq4_xs), TYPE_Q8_K, ref::dequantize_row_iq4_xs, nullptr);
+        rows[TYPE_Q8_K] = make_traits("q8_k", QK_K, sizeof(block_q8_K), TYPE_Q8_K, ref::dequantize_row_q8_K,
+                                      ref::quantize_row_q8_K);
         rows[TYPE_NF4] = make_traits("nf4", QK_NF4, sizeof(block_nf4), TYPE_Q8_0, ref::dequantize_row_nf4,
                                      ref::quantize_row_nf4);
         rows[TYPE_NF4_DQ] = make_traits("nf4_dq", QK_NF4_DQ, sizeof(block_nf4_dq), TYPE_Q8_0,
@@ -433,11 +779,21 @@ const Kernels* kernels_scalar() {
         k.vec_dot[TYPE_Q8_0] = ref::vec_dot_q8_0_q8_0;
         k.vec_dot[TYPE_NF4] = ref::vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = ref::vec_dot_nf4_dq_q8_0;
+        k.vec_dot[TYPE_Q5_0] = ref::vec_dot_q5_0_q8_0;
+        k.vec_dot[TYPE_Q5_1] = ref::vec_dot_q5_1_q8_1;
+        k.vec_dot[TYPE_IQ4_NL] = ref::vec_dot_iq4_nl_q8_0;
+        k.vec_dot[TYPE_Q2_K] = ref::vec_dot_q2_K_q8_K;
+        k.vec_dot[TYPE_Q3_K] = ref::vec_dot_q3_K_q8_K;
+        k.vec_dot[TYPE_Q4_K] = ref::vec_dot_q4_K_q8_K;
+        k.vec_dot[TYPE_Q5_K] = ref::vec_dot_q5_K_q8_K;
+        k.vec_dot[TYPE_Q6_K] = ref::vec_dot_q6_K_q8_K;
+        k.vec_dot[TYPE_IQ4_XS] = ref::vec_dot_iq4_xs_q8_K;
         k.vec_dot[TYPE_F32] = ref::vec_dot_f32_f32;
         k.vec_dot[TYPE_F16] = ref::vec_dot_f16_f32;
         k.vec_dot[TYPE_BF16] = ref::vec_dot_bf16_f32;
         k.from_float[TYPE_Q8_0] = ref::quantize_row_q8_0;
         k.from_float[TYPE_Q8_1] = ref::quantize_row_q8_1;
+        k.from_float[TYPE_Q8_K] = ref::quantize_row_q8_K;
         k.from_float[TYPE_F32] = ref::copy_row_f32;
         k.axpy[TYPE_F32] = ref::axpy_f32;
         k.axpy[TYPE_F16] = ref::axpy_f16;
