@@ -29,14 +29,21 @@ def type_info(type: str | int) -> tuple[str, int, int]:
     return name, block_size, type_size
 
 
-def quantize(x: np.ndarray, type: str | int) -> np.ndarray:
+def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Raw GGUF block bytes of a float32 matrix (rows, cols), row-major: uint8 (rows, row_bytes).
 
-    A 1-D array is one row and gives 1-D bytes. cols must be a multiple of the type's block size."""
+    A 1-D array is one row and gives 1-D bytes. cols must be a multiple of the type's block size.
+    imatrix: optional importance weights, one nonnegative float per column (llama.cpp's imatrix entry
+    of the tensor), for the weighted search of the types that have one (the K-quants, Q5_0, Q5_1,
+    IQ4_NL, IQ4_XS); the bytes are llama.cpp's with the same imatrix."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim not in (1, 2):
         raise ValueError(f"quantize expects a 1-D or 2-D array, got shape {x.shape}")
-    out = _core.quantize(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), _type_id(type))
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (x.shape[-1],) or not np.all(np.isfinite(imatrix)) or np.any(imatrix < 0):
+            raise ValueError(f"imatrix must be {x.shape[-1]} finite nonnegative values, one per column")
+    out = _core.quantize(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), _type_id(type), imatrix)
     return out.reshape(-1) if x.ndim == 1 else out
 
 

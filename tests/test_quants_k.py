@@ -32,16 +32,8 @@ TYPES = {
 
 
 def quantize(x, type_name, imatrix=None):
-    """Our bytes for rows x, without or with an importance vector (one value per column).
-
-    Through the temporary _core.quantize_ref until pyengine.quantize takes these types and an imatrix.
-    """
-    core = pyengine._core
-    if hasattr(core, "quantize_ref"):
-        return core.quantize_ref(type_name, np.ascontiguousarray(x, np.float32), imatrix)
-    if imatrix is None:
-        return pyengine.quantize(x, type_name)
-    return pyengine.quantize(x, type_name, imatrix=imatrix)
+    """Our bytes for rows x, without or with an importance vector (one value per column)."""
+    return pyengine.quantize(np.ascontiguousarray(x, np.float32), type_name, imatrix=imatrix)
 
 
 @pytest.fixture(scope="module")

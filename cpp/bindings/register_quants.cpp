@@ -1,7 +1,10 @@
 // Block formats and single kernels: quantize / dequantize rows, and the per-ISA kernels exposed so
 // that tests can hold every SIMD path against the scalar reference.
+#include <optional>
 #include <stdexcept>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "common.h"
 
@@ -9,7 +12,8 @@ namespace pe::bindings {
 
 namespace {
 
-py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type) {
+// imatrix: None, or cols float32 importance weights (the same for every row), for the weighted search.
+py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::optional<FloatArray>& imatrix) {
     const TypeTraits& t = traits_or_throw(type);
     if (x.ndim() != 2) throw py::value_error("quantize expects a 2-D float32 array (rows, cols)");
     if (!t.from_float) throw py::value_error(std::string("pyengine has no quantizer for ") + t.name);
@@ -17,13 +21,27 @@ py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type) {
     if (cols % t.block_size != 0)
         throw py::value_error(std::string(t.name) + " needs a row length that is a multiple of " +
                               std::to_string(t.block_size) + ", got " + std::to_string(cols));
+    const float* weights = nullptr;
+    if (imatrix) {
+        if (!t.from_float_weighted)
+            throw py::value_error(std::string("pyengine has no importance-weighted quantizer for ") + t.name);
+        if (imatrix->ndim() != 1 || imatrix->shape(0) != cols)
+            throw py::value_error("imatrix must hold one float32 weight per column (" + std::to_string(cols) + ")");
+        weights = imatrix->data();
+    }
     const size_t row_bytes = row_size(GGMLType(type), cols);
     py::array_t<uint8_t> out({rows, int64_t(row_bytes)});
     const float* src = x.data();
     uint8_t* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        for (int64_t r = 0; r < rows; r++) t.from_float(src + r * cols, dst + size_t(r) * row_bytes, cols);
+        for (int64_t r = 0; r < rows; r++) {
+            if (weights) {
+                t.from_float_weighted(src + r * cols, dst + size_t(r) * row_bytes, cols, weights);
+            } else {
+                t.from_float(src + r * cols, dst + size_t(r) * row_bytes, cols);
+            }
+        }
     }
     return out;
 }
@@ -105,7 +123,7 @@ void register_quants(py::module_& m) {
         if (!t) return py::none();
         return py::make_tuple(t->name, t->block_size, t->type_size, uint32_t(t->vec_dot_type));
     }, "(name, block_size, type_size, vec_dot_type) of a ggml type id, or None if unsupported");
-    m.def("quantize", &quantize, py::arg("x"), py::arg("type"));
+    m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("imatrix") = py::none());
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("quantize_activation", &quantize_activation, py::arg("isa"), py::arg("x"), py::arg("type"));
     m.def("vec_dot", &vec_dot, py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("x"));

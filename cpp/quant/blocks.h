@@ -213,13 +213,17 @@ using vec_dot_fn = float (*)(int n, const void* w, const void* x);
 // y[i] += a * x[i] for n values of x in a float type (attention's weighted sum of values).
 using axpy_fn = void (*)(int n, float a, const void* x, float* y);
 
+// One row quantized with importance weights (an imatrix: one nonnegative value per column).
+using from_float_weighted_fn = void (*)(const float* src, void* dst, int64_t n, const float* weights);
+
 struct TypeTraits {
     const char* name;       // "q4_0", as GGUF tools name it; nullptr for ids we do not support
     int block_size;         // values per block
     size_t type_size;       // bytes per block
     GGMLType vec_dot_type;  // what the activation is converted to before a dot with this weight type
     to_float_fn to_float;   // scalar reference dequantizer
-    from_float_fn from_float;  // scalar reference quantizer: llama.cpp's exact bytes
+    from_float_fn from_float;  // scalar reference quantizer: llama.cpp's exact bytes (nullptr: none)
+    from_float_weighted_fn from_float_weighted = nullptr;  // the imatrix-weighted one, one row per call
 };
 
 // nullptr when the id is not one we support.

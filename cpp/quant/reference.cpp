@@ -13,6 +13,7 @@
 #include "../kernels/attend_by_rows.h"
 #include "../kernels/kernels.h"
 #include "fp16.h"
+#include "quantizers.h"
 
 namespace pe {
 namespace ref {
@@ -713,8 +714,9 @@ void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* v
 namespace {
 
 TypeTraits make_traits(const char* name, int block_size, size_t type_size, GGMLType vec_dot_type,
-                       to_float_fn to_float, from_float_fn from_float) {
-    return TypeTraits{name, block_size, type_size, vec_dot_type, to_float, from_float};
+                       to_float_fn to_float, from_float_fn from_float,
+                       from_float_weighted_fn from_float_weighted = nullptr) {
+    return TypeTraits{name, block_size, type_size, vec_dot_type, to_float, from_float, from_float_weighted};
 }
 
 struct TraitsTable {
@@ -731,17 +733,24 @@ struct TraitsTable {
                                       ref::quantize_row_q8_0);
         rows[TYPE_Q8_1] = make_traits("q8_1", QK, sizeof(block_q8_1), TYPE_Q8_1, ref::dequantize_row_q8_1,
                                       ref::quantize_row_q8_1);
-        rows[TYPE_Q5_0] = make_traits("q5_0", QK, sizeof(block_q5_0), TYPE_Q8_0, ref::dequantize_row_q5_0, nullptr);
-        rows[TYPE_Q5_1] = make_traits("q5_1", QK, sizeof(block_q5_1), TYPE_Q8_1, ref::dequantize_row_q5_1, nullptr);
-        rows[TYPE_IQ4_NL] =
-            make_traits("iq4_nl", QK, sizeof(block_iq4_nl), TYPE_Q8_0, ref::dequantize_row_iq4_nl, nullptr);
-        rows[TYPE_Q2_K] = make_traits("q2_k", QK_K, sizeof(block_q2_K), TYPE_Q8_K, ref::dequantize_row_q2_K, nullptr);
-        rows[TYPE_Q3_K] = make_traits("q3_k", QK_K, sizeof(block_q3_K), TYPE_Q8_K, ref::dequantize_row_q3_K, nullptr);
-        rows[TYPE_Q4_K] = make_traits("q4_k", QK_K, sizeof(block_q4_K), TYPE_Q8_K, ref::dequantize_row_q4_K, nullptr);
-        rows[TYPE_Q5_K] = make_traits("q5_k", QK_K, sizeof(block_q5_K), TYPE_Q8_K, ref::dequantize_row_q5_K, nullptr);
-        rows[TYPE_Q6_K] = make_traits("q6_k", QK_K, sizeof(block_q6_K), TYPE_Q8_K, ref::dequantize_row_q6_K, nullptr);
-        rows[TYPE_IQ4_XS] =
-            make_traits("iq4_xs", QK_K, sizeof(block_iq4_xs), TYPE_Q8_K, ref::dequantize_row_iq4_xs, nullptr);
+        rows[TYPE_Q5_0] = make_traits("q5_0", QK, sizeof(block_q5_0), TYPE_Q8_0, ref::dequantize_row_q5_0,
+                                      ref::quantize_row_q5_0, ref::quantize_row_q5_0_w);
+        rows[TYPE_Q5_1] = make_traits("q5_1", QK, sizeof(block_q5_1), TYPE_Q8_1, ref::dequantize_row_q5_1,
+                                      ref::quantize_row_q5_1, ref::quantize_row_q5_1_w);
+        rows[TYPE_IQ4_NL] = make_traits("iq4_nl", QK, sizeof(block_iq4_nl), TYPE_Q8_0, ref::dequantize_row_iq4_nl,
+                                        ref::quantize_row_iq4_nl, ref::quantize_row_iq4_nl_w);
+        rows[TYPE_Q2_K] = make_traits("q2_k", QK_K, sizeof(block_q2_K), TYPE_Q8_K, ref::dequantize_row_q2_K,
+                                      ref::quantize_row_q2_K, ref::quantize_row_q2_K_w);
+        rows[TYPE_Q3_K] = make_traits("q3_k", QK_K, sizeof(block_q3_K), TYPE_Q8_K, ref::dequantize_row_q3_K,
+                                      ref::quantize_row_q3_K, ref::quantize_row_q3_K_w);
+        rows[TYPE_Q4_K] = make_traits("q4_k", QK_K, sizeof(block_q4_K), TYPE_Q8_K, ref::dequantize_row_q4_K,
+                                      ref::quantize_row_q4_K, ref::quantize_row_q4_K_w);
+        rows[TYPE_Q5_K] = make_traits("q5_k", QK_K, sizeof(block_q5_K), TYPE_Q8_K, ref::dequantize_row_q5_K,
+                                      ref::quantize_row_q5_K, ref::quantize_row_q5_K_w);
+        rows[TYPE_Q6_K] = make_traits("q6_k", QK_K, sizeof(block_q6_K), TYPE_Q8_K, ref::dequantize_row_q6_K,
+                                      ref::quantize_row_q6_K, ref::quantize_row_q6_K_w);
+        rows[TYPE_IQ4_XS] = make_traits("iq4_xs", QK_K, sizeof(block_iq4_xs), TYPE_Q8_K, ref::dequantize_row_iq4_xs,
+                                        ref::quantize_row_iq4_xs, ref::quantize_row_iq4_xs_w);
         rows[TYPE_Q8_K] = make_traits("q8_k", QK_K, sizeof(block_q8_K), TYPE_Q8_K, ref::dequantize_row_q8_K,
                                       ref::quantize_row_q8_K);
         rows[TYPE_NF4] = make_traits("nf4", QK_NF4, sizeof(block_nf4), TYPE_Q8_0, ref::dequantize_row_nf4,

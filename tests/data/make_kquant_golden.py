@@ -120,7 +120,7 @@ def imatrix_for(rng, cols):
 def check_live(chunk, n_rows):
     """Hold pyengine (a built checkout) against the library on fresh rows of every kind above."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from pyengine import _core
+    import pyengine
 
     rng = np.random.default_rng()
     bad = 0
@@ -133,7 +133,7 @@ def check_live(chunk, n_rows):
         for name, (_, _, type_size) in TYPES.items():
             for im in (None, imatrix):
                 ref = quantize(chunk, name, x, im).reshape(-1, type_size)
-                ours = _core.quantize_ref(name, x, im).reshape(-1, type_size)
+                ours = pyengine.quantize(x, name, imatrix=im).reshape(-1, type_size)
                 n_bad = int((ref != ours).any(axis=1).sum())
                 bad += n_bad
                 print(f"{name:7s} {cols:5d} {'imatrix' if im is not None else 'plain':8s} "
