@@ -22,7 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "models"))
 
-PRESETS = ("q4_k_m", "q5_k_m", "q6_k", "q3_k_m", "q2_k", "iq4_xs", "iq4_nl", "q5_0", "q5_1")
+# (preset, pure): llama.cpp's Q2_K preset gives SmolLM2's only 256-multiple rows (ffn_down) Q3_K, so
+# Q2_K (and Q3_K) blocks come from the pure presets (every matrix the preset's type).
+PRESETS = (("q4_k_m", False), ("q5_k_m", False), ("q6_k", False), ("q3_k_m", False), ("q3_k_s", True), ("q2_k", True),
+           ("iq4_xs", False), ("iq4_nl", False), ("q5_0", False), ("q5_1", False))
 ROWS = 4
 
 
@@ -35,11 +38,12 @@ def main():
     src = smollm2("f32")
     out = {"llama_cpp_version": np.array(llama_cpp.__version__)}
     with GGUFReader(src) as f32, tempfile.TemporaryDirectory() as tmp:
-        for preset in PRESETS:
+        for preset, pure in PRESETS:
             dst = Path(tmp) / f"{preset}.gguf"
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset.upper()}")
             params.nthread = 2
+            params.pure = pure
             if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
                 raise SystemExit(f"llama.cpp could not quantize to {preset}")
             with GGUFReader(dst) as q:
@@ -49,7 +53,7 @@ def main():
                         continue
                     out[f"{type_name}_raw"] = np.array(info.data[:ROWS])
                     out[f"{type_name}_f32"] = np.array(f32.tensors[name].data[:ROWS])
-                    out[f"{type_name}_source"] = np.array(f"{preset}:{name}")
+                    out[f"{type_name}_source"] = np.array(f"{preset}{' pure' if pure else ''}:{name}")
                     print(f"{type_name}: {preset} {name} {info.shape}")
     np.savez_compressed(Path(__file__).parent / "llamacpp_blocks.npz", **out)
 
