@@ -95,12 +95,12 @@ inline __m256i bits_to_bytes(uint32_t bits) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
 }
 
-// Bit b of every byte of v, moved to bit 4 (the fifth bit of Q5_K's levels): each byte's bit 4 after
-// the 16-bit shift comes from the same byte, since 0 <= b <= 7.
-template <int b>
-inline __m256i bit_to_16(__m256i v) {
-    const __m256i moved = b <= 4 ? _mm256_slli_epi16(v, 4 - b) : _mm256_srli_epi16(v, b - 4);
-    return _mm256_and_si256(moved, _mm256_set1_epi8(0x10));
+// Bit `from` of every byte of v, moved to bit `to` (all other bits cleared): after the 16-bit shift by
+// |from - to|, each byte's bit `to` comes from the same byte, since both positions are in 0..7.
+template <int from, int to>
+inline __m256i bit_move(__m256i v) {
+    const __m256i moved = from <= to ? _mm256_slli_epi16(v, to - from) : _mm256_srli_epi16(v, from - to);
+    return _mm256_and_si256(moved, _mm256_set1_epi8(char(1 << to)));
 }
 
 // From 16 signed scale bytes held in both 128-bit lanes: int16 scale j in the low lane's 8 int16
@@ -317,8 +317,8 @@ template <int h>
 inline __m256i q5_K_half(const block_q5_K& w, const __m256i qh, const int8_t* y, const ScalesMins& s) {
     __m256i lo, hi;
     split_nibbles(w.qs + 32 * h, &lo, &hi);
-    lo = _mm256_or_si256(lo, bit_to_16<2 * h>(qh));
-    hi = _mm256_or_si256(hi, bit_to_16<2 * h + 1>(qh));
+    lo = _mm256_or_si256(lo, bit_move<2 * h, 4>(qh));
+    hi = _mm256_or_si256(hi, bit_move<2 * h + 1, 4>(qh));
     const __m256i plo = pairs_u8_i8(lo, load256(y + 64 * h));
     const __m256i phi = pairs_u8_i8(hi, load256(y + 64 * h + 32));
     return _mm256_add_epi32(_mm256_madd_epi16(plo, _mm256_set1_epi16(s.sc[2 * h])),
@@ -377,15 +377,16 @@ float vec_dot_q6_K(int n, const void* vw, const void* vx) {
 }
 
 // ---- Q3_K. Sixteen 16-sub-blocks with 6-bit scales (offset 32) packed in 12 bytes; levels
-// low - 4 * !hbit: two bits of qs and a missing-high-bit mask from hmask, -4 .. 3 (sign trick).
-// The scales unpacked with 32-bit masks: scale j's low 4 bits are nibble j / 8 of byte j % 8, its high
-// 2 bits are bits 2 (j / 4) of byte 8 + j % 4.
+// low - 4 * !hbit = u - 4 with u = low | hbit << 2 (0..7): the dot runs on the unsigned u and the
+// offset's part is sum sc * 4 * bsum, as for Q6_K.
+// The scales unpacked with 32-bit masks: scale j's low 4 bits are nibble j / 8 of byte j % 8, its
+// high 2 bits are bits 2 (j / 4) of byte 8 + j % 4.
 inline __m128i q3_K_scales(const uint8_t* packed) {
     uint32_t w[3];
     std::memcpy(w, packed, 12);
     uint32_t b[4];
-    b[0] = (w[0] & 0x0f0f0f0fu) | ((w[2] & 0x03030303u) << 4);         // scales 0..3
-    b[1] = (w[1] & 0x0f0f0f0fu) | (((w[2] >> 2) & 0x03030303u) << 4);  // 4..7
+    b[0] = (w[0] & 0x0f0f0f0fu) | ((w[2] & 0x03030303u) << 4);                // scales 0..3
+    b[1] = (w[1] & 0x0f0f0f0fu) | (((w[2] >> 2) & 0x03030303u) << 4);         // 4..7
     b[2] = ((w[0] >> 4) & 0x0f0f0f0fu) | (((w[2] >> 4) & 0x03030303u) << 4);  // 8..11
     b[3] = ((w[1] >> 4) & 0x0f0f0f0fu) | (((w[2] >> 6) & 0x03030303u) << 4);  // 12..15
     __m128i bytes;
@@ -393,28 +394,30 @@ inline __m128i q3_K_scales(const uint8_t* packed) {
     return _mm_sub_epi8(bytes, _mm_set1_epi8(32));
 }
 
+// Weights 128h + 32k + l (sub-blocks 8h + 2k, 8h + 2k + 1), their scale-weighted pair sums.
+template <int h, int k>
+inline __m256i q3_K_run(__m256i q2, __m256i hm, const int8_t* y, __m256i scales2) {
+    const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * k), _mm256_set1_epi8(3));
+    const __m256i u = _mm256_or_si256(low, bit_move<4 * h + k, 2>(hm));
+    return _mm256_madd_epi16(pairs_u8_i8(u, load256(y + 128 * h + 32 * k)), scale_pair(scales2, 8 * h + 2 * k));
+}
+
 float vec_dot_q3_K(int n, const void* vw, const void* vx) {
     const auto* w = static_cast<const block_q3_K*>(vw);
     const auto* x = static_cast<const block_q8_K*>(vx);
-    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
     float sum = 0.0f;
     for (int i = 0; i < n / QK_K; i++) {
-        const __m256i scales2 = _mm256_broadcastsi128_si256(q3_K_scales(w[i].scales));
+        const __m128i sc8 = q3_K_scales(w[i].scales);
+        const __m256i scales2 = _mm256_broadcastsi128_si256(sc8);
         const __m256i hm = load256(w[i].hmask);
+        const __m256i q0 = load256(w[i].qs), q1 = load256(w[i].qs + 32);
         const int8_t* y = x[i].qs;
-        __m256i acc = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i q2 = load256(w[i].qs + 32 * h);
-            for (int k = 0; k < 4; k++) {  // weights 128h + 32k + l
-                const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * k), m3);
-                const __m256i bit = _mm256_set1_epi8(char(1 << (4 * h + k)));
-                const __m256i missing = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
-                const __m256i q = _mm256_sub_epi8(low, _mm256_and_si256(missing, four));
-                const __m256i p = pairs_i8_i8(q, load256(y + 128 * h + 32 * k));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale_pair(scales2, 8 * h + 2 * k)));
-            }
-        }
-        sum += ref::k_superblock_term(half_to_float(w[i].d), 0.0f, x[i].d, hsum_i32(acc), 0);
+        __m256i a = _mm256_add_epi32(q3_K_run<0, 0>(q0, hm, y, scales2), q3_K_run<0, 1>(q0, hm, y, scales2));
+        __m256i b = _mm256_add_epi32(q3_K_run<0, 2>(q0, hm, y, scales2), q3_K_run<0, 3>(q0, hm, y, scales2));
+        a = _mm256_add_epi32(a, _mm256_add_epi32(q3_K_run<1, 0>(q1, hm, y, scales2), q3_K_run<1, 1>(q1, hm, y, scales2)));
+        b = _mm256_add_epi32(b, _mm256_add_epi32(q3_K_run<1, 2>(q1, hm, y, scales2), q3_K_run<1, 3>(q1, hm, y, scales2)));
+        const int32_t offset = hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), load256(x[i].bsums)));
+        sum += ref::k_superblock_term(half_to_float(w[i].d), 0.0f, x[i].d, hsum_i32(_mm256_add_epi32(a, b)) - 4 * offset, 0);
     }
     return sum;
 }
