@@ -263,29 +263,26 @@ float vec_dot_iq4_nl(int n, const void* vw, const void* vx) {
 // arguments as the reference (dmin = 0 and msum = 0 for the formats without minimums).
 
 // ---- Q4_K. Eight 32-sub-blocks, 6-bit scales and minimums packed in 12 bytes (get_scale_min_k4):
-// unpacked four at a time with 32-bit masks. Levels 0..15.
-struct ScalesMins {
-    int16_t sc[8];
-    int16_t m[8];
-};
-
-inline void unpack_scales_mins_k4(const uint8_t* packed, ScalesMins* out) {
+// unpacked four at a time with 32-bit masks into {scales 0..7, minimums 0..7} (built in registers:
+// going through memory would stall on store forwarding). Levels 0..15.
+inline __m128i scales_mins_k4(const uint8_t* packed) {
     uint32_t w[3];
     std::memcpy(w, packed, 12);
-    uint32_t b[4];
-    b[0] = w[0] & 0x3f3f3f3fu;                                               // scales 0..3
-    b[1] = (w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4);        // scales 4..7
-    b[2] = w[1] & 0x3f3f3f3fu;                                               // minimums 0..3
-    b[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4); // minimums 4..7
-    __m128i bytes;
-    std::memcpy(&bytes, b, 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_cvtepu8_epi16(bytes));
+    return _mm_setr_epi32(int32_t(w[0] & 0x3f3f3f3fu),                                               // scales 0..3
+                          int32_t((w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4)),        // scales 4..7
+                          int32_t(w[1] & 0x3f3f3f3fu),                                               // minimums 0..3
+                          int32_t(((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4)));  // minimums 4..7
 }
 
-// msum of the 32-sub-block formats: sum_j m_j * (bsums[2j] + bsums[2j + 1]).
-inline int32_t msum_32(const int16_t* m, const int16_t* bsums) {
+// Scale j (byte j of both lanes of sm2, 0..63) in every int16 lane.
+inline __m256i scale_all(__m256i sm2, int j) {
+    return _mm256_shuffle_epi8(sm2, _mm256_set1_epi16(int16_t(0x8000 | j)));  // 0x80: a zero high byte
+}
+
+// msum of the 32-sub-block formats: sum_j m_j * (bsums[2j] + bsums[2j + 1]), m_j in bytes 8..15 of sm.
+inline int32_t msum_32(__m128i sm, const int16_t* bsums) {
     const __m128i pairs = _mm_hadd_epi16(load128(bsums), load128(bsums + 8));  // |.| <= 4096: exact
-    return hsum_i32(_mm_madd_epi16(pairs, load128(m)));
+    return hsum_i32(_mm_madd_epi16(pairs, _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8))));
 }
 
 float vec_dot_q4_K(int n, const void* vw, const void* vx) {
@@ -293,8 +290,8 @@ float vec_dot_q4_K(int n, const void* vw, const void* vx) {
     const auto* x = static_cast<const block_q8_K*>(vx);
     float sum = 0.0f;
     for (int i = 0; i < n / QK_K; i++) {
-        ScalesMins s;
-        unpack_scales_mins_k4(w[i].scales, &s);
+        const __m128i sm = scales_mins_k4(w[i].scales);
+        const __m256i sm2 = _mm256_broadcastsi128_si256(sm);
         const int8_t* y = x[i].qs;
         __m256i acc = _mm256_setzero_si256();
         for (int h = 0; h < 4; h++) {  // weights 64h .. 64h+63: low nibbles then high nibbles
@@ -302,11 +299,11 @@ float vec_dot_q4_K(int n, const void* vw, const void* vx) {
             split_nibbles(w[i].qs + 32 * h, &lo, &hi);
             const __m256i plo = pairs_u8_i8(lo, load256(y + 64 * h));
             const __m256i phi = pairs_u8_i8(hi, load256(y + 64 * h + 32));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(s.sc[2 * h])));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(s.sc[2 * h + 1])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, scale_all(sm2, 2 * h)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, scale_all(sm2, 2 * h + 1)));
         }
         sum += ref::k_superblock_term(half_to_float(w[i].d), half_to_float(w[i].dmin), x[i].d, hsum_i32(acc),
-                                      msum_32(s.m, x[i].bsums));
+                                      msum_32(sm, x[i].bsums));
     }
     return sum;
 }
@@ -314,15 +311,15 @@ float vec_dot_q4_K(int n, const void* vw, const void* vx) {
 // ---- Q5_K. As Q4_K, with the fifth bit of weight 64h + j (low nibble) in bit 2h of qh[j], of
 // weight 64h + 32 + j (high nibble) in bit 2h + 1. Levels 0..31.
 template <int h>
-inline __m256i q5_K_half(const block_q5_K& w, const __m256i qh, const int8_t* y, const ScalesMins& s) {
+inline __m256i q5_K_half(const block_q5_K& w, const __m256i qh, const int8_t* y, __m256i sm2) {
     __m256i lo, hi;
     split_nibbles(w.qs + 32 * h, &lo, &hi);
     lo = _mm256_or_si256(lo, bit_move<2 * h, 4>(qh));
     hi = _mm256_or_si256(hi, bit_move<2 * h + 1, 4>(qh));
     const __m256i plo = pairs_u8_i8(lo, load256(y + 64 * h));
     const __m256i phi = pairs_u8_i8(hi, load256(y + 64 * h + 32));
-    return _mm256_add_epi32(_mm256_madd_epi16(plo, _mm256_set1_epi16(s.sc[2 * h])),
-                            _mm256_madd_epi16(phi, _mm256_set1_epi16(s.sc[2 * h + 1])));
+    return _mm256_add_epi32(_mm256_madd_epi16(plo, scale_all(sm2, 2 * h)),
+                            _mm256_madd_epi16(phi, scale_all(sm2, 2 * h + 1)));
 }
 
 float vec_dot_q5_K(int n, const void* vw, const void* vx) {
@@ -330,14 +327,14 @@ float vec_dot_q5_K(int n, const void* vw, const void* vx) {
     const auto* x = static_cast<const block_q8_K*>(vx);
     float sum = 0.0f;
     for (int i = 0; i < n / QK_K; i++) {
-        ScalesMins s;
-        unpack_scales_mins_k4(w[i].scales, &s);
+        const __m128i sm = scales_mins_k4(w[i].scales);
+        const __m256i sm2 = _mm256_broadcastsi128_si256(sm);
         const int8_t* y = x[i].qs;
         const __m256i qh = load256(w[i].qh);
-        __m256i acc = _mm256_add_epi32(q5_K_half<0>(w[i], qh, y, s), q5_K_half<1>(w[i], qh, y, s));
-        acc = _mm256_add_epi32(acc, _mm256_add_epi32(q5_K_half<2>(w[i], qh, y, s), q5_K_half<3>(w[i], qh, y, s)));
+        __m256i acc = _mm256_add_epi32(q5_K_half<0>(w[i], qh, y, sm2), q5_K_half<1>(w[i], qh, y, sm2));
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(q5_K_half<2>(w[i], qh, y, sm2), q5_K_half<3>(w[i], qh, y, sm2)));
         sum += ref::k_superblock_term(half_to_float(w[i].d), half_to_float(w[i].dmin), x[i].d, hsum_i32(acc),
-                                      msum_32(s.m, x[i].bsums));
+                                      msum_32(sm, x[i].bsums));
     }
     return sum;
 }
@@ -379,19 +376,17 @@ float vec_dot_q6_K(int n, const void* vw, const void* vx) {
 // ---- Q3_K. Sixteen 16-sub-blocks with 6-bit scales (offset 32) packed in 12 bytes; levels
 // low - 4 * !hbit = u - 4 with u = low | hbit << 2 (0..7): the dot runs on the unsigned u and the
 // offset's part is sum sc * 4 * bsum, as for Q6_K.
-// The scales unpacked with 32-bit masks: scale j's low 4 bits are nibble j / 8 of byte j % 8, its
-// high 2 bits are bits 2 (j / 4) of byte 8 + j % 4.
+// The scales unpacked in vector registers: scale j's low 4 bits are nibble j / 8 of byte j % 8, its
+// high 2 bits are bits 2 (j / 4) .. of byte 8 + j % 4 (dword j / 4 of four copies of bytes 8..11,
+// shifted right by 2 (j / 4); the bits a 32-bit shift brings in from the next byte are masked off).
 inline __m128i q3_K_scales(const uint8_t* packed) {
-    uint32_t w[3];
-    std::memcpy(w, packed, 12);
-    uint32_t b[4];
-    b[0] = (w[0] & 0x0f0f0f0fu) | ((w[2] & 0x03030303u) << 4);                // scales 0..3
-    b[1] = (w[1] & 0x0f0f0f0fu) | (((w[2] >> 2) & 0x03030303u) << 4);         // 4..7
-    b[2] = ((w[0] >> 4) & 0x0f0f0f0fu) | (((w[2] >> 4) & 0x03030303u) << 4);  // 8..11
-    b[3] = ((w[1] >> 4) & 0x0f0f0f0fu) | (((w[2] >> 6) & 0x03030303u) << 4);  // 12..15
-    __m128i bytes;
-    std::memcpy(&bytes, b, 16);
-    return _mm_sub_epi8(bytes, _mm_set1_epi8(32));
+    const __m128i lo8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed));
+    uint32_t hi;
+    std::memcpy(&hi, packed + 8, 4);
+    const __m128i low = _mm_and_si128(_mm_unpacklo_epi64(lo8, _mm_srli_epi16(lo8, 4)), _mm_set1_epi8(0x0f));
+    const __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int32_t(hi)), _mm_setr_epi32(0, 2, 4, 6)),
+                                       _mm_set1_epi8(0x03));
+    return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi32(high, 4)), _mm_set1_epi8(32));
 }
 
 // Weights 128h + 32k + l (sub-blocks 8h + 2k, 8h + 2k + 1), their scale-weighted pair sums.
