@@ -15,13 +15,15 @@
 // Integer ranges (why nothing saturates or overflows): Q8_K and Q8_0 activations come from our own
 // quantizers, so |y| <= 127. _mm256_maddubs_epi16 adds two products u * y of an unsigned byte u and a
 // signed byte y into int16 with saturation; with u <= 127 a pair is at most 2 * 127 * 127 = 32258 <
-// 32767. Signed weight levels w are made unsigned with the sign trick (|w| times y with w's sign),
-// |w| <= 127 for every format (IQ4 levels reach -127, Q5_0 -16, Q3_K -4). The int16 pair sums are
+// 32767. Signed weight levels w are made unsigned with the sign trick (|w| times y with w's sign,
+// |w| <= 127: IQ4 levels reach -127, Q5_0's -16), or as level + offset (Q3_K's u = q + 4, Q6_K's
+// u = q + 32) with the offset's part subtracted from the sum afterwards. The int16 pair sums are
 // multiplied by the (sub-block scale) and widened to int32 with _mm256_madd_epi16; per super-block
 // |isum| < 2^28 (see the reference), far from int32's range.
 //
-// Every kernel reads activation block sums (Q8_K's bsums) only where the reference would sum the same
-// activation values: bsums[j] is the sum of qs[16j .. 16j+15], which every Q8_K quantizer writes.
+// Q8_K's bsums (bsums[j] = the sum of qs[16j .. 16j+15], written by every Q8_K quantizer) stand for
+// sums of activation values: the minimums' msum (Q2_K, Q4_K, Q5_K) and the level offsets' part
+// (Q3_K, Q6_K). Activation rows come only from those quantizers, so they always match qs.
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
