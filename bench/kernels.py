@@ -2,6 +2,7 @@
 format, ISA and thread count, beside this machine's memory read bandwidth measured in the same run.
 
     python bench/kernels.py [--threads 1,2] [--formats q4_0,q4_1,nf4,nf4_dq,q8_0,f16,bf16,f32] [--json]
+    python bench/kernels.py --threads 1 --isas scalar,avx2 --formats q4_k,q6_k --matvec-mb 16 --matmul-shape 1024,1024
 
 matvec: one token against a weight matrix larger than the caches (memory-bound: compare its GB/s
 with the read bandwidth). matmul: a prompt-sized batch of tokens against a smaller matrix
@@ -23,16 +24,22 @@ from pyengine.quants import thread_pool, type_info
 FORMATS = ["q4_0", "q4_1", "nf4", "nf4_dq", "q8_0", "f16", "bf16", "f32"]
 
 
+# The K-quant-era formats (not in the default list): benchmark them with --formats.
+K_FORMATS = ["q4_k", "q6_k", "q5_k", "q3_k", "q2_k", "iq4_xs", "q5_0", "q5_1", "iq4_nl"]
+# Byte offsets of each block's fp16 fields (scale, minimum or scale of the minimums); others: d at 0.
+FP16_FIELDS = {"q4_1": (0, 2), "q5_1": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "q4_k": (0, 2),
+               "q5_k": (0, 2), "q6_k": (208,)}
+
+
 def random_weights(rng, type_name, rows, cols):
-    """Raw weights of the given type with valid scales: random bytes are as fast as real ones."""
+    """Raw weights of the given type with valid (finite) scales: random bytes are as fast as real ones."""
     name, block_size, type_size = type_info(type_name)
     if block_size == 1:
         return pyengine.quantize(rng.standard_normal((rows, cols), dtype=np.float32) * 0.1, type_name)
     raw = rng.integers(0, 256, (rows * cols // block_size, type_size), dtype=np.uint8)
     scale = np.array([0.01], dtype=np.float16).view(np.uint8)
-    raw[:, 0:2] = scale
-    if type_name == "q4_1":
-        raw[:, 2:4] = scale  # the minimum
+    for offset in FP16_FIELDS.get(name, (0,)):
+        raw[:, offset:offset + 2] = scale
     return raw.reshape(rows, -1)
 
 

@@ -5,7 +5,7 @@ compiled once per table, as the CMake build compiles each unit (only the ISA's o
 flags), with -Wall -Wextra -Werror:
 
 - scalar against itself: a check of the harness, on any host;
-- AVX2 natively (reference.cpp + avx2.cpp), on an x86-64 CPU with AVX2, FMA and F16C;
+- AVX2 natively (reference.cpp + avx2.cpp + avx2_kquants.cpp), on an x86-64 CPU with AVX2, FMA and F16C;
 - AVX-512 through SIMDe (avx512.cpp with -DPE_SIMDE), on any CPU: the SIMDe headers stand in for
   the instructions;
 - NEON cross-compiled for arm64 (reference.cpp + neon.cpp, linked statically) and run under
@@ -159,7 +159,9 @@ def test_avx2_table(tmp_path_factory):
         pytest.skip(f"this CPU lacks {', '.join(sorted(absent))}")
     cxx = native_compiler()
     out = tmp_path_factory.mktemp("kernel_test_avx2")
-    binary = build(out, cxx, "kernels_avx2", [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx2.cpp", AVX2_FLAGS)])
+    units = [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
+             (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS)]
+    binary = build(out, cxx, "kernels_avx2", units)
     run_kernel_test([binary], NATIVE_TRIALS, expect_target="x86-64")
 
 

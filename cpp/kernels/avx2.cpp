@@ -748,6 +748,7 @@ const Kernels* kernels_avx2() {
         k.axpy[TYPE_F16] = axpy_f16;
         k.attend[TYPE_F32] = attend_f32;
         k.attend[TYPE_F16] = attend_f16;
+        add_avx2_kquant_kernels(k);
         return k;
     }();
     return &table;

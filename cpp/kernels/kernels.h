@@ -133,6 +133,9 @@ const Kernels* kernels_scalar();
 const Kernels* kernels_avx2();
 const Kernels* kernels_avx512();
 const Kernels* kernels_neon();
+// Sets the AVX2 entries of the K-quant, Q5_0, Q5_1 and IQ4_NL dots and the Q8_K quantizer
+// (avx2_kquants.cpp; a no-op off x86-64). Called by kernels_avx2() only.
+void add_avx2_kquant_kernels(Kernels& k);
 
 // The table in use: the best this CPU supports, or the one PYENGINE_ISA names.
 const Kernels& active_kernels();

@@ -3,8 +3,8 @@
 // cross-compiled for arm64 and run under qemu) and reads its last line.
 //
 //   g++ -std=c++17 -O2 -c cpp/quant/reference.cpp
-//   g++ -std=c++17 -O2 -c -mavx2 -mfma -mf16c cpp/kernels/avx2.cpp
-//   g++ -std=c++17 -O2 -DPE_TEST_TABLE=kernels_avx2 cpp/tests/kernel_test.cpp reference.o avx2.o
+//   g++ -std=c++17 -O2 -c -mavx2 -mfma -mf16c -ffp-contract=off cpp/kernels/avx2.cpp cpp/kernels/avx2_kquants.cpp
+//   g++ -std=c++17 -O2 -DPE_TEST_TABLE=kernels_avx2 cpp/tests/kernel_test.cpp reference.o avx2.o avx2_kquants.o
 //   ./a.out [--seed S] [--trials T]
 //
 // As in the CMake build, only the ISA's own unit gets the ISA flags: reference.cpp compiled with
@@ -26,6 +26,15 @@
 // - vec_dot for NF4 and NF4_DQ (pyengine's own formats, Q8_0 activations) likewise, on random and
 //   reference-quantized blocks, zero scales and scale codes, all-zero levels, one outlier, +-127
 //   levels under the largest fp16 scale (and scale code 255), subnormal scales;
+// - from_float for Q8_K gives the scalar quantizer's exact bytes (d, qs and bsums), on the same kinds
+//   of rows (mixed per 32-values inside each 256-block) and on rows whose largest value is 127 * 2^e
+//   for the whole 256-block, so that x * iscale lands on exact ties (ggml's rounding: to even);
+// - vec_dot for the K-quants (Q2_K .. Q6_K, IQ4_XS against Q8_K) and for Q5_0, IQ4_NL (Q8_0) and
+//   Q5_1 (Q8_1) is BIT-IDENTICAL to the scalar one (these kernels compute each block's integer sums
+//   exactly and then do the reference's float operations in its order: no tolerance), on random
+//   bytes and adversarial blocks: zero, largest (+-65504) and subnormal fp16 scales, dmin = 0,
+//   sub-block scales at their largest and smallest (6-bit 63, Q6_K's int8 127 and -128), levels all
+//   at one extreme or mixed extremes (nibbles 0 / 15, Q3_K's hmask 0 / 0xff), one outlier block;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
 // - attend (the query heads of one KV head over an F32 / F16 cache) agrees with the scalar one
 //   (its inputs are plain vectors, not placed before the unmapped page below).
@@ -468,6 +477,21 @@ bool same_act_bytes(GGMLType type, const uint8_t* a, const uint8_t* b, int nb, s
         const uint8_t* x = a + size_t(i) * bs;
         const uint8_t* y = b + size_t(i) * bs;
         if (std::memcmp(x, y, bs) == 0) continue;
+        if (type == TYPE_Q8_K) {
+            const auto* p = reinterpret_cast<const block_q8_K*>(x);
+            const auto* q = reinterpret_cast<const block_q8_K*>(y);
+            int j = 0;
+            if (std::memcmp(&p->d, &q->d, 4) != 0) {
+                *where = format("block %d: d %.9g (table) vs %.9g (scalar)", i, double(p->d), double(q->d));
+            } else if (std::memcmp(p->qs, q->qs, QK_K) != 0) {
+                while (p->qs[j] == q->qs[j]) j++;
+                *where = format("block %d: qs[%d] %d (table) vs %d (scalar)", i, j, p->qs[j], q->qs[j]);
+            } else {
+                while (p->bsums[j] == q->bsums[j]) j++;
+                *where = format("block %d: bsums[%d] %d (table) vs %d (scalar)", i, j, p->bsums[j], q->bsums[j]);
+            }
+            return false;
+        }
         uint16_t dx, dy;
         std::memcpy(&dx, x, 2);
         std::memcpy(&dy, y, 2);
@@ -515,11 +539,15 @@ bool quantize_both(const Kernels& k, const Kernels& s, GGMLType type, const std:
         *where = "f32 copy differs";
         return false;
     }
-    return same_act_bytes(type, a, b, int(n / QK), where);
+    return same_act_bytes(type, a, b, int(n / type_traits(type)->block_size), where);
 }
 
 // ---------------------------------------------------------------------------------------------
 // The checks.
+
+// Weight formats whose SIMD dots must equal the scalar ones bit for bit.
+constexpr GGMLType kExactDotTypes[] = {TYPE_Q5_0, TYPE_Q5_1, TYPE_IQ4_NL, TYPE_Q2_K, TYPE_Q3_K,
+                                       TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K, TYPE_IQ4_XS};
 
 void check_table_entries(const Kernels& k, const Kernels& s) {
     Group& g = group("table entries");
@@ -531,8 +559,17 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
         if (!is_scalar)
             record(g, k.vec_dot[t] != s.vec_dot[t], format("vec_dot[%s] is the scalar one", type_traits(t)->name));
     }
-    for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_F32})
+    for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F32})
         record(g, k.from_float[t] != nullptr, format("from_float[%s] missing", type_traits(t)->name));
+    // The K-quant-era formats: present in every table; the AVX2 table has its own (the others take
+    // the scalar ones for now).
+    const bool own_exact = std::strcmp(k.isa, "avx2") == 0;
+    for (GGMLType t : kExactDotTypes) {
+        record(g, k.vec_dot[t] != nullptr, format("vec_dot[%s] missing", type_traits(t)->name));
+        if (own_exact)
+            record(g, k.vec_dot[t] != s.vec_dot[t], format("vec_dot[%s] is the scalar one", type_traits(t)->name));
+    }
+    if (own_exact) record(g, k.from_float[TYPE_Q8_K] != s.from_float[TYPE_Q8_K], "from_float[q8_k] is the scalar one");
     for (GGMLType t : {TYPE_F32, TYPE_F16}) {
         record(g, k.axpy[t] != nullptr, format("axpy[%s] missing", type_traits(t)->name));
         record(g, k.attend[t] != nullptr, format("attend[%s] missing", type_traits(t)->name));
@@ -554,6 +591,38 @@ void check_quantizers(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
                     const bool ok = quantize_both(k, s, type, x, buf, &a, &b, &where);
                     record(g, ok, what + ": " + where);
                 }
+    }
+    {
+        Group& g = group("from_float q8_k");
+        const int lengths256[] = {1, 2, 3, 5};
+        for (Act kind : kQuantizerActs)
+            for (int nb : lengths256)
+                for (int t = 0; t < trials; t++) {
+                    const std::vector<float> x = make_act_row(kind, nb * QK_K / QK, rng);
+                    const std::string what = format("%s x %d blocks", act_name(kind), nb);
+                    set_case(g, what);
+                    const uint8_t *a, *b;
+                    std::string where;
+                    record(g, quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where), what + ": " + where);
+                }
+        // Exact ties for the whole 256-block: its largest magnitude 127 * 2^e gives iscale = -2^-e,
+        // and every (k + 0.5) * 2^e lands on a tie, which goes to the even neighbour.
+        for (int nb : lengths256)
+            for (int t = 0; t < trials; t++) {
+                std::vector<float> x(size_t(nb) * QK_K);
+                for (int b = 0; b < nb; b++) {
+                    const int e = rng.between(-20, 20);
+                    float* xb = x.data() + size_t(b) * QK_K;
+                    for (int j = 0; j < QK_K; j++)
+                        xb[j] = std::ldexp(float(rng.between(-127, 126)) + (rng.below(4) ? 0.5f : 0.0f), e);
+                    xb[rng.below(QK_K)] = rng.sign() * std::ldexp(127.0f, e);
+                }
+                const std::string what = format("256-block ties x %d blocks", nb);
+                set_case(g, what);
+                const uint8_t *a, *b;
+                std::string where;
+                record(g, quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where), what + ": " + where);
+            }
     }
     Group& g = group("from_float f32");
     for (int n : {1, 7, 32, 100}) {
@@ -621,6 +690,143 @@ void check_quant_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
                     for (int nb : lengths) one(wk, ak, nb);
             for (int nb : long_lengths) one(Wt::mixed, Act::mixed, nb);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0, Q5_1, IQ4_NL and the K-quants: weight blocks written as bytes from a layout of each format
+// (where its fp16 factors, sub-block scales and levels are), and dots that must be bit-identical.
+
+struct ExactLayout {
+    GGMLType type;
+    int fp16[2];        // byte offsets of the fp16 fields: the scale, then the minimum's scale (or -1)
+    int scales[2];      // [start, end) of the sub-block scale bytes, or {0, 0}
+    int levels[2][2];   // up to two [start, end) byte ranges of levels ({0, 0}: none)
+    uint8_t scale_hi, scale_lo;  // sub-block scale bytes giving the largest / the most negative scales
+};
+
+constexpr ExactLayout kExactLayouts[] = {
+    {TYPE_Q5_0, {0, -1}, {0, 0}, {{2, 6}, {6, 22}}, 0, 0},
+    {TYPE_Q5_1, {0, 2}, {0, 0}, {{4, 8}, {8, 24}}, 0, 0},
+    {TYPE_IQ4_NL, {0, -1}, {0, 0}, {{2, 18}, {0, 0}}, 0, 0},
+    {TYPE_Q2_K, {80, 82}, {0, 16}, {{16, 80}, {0, 0}}, 0xff, 0x00},
+    {TYPE_Q3_K, {108, -1}, {96, 108}, {{0, 32}, {32, 96}}, 0xff, 0x00},
+    {TYPE_Q4_K, {0, 2}, {4, 16}, {{16, 144}, {0, 0}}, 0xff, 0x00},
+    {TYPE_Q5_K, {0, 2}, {4, 16}, {{16, 48}, {48, 176}}, 0xff, 0x00},
+    {TYPE_Q6_K, {208, -1}, {192, 208}, {{0, 128}, {128, 192}}, 0x7f, 0x80},
+    {TYPE_IQ4_XS, {0, -1}, {2, 8}, {{8, 136}, {0, 0}}, 0xff, 0x00},
+};
+
+enum class Xw { random, zero_scale, max_scale, dmin_zero, sub_max, sub_min, levels_lo, levels_hi, tiny_scale, mixed };
+constexpr Xw kXws[] = {Xw::random,  Xw::zero_scale, Xw::max_scale, Xw::dmin_zero,  Xw::sub_max,
+                       Xw::sub_min, Xw::levels_lo,  Xw::levels_hi, Xw::tiny_scale, Xw::mixed};
+
+const char* xw_name(Xw w) {
+    switch (w) {
+        case Xw::random: return "random";
+        case Xw::zero_scale: return "zero_scale";
+        case Xw::max_scale: return "max_scale";
+        case Xw::dmin_zero: return "dmin_zero";
+        case Xw::sub_max: return "sub_max";
+        case Xw::sub_min: return "sub_min";
+        case Xw::levels_lo: return "levels_lo";
+        case Xw::levels_hi: return "levels_hi";
+        case Xw::tiny_scale: return "tiny_scale";
+        case Xw::mixed: return "mixed (one outlier block among them)";
+    }
+    return "?";
+}
+
+// One block of the layout's format: random bytes, then the kind's fields.
+void fill_exact_block(const ExactLayout& L, Xw kind, uint8_t* blk, Rng& rng) {
+    if (kind == Xw::mixed) kind = kXws[rng.below(9)];  // any kind but mixed itself
+    const size_t size = type_traits(L.type)->type_size;
+    for (size_t i = 0; i < size; i++) blk[i] = uint8_t(rng.next());
+    auto set16 = [&](int at, uint16_t v) {
+        if (at >= 0) std::memcpy(blk + at, &v, 2);
+    };
+    auto fill = [&](const int* range, uint8_t v) { std::memset(blk + range[0], v, size_t(range[1] - range[0])); };
+    for (int f : L.fp16) set16(f, random_fp16_scale(rng));
+    switch (kind) {
+        case Xw::zero_scale:
+            for (int f : L.fp16) set16(f, rng.below(2) ? 0x0000 : 0x8000);
+            break;
+        case Xw::max_scale:  // the largest fp16 factors, largest sub-block scales, levels at extremes
+            for (int f : L.fp16) set16(f, rng.below(2) ? 0x7bff : 0xfbff);
+            if (L.scales[1]) fill(L.scales, L.scale_hi);
+            for (const auto& r : L.levels)
+                if (r[1]) fill(r, rng.below(2) ? 0x00 : 0xff);
+            break;
+        case Xw::dmin_zero:
+            set16(L.fp16[1], 0x0000);
+            break;
+        case Xw::sub_max:
+            if (L.scales[1]) fill(L.scales, L.scale_hi);
+            break;
+        case Xw::sub_min:
+            if (L.scales[1]) fill(L.scales, L.scale_lo);
+            break;
+        case Xw::levels_lo:
+        case Xw::levels_hi:
+            for (const auto& r : L.levels)
+                if (r[1]) fill(r, kind == Xw::levels_lo ? 0x00 : 0xff);
+            break;
+        case Xw::tiny_scale:
+            for (int f : L.fp16) set16(f, tiny_fp16(rng));
+            break;
+        case Xw::random:
+        case Xw::mixed:
+            break;
+    }
+}
+
+bool same_float_bits(float a, float b) {
+    if (std::isnan(a) && std::isnan(b)) return true;
+    return std::memcmp(&a, &b, 4) == 0;
+}
+
+void check_exact_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    const int lengths32[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64};
+    const int lengths256[] = {1, 2, 3, 4, 5, 8, 9};
+    for (const ExactLayout& L : kExactLayouts) {
+        const TypeTraits* tt = type_traits(L.type);
+        const GGMLType act = tt->vec_dot_type;
+        Group& g = group(format("exact %s x %s", tt->name, type_traits(act)->name));
+        auto one = [&](Xw wk, Act ak, int nb) {
+            std::vector<uint8_t> w(size_t(nb) * tt->type_size);
+            for (int b = 0; b < nb; b++) fill_exact_block(L, wk, w.data() + size_t(b) * tt->type_size, rng);
+            if (wk == Xw::mixed) {  // and one outlier block: the largest scales and extreme levels
+                std::vector<uint8_t> big(tt->type_size);
+                fill_exact_block(L, Xw::max_scale, big.data(), rng);
+                std::memcpy(w.data() + size_t(rng.below(nb)) * tt->type_size, big.data(), big.size());
+            }
+            const int n = nb * tt->block_size;
+            const std::vector<float> x = make_act_row(ak, n / QK, rng);
+            const std::string what = format("weights %s, activations %s, %d blocks", xw_name(wk), act_name(ak), nb);
+            set_case(g, what);
+            const uint8_t *xa, *xs;
+            std::string where;
+            if (!quantize_both(k, s, act, x, buf, &xa, &xs, &where)) {
+                record(g, false, what + ": activation bytes differ from the scalar quantizer, " + where);
+                return;
+            }
+            const void* wp = buf.weights.put(w);
+            const float got = k.vec_dot[L.type](n, wp, xa);
+            const float want = s.vec_dot[L.type](n, wp, xs);
+            record(g, same_float_bits(got, want),
+                   format("%s: table %.9g (0x%08x), scalar %.9g (0x%08x)", what.c_str(), double(got),
+                          f32_bits(got), double(want), f32_bits(want)));
+        };
+        const bool k256 = tt->block_size == QK_K;
+        for (int t = 0; t < trials; t++)
+            for (Xw wk : kXws)
+                for (Act ak : kDotActs) {
+                    if (k256) {
+                        for (int nb : lengths256) one(wk, ak, nb);
+                    } else {
+                        for (int nb : lengths32) one(wk, ak, nb);
+                    }
+                }
     }
 }
 
@@ -1095,6 +1301,7 @@ int main(int argc, char** argv) {
     check_table_entries(*table, *scalar);
     check_quantizers(*table, *scalar, buf, rng, trials);
     check_quant_dots(*table, *scalar, buf, rng, trials);
+    check_exact_dots(*table, *scalar, buf, rng, trials);
     check_nf4_dots(*table, *scalar, buf, rng, trials);
     check_float_dots(*table, *scalar, buf, rng, trials);
     check_axpy(*table, *scalar, buf, rng, trials);
