@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from pyengine.fetch import DEFAULT_MODEL, cache_dir, default_model_path
-from pyengine.gguf import TYPE_TRAITS, GGMLType, GGUFValueType, GGUFWriter, type_by_name
+from pyengine.gguf import GGMLType, GGUFValueType, GGUFWriter
 from pyengine.quants import quantize
-from pyengine.requantize import FILE_TYPES, QUANTIZED_TARGETS, _tensor_type, quantize_model
+from pyengine.requantize import PRESETS, QUANTIZED_TARGETS, HParams, plan_types, quantize_model
 
 VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1")
@@ -81,7 +81,8 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
     Weights are normal with standard deviation 0.02, norms 1 + 0.02 * normal: activations and logits
     of a realistic size. Each tensor is drawn in F32 and quantized at once (no F32 copy of the model
     is kept); its type follows llama.cpp's quantizer as pyengine.requantize applies it: 1-D tensors
-    F32, output.weight Q8_0 (where llama.cpp would choose Q6_K), every other matrix the target type.
+    F32, output.weight Q6_K (Q8_0 in a build without the Q6_K quantizer), every other matrix the
+    target type.
     The same seed gives the same F32 weights in every type. Written to a temporary file and renamed."""
     if type_name not in TINYLLAMA_VARIANTS:
         raise ValueError(f"no synthetic TinyLlama in {type_name}; known: {', '.join(TINYLLAMA_VARIANTS)}")
@@ -92,15 +93,25 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     c = TINYLLAMA
     head_dim = c["n_embd"] // c["n_heads"]
-    target = type_by_name(type_name)
+    preset = PRESETS[type_name]
     rng = np.random.default_rng(seed)
     notes: list[str] = []
+    n_embd, n_ff, n_q, n_kv = c["n_embd"], c["n_ff"], c["n_heads"] * head_dim, c["n_kv_heads"] * head_dim
+    shapes = {"token_embd.weight": (n_embd, c["n_vocab"]), "output.weight": (n_embd, c["n_vocab"])}
+    for i in range(c["n_layers"]):
+        shapes.update({f"blk.{i}.attn_q.weight": (n_embd, n_q), f"blk.{i}.attn_k.weight": (n_embd, n_kv),
+                       f"blk.{i}.attn_v.weight": (n_embd, n_kv), f"blk.{i}.attn_output.weight": (n_q, n_embd),
+                       f"blk.{i}.ffn_gate.weight": (n_embd, n_ff), f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
+                       f"blk.{i}.ffn_down.weight": (n_ff, n_embd)})
+    hparams = HParams(n_layer=c["n_layers"], n_head=c["n_heads"], n_head_kv=c["n_kv_heads"])
+    types = plan_types([(name, shape, GGMLType.F32) for name, shape in shapes.items()], hparams, preset,
+                       notes=notes)
 
     with GGUFWriter(path) as w:  # writes <path>'s temporary twin, then renames it
         w.add_string("general.architecture", "llama")
         w.add_string("general.name", "synthetic-TinyLlama-1.1B (random weights)")
-        w.add_uint32("general.file_type", FILE_TYPES[target])
-        if target in QUANTIZED_TARGETS:
+        w.add_uint32("general.file_type", preset.ftype)
+        if preset.default in QUANTIZED_TARGETS:
             w.add_uint32("general.quantization_version", 2)
         w.add_uint32("llama.block_count", c["n_layers"])
         w.add_uint32("llama.context_length", c["n_ctx_train"])
@@ -127,16 +138,16 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
         def matrix(name: str, rows: int, cols: int) -> None:
             values = rng.standard_normal((rows, cols), dtype=np.float32)
             values *= 0.02
-            ggml_type = _tensor_type(name, (cols, rows), target, True, False, None, None, notes)
+            assert shapes[name] == (cols, rows), name
+            ggml_type = types[name]
             if ggml_type == GGMLType.F32:
                 w.add_tensor(name, values)
             else:
-                w.add_tensor(name, quantize(values, TYPE_TRAITS[ggml_type].name), ggml_type, shape=(cols, rows))
+                w.add_tensor(name, quantize(values, int(ggml_type)), ggml_type, shape=(cols, rows))
 
         def norm(name: str) -> None:
             w.add_tensor(name, 1.0 + 0.02 * rng.standard_normal(c["n_embd"], dtype=np.float32))
 
-        n_embd, n_ff, n_q, n_kv = c["n_embd"], c["n_ff"], c["n_heads"] * head_dim, c["n_kv_heads"] * head_dim
         matrix("token_embd.weight", c["n_vocab"], n_embd)
         norm("output_norm.weight")
         matrix("output.weight", c["n_vocab"], n_embd)

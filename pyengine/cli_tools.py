@@ -169,15 +169,19 @@ def run_info(model: str, as_json: bool = False) -> int:
 def add_commands(commands) -> None:
     """Adds the quantize, perplexity, bench and info parsers to __main__'s subparsers."""
     q = commands.add_parser("quantize", help="re-quantize a GGUF model to another type",
-                            description="Re-quantize a model with llama.cpp's per-tensor type rules "
-                                        "(1-D tensors stay F32; the output tensor keeps Q8_0 where llama.cpp "
-                                        "would). Written to a temporary file and renamed when complete.")
+                            description="Re-quantize a model choosing each tensor's type as llama.cpp's "
+                                        "llama-quantize does (1-D tensors kept; the output tensor, attn_v, "
+                                        "ffn_down, attn_output at more bits where the preset says). Written "
+                                        "to a temporary file and renamed when complete.")
     q.add_argument("src", metavar="IN.gguf")
     q.add_argument("dst", metavar="OUT.gguf")
-    q.add_argument("type", metavar="TYPE", help="q4_0, q4_1, q8_0, f16, bf16, f32, nf4, nf4_dq")
-    q.add_argument("--output-tensor-type", default=None, metavar="TYPE")
-    q.add_argument("--token-embedding-type", default=None, metavar="TYPE")
-    q.add_argument("--pure", action="store_true", help="every 2-D tensor in TYPE, no exceptions")
+    q.add_argument("type", metavar="TYPE",
+                   help="a preset, case-insensitive: q4_k_m q4_k_s q5_k_m q5_k_s q6_k q3_k_s q3_k_m q3_k_l q2_k "
+                        "iq4_nl iq4_xs q5_0 q5_1 q8_0 q4_0 q4_1 f16 bf16 f32 nf4 nf4_dq (q3_k, q4_k, q5_k: "
+                        "the _m presets, as in llama-quantize)")
+    q.add_argument("--output-tensor-type", default=None, metavar="TYPE", help="the output tensor's type")
+    q.add_argument("--token-embedding-type", default=None, metavar="TYPE", help="token_embd's type")
+    q.add_argument("--pure", action="store_true", help="every quantized 2-D tensor in TYPE's default type")
     q.set_defaults(run=lambda a: ("run_quantize", {
         "src": a.src, "dst": a.dst, "type": a.type, "output_tensor_type": a.output_tensor_type,
         "token_embedding_type": a.token_embedding_type, "pure": a.pure}))

@@ -1,24 +1,45 @@
-"""Re-quantizing a GGUF model file to another type, choosing per-tensor types as llama.cpp's
-quantizer (llama-quantize) does, so that a file made here is the file llama.cpp would make.
+"""Re-quantizing a GGUF model file to another type, choosing each tensor's type as llama.cpp's
+quantizer (llama-quantize, without an importance matrix) does, so that a file made here has the
+tensor types of the file llama.cpp would make.
 
-llama.cpp's rules for the types pyengine supports:
-- 1-D tensors (norms, biases) stay F32; so does anything whose row does not fit the block size.
-- F32 / F16 / BF16 targets convert every 2-D tensor to that type.
-- Quantized targets (q4_0, q4_1, q8_0): the output tensor (or token_embd when the output is tied to
-  it) becomes Q8_0 when its row length is not a multiple of 256 (the k-quant super-block), and Q6_K
-  otherwise; pyengine has no Q6_K, so it keeps Q8_0 there and says so. --pure skips these rules.
+The type choice is `choose_tensor_types` (a pure function of the tensor names and shapes, a few
+hyper-parameters and the preset); `quantize_model` applies it to a file. The rules are data:
 
-pyengine's own targets, nf4 and nf4_dq (llama.cpp cannot read them), follow the same rules: the
-output (or tied token_embd) is kept at Q8_0, as for q4_0. A tensor whose rows do not fit the block
-falls back to the next format whose block fits, as llama.cpp's k-quants fall back to 32-blocks:
-nf4_dq (256) -> nf4 (64) -> q4_0 (32), each fallback noted in the report; F32 if none fits.
-Every tensor is dequantized to F32 and quantized again with the reference quantizers (llama.cpp's
-exact bytes). The output is written to a temporary file and renamed into place when complete.
+- PRESETS: one row per target TYPE (llama.cpp's presets q4_k_m, q3_k_s, ..., the plain types q4_0,
+  q8_0, f16, ..., and pyengine's own nf4, nf4_dq): its general.file_type (llama_ftype), its default
+  tensor type, and the per-category rules that give some tensors more bits (attn_v, ffn_down,
+  attn_output), each a list of (condition, type) of which the first that holds wins.
+- The rules shared by every quantized preset (llama.cpp's llama_tensor_get_type_impl):
+  the output tensor (or token_embd when the output is tied to it) becomes Q8_0 when its rows are not
+  a multiple of the default type's block, else Q6_K (Q8_0 stays Q8_0); 80-layer "70B" models give
+  attn_v Q5_K instead of Q3_K/Q4_K.
+- FALLBACK: the type a tensor gets when its rows are not a multiple of its chosen type's block
+  (llama.cpp's tensor_type_fallback), then F16 when that does not fit either.
+- Tensors llama.cpp never quantizes (1-D tensors, norms, names not ending in "weight", ...) keep
+  their type; so does every tensor under a float target (f32, f16, bf16 convert every 2-D weight).
+
+Source: llama.cpp's src/llama-quant.cpp (tensor_allows_quantization, tensor_get_category,
+llama_tensor_get_type_impl, llama_tensor_get_type, tensor_type_fallback, llama_ftype_get_default_type).
+Left out: MoE rules (n_expert > 1 is refused), Falcon's own rules (pyengine does not run Falcon),
+the IQ1/IQ2/IQ3/TQ/Q2_K_S/MXFP4 presets (they need an importance matrix or types pyengine lacks),
+the imatrix-only rules, and --tensor-type overrides. The other architectures pyengine runs (qwen2,
+qwen3, gemma3, phi3) follow the same rules as llama, with two differences that come from their
+shapes or size only: phi3's fused attn_qkv counts as an attn_v (llama.cpp's attn_qkv branch below
+the attn_v one is never reached), and qwen2 is "70B" at 80 layers whatever its GQA (llama only with
+GQA). gemma3 ties its output to token_embd, so token_embd gets the output rule there.
+
+pyengine's own targets, nf4 and nf4_dq (llama.cpp cannot read them), keep the output (or tied
+token_embd) at Q8_0 and give no tensor more bits; their rows fall back nf4_dq (256) -> nf4 (64) ->
+q4_0 (32). Every tensor is dequantized to F32 and quantized again with the reference quantizers
+(llama.cpp's exact bytes). The output is written to a temporary file and renamed into place when
+complete.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,14 +47,302 @@ import numpy as np
 from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, type_by_name
 from .quants import dequantize, quantize
 
-# llama.cpp's llama_ftype values for general.file_type; pyengine's own types take 1000 and up, far
-# outside llama.cpp's range (which ends below 100), so no llama.cpp ftype is ever taken for them.
-FILE_TYPES = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q4_0: 2, GGMLType.Q4_1: 3, GGMLType.Q8_0: 7,
-              GGMLType.BF16: 32, GGMLType.NF4: 1000, GGMLType.NF4_DQ: 1001}
-QUANTIZED_TARGETS = {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.NF4, GGMLType.NF4_DQ}
+G = GGMLType
 QK_K = 256  # llama.cpp's k-quant super-block
-# The type a tensor gets when its rows are not a multiple of its target's block.
-FALLBACK = {GGMLType.NF4_DQ: GGMLType.NF4, GGMLType.NF4: GGMLType.Q4_0}
+
+# ggml's block sizes of the types a preset may choose that gguf.TYPE_TRAITS does not know (yet).
+_GGML_BLOCK_SIZES = {G.Q5_0: 32, G.Q5_1: 32, G.IQ4_NL: 32, G.Q2_K: QK_K, G.Q3_K: QK_K, G.Q4_K: QK_K,
+                     G.Q5_K: QK_K, G.Q6_K: QK_K, G.Q8_K: QK_K, G.IQ4_XS: QK_K}
+FLOAT_TYPES = frozenset({G.F32, G.F16, G.BF16})
+
+# A rule: (condition, type); the first whose condition holds gives the tensor's type. Conditions are
+# over i (the tensor's index among its kind, in llama.cpp's tensor order), n (how many there are:
+# the attn_v tensors for attn_v, the layer count for ffn_down) and n_gqa (n_head / n_head_kv).
+CONDITIONS = {
+    "always": lambda i, n, n_gqa: True,
+    "n_gqa>=4": lambda i, n, n_gqa: n_gqa >= 4,
+    "i<2": lambda i, n, n_gqa: i < 2,
+    "i<4": lambda i, n, n_gqa: i < 4,
+    "i<n/8": lambda i, n, n_gqa: i < n // 8,
+    "i<n/16": lambda i, n, n_gqa: i < n // 16,
+    # llama.cpp's use_more_bits: the first and last eighth of the layers, and every third between
+    "more_bits": lambda i, n, n_gqa: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
+}
+Rules = tuple[tuple[str, GGMLType], ...]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # as the command line takes it, lower-case
+    ftype: int  # general.file_type: llama.cpp's llama_ftype (pyengine's own from 1000 on)
+    default: GGMLType  # every quantizable 2-D tensor, unless a rule below says otherwise
+    attn_v: Rules = ()  # attn_v (and fused attn_qkv)
+    ffn_down: Rules = ()
+    attn_output: Rules = ()
+    output: GGMLType | None = None  # a fixed type for the output tensor instead of llama.cpp's rule
+
+
+_MORE_V_DOWN = dict(attn_v=(("more_bits", G.Q6_K),), ffn_down=(("more_bits", G.Q6_K),))
+_IQ4 = dict(attn_v=(("n_gqa>=4", G.Q5_K),), ffn_down=(("i<n/8", G.Q5_K),))
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("f32", 0, G.F32),
+    Preset("f16", 1, G.F16),
+    Preset("bf16", 32, G.BF16),
+    Preset("q4_0", 2, G.Q4_0),
+    Preset("q4_1", 3, G.Q4_1),
+    Preset("q8_0", 7, G.Q8_0),
+    Preset("q5_0", 8, G.Q5_0),
+    Preset("q5_1", 9, G.Q5_1),
+    Preset("q2_k", 10, G.Q2_K, attn_v=(("n_gqa>=4", G.Q4_K), ("always", G.Q3_K)),
+           ffn_down=(("always", G.Q3_K),), attn_output=(("always", G.Q3_K),)),
+    Preset("q3_k_s", 11, G.Q3_K),
+    Preset("q3_k_m", 12, G.Q3_K, attn_v=(("i<2", G.Q5_K), ("always", G.Q4_K)),
+           ffn_down=(("i<n/16", G.Q5_K), ("always", G.Q4_K)), attn_output=(("always", G.Q4_K),)),
+    Preset("q3_k_l", 13, G.Q3_K, attn_v=(("always", G.Q5_K),), ffn_down=(("always", G.Q5_K),),
+           attn_output=(("always", G.Q5_K),)),
+    Preset("q4_k_s", 14, G.Q4_K, attn_v=(("i<4", G.Q5_K),), ffn_down=(("i<n/8", G.Q5_K),)),
+    Preset("q4_k_m", 15, G.Q4_K, **_MORE_V_DOWN),
+    Preset("q5_k_s", 16, G.Q5_K),
+    Preset("q5_k_m", 17, G.Q5_K, **_MORE_V_DOWN),
+    Preset("q6_k", 18, G.Q6_K),
+    Preset("iq4_nl", 25, G.IQ4_NL, **_IQ4),
+    Preset("iq4_xs", 30, G.IQ4_XS, **_IQ4),
+    Preset("nf4", 1000, G.NF4, output=G.Q8_0),  # pyengine's own: outside llama.cpp's ftypes (< 100)
+    Preset("nf4_dq", 1001, G.NF4_DQ, output=G.Q8_0),
+]}
+# llama-quantize's aliases: a plain k-quant type name means its _M preset.
+ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
+
+# The type a tensor gets when its rows are not a multiple of its type's block (then F16 if that does
+# not fit either); llama.cpp's table, and pyengine's chain for its own types.
+FALLBACK = {G.Q2_K: G.Q4_0, G.Q3_K: G.Q4_0, G.Q4_K: G.Q5_0, G.Q5_K: G.Q5_1, G.Q6_K: G.Q8_0,
+            G.IQ4_XS: G.IQ4_NL, G.NF4_DQ: G.NF4, G.NF4: G.Q4_0}
+# attn_v of an 80-layer "70B" model (8 heads share each attn_v): more bits at little cost.
+ATTN_V_70B = {G.Q3_K: G.Q5_K, G.Q4_K: G.Q5_K}
+
+# The file type of each preset named after its default type (what recipes and older callers use).
+FILE_TYPES = {p.default: p.ftype for p in PRESETS.values() if p.name == p.default.name.lower()}
+QUANTIZED_TARGETS = frozenset(p.default for p in PRESETS.values() if p.default not in FLOAT_TYPES)
+
+# llama.cpp's tensor categories, by name: the first pattern found in the name wins.
+_CATEGORIES = (("attn_qkv.weight", "attn_v"), ("attn_kv_b.weight", "attn_v"), ("attn_v.weight", "attn_v"),
+               ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"), ("attn_output.weight", "attn_output"),
+               ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"), ("ffn_down", "ffn_down"))
+# Parts of names llama.cpp never quantizes (besides 1-D tensors and names not ending in "weight").
+_NEVER_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj",
+                    "ssm_conv1d", "shortconv.conv.weight", "attn_rel_b.weight", ".position_embd", ".rel_pos",
+                    ".patch_embd", "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight",
+                    "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
+                    "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight",
+                    "time_mix_g2.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight",
+                    "time_mix_lerp_fused.weight")
+_NEVER_QUANTIZED_NAMES = ("position_embd.weight", "token_types.weight")
+# "70B" in llama.cpp's quantizer: (arch, n_layer) -> whether grouped-query attention is required too.
+_70B = {("llama", 80): True, ("qwen2", 80): False, ("deci", 80): False, ("olmo", 80): False,
+        ("jais2", 68): False}
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The hyper-parameters llama.cpp's type choice reads."""
+
+    n_layer: int  # {arch}.block_count
+    n_head: int = 1  # {arch}.attention.head_count (of layer 0)
+    n_head_kv: int | None = None  # {arch}.attention.head_count_kv (of layer 0); None: n_head
+    arch: str = "llama"
+    n_expert: int = 0
+
+    @property
+    def n_gqa(self) -> int:
+        n_kv = self.n_head if self.n_head_kv is None else self.n_head_kv
+        return self.n_head // n_kv if n_kv else 0
+
+    @property
+    def is_70b(self) -> bool:
+        needs_gqa = _70B.get((self.arch, self.n_layer))
+        n_kv = self.n_head if self.n_head_kv is None else self.n_head_kv
+        return needs_gqa is not None and (not needs_gqa or self.n_head != n_kv)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping) -> HParams:
+        arch = str(metadata.get("general.architecture", "llama"))
+
+        def first(key: str, default: int | None) -> int | None:
+            value = metadata.get(f"{arch}.{key}", default)
+            if isinstance(value, (list, tuple, np.ndarray)):
+                value = value[0] if len(value) else default
+            return None if value is None else int(value)
+
+        return cls(n_layer=first("block_count", 0), n_head=first("attention.head_count", 0),
+                   n_head_kv=first("attention.head_count_kv", None), arch=arch,
+                   n_expert=first("expert_count", 0))
+
+
+def preset_by_name(name: str) -> Preset:
+    """The preset TYPE names ("Q4_K_M", "q8_0", "q4_k" = q4_k_m as in llama-quantize), case-insensitive;
+    ValueError for any other name."""
+    wanted = str(name).strip().lower()
+    wanted = ALIASES.get(wanted, wanted)
+    if wanted in PRESETS:
+        return PRESETS[wanted]
+    known = ", ".join(PRESETS)
+    if wanted.upper() in GGMLType.__members__:
+        raise ValueError(f"cannot quantize a model to tensor type {name!r}: not one of the presets ({known})")
+    raise ValueError(f"unknown tensor type or preset {name!r} (known: {known})")
+
+
+def tensor_type_by_name(name: str) -> GGMLType:
+    """A tensor type for --output-tensor-type / --token-embedding-type: pyengine's types, and the ggml
+    types a preset may choose; ValueError for any other."""
+    try:
+        return type_by_name(name)
+    except ValueError:
+        wanted = str(name).strip().upper()
+        if wanted in GGMLType.__members__ and GGMLType[wanted] in _GGML_BLOCK_SIZES:
+            return GGMLType[wanted]
+        raise
+
+
+def block_size(ggml_type: GGMLType) -> int:
+    traits = TYPE_TRAITS.get(ggml_type)
+    return traits.block_size if traits is not None else _GGML_BLOCK_SIZES[ggml_type]
+
+
+def _category(name: str) -> str:
+    if name == "output.weight":
+        return "output"
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        return "token_embd"
+    for pattern, category in _CATEGORIES:
+        if pattern in name:
+            return category
+    return "other"
+
+
+def _allows_quantization(name: str, dims: tuple[int, ...]) -> bool:
+    return (len(dims) >= 2 and name.endswith("weight") and name not in _NEVER_QUANTIZED_NAMES
+            and not any(part in name for part in _NEVER_QUANTIZED))
+
+
+_LAYER = re.compile(r"blk\.\s*([+-]?\d+)")
+
+
+def _llamacpp_order(name: str) -> tuple[int, str]:
+    """llama.cpp's order of the tensors (its counters count in it): by layer (others first), then name."""
+    m = _LAYER.match(name)
+    return (int(m.group(1)) if m else -1, name)
+
+
+def _apply(rules: Rules, i: int, n: int, n_gqa: int, default: GGMLType) -> GGMLType:
+    for condition, ggml_type in rules:
+        if CONDITIONS[condition](i, n, n_gqa):
+            return ggml_type
+    return default
+
+
+def _output_rule(preset: Preset, cols: int) -> GGMLType:
+    if preset.output is not None:
+        return preset.output
+    if cols % block_size(preset.default) != 0 or preset.default == G.Q8_0:
+        return G.Q8_0
+    return G.Q6_K
+
+
+def _fitting(ggml_type: GGMLType, cols: int) -> GGMLType:
+    """ggml_type, or its fallback whose block divides a row of `cols`; F16 when none does."""
+    while cols % block_size(ggml_type) != 0:
+        if ggml_type not in FALLBACK:
+            return G.F16
+        ggml_type = FALLBACK[ggml_type]
+    return ggml_type
+
+
+TensorSpec = tuple[str, Sequence[int]] | tuple[str, Sequence[int], "GGMLType | str"]
+
+
+def _choose(tensors: Iterable[TensorSpec], hparams: HParams, preset: Preset, pure: bool,
+            output_type: GGMLType | None, embedding_type: GGMLType | None,
+            fallbacks: dict[str, GGMLType] | None = None) -> dict[str, GGMLType]:
+    """choose_tensor_types on GGMLTypes; `fallbacks` receives {tensor: the type it did not fit}."""
+    if hparams.n_expert > 1:
+        raise ValueError(f"{hparams.arch} with {hparams.n_expert} experts: pyengine does not quantize "
+                         "mixture-of-experts models")
+    specs = []
+    for spec in tensors:
+        name, dims = spec[0], tuple(int(d) for d in spec[1])
+        source = spec[2] if len(spec) > 2 else G.F32
+        specs.append((name, dims, tensor_type_by_name(source) if isinstance(source, str) else GGMLType(source)))
+    tied = not any(name == "output.weight" for name, _, _ in specs)
+    n_attn_v = sum(_category(name) == "attn_v" for name, _, _ in specs)
+    quantized = preset.default not in FLOAT_TYPES
+    i_attn_v = i_ffn_down = 0
+    chosen: dict[str, GGMLType] = {}
+    for name, dims, source in sorted(specs, key=lambda s: _llamacpp_order(s[0])):
+        category = _category(name)
+        if not _allows_quantization(name, dims):
+            chosen[name] = source
+            continue
+        if embedding_type is not None and category == "token_embd":
+            chosen[name] = embedding_type
+            continue
+        if output_type is not None and category == "output":
+            chosen[name] = output_type
+            continue
+        new = preset.default
+        if quantized and not pure:  # the rules (the counters count only here, as llama.cpp's)
+            if category == "output" or (tied and category == "token_embd"):
+                new = output_type if output_type is not None else _output_rule(preset, dims[0])
+            elif category == "attn_v":
+                new = _apply(preset.attn_v, i_attn_v, n_attn_v, hparams.n_gqa, new)
+                if hparams.is_70b:
+                    new = ATTN_V_70B.get(new, new)
+                i_attn_v += 1
+            elif category == "ffn_down":
+                new = _apply(preset.ffn_down, i_ffn_down, hparams.n_layer, hparams.n_gqa, new)
+                i_ffn_down += 1
+            elif category == "attn_output":
+                new = _apply(preset.attn_output, 0, 0, hparams.n_gqa, new)
+        if quantized:  # float targets never fall back
+            fitting = _fitting(new, dims[0])
+            if fitting != new and fallbacks is not None:
+                fallbacks[name] = new
+            new = fitting
+        chosen[name] = new
+    return {spec[0]: chosen[spec[0]] for spec in specs}  # in the order given
+
+
+def choose_tensor_types(tensors: Iterable[TensorSpec], hparams: HParams, preset: str | Preset, *,
+                        pure: bool = False, output_tensor_type: str | None = None,
+                        token_embedding_type: str | None = None) -> dict[str, str]:
+    """{tensor name: type name} as llama.cpp's quantizer (without an importance matrix) chooses them.
+
+    tensors: (name, shape) or (name, shape, source type) for every tensor of the model, the shape in
+    GGUF's order (the row length first, as GGUFReader's TensorInfo.shape); the source type (default
+    f32) is what a tensor llama.cpp never quantizes keeps. hparams: HParams (HParams.from_metadata of
+    the file's metadata). preset: a TYPE name ("q4_k_m", "Q5_0", ...) or a Preset. pure,
+    output_tensor_type, token_embedding_type: llama-quantize's --pure, --output-tensor-type,
+    --token-embedding-type. Type names are ggml's, lower-case ("q6_k", "f32")."""
+    if not isinstance(preset, Preset):
+        preset = preset_by_name(preset)
+    output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
+    embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
+    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type)
+    return {name: t.name.lower() for name, t in chosen.items()}
+
+
+# Types a preset may choose that this build cannot write yet, and what it writes instead (with a note).
+SUBSTITUTES = {G.Q6_K: G.Q8_0}
+
+
+def _can_write(ggml_type: GGMLType) -> bool:
+    from . import _core
+
+    return ggml_type in TYPE_TRAITS and (ggml_type == G.F32 or _core.type_info(int(ggml_type)) is not None)
+
+
+def _label(ggml_type: GGMLType) -> str:
+    return ggml_type.name.lower()
 
 
 @dataclass
@@ -50,79 +359,82 @@ def _bits_per_weight(ggml_type: GGMLType) -> float:
     return 8 * traits.type_size / traits.block_size
 
 
-def _fitting_type(cols: int, target: GGMLType) -> GGMLType | None:
-    """The target, or its first fallback, whose block divides a row of `cols`; None if none does."""
-    ggml_type: GGMLType | None = target
-    while ggml_type is not None and cols % TYPE_TRAITS[ggml_type].block_size != 0:
-        ggml_type = FALLBACK.get(ggml_type)
-    return ggml_type
-
-
-def _tensor_type(name: str, dims: tuple[int, ...], target: GGMLType, has_output: bool, pure: bool,
-                 output_type: GGMLType | None, embedding_type: GGMLType | None, notes: list[str]) -> GGMLType:
-    fitting = _fitting_type(dims[0], target) if len(dims) >= 2 else None
-    if fitting is None:
-        return GGMLType.F32
-    is_output = name == "output.weight" or (not has_output and name == "token_embd.weight")
-    if is_output and output_type is not None:
-        return output_type
-    if name == "token_embd.weight" and embedding_type is not None:
-        return embedding_type
-    if not pure and target in QUANTIZED_TARGETS and is_output and target != GGMLType.Q8_0:
-        if dims[0] % QK_K == 0 and target not in PYENGINE_TYPES:
-            notes.append(f"{name}: llama.cpp would choose Q6_K here; pyengine has no Q6_K and keeps Q8_0")
-        return GGMLType.Q8_0
-    if fitting != target:
-        notes.append(f"{name}: rows of {dims[0]} are not a multiple of the {TYPE_TRAITS[target].name} block "
-                     f"({TYPE_TRAITS[target].block_size}); falls back to {TYPE_TRAITS[fitting].name}")
-    return fitting
+def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: HParams, preset: Preset, *,
+               pure: bool = False, output_type: GGMLType | None = None, embedding_type: GGMLType | None = None,
+               notes: list[str] | None = None) -> dict[str, GGMLType]:
+    """The type to write for each (name, GGUF shape, source type): llama.cpp's choice
+    (choose_tensor_types), checked against what this build can write. ValueError, before anything is
+    written, for a type it has no quantizer for (a type in SUBSTITUTES is replaced, with a note) or a
+    row its block does not divide. `notes` receives a line per fallback and substitution."""
+    notes = [] if notes is None else notes
+    fallbacks: dict[str, GGMLType] = {}
+    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type, fallbacks)
+    for name, shape, source in tensors:
+        new, cols = chosen[name], int(shape[0])
+        if name in fallbacks:
+            notes.append(f"{name}: rows of {cols} are not a multiple of the {_label(fallbacks[name])} block "
+                         f"({block_size(fallbacks[name])}); falls back to {_label(new)}")
+        if new == source:
+            continue
+        if not _can_write(new) and new in SUBSTITUTES and _can_write(SUBSTITUTES[new]):
+            notes.append(f"{name}: llama.cpp chooses {_label(new)} here; this build of pyengine has no "
+                         f"{_label(new)} quantizer and writes {_label(SUBSTITUTES[new])}")
+            new = chosen[name] = SUBSTITUTES[new]
+        if not _can_write(new):
+            raise ValueError(f"tensor type {_label(new)} (for {name}) has no quantizer in this build of pyengine")
+        if cols % block_size(new) != 0:
+            raise ValueError(f"{name}: rows of {cols} are not a multiple of the {_label(new)} block "
+                             f"({block_size(new)})")
+    return chosen
 
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *, pure: bool = False,
                    output_tensor_type: str | None = None, token_embedding_type: str | None = None,
                    progress: bool = False) -> QuantizeReport:
-    """Writes `src` re-quantized to `type` at `dst`; returns what was written."""
-    target = type_by_name(type)
-    if target not in FILE_TYPES:
-        raise ValueError(f"cannot quantize a model to {type}")
-    output_type = type_by_name(output_tensor_type) if output_tensor_type else None
-    embedding_type = type_by_name(token_embedding_type) if token_embedding_type else None
+    """Writes `src` re-quantized to `type` (a preset: "q4_k_m", "Q8_0", "nf4", ...; see PRESETS) at
+    `dst`, each tensor in the type choose_tensor_types gives; returns what was written."""
+    preset = preset_by_name(type)
+    output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
+    embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
     report = QuantizeReport()
     reader = GGUFReader(src)
     try:
         report.input_bytes = reader.file_size
-        has_output = "output.weight" in reader.tensors
+        tensors = [(name, info.shape, info.type) for name, info in reader.tensors.items()]
+        plan = plan_types(tensors, HParams.from_metadata(reader.metadata), preset, pure=pure,
+                          output_type=output_type, embedding_type=embedding_type, notes=report.notes)
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(reader.tensors), unit="tensor", desc=f"quantizing to {TYPE_TRAITS[target].name}")
+            bar = tqdm(total=len(reader.tensors), unit="tensor", desc=f"quantizing to {preset.name}")
         with GGUFWriter(dst, alignment=reader.alignment) as writer:
             for key, value in reader.metadata.items():
                 if key in ("general.alignment", "general.file_type", "general.quantization_version"):
                     continue
                 t = reader.metadata_types[key]
                 writer.add(key, value, t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
-            writer.add_uint32("general.file_type", FILE_TYPES[target])
-            if target in QUANTIZED_TARGETS - PYENGINE_TYPES:  # ggml's version of its block layouts
+            writer.add_uint32("general.file_type", preset.ftype)
+            if preset.default in QUANTIZED_TARGETS - PYENGINE_TYPES:  # ggml's version of its block layouts
                 writer.add_uint32("general.quantization_version", 2)
+            target_bits = _bits_per_weight(preset.default) if preset.default in TYPE_TRAITS else None
             for name, info in reader.tensors.items():
-                new_type = _tensor_type(name, info.shape, target, has_output, pure, output_type, embedding_type,
-                                        report.notes)
+                new_type = plan[name]
                 cols = info.shape[0]
                 rows = info.n_elements // cols
                 if info.type == new_type:
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
                     values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
-                    data = quantize(values, TYPE_TRAITS[new_type].name)
-                if new_type == GGMLType.F32:
+                    data = values if new_type == G.F32 else quantize(values, int(new_type))
+                if new_type == G.F32:
                     writer.add_tensor(name, data.view(np.float32).reshape(tuple(reversed(info.shape))))
                 else:
                     writer.add_tensor(name, data.view(np.uint8), new_type, shape=info.shape)
-                report.types[name] = TYPE_TRAITS[new_type].name
-                if _bits_per_weight(new_type) > _bits_per_weight(target) and len(info.shape) >= 2:
-                    report.kept_higher.append(f"{name} ({TYPE_TRAITS[new_type].name})")
+                report.types[name] = _label(new_type)
+                if (target_bits is not None and len(info.shape) >= 2
+                        and _bits_per_weight(new_type) > target_bits):
+                    report.kept_higher.append(f"{name} ({_label(new_type)})")
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
