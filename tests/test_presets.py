@@ -147,9 +147,17 @@ def test_quantize_model_writes_the_chosen_types(tmp_path, models, preset, model)
     assert file_type == PRESETS[preset].ftype
     assert types == chosen_for(models[model], preset) == report.types
     assert not [n for n in report.notes if "no quantizer" in n]
-    a = pyengine.Model(models[model]).logits([1, 2, 3, 4])
-    b = pyengine.Model(out).logits([1, 2, 3, 4])
-    assert np.abs(a - b).max() / np.abs(a).max() < 0.5
+    # every tensor written holds the source's values up to its type's quantization error (random
+    # Gaussian weights: about 0.3 of their RMS at 2 bits, 0.02 at 6), and the file runs
+    with GGUFReader(models[model]) as src, GGUFReader(out) as dst:
+        for name, info in dst.tensors.items():
+            cols = info.shape[0]
+            rows = info.n_elements // cols
+            a = pyengine.dequantize(np.asarray(src.tensors[name].data).reshape(-1), int(src.tensors[name].type),
+                                    (rows, cols))
+            b = pyengine.dequantize(np.asarray(info.data).reshape(-1), int(info.type), (rows, cols))
+            assert np.sqrt(np.mean((a - b) ** 2)) <= 0.4 * np.sqrt(np.mean(a**2)) + 1e-12, name
+    assert np.all(np.isfinite(pyengine.Model(out).logits([1, 2, 3, 4])))
 
 
 @needs_k_quants
