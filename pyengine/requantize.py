@@ -50,9 +50,6 @@ from .quants import dequantize, quantize
 G = GGMLType
 QK_K = 256  # llama.cpp's k-quant super-block
 
-# ggml's block sizes of the types a preset may choose that gguf.TYPE_TRAITS does not know (yet).
-_GGML_BLOCK_SIZES = {G.Q5_0: 32, G.Q5_1: 32, G.IQ4_NL: 32, G.Q2_K: QK_K, G.Q3_K: QK_K, G.Q4_K: QK_K,
-                     G.Q5_K: QK_K, G.Q6_K: QK_K, G.Q8_K: QK_K, G.IQ4_XS: QK_K}
 FLOAT_TYPES = frozenset({G.F32, G.F16, G.BF16})
 
 # A rule: (condition, type); the first whose condition holds gives the tensor's type. Conditions are
@@ -193,20 +190,12 @@ def preset_by_name(name: str) -> Preset:
 
 
 def tensor_type_by_name(name: str) -> GGMLType:
-    """A tensor type for --output-tensor-type / --token-embedding-type: pyengine's types, and the ggml
-    types a preset may choose; ValueError for any other."""
-    try:
-        return type_by_name(name)
-    except ValueError:
-        wanted = str(name).strip().upper()
-        if wanted in GGMLType.__members__ and GGMLType[wanted] in _GGML_BLOCK_SIZES:
-            return GGMLType[wanted]
-        raise
+    """A tensor type for --output-tensor-type / --token-embedding-type; ValueError for any other."""
+    return type_by_name(name)
 
 
 def block_size(ggml_type: GGMLType) -> int:
-    traits = TYPE_TRAITS.get(ggml_type)
-    return traits.block_size if traits is not None else _GGML_BLOCK_SIZES[ggml_type]
+    return TYPE_TRAITS[ggml_type].block_size
 
 
 def _category(name: str) -> str:
@@ -331,14 +320,8 @@ def choose_tensor_types(tensors: Iterable[TensorSpec], hparams: HParams, preset:
     return {name: t.name.lower() for name, t in chosen.items()}
 
 
-# Types a preset may choose that this build cannot write yet, and what it writes instead (with a note).
-SUBSTITUTES = {G.Q6_K: G.Q8_0}
-
-
 def _can_write(ggml_type: GGMLType) -> bool:
-    from . import _core
-
-    return ggml_type in TYPE_TRAITS and (ggml_type == G.F32 or _core.type_info(int(ggml_type)) is not None)
+    return ggml_type in TYPE_TRAITS
 
 
 def _label(ggml_type: GGMLType) -> str:
@@ -364,8 +347,8 @@ def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: 
                notes: list[str] | None = None) -> dict[str, GGMLType]:
     """The type to write for each (name, GGUF shape, source type): llama.cpp's choice
     (choose_tensor_types), checked against what this build can write. ValueError, before anything is
-    written, for a type it has no quantizer for (a type in SUBSTITUTES is replaced, with a note) or a
-    row its block does not divide. `notes` receives a line per fallback and substitution."""
+    written, for a type it has no quantizer for or a
+    row its block does not divide. `notes` receives a line per fallback."""
     notes = [] if notes is None else notes
     fallbacks: dict[str, GGMLType] = {}
     chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type, fallbacks)
@@ -376,10 +359,6 @@ def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: 
                          f"({block_size(fallbacks[name])}); falls back to {_label(new)}")
         if new == source:
             continue
-        if not _can_write(new) and new in SUBSTITUTES and _can_write(SUBSTITUTES[new]):
-            notes.append(f"{name}: llama.cpp chooses {_label(new)} here; this build of pyengine has no "
-                         f"{_label(new)} quantizer and writes {_label(SUBSTITUTES[new])}")
-            new = chosen[name] = SUBSTITUTES[new]
         if not _can_write(new):
             raise ValueError(f"tensor type {_label(new)} (for {name}) has no quantizer in this build of pyengine")
         if cols % block_size(new) != 0:

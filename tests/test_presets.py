@@ -96,18 +96,6 @@ def test_fused_qkv_counts_as_attn_v():
 # --- quantize_model and the command line ---
 
 
-def k_quants_available() -> bool:
-    try:
-        pyengine.quantize(np.zeros((1, 256), np.float32), "q4_k")
-    except Exception:
-        return False
-    return True
-
-
-needs_k_quants = pytest.mark.skipif(not k_quants_available(),
-                                    reason="this build has no K-quant quantizers yet (pyengine.quantize(x, 'q4_k'))")
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("presets")
@@ -137,7 +125,6 @@ def chosen_for(path, preset, **options) -> dict[str, str]:
         return choose_tensor_types(tensors, HParams.from_metadata(r.metadata), preset, **options)
 
 
-@needs_k_quants
 @pytest.mark.parametrize("preset", LLAMACPP_PRESETS)
 @pytest.mark.parametrize("model", ["fits", "small"])
 def test_quantize_model_writes_the_chosen_types(tmp_path, models, preset, model):
@@ -160,7 +147,6 @@ def test_quantize_model_writes_the_chosen_types(tmp_path, models, preset, model)
     assert np.all(np.isfinite(pyengine.Model(out).logits([1, 2, 3, 4])))
 
 
-@needs_k_quants
 def test_cli_writes_a_preset_named_in_capitals(tmp_path, models):
     out = tmp_path / "m.gguf"
     r = run_cli("quantize", str(models["fits"]), str(out), "Q4_K_M", "--output-tensor-type", "Q8_0")
@@ -173,12 +159,8 @@ def test_cli_accepts_presets_in_any_case(tmp_path, models):
         out = tmp_path / f"{name}.gguf"
         r = run_cli("quantize", str(models["fits"]), str(out), name)
         preset = preset_by_name(name)
-        if r.returncode == 0:
-            assert file_types(out) == (preset.ftype, chosen_for(models["fits"], preset.name))
-        else:  # a build without the K-quant quantizers: refused before anything is written, not unknown
-            assert not k_quants_available() and preset.default.name in ("Q4_K", "IQ4_XS"), r.stderr
-            assert "has no quantizer in this build" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-            assert not out.exists()
+        assert r.returncode == 0, r.stderr
+        assert file_types(out) == (preset.ftype, chosen_for(models["fits"], preset.name))
 
 
 @pytest.mark.parametrize("name,match", [("q4_k_x", "unknown tensor type or preset"),
@@ -191,23 +173,10 @@ def test_cli_refuses_unknown_presets_in_one_line(tmp_path, models, name, match):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_output_q6_k_is_substituted_only_without_its_quantizer(tmp_path, models):
-    # q4_0 on rows of 256: llama.cpp's output is Q6_K
+def test_q4_0_output_is_q6_k_on_rows_of_256(tmp_path, models):
     report = quantize_model(models["fits"], tmp_path / "q4_0.gguf", "q4_0")
     assert chosen_for(models["fits"], "q4_0")["output.weight"] == "q6_k"
-    if k_quants_available():
-        assert report.types["output.weight"] == "q6_k" and report.notes == []
-    else:
-        assert report.types["output.weight"] == "q8_0"
-        assert report.notes == ["output.weight: llama.cpp chooses q6_k here; this build of pyengine has no q6_k "
-                                "quantizer and writes q8_0"]
-
-
-@pytest.mark.skipif(k_quants_available(), reason="the K-quant quantizers are there")
-def test_presets_without_quantizers_are_refused_before_writing(tmp_path, models):
-    with pytest.raises(ValueError, match="tensor type q4_k .* has no quantizer"):
-        quantize_model(models["fits"], tmp_path / "x.gguf", "q4_k_m")
-    assert list(tmp_path.iterdir()) == []
+    assert report.types["output.weight"] == "q6_k" and report.notes == []
 
 
 def test_fallbacks_are_noted_and_unfitting_rows_are_f16(tmp_path):
