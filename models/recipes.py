@@ -30,7 +30,9 @@ from pyengine.gguf import GGMLType, GGUFValueType, GGUFWriter
 from pyengine.quants import quantize
 from pyengine.requantize import PRESETS, QUANTIZED_TARGETS, HParams, plan_types, quantize_model
 
-VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+# llama.cpp's presets of the files people download, as llama.cpp's quantizer makes them (byte for byte)
+PRESET_VARIANTS = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m")
+VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1") + PRESET_VARIANTS
 TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1")
 
 # TinyLlama-1.1B's hyper-parameters (its config.json): 22 layers, grouped-query attention with 4 KV

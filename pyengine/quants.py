@@ -29,6 +29,11 @@ def type_info(type: str | int) -> tuple[str, int, int]:
     return name, block_size, type_size
 
 
+# Below this many values per thread, quantizing on one thread is as fast (the searches of the K-quants
+# take ~1 us per value, the simple formats ~10 ns).
+_VALUES_PER_THREAD = 1 << 18
+
+
 def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Raw GGUF block bytes of a float32 matrix (rows, cols), row-major: uint8 (rows, row_bytes).
 
@@ -43,7 +48,17 @@ def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) 
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (x.shape[-1],) or not np.all(np.isfinite(imatrix)) or np.any(imatrix < 0):
             raise ValueError(f"imatrix must be {x.shape[-1]} finite nonnegative values, one per column")
-    out = _core.quantize(np.ascontiguousarray(x.reshape(-1, x.shape[-1])), _type_id(type), imatrix)
+    rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+    type_id = _type_id(type)
+    n_threads = min(_core.default_n_threads(), rows.shape[0], max(1, rows.size // _VALUES_PER_THREAD))
+    if n_threads <= 1:
+        out = _core.quantize(rows, type_id, imatrix)
+    else:  # rows are independent, and the native quantizer runs without the GIL: split them
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = np.array_split(rows, n_threads)
+        with ThreadPoolExecutor(n_threads) as pool:
+            out = np.concatenate(list(pool.map(lambda c: _core.quantize(c, type_id, imatrix), chunks)))
     return out.reshape(-1) if x.ndim == 1 else out
 
 

@@ -168,3 +168,18 @@ def test_scalar_dot_matches_float64(rng, name, n_blocks):
                 exact, magnitude = xq @ w, np.abs(xq) @ np.abs(w)
             # a few float32 roundings per block or super-block, and the dequantizer's own (d * sc) * q
             assert abs(ours - exact) <= (n / 32 + 8) * 2.0**-22 * magnitude + 1e-30, (name, ours, exact)
+
+
+def test_core_stubs_name_what_the_module_has():
+    """pyengine/_core.pyi (the native module's type stubs) lists exactly the module's functions and
+    classes, and each class's public members."""
+    import ast
+
+    stub = ast.parse((Path(pyengine.__file__).parent / "_core.pyi").read_text())
+    names = {n.name: n for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    public = {n for n in dir(_core) if not n.startswith("_")}
+    assert set(names) == public
+    for name, node in names.items():
+        if isinstance(node, ast.ClassDef):
+            members = {m.name for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")}
+            assert members == {m for m in dir(getattr(_core, name)) if not m.startswith("_")}, name

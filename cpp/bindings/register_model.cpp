@@ -209,7 +209,11 @@ void register_model(py::module_& m) {
         .def("pack", [](PyModel& pm, ThreadPool& pool, py::object release) {
             std::function<void(const void*, size_t)> cb;
             if (!release.is_none())
-                cb = [&release](const void* data, size_t bytes) { release(reinterpret_cast<uintptr_t>(data), bytes); };
+                cb = [&release](const void* data, size_t bytes) {
+                    py::gil_scoped_acquire gil;
+                    release(reinterpret_cast<uintptr_t>(data), bytes);
+                };
+            py::gil_scoped_release nogil;  // packing a large model takes a while: other threads run meanwhile
             pm.model->pack(pool, cb);
         }, py::arg("pool"), py::arg("release") = py::none(),
             "packs the matrices for the ISA's packed kernels; release(address, nbytes) is called for each "
