@@ -6,8 +6,10 @@ type ids gguf-py does not know, so it cannot parse such a file) are dequantized 
 the raw bytes, and a file holding them is read with pyengine's pure-Python reader (held against
 gguf-py on ggml's types in test_gguf), not by the C++ core. Two options make it see what the
 engine sees, so that differences shrink to float rounding:
-- quantize_activations: each matmul input goes through a Q8_0 round trip (per 32-block absmax,
-  what llama.cpp and pyengine multiply quantized weights with);
+- quantize_activations: each matmul input with a quantized weight goes through a round trip of the
+  activation format that llama.cpp and pyengine multiply the weight's type with (ACTIVATION): Q8_0
+  (per 32-block absmax / 127, fp16 scale), Q8_1 (Q8_0's values, plus s = fp16(d * sum(q)) that the
+  minimum term of Q4_1 and Q5_1 is computed with) or Q8_K (per 256-block, float32 scale);
 - kv_f16: keys and values are rounded to float16, as stored in an F16 KV cache.
 """
 
@@ -23,7 +25,50 @@ import pyengine.gguf
 # (the derivation is in cpp/quant/blocks.h; test_nf4 recomputes it).
 NF4, NF4_DQ = 100, 101
 NF4_LEVELS = np.array([-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127], np.float32)
-QUANTIZED = {T.Q4_0, T.Q4_1, T.Q8_0, NF4, NF4_DQ}
+
+
+def q8_0_round_trip(x):
+    """float64 values of x (..., n) quantized to Q8_0 (gguf-py's quantizer: ggml's reference)."""
+    raw = quants.quantize(np.asarray(x, np.float32), T.Q8_0)
+    return quants.dequantize(raw, T.Q8_0).reshape(x.shape).astype(np.float64)
+
+
+def q8_1_sums(x):
+    """Q8_1's s per 32-block of x (rows, n) -> (rows, n / 32): fp16(d * sum(q)) with d = absmax / 127
+    the unrounded float32 scale and q the Q8_0 values (Q8_0 and Q8_1 quantize alike)."""
+    x32 = np.asarray(x, np.float32)
+    blocks = x32.reshape(x.shape[0], -1, 32)
+    d = np.abs(blocks).max(axis=-1) / np.float32(127)
+    raw = quants.quantize(x32, T.Q8_0).reshape(blocks.shape[0], blocks.shape[1], 34)
+    qsum = raw[..., 2:].view(np.int8).astype(np.int32).sum(-1)
+    return (qsum.astype(np.float32) * d).astype(np.float16).astype(np.float64)
+
+
+def q8_k_round_trip(x):
+    """float64 values of x (..., n) quantized to Q8_K, as ggml's quantize_row_q8_K_ref: per 256-block,
+    iscale = -127 / v with v the first value of largest magnitude, q = min(127, round-half-to-even(
+    iscale * x)), d = 1 / iscale, all in float32 (gguf-py has no Q8_K quantizer)."""
+    blocks = np.asarray(x, np.float32).reshape(-1, 256)
+    v = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[:, None], -1)
+    nonzero = v != 0
+    iscale = np.where(nonzero, np.float32(-127) / np.where(nonzero, v, np.float32(1)), np.float32(0))
+    q = np.minimum(np.rint(iscale * blocks), np.float32(127))
+    d = np.where(nonzero, np.float32(1) / np.where(nonzero, iscale, np.float32(1)), np.float32(0))
+    return (d.astype(np.float64) * q).reshape(x.shape)
+
+
+# The activation format each quantized weight type is multiplied with (ggml's vec_dot_type); a type
+# absent here (F32, F16) multiplies the float activations.
+ACTIVATION = {
+    **dict.fromkeys([T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL, NF4, NF4_DQ], "q8_0"),
+    **dict.fromkeys([T.Q4_1, T.Q5_1], "q8_1"),
+    **dict.fromkeys([T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS], "q8_k"),
+}
+# Q8_1's values are Q8_0's; its s enters _matmul through the minimum term. The K-quants' minimum
+# terms need nothing of the kind: with Q8_K's values and the dequantized weights they are exact.
+ROUND_TRIP = {"q8_0": q8_0_round_trip, "q8_1": q8_0_round_trip, "q8_k": q8_k_round_trip}
+# Q4_1 and Q5_1 blocks: fp16 d at byte 0, fp16 minimum m at byte 2; their size in bytes.
+MIN_BLOCK_BYTES = {T.Q4_1: 20, T.Q5_1: 24}
 
 
 def _nf4_values(qs, d):
@@ -79,9 +124,9 @@ class ReferenceLlama:
         self.eps = float(kv.get(p + "attention.layer_norm_rms_epsilon", 1e-5))
         self.w, self.types, self.mins = {}, {}, {}
         for name, type_id, dims, raw in tensors:
-            if type_id == T.Q4_1:
-                # Q4_1's per-block minimum m, (rows, n_blocks): its term is m * s with Q8_1's fp16 s.
-                blocks = np.asarray(raw).reshape(-1, 20)
+            if type_id in MIN_BLOCK_BYTES:
+                # the per-block minimum m, (rows, n_blocks): its term is m * s with Q8_1's fp16 s.
+                blocks = np.asarray(raw).reshape(-1, MIN_BLOCK_BYTES[type_id])
                 self.mins[name] = blocks[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float64).reshape(
                     int(dims[1]), -1)
             shape = [int(d) for d in reversed(dims)]
@@ -96,21 +141,16 @@ class ReferenceLlama:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * weight
 
     def _matmul(self, name, x, quantize_activations):
-        if not (quantize_activations and self.types[name] in QUANTIZED):
+        activation = ACTIVATION.get(self.types[name]) if quantize_activations else None
+        if activation is None:
             return x @ self.w[name].T
-        # Q8_0 and Q8_1 quantize alike (absmax / 127 per 32-block); Q8_1 adds s = fp16(d * sum(q)).
-        x32 = x.astype(np.float32)
-        raw = quants.quantize(x32, T.Q8_0)
-        xq = quants.dequantize(raw, T.Q8_0).reshape(x.shape).astype(np.float64)
-        if self.types[name] != T.Q4_1:
+        xq = ROUND_TRIP[activation](x)
+        if activation != "q8_1":
             return xq @ self.w[name].T
-        blocks = x32.reshape(x.shape[0], -1, 32)
-        d = np.abs(blocks).max(axis=-1) / np.float32(127)  # the unrounded float32 scale
-        qsum = raw.reshape(x.shape[0], -1, 34)[..., 2:].view(np.int8).astype(np.int32).sum(-1)
-        s = (qsum.astype(np.float32) * d).astype(np.float16).astype(np.float64)
+        # Q8_1: the weight's minimum m multiplies Q8_1's s instead of the sum of the values
         m = self.mins[name]
         w_no_min = (self.w[name].reshape(m.shape[0], m.shape[1], 32) - m[..., None]).reshape(self.w[name].shape)
-        return xq @ w_no_min.T + s @ m.T
+        return xq @ w_no_min.T + q8_1_sums(x) @ m.T
 
     def _rope(self, x, positions):
         # x: (T, heads, head_dim); rotate adjacent pairs of the first n_rot dims.

@@ -17,7 +17,19 @@ SHAPES = [
     dict(n_heads=2, n_kv_heads=2, n_rot=16, tied=True),     # partial RoPE, tied output
     dict(n_heads=4, n_kv_heads=2, n_layers=3, rope_theta=500000.0),
 ]
+# K-quants and IQ4_XS: rows of 256-value super-blocks (n_embd and n_ff multiples of 256)
+K_SHAPE = dict(n_heads=4, n_kv_heads=2, n_embd=256, n_ff=512)
 PROMPT = [1, 5, 77, 200, 3, 9, 9, 250, 17, 42, 0, 299, 128]
+
+# Quantized models by name: the type of every matrix, or a mix. q4_0 keeps a Q8_0 token_embd (a
+# file of two types); q4_k_m is what llama.cpp's Q4_K_M preset writes for these shapes
+# (tests/data/llamacpp_preset_types.json): Q4_K, with Q6_K output, attn_v and ffn_down.
+MIXES = {
+    "q4_0": dict(weight_type="q4_0", embd_type="q8_0"),
+    "q4_k_m": dict(weight_type="q4_k", tensor_types=dict(output="q6_k", attn_v="q6_k", ffn_down="q6_k")),
+}
+BLOCK_TYPES = ["q4_0", "q4_1", "q8_0", "q5_0", "q5_1", "iq4_nl"]  # 32-value blocks: on every shape
+SUPER_BLOCK_TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs", "q4_k_m"]  # on K_SHAPE ("k")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +42,19 @@ def tiny(model_dir, name, **kw):
     if not path.exists():
         write_tiny_llama(path, **kw)
     return path
+
+
+def quantized(model_dir, type_name, shape):
+    """The model of type_name (a weight type or a MIXES name) on SHAPES[shape], or on K_SHAPE for "k"."""
+    kw = K_SHAPE if shape == "k" else SHAPES[shape]
+    seed = len(SHAPES) if shape == "k" else shape
+    types = MIXES.get(type_name, dict(weight_type=type_name))
+    return tiny(model_dir, f"s{shape}-{type_name}", seed=seed, **types, **kw)
+
+
+def on_its_shape(type_names, shape=1):
+    """(shape, type) pairs: the 32-block types on SHAPES[shape], the super-block ones on K_SHAPE."""
+    return [("k" if t in SUPER_BLOCK_TYPES else shape, t) for t in type_names]
 
 
 def rel_err(ours, ref):
@@ -56,15 +81,16 @@ def test_f32_kv_cache_matches_reference_without_f16_rounding(model_dir):
     assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, kv_f16=True)) < 1e-2
 
 
-@pytest.mark.parametrize("shape", range(len(SHAPES)))
-@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "q8_0"])
+@pytest.mark.parametrize("shape,weight_type", [(shape, t) for t in BLOCK_TYPES for shape in range(len(SHAPES))]
+                         + on_its_shape(SUPER_BLOCK_TYPES))
 def test_quantized_models_match_reference(model_dir, shape, weight_type):
-    """The reference quantizes the activations as the engine does; float32 against float64 can still
-    flip one activation's rounding to the next step, which then travels on, so the bound is looser
-    than for float models (the exact agreement of single products is tested in test_matmul)."""
-    embd_type = "q8_0" if weight_type == "q4_0" else None
-    path = tiny(model_dir, f"s{shape}-{weight_type}", weight_type=weight_type, embd_type=embd_type, seed=shape,
-                **SHAPES[shape])
+    """The reference quantizes the activations as the engine does (Q8_0, Q8_1 or Q8_K by weight type);
+    float32 against float64 can still flip one activation's rounding to the next step, which then
+    travels on, so the bound is looser than for float models (the exact agreement of single products
+    is tested in test_matmul and test_formats). Measured: without a flip the error is float rounding
+    (1e-7 to 2e-6, every type); with flips it is 5e-4 to 2.4e-2 (12 seeds per type: the 256-wide
+    K_SHAPE, with more activations, flips more often, but no larger, q2_k and q3_k included)."""
+    path = quantized(model_dir, weight_type, shape)
     ours = Model(path).logits(PROMPT)
     ref = ReferenceLlama(path).logits(PROMPT)
     assert rel_err(ours, ref) < 0.03
@@ -73,9 +99,9 @@ def test_quantized_models_match_reference(model_dir, shape, weight_type):
     assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, quantize_activations=False)) < 0.1
 
 
-@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "q8_0", "f16"])
-def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, weight_type):
-    path = tiny(model_dir, f"s1-{weight_type}", weight_type=weight_type, seed=1, **SHAPES[1])
+@pytest.mark.parametrize("shape,weight_type", on_its_shape(BLOCK_TYPES + SUPER_BLOCK_TYPES + ["f16"]))
+def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, shape, weight_type):
+    path = quantized(model_dir, weight_type, shape)
     base = Model(path, n_threads=1).logits(PROMPT)
     for n_threads in (2, 3, 5):
         with threads_warning(n_threads):
@@ -99,9 +125,9 @@ def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, wei
     np.testing.assert_array_equal(prefix.eval(PROMPT[6:]), base[-1])
 
 
-@pytest.mark.parametrize("weight_type", ["q4_0", "q4_1", "f16"])
-def test_batched_sequences_match_single_evaluation(model_dir, weight_type):
-    path = tiny(model_dir, f"s1-{weight_type}", weight_type=weight_type, seed=1, **SHAPES[1])
+@pytest.mark.parametrize("shape,weight_type", on_its_shape(BLOCK_TYPES + SUPER_BLOCK_TYPES + ["f16"]))
+def test_batched_sequences_match_single_evaluation(model_dir, shape, weight_type):
+    path = quantized(model_dir, weight_type, shape)
     m = Model(path, n_threads=2)
     prefix = m.context()
     prefix.eval(PROMPT[:5])
@@ -122,7 +148,7 @@ def test_batched_sequences_match_single_evaluation(model_dir, weight_type):
 
 
 def test_truncate_and_re_evaluate(model_dir):
-    path = tiny(model_dir, "s1-q4_0", weight_type="q4_0", seed=1, **SHAPES[1])
+    path = quantized(model_dir, "q4_0", 1)
     m = Model(path)
     base = m.logits(PROMPT)
     ctx = m.context()

@@ -39,12 +39,18 @@ def sentencepiece_vocab(n_vocab):
 
 
 def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_heads=2, n_vocab=300,
-                     weight_type="f32", embd_type=None, tied=False, n_ctx_train=256, rope_theta=10000.0,
-                     n_rot=None, seed=0, vocab="gpt2"):
+                     weight_type="f32", embd_type=None, tensor_types=None, tied=False, n_ctx_train=256,
+                     rope_theta=10000.0, n_rot=None, seed=0, vocab="gpt2"):
     """A llama model of random weights; vocab "gpt2" (byte-level BPE, GPT-2's byte symbols) or "spm"
-    (SentencePiece: byte tokens and pieces of letters)."""
+    (SentencePiece: byte tokens and pieces of letters). Matrices are of weight_type, token_embd of
+    embd_type if given; tensor_types maps a matrix's role (its name without "blk.N." and ".weight":
+    "token_embd", "output", "attn_v", "ffn_down", ...) to its type, for mixes such as Q4_K_M's."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_heads
+    roles = {"token_embd": embd_type or weight_type, **(tensor_types or {})}
+
+    def type_of(role):
+        return roles.get(role, weight_type)
 
     def matrix(rows, cols, type_name):
         w = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
@@ -90,21 +96,21 @@ def write_tiny_llama(path, *, n_layers=2, n_embd=64, n_ff=96, n_heads=4, n_kv_he
             w.add_array("tokenizer.ggml.merges", [], GGUFValueType.STRING)
             w.add_uint32("tokenizer.ggml.bos_token_id", 256)
             w.add_uint32("tokenizer.ggml.eos_token_id", 256)
-        add_matrix(w, "token_embd.weight", n_vocab, n_embd, embd_type or weight_type)
+        add_matrix(w, "token_embd.weight", n_vocab, n_embd, type_of("token_embd"))
         w.add_tensor("output_norm.weight", norm(n_embd))
         if not tied:
-            add_matrix(w, "output.weight", n_vocab, n_embd, weight_type)
+            add_matrix(w, "output.weight", n_vocab, n_embd, type_of("output"))
         for i in range(n_layers):
             b = f"blk.{i}."
             w.add_tensor(b + "attn_norm.weight", norm(n_embd))
-            add_matrix(w, b + "attn_q.weight", n_heads * head_dim, n_embd, weight_type)
-            add_matrix(w, b + "attn_k.weight", n_kv_heads * head_dim, n_embd, weight_type)
-            add_matrix(w, b + "attn_v.weight", n_kv_heads * head_dim, n_embd, weight_type)
-            add_matrix(w, b + "attn_output.weight", n_embd, n_heads * head_dim, weight_type)
+            add_matrix(w, b + "attn_q.weight", n_heads * head_dim, n_embd, type_of("attn_q"))
+            add_matrix(w, b + "attn_k.weight", n_kv_heads * head_dim, n_embd, type_of("attn_k"))
+            add_matrix(w, b + "attn_v.weight", n_kv_heads * head_dim, n_embd, type_of("attn_v"))
+            add_matrix(w, b + "attn_output.weight", n_embd, n_heads * head_dim, type_of("attn_output"))
             w.add_tensor(b + "ffn_norm.weight", norm(n_embd))
-            add_matrix(w, b + "ffn_gate.weight", n_ff, n_embd, weight_type)
-            add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, weight_type)
-            add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, weight_type)
+            add_matrix(w, b + "ffn_gate.weight", n_ff, n_embd, type_of("ffn_gate"))
+            add_matrix(w, b + "ffn_up.weight", n_ff, n_embd, type_of("ffn_up"))
+            add_matrix(w, b + "ffn_down.weight", n_embd, n_ff, type_of("ffn_down"))
     return path
 
 
