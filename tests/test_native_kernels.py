@@ -36,6 +36,9 @@ KERNEL_TEST = CPP / "tests" / "kernel_test.cpp"
 REFERENCE = CPP / "quant" / "reference.cpp"
 # The oracle is built as CMake builds it: no fused multiply-adds (they change Q4_0 bytes on arm64).
 REFERENCE_FLAGS = ["-ffp-contract=off"]
+# reference.cpp's type table names the K-quant-era quantizers, which live in quantize_kquants.cpp
+# (built like it): every binary links both.
+REFERENCE_UNITS = [(REFERENCE, REFERENCE_FLAGS), (CPP / "quant" / "quantize_kquants.cpp", REFERENCE_FLAGS)]
 
 COMMON_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
@@ -147,7 +150,7 @@ def test_scalar_table_against_itself(tmp_path_factory):
     """The harness itself: the reference held against itself must agree exactly."""
     cxx = native_compiler()
     out = tmp_path_factory.mktemp("kernel_test_scalar")
-    binary = build(out, cxx, "kernels_scalar", [(REFERENCE, REFERENCE_FLAGS)])
+    binary = build(out, cxx, "kernels_scalar", REFERENCE_UNITS)
     run_kernel_test([binary], NATIVE_TRIALS)
 
 
@@ -159,8 +162,8 @@ def test_avx2_table(tmp_path_factory):
         pytest.skip(f"this CPU lacks {', '.join(sorted(absent))}")
     cxx = native_compiler()
     out = tmp_path_factory.mktemp("kernel_test_avx2")
-    units = [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
-             (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS)]
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
+                                (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS)]
     binary = build(out, cxx, "kernels_avx2", units)
     run_kernel_test([binary], NATIVE_TRIALS, expect_target="x86-64")
 
@@ -172,7 +175,7 @@ def test_avx512_table_through_simde(tmp_path_factory):
         missing("SIMDe headers not found (simde/x86/avx512.h; Debian: libsimde-dev, or set PE_SIMDE_INCLUDE)")
     out = tmp_path_factory.mktemp("kernel_test_avx512_simde")
     flags = AVX512_SIMDE_FLAGS + ["-I" + include]  # -I of a system directory is a no-op, as it should be
-    binary = build(out, cxx, "kernels_avx512_simde", [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx512.cpp", flags)])
+    binary = build(out, cxx, "kernels_avx512_simde", REFERENCE_UNITS + [(CPP / "kernels" / "avx512.cpp", flags)])
     run_kernel_test([binary], NATIVE_TRIALS)
 
 
@@ -199,7 +202,7 @@ def test_neon_table(tmp_path_factory, variant):
         trials = EMULATED_TRIALS
     out = tmp_path_factory.mktemp(f"kernel_test_neon_{variant}")
     # On arm64 every unit is built for the same target (there is no per-unit ISA flag to add).
-    units = [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "neon.cpp", [])]
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "neon.cpp", [])]
     binary = build(out, cxx + march, "kernels_neon", units, link_flags=link)
     run_kernel_test(emulator + [binary], trials, expect_target=NEON_TARGET[variant])
 
