@@ -8,7 +8,7 @@ flags), with -Wall -Wextra -Werror:
 - AVX2 natively (reference.cpp + avx2.cpp + avx2_kquants.cpp), on an x86-64 CPU with AVX2, FMA and F16C;
 - AVX-512 through SIMDe (avx512.cpp with -DPE_SIMDE), on any CPU: the SIMDe headers stand in for
   the instructions;
-- NEON cross-compiled for arm64 (reference.cpp + neon.cpp, linked statically) and run under
+- NEON cross-compiled for arm64 (reference.cpp + neon.cpp + neon_kquants.cpp, linked statically) and run under
   qemu-aarch64, twice: with the dot-product extension (sdot) and without it (the smull fallback).
   On an arm64 host it is built and run natively instead.
 
@@ -42,6 +42,9 @@ REFERENCE_UNITS = [(REFERENCE, REFERENCE_FLAGS), (CPP / "quant" / "quantize_kqua
 
 COMMON_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
+# As in CMakeLists.txt: the NEON K-quant unit repeats the reference's separate multiplies and adds, which
+# GCC would fuse on arm64 by default.
+NEON_KQUANT_FLAGS = ["-ffp-contract=off"]
 # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers (as in CMakeLists.txt), and
 # that SIMDe's 64-byte vector types passed by value have another ABI without -mavx512f (-Wpsabi;
 # harmless here, see cpp/tests/simde_avx512.h).
@@ -202,14 +205,15 @@ def test_neon_table(tmp_path_factory, variant):
         trials = EMULATED_TRIALS
     out = tmp_path_factory.mktemp(f"kernel_test_neon_{variant}")
     # On arm64 every unit is built for the same target (there is no per-unit ISA flag to add).
-    units = REFERENCE_UNITS + [(CPP / "kernels" / "neon.cpp", [])]
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "neon.cpp", []),
+                                (CPP / "kernels" / "neon_kquants.cpp", NEON_KQUANT_FLAGS)]
     binary = build(out, cxx + march, "kernels_neon", units, link_flags=link)
     run_kernel_test(emulator + [binary], trials, expect_target=NEON_TARGET[variant])
 
 
 def test_neon_unit_is_a_stub_off_arm64(tmp_path_factory):
-    """Off arm64 neon.cpp compiles cleanly to a kernels_neon() that returns nullptr (the build lists it
-    for every architecture)."""
+    """Off arm64 neon.cpp and neon_kquants.cpp compile cleanly, to a kernels_neon() that returns nullptr
+    and an add_neon_kquant_kernels() that changes nothing (the build lists both for every architecture)."""
     if IS_ARM64:
         pytest.skip("this is an arm64 host: neon.cpp is the real kernels here")
     cxx = native_compiler()
@@ -217,9 +221,18 @@ def test_neon_unit_is_a_stub_off_arm64(tmp_path_factory):
     probe = out / "probe.cpp"
     probe.write_text(
         '#include "kernels/kernels.h"\n'
-        "int main() { return pe::kernels_neon() == nullptr ? 0 : 1; }\n"
+        "int main() {\n"
+        "    pe::Kernels k{};\n"
+        "    pe::add_neon_kquant_kernels(k);\n"
+        "    for (unsigned t = 0; t < pe::TYPE_COUNT; t++)\n"
+        "        if (k.vec_dot[t] || k.from_float[t]) return 2;\n"
+        "    return pe::kernels_neon() == nullptr ? 0 : 1;\n"
+        "}\n"
     )
-    cmd = cxx + COMMON_FLAGS + [f"-I{CPP}", str(probe), str(CPP / "kernels" / "neon.cpp"), "-o", str(out / "probe")]
+    sources = [str(CPP / "kernels" / "neon.cpp"), str(CPP / "kernels" / "neon_kquants.cpp")]
+    cmd = cxx + COMMON_FLAGS + NEON_KQUANT_FLAGS + [f"-I{CPP}", str(probe)] + sources + ["-o", str(out / "probe")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    assert subprocess.run([str(out / "probe")]).returncode == 0, "kernels_neon() is not nullptr off arm64"
+    rc = subprocess.run([str(out / "probe")]).returncode
+    assert rc != 2, "add_neon_kquant_kernels() set entries off arm64"
+    assert rc == 0, "kernels_neon() is not nullptr off arm64"
