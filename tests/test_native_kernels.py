@@ -8,7 +8,7 @@ flags), with -Wall -Wextra -Werror:
 - AVX2 natively (reference.cpp + avx2.cpp + avx2_kquants.cpp), on an x86-64 CPU with AVX2, FMA and F16C;
 - AVX-512 through SIMDe (avx512.cpp with -DPE_SIMDE), on any CPU: the SIMDe headers stand in for
   the instructions;
-- NEON cross-compiled for arm64 (reference.cpp + neon.cpp, linked statically) and run under
+- NEON cross-compiled for arm64 (reference.cpp + neon.cpp + neon_kquants.cpp, linked statically) and run under
   qemu-aarch64, twice: with the dot-product extension (sdot) and without it (the smull fallback).
   On an arm64 host it is built and run natively instead.
 
@@ -36,9 +36,15 @@ KERNEL_TEST = CPP / "tests" / "kernel_test.cpp"
 REFERENCE = CPP / "quant" / "reference.cpp"
 # The oracle is built as CMake builds it: no fused multiply-adds (they change Q4_0 bytes on arm64).
 REFERENCE_FLAGS = ["-ffp-contract=off"]
+# reference.cpp's type table names the K-quant-era quantizers, which live in quantize_kquants.cpp
+# (built like it): every binary links both.
+REFERENCE_UNITS = [(REFERENCE, REFERENCE_FLAGS), (CPP / "quant" / "quantize_kquants.cpp", REFERENCE_FLAGS)]
 
 COMMON_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
+# As in CMakeLists.txt: the NEON K-quant unit repeats the reference's separate multiplies and adds, which
+# GCC would fuse on arm64 by default.
+NEON_KQUANT_FLAGS = ["-ffp-contract=off"]
 # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers (as in CMakeLists.txt), and
 # that SIMDe's 64-byte vector types passed by value have another ABI without -mavx512f (-Wpsabi;
 # harmless here, see cpp/tests/simde_avx512.h).
@@ -147,7 +153,7 @@ def test_scalar_table_against_itself(tmp_path_factory):
     """The harness itself: the reference held against itself must agree exactly."""
     cxx = native_compiler()
     out = tmp_path_factory.mktemp("kernel_test_scalar")
-    binary = build(out, cxx, "kernels_scalar", [(REFERENCE, REFERENCE_FLAGS)])
+    binary = build(out, cxx, "kernels_scalar", REFERENCE_UNITS)
     run_kernel_test([binary], NATIVE_TRIALS)
 
 
@@ -159,8 +165,8 @@ def test_avx2_table(tmp_path_factory):
         pytest.skip(f"this CPU lacks {', '.join(sorted(absent))}")
     cxx = native_compiler()
     out = tmp_path_factory.mktemp("kernel_test_avx2")
-    units = [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
-             (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS)]
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
+                                (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS)]
     binary = build(out, cxx, "kernels_avx2", units)
     run_kernel_test([binary], NATIVE_TRIALS, expect_target="x86-64")
 
@@ -172,7 +178,7 @@ def test_avx512_table_through_simde(tmp_path_factory):
         missing("SIMDe headers not found (simde/x86/avx512.h; Debian: libsimde-dev, or set PE_SIMDE_INCLUDE)")
     out = tmp_path_factory.mktemp("kernel_test_avx512_simde")
     flags = AVX512_SIMDE_FLAGS + ["-I" + include]  # -I of a system directory is a no-op, as it should be
-    binary = build(out, cxx, "kernels_avx512_simde", [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "avx512.cpp", flags)])
+    binary = build(out, cxx, "kernels_avx512_simde", REFERENCE_UNITS + [(CPP / "kernels" / "avx512.cpp", flags)])
     run_kernel_test([binary], NATIVE_TRIALS)
 
 
@@ -199,14 +205,15 @@ def test_neon_table(tmp_path_factory, variant):
         trials = EMULATED_TRIALS
     out = tmp_path_factory.mktemp(f"kernel_test_neon_{variant}")
     # On arm64 every unit is built for the same target (there is no per-unit ISA flag to add).
-    units = [(REFERENCE, REFERENCE_FLAGS), (CPP / "kernels" / "neon.cpp", [])]
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "neon.cpp", []),
+                                (CPP / "kernels" / "neon_kquants.cpp", NEON_KQUANT_FLAGS)]
     binary = build(out, cxx + march, "kernels_neon", units, link_flags=link)
     run_kernel_test(emulator + [binary], trials, expect_target=NEON_TARGET[variant])
 
 
 def test_neon_unit_is_a_stub_off_arm64(tmp_path_factory):
-    """Off arm64 neon.cpp compiles cleanly to a kernels_neon() that returns nullptr (the build lists it
-    for every architecture)."""
+    """Off arm64 neon.cpp and neon_kquants.cpp compile cleanly, to a kernels_neon() that returns nullptr
+    and an add_neon_kquant_kernels() that changes nothing (the build lists both for every architecture)."""
     if IS_ARM64:
         pytest.skip("this is an arm64 host: neon.cpp is the real kernels here")
     cxx = native_compiler()
@@ -214,9 +221,18 @@ def test_neon_unit_is_a_stub_off_arm64(tmp_path_factory):
     probe = out / "probe.cpp"
     probe.write_text(
         '#include "kernels/kernels.h"\n'
-        "int main() { return pe::kernels_neon() == nullptr ? 0 : 1; }\n"
+        "int main() {\n"
+        "    pe::Kernels k{};\n"
+        "    pe::add_neon_kquant_kernels(k);\n"
+        "    for (unsigned t = 0; t < pe::TYPE_COUNT; t++)\n"
+        "        if (k.vec_dot[t] || k.from_float[t]) return 2;\n"
+        "    return pe::kernels_neon() == nullptr ? 0 : 1;\n"
+        "}\n"
     )
-    cmd = cxx + COMMON_FLAGS + [f"-I{CPP}", str(probe), str(CPP / "kernels" / "neon.cpp"), "-o", str(out / "probe")]
+    sources = [str(CPP / "kernels" / "neon.cpp"), str(CPP / "kernels" / "neon_kquants.cpp")]
+    cmd = cxx + COMMON_FLAGS + NEON_KQUANT_FLAGS + [f"-I{CPP}", str(probe)] + sources + ["-o", str(out / "probe")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    assert subprocess.run([str(out / "probe")]).returncode == 0, "kernels_neon() is not nullptr off arm64"
+    rc = subprocess.run([str(out / "probe")]).returncode
+    assert rc != 2, "add_neon_kquant_kernels() set entries off arm64"
+    assert rc == 0, "kernels_neon() is not nullptr off arm64"

@@ -289,6 +289,7 @@ const Kernels* kernels_neon() {
         k.axpy[TYPE_F16] = axpy_f16;
         k.attend[TYPE_F32] = attend_by_rows<vec_dot_f32_f32, axpy_f32>;
         k.attend[TYPE_F16] = attend_by_rows<vec_dot_f16_f32, axpy_f16>;
+        add_neon_kquant_kernels(k);  // Q5_0, Q5_1, IQ4_NL, the K-quants and the Q8_K quantizer
         return k;
     }();
     return &table;

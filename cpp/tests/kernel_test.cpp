@@ -2,10 +2,19 @@
 // No Python: tests/test_native_kernels.py builds it once per table (natively, through SIMDe, or
 // cross-compiled for arm64 and run under qemu) and reads its last line.
 //
-//   g++ -std=c++17 -O2 -c cpp/quant/reference.cpp
+//   g++ -std=c++17 -O2 -c -ffp-contract=off cpp/quant/reference.cpp cpp/quant/quantize_kquants.cpp
 //   g++ -std=c++17 -O2 -c -mavx2 -mfma -mf16c -ffp-contract=off cpp/kernels/avx2.cpp cpp/kernels/avx2_kquants.cpp
-//   g++ -std=c++17 -O2 -DPE_TEST_TABLE=kernels_avx2 cpp/tests/kernel_test.cpp reference.o avx2.o avx2_kquants.o
+//   g++ -std=c++17 -O2 -DPE_TEST_TABLE=kernels_avx2 cpp/tests/kernel_test.cpp reference.o
+//       quantize_kquants.o avx2.o avx2_kquants.o
 //   ./a.out [--seed S] [--trials T]
+//
+// The NEON table (cross-compiled, -march=armv8.2-a+dotprod or armv8-a for every unit, as the test does):
+//   aarch64-linux-gnu-g++ -std=c++17 -O2 -c -ffp-contract=off cpp/quant/reference.cpp
+//       cpp/quant/quantize_kquants.cpp cpp/kernels/neon_kquants.cpp
+//   aarch64-linux-gnu-g++ -std=c++17 -O2 -c cpp/kernels/neon.cpp
+//   aarch64-linux-gnu-g++ -std=c++17 -O2 -static -DPE_TEST_TABLE=kernels_neon cpp/tests/kernel_test.cpp
+//       reference.o quantize_kquants.o neon.o neon_kquants.o
+//   qemu-aarch64 ./a.out
 //
 // As in the CMake build, only the ISA's own unit gets the ISA flags: reference.cpp compiled with
 // -mfma would have its a * b + c contracted into fused multiply-adds and stop being the same oracle.
@@ -561,9 +570,9 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
     }
     for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F32})
         record(g, k.from_float[t] != nullptr, format("from_float[%s] missing", type_traits(t)->name));
-    // The K-quant-era formats: present in every table; the AVX2 table has its own (the others take
-    // the scalar ones for now).
-    const bool own_exact = std::strcmp(k.isa, "avx2") == 0;
+    // The K-quant-era formats: present in every table; the AVX2 and NEON tables have their own (the
+    // others take the scalar ones for now).
+    const bool own_exact = std::strcmp(k.isa, "avx2") == 0 || std::strcmp(k.isa, "neon") == 0;
     for (GGMLType t : kExactDotTypes) {
         record(g, k.vec_dot[t] != nullptr, format("vec_dot[%s] missing", type_traits(t)->name));
         if (own_exact)
