@@ -26,12 +26,17 @@ from pyengine.perplexity import chunk_tokens, perplexity, scored_logprobs  # noq
 from pyengine.requantize import quantize_model  # noqa: E402
 from recipes import smollm2  # noqa: E402
 
-FORMATS = ["f32", "f16", "q8_0", "q4_1", "q4_0", "nf4", "nf4_dq"]
+# llama.cpp's presets (llama-quantize's per-tensor choices), then the plain types and pyengine's own
+PRESETS = ["q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "iq4_xs", "iq4_nl", "q3_k_l", "q3_k_m",
+           "q3_k_s", "q2_k"]
+FORMATS = ["f32", "f16", "q8_0", *PRESETS, "q4_1", "q4_0", "nf4", "nf4_dq"]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 
 
 def variant(fmt: str) -> Path:
-    if fmt in ("nf4", "nf4_dq"):
+    from recipes import VARIANTS
+
+    if fmt not in VARIANTS:
         path = smollm2("f32").with_name(f"SmolLM2-135M-Instruct.{fmt.upper()}.gguf")
         if not path.exists():
             quantize_model(smollm2("f32"), path, fmt)
@@ -82,7 +87,36 @@ def main(argv=None) -> None:
     out.with_suffix(".json").write_text(json.dumps([{"format": f, **r.to_dict(), **q.to_dict()} for f, r, q in rows],
                                                    indent=1))
     plot([r for _, r, _ in rows], out.with_suffix(".png"))
+    plot_quality(rows, out.with_name(out.name + "_quality.png"))
     print("\n".join(lines))
+
+
+def plot_quality(rows, path: Path) -> None:
+    """KL-divergence from F32 (log scale) against file size: what each format costs in quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    for fmt, r, q in rows:
+        seen.setdefault(fmt, (r.size_bytes / 1e6, r.bpw, q.kld_mean))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for fmt, (size, bpw, kld) in seen.items():
+        if kld <= 0:
+            continue  # F32 itself
+        own = fmt in ("nf4", "nf4_dq")
+        ax.scatter(size, kld, color="tab:orange" if own else "tab:blue")
+        ax.annotate(f"{fmt} ({bpw:.2f} bpw)", (size, kld), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("mean KL-divergence from F32 (nats / token)")
+    ax.set_title("SmolLM2-135M-Instruct: quality against size (blue: llama.cpp's formats, orange: pyengine's)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ def matmul(w_raw: np.ndarray, type: str | int, shape, x: np.ndarray, n_threads: 
            isa: str = "", packed: bool = False) -> np.ndarray:
     """y = x @ W.T for a weight W of `shape` (rows, cols) stored as raw `type` blocks.
 
-    x: float32 (n_tokens, cols) or (cols,). The activations are quantized per 32-block to the
-    weight type's partner format (Q8_0 for Q4_0/Q8_0/NF4/NF4_DQ, Q8_1 for Q4_1) as llama.cpp does.
+    x: float32 (n_tokens, cols) or (cols,). The activations are quantized to the weight type's
+    partner format as llama.cpp does: Q8_0 per 32-block for Q4_0, Q5_0, Q8_0, IQ4_NL, NF4, NF4_DQ; Q8_1
+    for Q4_1 and Q5_1; Q8_K per 256 for the K-quants and IQ4_XS; none for float weights.
     Results are bit-identical for any n_threads and any number of tokens. `isa` picks a kernel path
     ('' = active). packed=True first packs the rows as a Model does at load time (ValueError if the
     ISA has no packed kernels for the type, or rows is not a multiple of 8)."""

