@@ -140,6 +140,7 @@ BLOCK_FIELDS = {
     "q5_1": ["f16", "f16", 4, 16],
     "iq4_nl": ["f16", 16],
     "q4_k": ["f16", "f16", 12, 128],
+    "q6_k": [128, 64, 16, "f16"],
 }
 PACKED = [(isa, t) for isa in ISAS for t in BLOCK_FIELDS if pyengine._core.can_pack(pyengine.quants._type_id(t), isa)]
 

@@ -664,6 +664,140 @@ struct PackedQ4_K {
     }
 };
 
+// ---- Q6_K: 8 rows' super-blocks re-laid at load time. The 6-bit levels u (0..63; the weight is
+// u - 32) are split as Q4_K's nibbles: chunk h of 64 weights, the low 4 bits of weights 64h + l in
+// the low nibbles and of 64h + 32 + l in the high ones, runs of 32 bytes: bytes 8c .. 8c+7 of rows
+// 0-3 (group 0) and of rows 4-7 (group 1); after each such pair of runs, 32 bytes of the top two bits:
+// byte p holds those of group 0's low and high nibble weights in bits 0-1, 2-3 and group 1's in
+// bits 4-5, 6-7. Sub-blocks are 16 weights, so two maddubs add up in int16 (below 2 * 2 * 63 * 127
+// = 32004); the widening madd multiplies by the signed scale. Per lane isum = sum_j sc_j * (u . y)_j
+// - 32 * sum_j sc_j * bsums_j, exact, then ref::k_superblock_term's (d * dx) * float(isum) -
+// (0 * dx) * float(0), as the reference calls it: bit-identical to ref::vec_dot_q6_K_q8_K.
+// The 16 scales per row are stored as Q4_K's scale bytes: vector v (sub-blocks 4v .. 4v+3) byte b is
+// sub-block 4v + (b % 16) / 4 of row kLaneRow[4 (b / 16) + b % 4].
+struct block_q6_Kx8 {
+    uint16_t d[8];  // in kLaneRow order
+    int8_t sc[128];
+    uint8_t q[16][96];  // per (h, c): group 0's nibbles, group 1's, the top bits
+};
+static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "packing must not change the size");
+
+void pack_q6_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q6_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_q6_K& b = row_block<block_q6_K>(w, stride, r, i);
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t* ql = b.ql + 64 * h;
+                    const uint8_t qh = b.qh[32 * h + l];
+                    u[r][128 * h + l] = uint8_t((ql[l] & 0x0f) | ((qh >> 0) & 3) << 4);
+                    u[r][128 * h + l + 32] = uint8_t((ql[l + 32] & 0x0f) | ((qh >> 2) & 3) << 4);
+                    u[r][128 * h + l + 64] = uint8_t((ql[l] >> 4) | ((qh >> 4) & 3) << 4);
+                    u[r][128 * h + l + 96] = uint8_t((ql[l + 32] >> 4) | ((qh >> 6) & 3) << 4);
+                }
+        }
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q6_K>(w, stride, kLaneRow[l], i).d;
+        for (int b = 0; b < 128; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            o[i].sc[b] = row_block<block_q6_K>(w, stride, kLaneRow[4 * lane + b % 4], i).scales[j];
+        }
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                uint8_t* dst = o[i].q[4 * h + c];
+                for (int p = 0; p < 32; p++) {
+                    uint8_t top = 0;
+                    for (int group = 0; group < 2; group++) {
+                        const int r = 4 * group + p / 8, l = 64 * h + 8 * c + p % 8;
+                        dst[32 * group + p] = uint8_t((u[r][l] & 0x0f) | (u[r][l + 32] & 0x0f) << 4);
+                        top = uint8_t(top | (u[r][l] >> 4) << (4 * group) | (u[r][l + 32] >> 4) << (4 * group + 2));
+                    }
+                    dst[64 + p] = top;
+                }
+            }
+    }
+}
+
+// pshufb control putting, per 64-bit quarter Q of each 128-bit lane, byte `base + Q` in the high byte
+// of 4 int16 (an arithmetic shift by 8 then sign-extends it).
+inline __m256i quarter_pick16_high(int base) {
+    const auto q = [](int b) { return int64_t(0x0080008000800080ull | (uint64_t(b) * 0x0100010001000100ull)); };
+    return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
+}
+
+struct PackedQ6_K {
+    static constexpr int kBlock = QK_K;
+    using Block = block_q6_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        const uint8_t (*q)[96];
+        __m256i sc03[16], sc47[16];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        __m256i s[8];                // int32 lane l: the int16 pair (sc_2v, sc_2v+1) of row kLaneRow[l]
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.q = w.q;
+        __m256i sc[4];
+        for (int v = 0; v < 4; v++) sc[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sc + 32 * v));
+        for (int j = 0; j < 16; j++) {
+            p.sc03[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4))), 8);
+            p.sc47[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4) + 2)), 8);
+        }
+        for (int v = 0; v < 8; v++) {
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(0x80), char(a), char(0x80), char(b), char(0x80), char(a + 1),
+                                              char(0x80), char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2),
+                                              char(0x80), char(a + 3), char(0x80), char(b + 3));
+            p.s[v] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[v / 2], _mm256_broadcastsi128_si256(ctl)), 8);
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            for (int cc = 0; cc < 2; cc++) {  // c = 2cc, 2cc + 1: sub-blocks 4h + cc (low) and 4h + 2 + cc (high)
+                __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
+                    const uint8_t* q = w.q[4 * h + c];
+                    const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                    const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+                    const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32));
+                    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64));
+                    const __m256i u0lo = _mm256_or_si256(_mm256_and_si256(r0, m4), _mm256_and_si256(_mm256_slli_epi16(t, 4), m2));
+                    const __m256i u0hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r0, 4), m4),
+                                                         _mm256_and_si256(_mm256_slli_epi16(t, 2), m2));
+                    const __m256i u1lo = _mm256_or_si256(_mm256_and_si256(r1, m4), _mm256_and_si256(t, m2));
+                    const __m256i u1hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), m4),
+                                                         _mm256_and_si256(_mm256_srli_epi16(t, 2), m2));
+                    lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u0lo, ylo));
+                    hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u0hi, yhi));
+                    lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u1lo, ylo));
+                    hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u1hi, yhi));
+                }
+                acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(_mm256_madd_epi16(lo03, w.sc03[4 * h + cc]),
+                                                                 _mm256_madd_epi16(hi03, w.sc03[4 * h + 2 + cc])));
+                acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(_mm256_madd_epi16(lo47, w.sc47[4 * h + cc]),
+                                                                 _mm256_madd_epi16(hi47, w.sc47[4 * h + 2 + cc])));
+            }
+        }
+        const __m256i dot = _mm256_hadd_epi32(acc03, acc47);
+        // offset_l = sum_j sc_j bsums_j: pair v of bsums (int32 element v) against s[v]
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        __m256i off = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++)
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(w.s[v], _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(v))));
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(off, 5));
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
 // Weights per block of a packed format: QK, or the format's kBlock (256 for the super-blocks).
 template <typename F, typename = void>
 struct BlockSize {
@@ -1087,6 +1221,9 @@ const Kernels* kernels_avx2() {
         k.pack[TYPE_Q4_K] = pack_q4_K;
         k.packed_dot[TYPE_Q4_K] = packed_dot<PackedQ4_K>;
         k.packed_dot_pair[TYPE_Q4_K] = packed_dot_pair<PackedQ4_K>;
+        k.pack[TYPE_Q6_K] = pack_q6_K;
+        k.packed_dot[TYPE_Q6_K] = packed_dot<PackedQ6_K>;
+        k.packed_dot_pair[TYPE_Q6_K] = packed_dot_pair<PackedQ6_K>;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
