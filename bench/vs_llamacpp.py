@@ -72,10 +72,10 @@ import pyengine  # noqa: E402
 from pyengine import _core  # noqa: E402
 from pyengine.gguf import GGUFReader  # noqa: E402
 from pyengine.quants import thread_pool  # noqa: E402
-from recipes import smollm2, synthetic_tinyllama  # noqa: E402
+from recipes import VARIANTS, smollm2, synthetic_tinyllama  # noqa: E402
 
 MODELS = {"smollm2": ("SmolLM2-135M", smollm2), "tinyllama": ("TinyLlama-1.1B (synthetic)", synthetic_tinyllama)}
-FORMATS = ["q4_0", "q8_0", "q4_1"]
+FORMATS = ["q4_0", "q8_0", "q4_1"]  # the default cells
 WARMUP_PROMPT = 32  # tokens of the warm-up prompt (also the finite-logits check)
 WARMUP_GEN = 4
 PAUSE_S = 0.2  # before each timed run: lets the other engine's threads stop spinning
@@ -364,8 +364,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=lambda s: comma_list(s, MODELS), default=list(MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--formats", type=lambda s: comma_list(s, FORMATS), default=FORMATS,
-                        help=f"comma-separated, of {', '.join(FORMATS)}")
+    parser.add_argument("--formats", type=lambda s: comma_list(s, VARIANTS), default=FORMATS,
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(FORMATS)}; "
+                             "tinyllama has q4_0, q8_0, q4_1, q4_k_m)")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in comma_list(s)], default=None,
                         help="comma-separated thread counts (default 1,2; --sweep: 1..nproc and 2 x nproc)")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per engine and test; the best counts")

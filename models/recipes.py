@@ -33,7 +33,7 @@ from pyengine.requantize import PRESETS, QUANTIZED_TARGETS, HParams, plan_types,
 # llama.cpp's presets of the files people download, as llama.cpp's quantizer makes them (byte for byte)
 PRESET_VARIANTS = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m")
 VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1") + PRESET_VARIANTS
-TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1")
+TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1", "q4_k_m")
 
 # TinyLlama-1.1B's hyper-parameters (its config.json): 22 layers, grouped-query attention with 4 KV
 # heads of 64, a SentencePiece vocabulary of 32000, an output matrix of its own (not tied).
@@ -125,12 +125,12 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
         w.add_float32("llama.rope.freq_base", c["rope_theta"])
         w.add_float32("llama.attention.layer_norm_rms_epsilon", c["rms_eps"])
         w.add_uint32("llama.vocab_size", c["n_vocab"])
-        tokens, scores, types = spm_vocab(c["n_vocab"])
+        tokens, scores, token_types = spm_vocab(c["n_vocab"])
         w.add_string("tokenizer.ggml.model", "llama")
         w.add_string("tokenizer.ggml.pre", "default")
         w.add_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING)
         w.add_array("tokenizer.ggml.scores", scores, GGUFValueType.FLOAT32)
-        w.add_array("tokenizer.ggml.token_type", types, GGUFValueType.INT32)
+        w.add_array("tokenizer.ggml.token_type", token_types, GGUFValueType.INT32)
         w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
         w.add_uint32("tokenizer.ggml.bos_token_id", 1)
         w.add_uint32("tokenizer.ggml.eos_token_id", 2)

@@ -128,7 +128,25 @@ def test_unavailable_isa_is_refused(tmp_path):
 
 # Packed weights (the layout a Model repacks its matrices into at load time, where the ISA has
 # packed kernels): every output must equal the scalar reference's vec_dot bit for bit.
-PACKED = [(isa, t) for isa in ISAS for t in TYPES if pyengine._core.can_pack(pyengine.quants._type_id(t), isa)]
+#
+# The raw block layout of each packable type, field by field: "f16" a random finite fp16 scale or
+# minimum of either sign, an integer n that many random quant bytes (all `fill` in the adversarial
+# test). One row per type: a type joins the packed tests by a row here.
+BLOCK_FIELDS = {
+    "q4_0": ["f16", 16],
+    "q4_1": ["f16", "f16", 16],
+    "q8_0": ["f16", 32],  # random bytes include -128, which the file format allows
+    "q5_0": ["f16", 4, 16],
+    "q5_1": ["f16", "f16", 4, 16],
+    "iq4_nl": ["f16", 16],
+    "q4_k": ["f16", "f16", 12, 128],
+    "q6_k": [128, 64, 16, "f16"],
+}
+PACKED = [(isa, t) for isa in ISAS for t in BLOCK_FIELDS if pyengine._core.can_pack(pyengine.quants._type_id(t), isa)]
+
+
+def _block_size(type_name):
+    return pyengine._core.type_info(pyengine.quants._type_id(type_name))[1]
 
 
 def _fp16_scales(rng, n, lo=-12, hi=4):
@@ -138,13 +156,18 @@ def _fp16_scales(rng, n, lo=-12, hi=4):
 
 
 def _raw_blocks(rng, type_name, rows, cols, fill=None):
-    """Raw Q4_0/Q4_1/Q8_0 rows with random (or all `fill`) quant bytes and random fp16 scales /
-    minimums. Q8_0's random bytes include -128, which the file format allows."""
-    nb = rows * cols // 32
-    width = 32 if type_name == "q8_0" else 16
-    qs = rng.integers(0, 256, (nb, width), dtype=np.uint8) if fill is None else np.full((nb, width), fill, np.uint8)
-    head = [_fp16_scales(rng, nb)] + ([_fp16_scales(rng, nb)] if type_name == "q4_1" else [])
-    return np.concatenate([h.reshape(nb, 1).view(np.uint8) for h in head] + [qs], axis=1).reshape(-1)
+    """Raw rows of type_name (BLOCK_FIELDS) with random (or all `fill`) quant bytes and random fp16
+    scales / minimums."""
+    nb = rows * cols // _block_size(type_name)
+    parts = []
+    for field in BLOCK_FIELDS[type_name]:
+        if field == "f16":
+            parts.append(_fp16_scales(rng, nb).reshape(nb, 1).view(np.uint8))
+        elif fill is None:
+            parts.append(rng.integers(0, 256, (nb, field), dtype=np.uint8))
+        else:
+            parts.append(np.full((nb, field), fill, np.uint8))
+    return np.concatenate(parts, axis=1).reshape(-1)
 
 
 def _assert_packed_is_scalar(w_raw, type_name, shape, x, isa, n_threads):
@@ -155,21 +178,22 @@ def _assert_packed_is_scalar(w_raw, type_name, shape, x, isa, n_threads):
 
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
 @pytest.mark.parametrize("isa,type_name", PACKED)
-@pytest.mark.parametrize("rows,cols", [(8, 32), (16, 64), (24, 576), (64, 2048)])
-def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols):
+@pytest.mark.parametrize("rows,cols_32,cols_256", [(8, 32, 256), (16, 64, 512), (24, 576, 2304), (64, 2048, 5632)])
+def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols_32, cols_256):
+    cols = cols_32 if _block_size(type_name) == 32 else cols_256
     w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
-    for n_tokens in (1, 2, 3, 4, 5, 9):  # every remainder of the 4-token kernel
+    for n_tokens in range(1, 10):  # every remainder of the 4-token kernel
         x = rng.standard_normal((n_tokens, cols)).astype(np.float32) * rng.uniform(0.01, 100)
-        _assert_packed_is_scalar(w_raw, type_name, (rows, cols), x, isa, n_threads=2)
+        _assert_packed_is_scalar(w_raw, type_name, (rows, cols), x, isa, n_threads=1 + n_tokens % 3)
 
 
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
 @pytest.mark.parametrize("isa,type_name", PACKED)
 def test_packed_matmul_adversarial_blocks(rng, isa, type_name):
     """Random bytes and random fp16 scales of both signs, and the extremes of the integer sums:
-    every nibble 15 (or 0; for Q8_0 every weight -128, -1, 0x0F, -16) against activations that
-    quantize to +-127 everywhere."""
-    rows, cols = 16, 256
+    every nibble 15 (or 0; for Q8_0 every weight -128, -1, 0x0F, -16; every fifth bit, scale and
+    minimum byte set or clear) against activations that quantize to +-127 everywhere."""
+    rows, cols = 16, 512
     x_cases = [np.full((4, cols), 3.0, np.float32), np.full((4, cols), -3.0, np.float32),
                np.tile(np.array([1.0, -1.0], np.float32), (3, cols // 2)),
                rng.standard_normal((5, cols)).astype(np.float32)]
@@ -182,7 +206,7 @@ def test_packed_matmul_adversarial_blocks(rng, isa, type_name):
 @pytest.mark.skipif(not PACKED, reason="no packed kernels on this CPU")
 @pytest.mark.parametrize("isa,type_name", PACKED)
 def test_packed_bit_identical_across_threads_and_batches(rng, isa, type_name):
-    rows, cols, n_tokens = 72, 768, 37
+    rows, cols, n_tokens = 72, 768, 37  # 3 super-blocks of 256
     w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
     base = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=True)

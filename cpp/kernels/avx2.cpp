@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../quant/fp16.h"
 
@@ -341,6 +342,476 @@ struct PackedQ8_0 {
     }
 };
 
+// ---- Q5_0, Q5_1: the nibbles packed as Q4_0's, and the fifth bits as one 32-byte vector per block:
+// bit m of its byte p is the fifth bit of the weight at byte p of unpack_group's vector u[m], so
+// one shift and one mask per vector move it to bit 4 (levels 0..31). In dot_group the int16 partial
+// sums then stay below 4 * 2 * 31 * 127 = 31496 < 32767. Q5_0's level is q - 16: as for Q4_0 the
+// offset's part is subtracted from the exact integer sum, 16 * (sum of the activation block).
+struct block_q5_0x8 {
+    uint16_t d[8];    // scales, in kLaneRow order
+    uint8_t qh[32];   // fifth bits, as above
+    uint8_t qs[128];  // nibbles, as block_q4_0x8's
+};
+static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "packing must not change the size");
+
+struct block_q5_1x8 {
+    uint16_t d[8];  // scales, in kLaneRow order
+    uint16_t m[8];  // minimums, in kLaneRow order
+    uint8_t qh[32];
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "packing must not change the size");
+
+// The fifth bits of block i of 8 rows, laid out for unpack_group's vectors: vector m = 2k + s holds
+// run k = 2 * half + group (rows 4 group .. 4 group + 3, bytes 8 half .. 8 half + 7 of each) with
+// s = 0 the low nibbles (weights 8 half + b) and s = 1 the high ones (weights 16 + 8 half + b).
+template <typename Block>
+inline void interleave_high_bits(const uint8_t* w, size_t stride, int i, uint8_t* qh) {
+    std::memset(qh, 0, 32);
+    for (int m = 0; m < 8; m++) {
+        const int k = m / 2, s = m % 2, half = k / 2, group = k % 2;
+        for (int p = 0; p < 32; p++) {
+            uint32_t bits;
+            std::memcpy(&bits, row_block<Block>(w, stride, 4 * group + p / 8, i).qh, 4);
+            const int weight = 8 * half + p % 8 + 16 * s;
+            qh[p] = uint8_t(qh[p] | (((bits >> weight) & 1u) << m));
+        }
+    }
+}
+
+void pack_q5_0(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q5_0x8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q5_0>(w, stride, kLaneRow[l], i).d;
+        interleave_high_bits<block_q5_0>(w, stride, i, o[i].qh);
+        interleave_nibbles<block_q5_0>(w, stride, i, o[i].qs);
+    }
+}
+
+void pack_q5_1(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q5_1x8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q5_1>(w, stride, kLaneRow[l], i).d;
+            o[i].m[l] = row_block<block_q5_1>(w, stride, kLaneRow[l], i).m;
+        }
+        interleave_high_bits<block_q5_1>(w, stride, i, o[i].qh);
+        interleave_nibbles<block_q5_1>(w, stride, i, o[i].qs);
+    }
+}
+
+// Bit m of every byte of v, moved to bit 4, the others cleared (a 16-bit shift keeps each byte's
+// bit 4 from the same byte, both positions being in 0..7).
+template <int m>
+inline __m256i bit_to_4(__m256i v) {
+    const __m256i moved = m <= 4 ? _mm256_slli_epi16(v, 4 - m) : _mm256_srli_epi16(v, m - 4);
+    return _mm256_and_si256(moved, _mm256_set1_epi8(0x10));
+}
+
+// unpack_group's 8 nibble vectors with their fifth bits: levels 0..31.
+inline void unpack_group5(const uint8_t* qs, const uint8_t* qh, __m256i (&u)[8]) {
+    unpack_group(qs, u);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+    u[0] = _mm256_or_si256(u[0], bit_to_4<0>(h));
+    u[1] = _mm256_or_si256(u[1], bit_to_4<1>(h));
+    u[2] = _mm256_or_si256(u[2], bit_to_4<2>(h));
+    u[3] = _mm256_or_si256(u[3], bit_to_4<3>(h));
+    u[4] = _mm256_or_si256(u[4], bit_to_4<4>(h));
+    u[5] = _mm256_or_si256(u[5], bit_to_4<5>(h));
+    u[6] = _mm256_or_si256(u[6], bit_to_4<6>(h));
+    u[7] = _mm256_or_si256(u[7], bit_to_4<7>(h));
+}
+
+struct PackedQ5_0 {
+    using Block = block_q5_0x8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group5(w.qs, w.qh, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum) {
+        // sum (q - 16) y = sum q y - 16 sum y, exactly
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+struct PackedQ5_1 {
+    using Block = block_q5_1x8;
+    using XBlock = block_q8_1;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d, m;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group5(w.qs, w.qh, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
+                             _mm256_mul_ps(w.m, _mm256_set1_ps(half_to_float(x.s))));
+    }
+};
+
+// ---- IQ4_NL: the nibbles packed as Q4_0's; load() looks the int8 levels up (pshufb on the 16 levels
+// in both 128-bit lanes), and the levels (-127 .. 113) take the signed-weight path of PackedQ8_0.
+struct block_iq4_nlx8 {
+    uint16_t d[8];  // scales, in kLaneRow order
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_iq4_nlx8) == 8 * sizeof(block_iq4_nl), "packing must not change the size");
+
+void pack_iq4_nl(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_iq4_nlx8*>(out);
+    for (int i = 0; i < n / QK; i++) {
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_iq4_nl>(w, stride, kLaneRow[l], i).d;
+        interleave_nibbles<block_iq4_nl>(w, stride, i, o[i].qs);
+    }
+}
+
+struct PackedIQ4_NL {
+    using Block = block_iq4_nlx8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        __m256i q[8];  // the signed levels of unpack_group's vectors
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.q);
+        const __m256i table =
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+        for (auto& q : p.q) q = _mm256_shuffle_epi8(table, q);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        // Vector m = 2k + s: run k = 2 half + group against activation bytes 8 half + 16 s ...
+        const __m256i y[4] = {broadcast8(x.qs), broadcast8(x.qs + 8), broadcast8(x.qs + 16), broadcast8(x.qs + 24)};
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int m = 0; m < 8; m++) {
+            const int k = m / 2, half = k / 2, group = k % 2, s = m % 2;
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w.q[m], w.q[m]), _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
+            rows[group] = _mm256_add_epi32(rows[group], _mm256_madd_epi16(p, ones));
+        }
+        const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+// ---- Q4_K: 8 rows' super-blocks interleaved. Per lane (row) the exact integer sums of the reference,
+// isum = sum_j sc_j * (sum of q * y over sub-block j) and msum = sum_j m_j * (sum of y over it), then
+// its float step (d * dx) * float(isum) - (dmin * dx) * float(msum) on 8 lanes (ref::k_superblock_term's
+// operations, no FMA), added to the lane's sum super-block by super-block: bit-identical to
+// ref::vec_dot_q4_K_q8_K on the unpacked row.
+//
+// The nibbles: per 32-byte chunk h of every row (weights 64h + l in the low nibbles: sub-block 2h;
+// 64h + 32 + l in the high ones: sub-block 2h + 1), runs of 32 bytes: bytes 8c .. 8c+7 of rows 0-3,
+// then of rows 4-7, for c = 0 .. 3 (as block_q8_0x8's). Four maddubs of one sub-block add up in int16
+// below 4 * 2 * 15 * 127 = 15240; the madd that widens them multiplies by the sub-block's scale.
+// The 6-bit scales and minimums (64 each) are stored as 64 bytes' low nibbles (32 bytes) and high
+// two bits (16 bytes), in the order that one pshufb makes the madd multipliers of: byte b of the
+// 32-byte vector of sub-blocks 4v .. 4v+3 (128-bit lane L = b / 16) is sub-block 4v + (b % 16) / 4
+// of row kLaneRow[4 L + b % 4].
+struct block_q4_Kx8 {
+    uint16_t d[8];     // in kLaneRow order
+    uint16_t dmin[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t m_lo[32], m_hi[16];
+    uint8_t qs[1024];
+};
+static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "packing must not change the size");
+
+// 64 six-bit values v[0..63] -> lo (v[b] & 15 | (v[b + 32] & 15) << 4) and hi (bits 4-5 of v[b],
+// v[b + 16], v[b + 32], v[b + 48] in bits 0-1, 2-3, 4-5, 6-7 of byte b).
+inline void pack6(const uint8_t (&v)[64], uint8_t* lo, uint8_t* hi) {
+    for (int b = 0; b < 32; b++) lo[b] = uint8_t((v[b] & 15) | (v[b + 32] & 15) << 4);
+    for (int b = 0; b < 16; b++)
+        hi[b] = uint8_t((v[b] >> 4) | (v[b + 16] >> 4) << 2 | (v[b + 32] >> 4) << 4 | (v[b + 48] >> 4) << 6);
+}
+
+// The inverse: the 64 bytes as two vectors (values 0..31, 32..63).
+inline void unpack6(const uint8_t* lo, const uint8_t* hi, __m256i (&v)[2]) {
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+    const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m2);
+    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m2);
+    v[0] = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_slli_epi16(h0, 4));
+    v[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4), _mm256_slli_epi16(h1, 4));
+}
+
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = uint8_t((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
+        *m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+void pack_q4_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q4_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t sc[64], mn[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const int row = kLaneRow[4 * lane + b % 4];
+            scale_min_k4(j, row_block<block_q4_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        pack6(mn, o[i].m_lo, o[i].m_hi);
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q4_K>(w, stride, kLaneRow[l], i).d;
+            o[i].dmin[l] = row_block<block_q4_K>(w, stride, kLaneRow[l], i).dmin;
+        }
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++)
+                for (int group = 0; group < 2; group++)
+                    for (int j = 0; j < 4; j++)
+                        std::memcpy(o[i].qs + 256 * h + (c * 2 + group) * 32 + j * 8,
+                                    row_block<block_q4_K>(w, stride, group * 4 + j, i).qs + 32 * h + 8 * c, 8);
+    }
+}
+
+// pshufb control picking, per 64-bit quarter Q of each 128-bit lane, byte `base + Q` as 4 int16.
+inline __m256i quarter_pick16(int base) {
+    const auto q = [](int b) { return int64_t(0x8000800080008000ull | (uint64_t(b) * 0x0001000100010001ull)); };
+    return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
+}
+
+struct PackedQ4_K {
+    static constexpr int kBlock = QK_K;
+    using Block = block_q4_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        const uint8_t* qs;
+        __m256i sc03[8], sc47[8];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        __m256i m[4];              // int32 lane l: the int16 pair (m_2v, m_2v+1) of row kLaneRow[l]
+        __m256 d, dmin;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.qs = w.qs;
+        __m256i sc[2], mn[2];
+        unpack6(w.sc_lo, w.sc_hi, sc);
+        unpack6(w.m_lo, w.m_hi, mn);
+        for (int j = 0; j < 8; j++) {
+            p.sc03[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4)));
+            p.sc47[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2));
+        }
+        for (int v = 0; v < 4; v++) {
+            // int32 element e of each lane: bytes (2v % 4) * 4 + e and (2v % 4 + 1) * 4 + e, as int16
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80),
+                                              char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80),
+                                              char(a + 3), char(0x80), char(b + 3), char(0x80));
+            p.m[v] = _mm256_shuffle_epi8(mn[v / 2], _mm256_broadcastsi128_si256(ctl));
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256i mask = _mm256_set1_epi8(0x0f);
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+            for (int c = 0; c < 4; c++) {
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 256 * h + 64 * c));
+                const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 256 * h + 64 * c + 32));
+                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(_mm256_and_si256(r0, mask), ylo));
+                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(_mm256_and_si256(r1, mask), ylo));
+                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), mask), yhi));
+                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), mask), yhi));
+            }
+            acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(_mm256_madd_epi16(lo03, w.sc03[2 * h]),
+                                                             _mm256_madd_epi16(hi03, w.sc03[2 * h + 1])));
+            acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(_mm256_madd_epi16(lo47, w.sc47[2 * h]),
+                                                             _mm256_madd_epi16(hi47, w.sc47[2 * h + 1])));
+        }
+        const __m256i isum = _mm256_hadd_epi32(acc03, acc47);
+        // ys_j = bsums[2j] + bsums[2j + 1] (|.| <= 4064: exact in int16); pair v in int32 element v
+        const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
+        const __m256i ys2 = _mm256_broadcastsi128_si256(ys);
+        __m256i msum = _mm256_madd_epi16(w.m[0], _mm256_shuffle_epi32(ys2, 0x00));
+        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(w.m[1], _mm256_shuffle_epi32(ys2, 0x55)));
+        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(w.m[2], _mm256_shuffle_epi32(ys2, 0xaa)));
+        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(w.m[3], _mm256_shuffle_epi32(ys2, 0xff)));
+        const __m256 dx = _mm256_set1_ps(x.d);
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(w.dmin, dx), _mm256_cvtepi32_ps(msum)));
+    }
+};
+
+// ---- Q6_K: 8 rows' super-blocks re-laid at load time. The 6-bit levels u (0..63; the weight is
+// u - 32) are split as Q4_K's nibbles: chunk h of 64 weights, the low 4 bits of weights 64h + l in
+// the low nibbles and of 64h + 32 + l in the high ones, runs of 32 bytes: bytes 8c .. 8c+7 of rows
+// 0-3 (group 0) and of rows 4-7 (group 1); after each such pair of runs, 32 bytes of the top two bits:
+// byte p holds those of group 0's low and high nibble weights in bits 0-1, 2-3 and group 1's in
+// bits 4-5, 6-7. Sub-blocks are 16 weights, so two maddubs add up in int16 (below 2 * 2 * 63 * 127
+// = 32004); the widening madd multiplies by the signed scale. Per lane isum = sum_j sc_j * (u . y)_j
+// - 32 * sum_j sc_j * bsums_j, exact, then ref::k_superblock_term's (d * dx) * float(isum) -
+// (0 * dx) * float(0), as the reference calls it: bit-identical to ref::vec_dot_q6_K_q8_K.
+// The 16 scales per row are stored as Q4_K's scale bytes: vector v (sub-blocks 4v .. 4v+3) byte b is
+// sub-block 4v + (b % 16) / 4 of row kLaneRow[4 (b / 16) + b % 4].
+struct block_q6_Kx8 {
+    uint16_t d[8];  // in kLaneRow order
+    int8_t sc[128];
+    uint8_t q[16][96];  // per (h, c): group 0's nibbles, group 1's, the top bits
+};
+static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "packing must not change the size");
+
+void pack_q6_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q6_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_q6_K& b = row_block<block_q6_K>(w, stride, r, i);
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t* ql = b.ql + 64 * h;
+                    const uint8_t qh = b.qh[32 * h + l];
+                    u[r][128 * h + l] = uint8_t((ql[l] & 0x0f) | ((qh >> 0) & 3) << 4);
+                    u[r][128 * h + l + 32] = uint8_t((ql[l + 32] & 0x0f) | ((qh >> 2) & 3) << 4);
+                    u[r][128 * h + l + 64] = uint8_t((ql[l] >> 4) | ((qh >> 4) & 3) << 4);
+                    u[r][128 * h + l + 96] = uint8_t((ql[l + 32] >> 4) | ((qh >> 6) & 3) << 4);
+                }
+        }
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q6_K>(w, stride, kLaneRow[l], i).d;
+        for (int b = 0; b < 128; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            o[i].sc[b] = row_block<block_q6_K>(w, stride, kLaneRow[4 * lane + b % 4], i).scales[j];
+        }
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                uint8_t* dst = o[i].q[4 * h + c];
+                for (int p = 0; p < 32; p++) {
+                    uint8_t top = 0;
+                    for (int group = 0; group < 2; group++) {
+                        const int r = 4 * group + p / 8, l = 64 * h + 8 * c + p % 8;
+                        dst[32 * group + p] = uint8_t((u[r][l] & 0x0f) | (u[r][l + 32] & 0x0f) << 4);
+                        top = uint8_t(top | (u[r][l] >> 4) << (4 * group) | (u[r][l + 32] >> 4) << (4 * group + 2));
+                    }
+                    dst[64 + p] = top;
+                }
+            }
+    }
+}
+
+// pshufb control putting, per 64-bit quarter Q of each 128-bit lane, byte `base + Q` in the high byte
+// of 4 int16 (an arithmetic shift by 8 then sign-extends it).
+inline __m256i quarter_pick16_high(int base) {
+    const auto q = [](int b) { return int64_t(0x0080008000800080ull | (uint64_t(b) * 0x0100010001000100ull)); };
+    return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
+}
+
+struct PackedQ6_K {
+    static constexpr int kBlock = QK_K;
+    using Block = block_q6_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        const uint8_t (*q)[96];
+        __m256i sc03[16], sc47[16];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        __m256i s[8];                // int32 lane l: the int16 pair (sc_2v, sc_2v+1) of row kLaneRow[l]
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.q = w.q;
+        __m256i sc[4];
+        for (int v = 0; v < 4; v++) sc[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sc + 32 * v));
+        for (int j = 0; j < 16; j++) {
+            p.sc03[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4))), 8);
+            p.sc47[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4) + 2)), 8);
+        }
+        for (int v = 0; v < 8; v++) {
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(0x80), char(a), char(0x80), char(b), char(0x80), char(a + 1),
+                                              char(0x80), char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2),
+                                              char(0x80), char(a + 3), char(0x80), char(b + 3));
+            p.s[v] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[v / 2], _mm256_broadcastsi128_si256(ctl)), 8);
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            for (int cc = 0; cc < 2; cc++) {  // c = 2cc, 2cc + 1: sub-blocks 4h + cc (low) and 4h + 2 + cc (high)
+                __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
+                    const uint8_t* q = w.q[4 * h + c];
+                    const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                    const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+                    const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32));
+                    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64));
+                    const __m256i u0lo = _mm256_or_si256(_mm256_and_si256(r0, m4), _mm256_and_si256(_mm256_slli_epi16(t, 4), m2));
+                    const __m256i u0hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r0, 4), m4),
+                                                         _mm256_and_si256(_mm256_slli_epi16(t, 2), m2));
+                    const __m256i u1lo = _mm256_or_si256(_mm256_and_si256(r1, m4), _mm256_and_si256(t, m2));
+                    const __m256i u1hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), m4),
+                                                         _mm256_and_si256(_mm256_srli_epi16(t, 2), m2));
+                    lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u0lo, ylo));
+                    hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u0hi, yhi));
+                    lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u1lo, ylo));
+                    hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u1hi, yhi));
+                }
+                acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(_mm256_madd_epi16(lo03, w.sc03[4 * h + cc]),
+                                                                 _mm256_madd_epi16(hi03, w.sc03[4 * h + 2 + cc])));
+                acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(_mm256_madd_epi16(lo47, w.sc47[4 * h + cc]),
+                                                                 _mm256_madd_epi16(hi47, w.sc47[4 * h + 2 + cc])));
+            }
+        }
+        const __m256i dot = _mm256_hadd_epi32(acc03, acc47);
+        // offset_l = sum_j sc_j bsums_j: pair v of bsums (int32 element v) against s[v]
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        __m256i off = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++)
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(w.s[v], _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(v))));
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(off, 5));
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
+// Weights per block of a packed format: QK, or the format's kBlock (256 for the super-blocks).
+template <typename F, typename = void>
+struct BlockSize {
+    static constexpr int value = QK;
+};
+template <typename F>
+struct BlockSize<F, std::void_t<decltype(F::kBlock)>> {
+    static constexpr int value = F::kBlock;
+};
+template <typename F>
+constexpr int block_size() {
+    return BlockSize<F>::value;
+}
+
 // NT tokens (1..4) against one packed group: each block unpacked once for all of them.
 template <typename F, int NT>
 void packed_nt(int n, const void* vw, const uint8_t* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
@@ -348,7 +819,7 @@ void packed_nt(int n, const void* vw, const uint8_t* x, size_t x_stride, const i
     const auto* w = static_cast<const typename F::Block*>(vw);
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
-    for (int i = 0; i < n / QK; i++) {
+    for (int i = 0; i < n / block_size<F>(); i++) {
         const typename F::Unpacked u = F::load(w[i]);
         for (int c = 0; c < NT; c++) {
             const auto& xb = reinterpret_cast<const typename F::XBlock*>(x + c * x_stride)[i];
@@ -380,7 +851,7 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const void* vx, co
     const auto* wb = static_cast<const typename F::Block*>(vwb);
     const auto* x = static_cast<const typename F::XBlock*>(vx);
     __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
-    for (int i = 0; i < n / QK; i++) {
+    for (int i = 0; i < n / block_size<F>(); i++) {
         const int32_t xsum = xsums ? xsums[i] : 0;
         acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), x[i], xsum));
         acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), x[i], xsum));
@@ -737,6 +1208,22 @@ const Kernels* kernels_avx2() {
         k.pack[TYPE_Q8_0] = pack_q8_0;
         k.packed_dot[TYPE_Q8_0] = packed_dot<PackedQ8_0>;
         k.packed_dot_pair[TYPE_Q8_0] = packed_dot_pair<PackedQ8_0>;
+        k.pack[TYPE_Q5_0] = pack_q5_0;
+        k.packed_dot[TYPE_Q5_0] = packed_dot<PackedQ5_0>;
+        k.packed_xsums[TYPE_Q5_0] = true;
+        k.packed_dot_pair[TYPE_Q5_0] = packed_dot_pair<PackedQ5_0>;
+        k.pack[TYPE_Q5_1] = pack_q5_1;
+        k.packed_dot[TYPE_Q5_1] = packed_dot<PackedQ5_1>;
+        k.packed_dot_pair[TYPE_Q5_1] = packed_dot_pair<PackedQ5_1>;
+        k.pack[TYPE_IQ4_NL] = pack_iq4_nl;
+        k.packed_dot[TYPE_IQ4_NL] = packed_dot<PackedIQ4_NL>;
+        k.packed_dot_pair[TYPE_IQ4_NL] = packed_dot_pair<PackedIQ4_NL>;
+        k.pack[TYPE_Q4_K] = pack_q4_K;
+        k.packed_dot[TYPE_Q4_K] = packed_dot<PackedQ4_K>;
+        k.packed_dot_pair[TYPE_Q4_K] = packed_dot_pair<PackedQ4_K>;
+        k.pack[TYPE_Q6_K] = pack_q6_K;
+        k.packed_dot[TYPE_Q6_K] = packed_dot<PackedQ6_K>;
+        k.packed_dot_pair[TYPE_Q6_K] = packed_dot_pair<PackedQ6_K>;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
