@@ -108,10 +108,13 @@ def models(tmp_path_factory):
 
 
 def run_cli(*args):
-    # the pyengine this test imported (the checkout's, when run from the repository root)
-    env = dict(os.environ, PYTHONPATH=str(Path(pyengine.__file__).resolve().parents[1]))
+    # the pyengine this test imported (the checkout's, when run from the repository root), from another
+    # directory: `python -m` puts the working directory first on the path, where a checkout without its
+    # built module would otherwise be found
+    package_root = Path(pyengine.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(package_root))
     return subprocess.run([sys.executable, "-m", "pyengine", *args], capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env=env, cwd=Path(__file__).resolve().parent)
 
 
 def file_types(path) -> tuple[int, dict[str, str]]:
