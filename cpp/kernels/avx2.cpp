@@ -487,7 +487,8 @@ struct PackedIQ4_NL {
     using Block = block_iq4_nlx8;
     using XBlock = block_q8_0;
     struct Unpacked {
-        __m256i q[8];  // the signed levels of unpack_group's vectors
+        __m256i q[8];   // the signed levels of unpack_group's vectors
+        __m256i aq[8];  // their magnitudes: the sign trick's weight half, once per block, not per token
         __m256 d;
     };
     static Unpacked load(const Block& w) {
@@ -495,7 +496,10 @@ struct PackedIQ4_NL {
         unpack_group(w.qs, p.q);
         const __m256i table =
             _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
-        for (auto& q : p.q) q = _mm256_shuffle_epi8(table, q);
+        for (int m = 0; m < 8; m++) {
+            p.q[m] = _mm256_shuffle_epi8(table, p.q[m]);
+            p.aq[m] = _mm256_sign_epi8(p.q[m], p.q[m]);
+        }
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
@@ -506,7 +510,7 @@ struct PackedIQ4_NL {
         __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int m = 0; m < 8; m++) {
             const int k = m / 2, half = k / 2, group = k % 2, s = m % 2;
-            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w.q[m], w.q[m]), _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
+            const __m256i p = _mm256_maddubs_epi16(w.aq[m], _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
             rows[group] = _mm256_add_epi32(rows[group], _mm256_madd_epi16(p, ones));
         }
         const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
