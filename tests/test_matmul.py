@@ -141,6 +141,8 @@ BLOCK_FIELDS = {
     "iq4_nl": ["f16", 16],
     "q4_k": ["f16", "f16", 12, 128],
     "q6_k": [128, 64, 16, "f16"],
+    "q5_k": ["f16", "f16", 12, 32, 128],
+    "iq4_xs": ["f16", 2, 4, 128],
 }
 PACKED = [(isa, t) for isa in ISAS for t in BLOCK_FIELDS if pyengine._core.can_pack(pyengine.quants._type_id(t), isa)]
 

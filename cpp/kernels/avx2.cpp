@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <type_traits>
 
@@ -487,7 +488,8 @@ struct PackedIQ4_NL {
     using Block = block_iq4_nlx8;
     using XBlock = block_q8_0;
     struct Unpacked {
-        __m256i q[8];  // the signed levels of unpack_group's vectors
+        __m256i q[8];   // the signed levels of unpack_group's vectors
+        __m256i aq[8];  // their magnitudes: the sign trick's weight half, once per block, not per token
         __m256 d;
     };
     static Unpacked load(const Block& w) {
@@ -495,7 +497,10 @@ struct PackedIQ4_NL {
         unpack_group(w.qs, p.q);
         const __m256i table =
             _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
-        for (auto& q : p.q) q = _mm256_shuffle_epi8(table, q);
+        for (int m = 0; m < 8; m++) {
+            p.q[m] = _mm256_shuffle_epi8(table, p.q[m]);
+            p.aq[m] = _mm256_sign_epi8(p.q[m], p.q[m]);
+        }
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
@@ -506,7 +511,7 @@ struct PackedIQ4_NL {
         __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int m = 0; m < 8; m++) {
             const int k = m / 2, half = k / 2, group = k % 2, s = m % 2;
-            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w.q[m], w.q[m]), _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
+            const __m256i p = _mm256_maddubs_epi16(w.aq[m], _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
             rows[group] = _mm256_add_epi32(rows[group], _mm256_madd_epi16(p, ones));
         }
         const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
@@ -608,7 +613,9 @@ struct PackedQ4_K {
         __m256i m[4];              // int32 lane l: the int16 pair (m_2v, m_2v+1) of row kLaneRow[l]
         __m256 d, dmin;
     };
-    static Unpacked load(const Block& w) {
+    // Any block with Q4_K's d, dmin, sc_lo/hi, m_lo/hi and qs (block_q4_Kx8, block_q5_Kx8).
+    template <typename B = Block>
+    static Unpacked load(const B& w) {
         Unpacked p;
         p.qs = w.qs;
         __m256i sc[2], mn[2];
@@ -649,7 +656,10 @@ struct PackedQ4_K {
             acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(_mm256_madd_epi16(lo47, w.sc47[2 * h]),
                                                              _mm256_madd_epi16(hi47, w.sc47[2 * h + 1])));
         }
-        const __m256i isum = _mm256_hadd_epi32(acc03, acc47);
+        return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
+    }
+    // The minimums' msum and the float step, from the lanes' exact isum (kLaneRow order).
+    static __m256 finish(const Unpacked& w, const XBlock& x, __m256i isum) {
         // ys_j = bsums[2j] + bsums[2j + 1] (|.| <= 4064: exact in int16); pair v in int32 element v
         const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
@@ -795,6 +805,215 @@ struct PackedQ6_K {
         const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
         return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
                              _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
+// ---- IQ4_XS: Q4_K's super-block layout (the index nibbles of chunk h in runs of 32 bytes: bytes
+// 8c .. 8c+7 of rows 0-3, then of rows 4-7; weights 64h + l in the low nibbles, 64h + 32 + l in the
+// high ones) and its 6-bit scale bytes (pack6, in the order quarter_pick16 reads them), ls (0..63)
+// where the weight's scale is ls - 32. load() looks the levels (-127 .. 113) up once per super-block
+// into L1, with their magnitudes, for every token of the pass; the signed path of IQ4_NL then gives
+// int16 pairs below 2 * 127 * 127, each widened at once by the madd that multiplies it by its
+// sub-block's scale ls - 32. isum per lane is exact (< 8 * 32 * 32 * 127 * 127 < 2^31), and the float
+// step is ref::k_superblock_term's with dmin = 0 and msum = 0, as the reference calls it (Q6_K's).
+struct block_iq4_xsx8 {
+    uint16_t d[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t qs[1024];
+};
+static_assert(sizeof(block_iq4_xsx8) == 8 * sizeof(block_iq4_xs), "packing must not change the size");
+
+// Super-block i's 256 weights of the 8 rows, in Q4_K's packed nibble order, from per-row 4-bit
+// values u[row][weight].
+inline void interleave_k_nibbles(const uint8_t (&u)[8][QK_K], uint8_t* qs) {
+    for (int h = 0; h < 4; h++)
+        for (int c = 0; c < 4; c++)
+            for (int group = 0; group < 2; group++)
+                for (int j = 0; j < 4; j++)
+                    for (int b = 0; b < 8; b++) {
+                        const uint8_t* r = u[4 * group + j];
+                        qs[256 * h + (c * 2 + group) * 32 + j * 8 + b] =
+                            uint8_t(r[64 * h + 8 * c + b] | r[64 * h + 32 + 8 * c + b] << 4);
+                    }
+}
+
+void pack_iq4_xs(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_iq4_xsx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_iq4_xs& b = row_block<block_iq4_xs>(w, stride, r, i);
+            for (int j = 0; j < 8; j++)
+                for (int l = 0; l < 16; l++) {
+                    u[r][32 * j + l] = b.qs[16 * j + l] & 0x0f;
+                    u[r][32 * j + 16 + l] = b.qs[16 * j + l] >> 4;
+                }
+        }
+        uint8_t sc[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const block_iq4_xs& blk = row_block<block_iq4_xs>(w, stride, kLaneRow[4 * lane + b % 4], i);
+            sc[b] = uint8_t(((blk.scales_l[j / 2] >> (4 * (j % 2))) & 0x0f) | ((blk.scales_h >> (2 * j)) & 3) << 4);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_iq4_xs>(w, stride, kLaneRow[l], i).d;
+        interleave_k_nibbles(u, o[i].qs);
+    }
+}
+
+struct PackedIQ4_XS {
+    static constexpr int kBlock = QK_K;
+    using Block = block_iq4_xsx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        // per (h, c): the levels of lo03, lo47, hi03, hi47 (rows 0-3 / 4-7, low / high nibbles)
+        __m256i q[64], aq[64];
+        __m256i sc03[8], sc47[8];  // madd multipliers ls - 32 of sub-block j, as PackedQ4_K's
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        __m256i sc[2];
+        unpack6(w.sc_lo, w.sc_hi, sc);
+        const __m256i off = _mm256_set1_epi16(32);
+        for (int j = 0; j < 8; j++) {
+            p.sc03[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4))), off);
+            p.sc47[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2)), off);
+        }
+        const __m256i table =
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+        const __m256i mask = _mm256_set1_epi8(0x0f);
+        for (int k = 0; k < 16; k++) {
+            const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * k));
+            const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * k + 32));
+            const __m256i nib[4] = {_mm256_and_si256(r0, mask), _mm256_and_si256(r1, mask),
+                                    _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask),
+                                    _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask)};
+            for (int t = 0; t < 4; t++) {
+                const __m256i q = _mm256_shuffle_epi8(table, nib[t]);
+                p.q[4 * k + t] = q;
+                p.aq[4 * k + t] = _mm256_sign_epi8(q, q);
+            }
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        const auto dot = [&w](int v, __m256i y, __m256i sc) {
+            return _mm256_madd_epi16(_mm256_maddubs_epi16(w.aq[v], _mm256_sign_epi8(y, w.q[v])), sc);
+        };
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                const int v = 4 * (4 * h + c);
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(dot(v, ylo, w.sc03[2 * h]), dot(v + 2, yhi, w.sc03[2 * h + 1])));
+                acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(dot(v + 1, ylo, w.sc47[2 * h]), dot(v + 3, yhi, w.sc47[2 * h + 1])));
+            }
+        const __m256i isum = _mm256_hadd_epi32(acc03, acc47);
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
+// ---- Q5_K: Q4_K's packed layout (d, dmin, the 6-bit scales and minimums, the nibbles) plus the fifth
+// bits: for the run pair (h, c) (rows 0-3, rows 4-7 of bytes 8c .. 8c+7 of chunk h), byte p of
+// qh[2h + c / 2] holds in bits 4 (c % 2) + 0, 1, 2, 3 the fifth bits of the weights behind byte p's
+// low nibble of rows 0-3, its high nibble, the low and the high nibble of rows 4-7. Levels 0..31:
+// four maddubs of a sub-block add up in int16 below 4 * 2 * 31 * 127 = 31496; then Q4_K's term.
+struct block_q5_Kx8 {
+    uint16_t d[8];     // in kLaneRow order
+    uint16_t dmin[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t m_lo[32], m_hi[16];
+    uint8_t qh[8][32];
+    uint8_t qs[1024];  // right after qh: term() reads both from Unpacked::qs
+};
+static_assert(offsetof(block_q5_Kx8, qs) == offsetof(block_q5_Kx8, qh) + 256, "qs follows qh");
+static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "packing must not change the size");
+
+void pack_q5_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q5_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K], lo[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_q5_K& b = row_block<block_q5_K>(w, stride, r, i);
+            for (int h = 0; h < 4; h++)
+                for (int l = 0; l < 32; l++) {
+                    u[r][64 * h + l] = uint8_t((b.qs[32 * h + l] & 0x0f) | ((b.qh[l] >> (2 * h)) & 1) << 4);
+                    u[r][64 * h + 32 + l] = uint8_t((b.qs[32 * h + l] >> 4) | ((b.qh[l] >> (2 * h + 1)) & 1) << 4);
+                }
+            for (int l = 0; l < QK_K; l++) lo[r][l] = u[r][l] & 0x0f;
+        }
+        uint8_t sc[64], mn[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const int row = kLaneRow[4 * lane + b % 4];
+            scale_min_k4(j, row_block<block_q5_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        pack6(mn, o[i].m_lo, o[i].m_hi);
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q5_K>(w, stride, kLaneRow[l], i).d;
+            o[i].dmin[l] = row_block<block_q5_K>(w, stride, kLaneRow[l], i).dmin;
+        }
+        interleave_k_nibbles(lo, o[i].qs);
+        std::memset(o[i].qh, 0, sizeof(o[i].qh));
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++)
+                for (int p = 0; p < 32; p++) {
+                    const int l = 64 * h + 8 * c + p % 8, base = 4 * (c % 2);
+                    const uint8_t* r0 = u[p / 8];
+                    const uint8_t* r1 = u[4 + p / 8];
+                    o[i].qh[2 * h + c / 2][p] |= uint8_t((r0[l] >> 4) << base | (r0[l + 32] >> 4) << (base + 1) |
+                                                         (r1[l] >> 4) << (base + 2) | (r1[l + 32] >> 4) << (base + 3));
+                }
+    }
+}
+
+struct PackedQ5_K {
+    static constexpr int kBlock = QK_K;
+    using Block = block_q5_Kx8;
+    using XBlock = block_q8_K;
+    using Unpacked = PackedQ4_K::Unpacked;  // qs points at the block: the fifth bits at its qh
+    static Unpacked load(const Block& w) {
+        Unpacked p = PackedQ4_K::load(w);
+        p.qs = w.qh[0];  // qh, then qs, 256 bytes on
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+        const __m256i mask = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+        const uint8_t* qh = w.qs;
+        const uint8_t* qs = w.qs + 256;
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+            for (int c = 0; c < 4; c++) {
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 256 * h + 64 * c));
+                const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 256 * h + 64 * c + 32));
+                __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + 32 * (2 * h + c / 2)));
+                if (c % 2) t = _mm256_srli_epi16(t, 4);  // bits 4..7 of each byte to 0..3 (only those are used)
+                const __m256i u0lo = _mm256_or_si256(_mm256_and_si256(r0, mask), _mm256_and_si256(_mm256_slli_epi16(t, 4), b4));
+                const __m256i u0hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r0, 4), mask),
+                                                     _mm256_and_si256(_mm256_slli_epi16(t, 3), b4));
+                const __m256i u1lo = _mm256_or_si256(_mm256_and_si256(r1, mask), _mm256_and_si256(_mm256_slli_epi16(t, 2), b4));
+                const __m256i u1hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), mask),
+                                                     _mm256_and_si256(_mm256_slli_epi16(t, 1), b4));
+                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u0lo, ylo));
+                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u1lo, ylo));
+                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u0hi, yhi));
+                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u1hi, yhi));
+            }
+            acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(_mm256_madd_epi16(lo03, w.sc03[2 * h]),
+                                                             _mm256_madd_epi16(hi03, w.sc03[2 * h + 1])));
+            acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(_mm256_madd_epi16(lo47, w.sc47[2 * h]),
+                                                             _mm256_madd_epi16(hi47, w.sc47[2 * h + 1])));
+        }
+        return PackedQ4_K::finish(w, x, _mm256_hadd_epi32(acc03, acc47));
     }
 };
 
@@ -1224,6 +1443,12 @@ const Kernels* kernels_avx2() {
         k.pack[TYPE_Q6_K] = pack_q6_K;
         k.packed_dot[TYPE_Q6_K] = packed_dot<PackedQ6_K>;
         k.packed_dot_pair[TYPE_Q6_K] = packed_dot_pair<PackedQ6_K>;
+        k.pack[TYPE_Q5_K] = pack_q5_K;
+        k.packed_dot[TYPE_Q5_K] = packed_dot<PackedQ5_K>;
+        k.packed_dot_pair[TYPE_Q5_K] = packed_dot_pair<PackedQ5_K>;
+        k.pack[TYPE_IQ4_XS] = pack_iq4_xs;
+        k.packed_dot[TYPE_IQ4_XS] = packed_dot<PackedIQ4_XS>;
+        k.packed_dot_pair[TYPE_IQ4_XS] = packed_dot_pair<PackedIQ4_XS>;
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
