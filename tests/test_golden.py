@@ -90,11 +90,14 @@ PRESETS = ["q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m"]
 # file) 3.8e-3 .. 5.3e-3 over these presets, and a plain float64 implementation (llama_reference, which
 # emulates the same activation quantization) against llama.cpp 5.8e-3 .. 1.3e-2, farther than
 # pyengine (3.8e-3 .. 7.2e-3). So the KL bound is 5e-3, or 1.5 times the larger of those two noise
-# figures. A top-1 may differ where llama.cpp's top two are within PRESET_TIE: at IQ4_XS position 13
-# llama.cpp's gap is 0.188, the float64 reference's 0.224 and ours -0.042 (the same noise; Q4_0's bound
-# above is 0.2 for the same reason).
+# figures. The same noise moves single log-probability gaps by tenths of a nat: pyengine's own scalar
+# and AVX2 paths (bit-identical matrix products, attention summed in another order) are KL 2-4e-3 apart
+# on these files and move the gap between llama.cpp's top two at Q4_K_M position 16 from +0.31 to -0.11,
+# and llama.cpp's 0.66 at Q3_K_M position 18 is 0.11 in ours and -0.01 in our scalar path. So a top-1
+# may differ where llama.cpp's top two are within PRESET_TIE, and at no more than PRESET_FLIPS positions.
 PRESET_KL = 5e-3
-PRESET_TIE = 0.2
+PRESET_TIE = 0.7
+PRESET_FLIPS = 2
 GREEDY_TIE = 0.15  # llama.cpp's top-2 gap below which a greedy step may go either way
 
 
@@ -114,6 +117,7 @@ def test_presets_match_llamacpp(models, fmt):
     for pos in range(len(ids)):  # a different top-1 only at llama.cpp's near-ties
         allowed = theirs[pos, :2] if gap[pos] < PRESET_TIE else theirs[pos, :1]
         assert top1[pos] in allowed, f"position {pos}: top-1 {top1[pos]}, llama.cpp {theirs[pos, :2]}"
+    assert np.sum(top1 != theirs[:, 0]) <= PRESET_FLIPS
     kl = kl_to_llamacpp(fmt, logits)
     self_kl = GOLDEN[f"{fmt}_self_kl"].mean()
     from llama_reference import ReferenceLlama
