@@ -87,27 +87,29 @@ def main(argv=None) -> None:
     out.with_suffix(".json").write_text(json.dumps([{"format": f, **r.to_dict(), **q.to_dict()} for f, r, q in rows],
                                                    indent=1))
     plot([r for _, r, _ in rows], out.with_suffix(".png"))
-    plot_quality(rows, out.with_name(out.name + "_quality.png"))
+    plot_quality([(f, r.size_bytes / 1e6, r.bpw, q.kld_mean) for f, r, q in rows], out.with_name(out.name + "_quality.png"))
     print("\n".join(lines))
 
 
-def plot_quality(rows, path: Path) -> None:
-    """KL-divergence from F32 (log scale) against file size: what each format costs in quality."""
+def plot_quality(points, path: Path) -> None:
+    """KL-divergence from F32 (log scale) against file size: what each format costs in quality.
+    points: (format, size MB, bits per weight, mean KLD), one or more per format."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     seen = {}
-    for fmt, r, q in rows:
-        seen.setdefault(fmt, (r.size_bytes / 1e6, r.bpw, q.kld_mean))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for fmt, (size, bpw, kld) in seen.items():
-        if kld <= 0:
-            continue  # F32 itself
+    for fmt, size, bpw, kld in points:
+        seen.setdefault(fmt, (size, bpw, kld))
+    fig, ax = plt.subplots(figsize=(10, 6))
+    shown = sorted((kld, size, bpw, fmt) for fmt, (size, bpw, kld) in seen.items() if kld > 0)  # not F32 itself
+    for i, (kld, size, bpw, fmt) in enumerate(shown):
         own = fmt in ("nf4", "nf4_dq")
         ax.scatter(size, kld, color="tab:orange" if own else "tab:blue")
-        ax.annotate(f"{fmt} ({bpw:.2f} bpw)", (size, kld), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        # labels alternate right and left of their points, which crowd around 90-110 MB
+        ax.annotate(f"{fmt} ({bpw:.2f} bpw)", (size, kld), textcoords="offset points", fontsize=8,
+                    xytext=(6, -3) if i % 2 else (-6, -3), ha="left" if i % 2 else "right")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
