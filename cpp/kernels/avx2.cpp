@@ -1405,6 +1405,16 @@ void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* v
                 });
 }
 
+// One row per packed format: its pack function, the packed kernels built from its steps, and whether
+// they need the activations' block sums (formats with a zero point folded into them).
+template <typename Format>
+void add_packed(Kernels& k, GGMLType type, pack_fn pack, bool xsums = false) {
+    k.pack[type] = pack;
+    k.packed_dot[type] = packed_dot<Format>;
+    k.packed_dot_pair[type] = packed_dot_pair<Format>;
+    k.packed_xsums[type] = xsums;
+}
+
 }  // namespace
 
 const Kernels* kernels_avx2() {
@@ -1417,38 +1427,16 @@ const Kernels* kernels_avx2() {
         k.vec_dot_tile[TYPE_Q4_0] = tile_q4_0_q8_0;
         k.vec_dot_tile[TYPE_Q8_0] = tile_q8_0_q8_0;
         k.vec_dot_tile[TYPE_Q4_1] = tile_q4_1_q8_1;
-        k.pack[TYPE_Q4_0] = pack_q4_0;
-        k.packed_dot[TYPE_Q4_0] = packed_dot<PackedQ4_0>;
-        k.packed_xsums[TYPE_Q4_0] = true;
-        k.packed_dot_pair[TYPE_Q4_0] = packed_dot_pair<PackedQ4_0>;
-        k.pack[TYPE_Q4_1] = pack_q4_1;
-        k.packed_dot[TYPE_Q4_1] = packed_dot<PackedQ4_1>;
-        k.packed_dot_pair[TYPE_Q4_1] = packed_dot_pair<PackedQ4_1>;
-        k.pack[TYPE_Q8_0] = pack_q8_0;
-        k.packed_dot[TYPE_Q8_0] = packed_dot<PackedQ8_0>;
-        k.packed_dot_pair[TYPE_Q8_0] = packed_dot_pair<PackedQ8_0>;
-        k.pack[TYPE_Q5_0] = pack_q5_0;
-        k.packed_dot[TYPE_Q5_0] = packed_dot<PackedQ5_0>;
-        k.packed_xsums[TYPE_Q5_0] = true;
-        k.packed_dot_pair[TYPE_Q5_0] = packed_dot_pair<PackedQ5_0>;
-        k.pack[TYPE_Q5_1] = pack_q5_1;
-        k.packed_dot[TYPE_Q5_1] = packed_dot<PackedQ5_1>;
-        k.packed_dot_pair[TYPE_Q5_1] = packed_dot_pair<PackedQ5_1>;
-        k.pack[TYPE_IQ4_NL] = pack_iq4_nl;
-        k.packed_dot[TYPE_IQ4_NL] = packed_dot<PackedIQ4_NL>;
-        k.packed_dot_pair[TYPE_IQ4_NL] = packed_dot_pair<PackedIQ4_NL>;
-        k.pack[TYPE_Q4_K] = pack_q4_K;
-        k.packed_dot[TYPE_Q4_K] = packed_dot<PackedQ4_K>;
-        k.packed_dot_pair[TYPE_Q4_K] = packed_dot_pair<PackedQ4_K>;
-        k.pack[TYPE_Q6_K] = pack_q6_K;
-        k.packed_dot[TYPE_Q6_K] = packed_dot<PackedQ6_K>;
-        k.packed_dot_pair[TYPE_Q6_K] = packed_dot_pair<PackedQ6_K>;
-        k.pack[TYPE_Q5_K] = pack_q5_K;
-        k.packed_dot[TYPE_Q5_K] = packed_dot<PackedQ5_K>;
-        k.packed_dot_pair[TYPE_Q5_K] = packed_dot_pair<PackedQ5_K>;
-        k.pack[TYPE_IQ4_XS] = pack_iq4_xs;
-        k.packed_dot[TYPE_IQ4_XS] = packed_dot<PackedIQ4_XS>;
-        k.packed_dot_pair[TYPE_IQ4_XS] = packed_dot_pair<PackedIQ4_XS>;
+        add_packed<PackedQ4_0>(k, TYPE_Q4_0, pack_q4_0, true);
+        add_packed<PackedQ4_1>(k, TYPE_Q4_1, pack_q4_1);
+        add_packed<PackedQ8_0>(k, TYPE_Q8_0, pack_q8_0);
+        add_packed<PackedQ5_0>(k, TYPE_Q5_0, pack_q5_0, true);
+        add_packed<PackedQ5_1>(k, TYPE_Q5_1, pack_q5_1);
+        add_packed<PackedIQ4_NL>(k, TYPE_IQ4_NL, pack_iq4_nl);
+        add_packed<PackedQ4_K>(k, TYPE_Q4_K, pack_q4_K);
+        add_packed<PackedQ6_K>(k, TYPE_Q6_K, pack_q6_K);
+        add_packed<PackedQ5_K>(k, TYPE_Q5_K, pack_q5_K);
+        add_packed<PackedIQ4_XS>(k, TYPE_IQ4_XS, pack_iq4_xs);
         k.vec_dot[TYPE_NF4] = vec_dot_nf4_q8_0;
         k.vec_dot[TYPE_NF4_DQ] = vec_dot_nf4_dq_q8_0;
         k.vec_dot[TYPE_F32] = vec_dot_f32_f32;
