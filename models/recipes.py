@@ -83,8 +83,8 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
     Weights are normal with standard deviation 0.02, norms 1 + 0.02 * normal: activations and logits
     of a realistic size. Each tensor is drawn in F32 and quantized at once (no F32 copy of the model
     is kept); its type follows llama.cpp's quantizer as pyengine.requantize applies it: 1-D tensors
-    F32, output.weight Q6_K (Q8_0 in a build without the Q6_K quantizer), every other matrix the
-    target type.
+    F32, output.weight Q6_K, every other matrix the target type (for a preset such as q4_k_m, its
+    per-tensor choice).
     The same seed gives the same F32 weights in every type. Written to a temporary file and renamed."""
     if type_name not in TINYLLAMA_VARIANTS:
         raise ValueError(f"no synthetic TinyLlama in {type_name}; known: {', '.join(TINYLLAMA_VARIANTS)}")
