@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../quant/fp16.h"
+#include "avx2_common.h"
 
 namespace pe {
 namespace {
@@ -22,15 +23,6 @@ inline float hsum(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
-
-// 16 bytes of nibbles -> 32 bytes: the low nibbles in bytes 0..15, the high ones in 16..31.
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
 // Sum of products of signed bytes, as 8 int32 lanes. x may hold -128 (weights from a file); y comes
@@ -562,16 +554,6 @@ inline void unpack6(const uint8_t* lo, const uint8_t* hi, __m256i (&v)[2]) {
     v[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4), _mm256_slli_epi16(h1, 4));
 }
 
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = uint8_t((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
-        *m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
 void pack_q4_K(int n, const void* vw, size_t stride, void* out) {
     const auto* w = static_cast<const uint8_t*>(vw);
     auto* o = static_cast<block_q4_Kx8*>(out);
@@ -580,7 +562,7 @@ void pack_q4_K(int n, const void* vw, size_t stride, void* out) {
         for (int b = 0; b < 64; b++) {
             const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
             const int row = kLaneRow[4 * lane + b % 4];
-            scale_min_k4(j, row_block<block_q4_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+            get_scale_min_k4(j, row_block<block_q4_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
         }
         pack6(sc, o[i].sc_lo, o[i].sc_hi);
         pack6(mn, o[i].m_lo, o[i].m_hi);
@@ -952,7 +934,7 @@ void pack_q5_K(int n, const void* vw, size_t stride, void* out) {
         for (int b = 0; b < 64; b++) {
             const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
             const int row = kLaneRow[4 * lane + b % 4];
-            scale_min_k4(j, row_block<block_q5_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+            get_scale_min_k4(j, row_block<block_q5_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
         }
         pack6(sc, o[i].sc_lo, o[i].sc_hi);
         pack6(mn, o[i].m_lo, o[i].m_hi);

@@ -32,11 +32,11 @@
 #include <cstring>
 
 #include "../quant/fp16.h"
+#include "avx2_common.h"
 
 namespace pe {
 namespace {
 
-inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
@@ -59,14 +59,6 @@ inline int32_t hsum_i32(__m128i s) {
 inline __m128i hsum4_i32(__m256i a, __m256i b, __m256i c, __m256i d) {
     const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
-}
-
-// 16 bytes of nibbles -> 32 bytes: the low nibbles in bytes 0..15, the high ones in 16..31 (the
-// weight order of every 32-block format here).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-    const __m128i packed = load128(qs);
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
 // 32 bytes of nibbles -> the low nibbles, and the high ones.

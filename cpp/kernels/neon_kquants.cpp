@@ -33,31 +33,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "neon_common.h"
+
 namespace pe {
 namespace {
-
-// fcvt from half is exact (every fp16 value is a float), as the reference's conversion is.
-inline float half_to_float(uint16_t h) {
-    __fp16 f;
-    std::memcpy(&f, &h, sizeof f);
-    return float(f);
-}
-
-// Sum of products of 16 signed bytes, four per int32 lane, added to acc (as neon.cpp's dot16).
-inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, a, b);
-#else
-    const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    const int16x8_t hi = vmull_high_s8(a, b);
-    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
-#endif
-}
-
-// The int32 dot of 32 levels (w0: levels 0..15, w1: 16..31) with 32 activation bytes y, in lanes.
-inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t* y) {
-    return dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(y)), w1, vld1q_s8(y + 16));
-}
 
 // The lane sums of four vectors: {sum a, sum b, sum c, sum d} (exact: integer).
 inline int32x4_t hsum4(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
@@ -194,7 +173,7 @@ float vec_dot_q5_0(int n, const void* vw, const void* vx) {
             bits_to_bytes(qh, &h0, &h1);
             split_nibbles(vld1q_u8(w.qs), &lo, &hi);
             const uint8x16_t f0 = vdupq_n_u8(0xf0);
-            return dot32(s8(vorrq_u8(lo, vbicq_u8(f0, h0))), s8(vorrq_u8(hi, vbicq_u8(f0, h1))), x.qs);
+            return block_dot(s8(vorrq_u8(lo, vbicq_u8(f0, h0))), s8(vorrq_u8(hi, vbicq_u8(f0, h1))), x.qs);
         },
         [](const block_q5_0& w, const block_q8_0& x, int32_t isum) {
             return float(isum) * (half_to_float(w.d) * half_to_float(x.d));
@@ -213,7 +192,7 @@ float vec_dot_q5_1(int n, const void* vw, const void* vx) {
             bits_to_bytes(qh, &h0, &h1);
             split_nibbles(vld1q_u8(w.qs), &lo, &hi);
             const uint8x16_t b4 = vdupq_n_u8(0x10);
-            return dot32(s8(vorrq_u8(lo, vandq_u8(h0, b4))), s8(vorrq_u8(hi, vandq_u8(h1, b4))), x.qs);
+            return block_dot(s8(vorrq_u8(lo, vandq_u8(h0, b4))), s8(vorrq_u8(hi, vandq_u8(h1, b4))), x.qs);
         },
         [](const block_q5_1& w, const block_q8_1& x, int32_t isum) {
             return float(isum) * (half_to_float(w.d) * half_to_float(x.d)) + half_to_float(w.m) * half_to_float(x.s);
@@ -229,7 +208,7 @@ float vec_dot_iq4_nl(int n, const void* vw, const void* vx) {
         [table](const block_iq4_nl& w, const block_q8_0& x) {
             uint8x16_t lo, hi;
             split_nibbles(vld1q_u8(w.qs), &lo, &hi);
-            return dot32(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi), x.qs);
+            return block_dot(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi), x.qs);
         },
         [](const block_iq4_nl& w, const block_q8_0& x, int32_t isum) {
             return float(isum) * (half_to_float(w.d) * half_to_float(x.d));
@@ -276,8 +255,8 @@ float vec_dot_q4_K(int n, const void* vw, const void* vx) {
             uint8x16_t lo0, hi0, lo1, hi1;
             split_nibbles(vld1q_u8(w[i].qs + 32 * h), &lo0, &hi0);
             split_nibbles(vld1q_u8(w[i].qs + 32 * h + 16), &lo1, &hi1);
-            p[2 * h] = dot32(s8(lo0), s8(lo1), y + 64 * h);
-            p[2 * h + 1] = dot32(s8(hi0), s8(hi1), y + 64 * h + 32);
+            p[2 * h] = block_dot(s8(lo0), s8(lo1), y + 64 * h);
+            p[2 * h + 1] = block_dot(s8(hi0), s8(hi1), y + 64 * h + 32);
         }
         int32_t isum, msum;
         k4_sums(p, scales_mins_k4(w[i].scales), x[i].bsums, &isum, &msum);
@@ -308,8 +287,8 @@ float vec_dot_q5_K(int n, const void* vw, const void* vx) {
             hi1 = vorrq_u8(hi1, vandq_u8(vshlq_n_u8(qh1, 3), b4));
             qh0 = vshrq_n_u8(qh0, 2);
             qh1 = vshrq_n_u8(qh1, 2);
-            p[2 * h] = dot32(s8(lo0), s8(lo1), y + 64 * h);
-            p[2 * h + 1] = dot32(s8(hi0), s8(hi1), y + 64 * h + 32);
+            p[2 * h] = block_dot(s8(lo0), s8(lo1), y + 64 * h);
+            p[2 * h + 1] = block_dot(s8(hi0), s8(hi1), y + 64 * h + 32);
         }
         int32_t isum, msum;
         k4_sums(p, scales_mins_k4(w[i].scales), x[i].bsums, &isum, &msum);
@@ -451,7 +430,7 @@ float vec_dot_iq4_xs(int n, const void* vw, const void* vx) {
         for (int j = 0; j < 8; j++) {
             uint8x16_t lo, hi;
             split_nibbles(vld1q_u8(w[i].qs + 16 * j), &lo, &hi);
-            p[j] = dot32(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi), y + 32 * j);
+            p[j] = block_dot(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi), y + 32 * j);
         }
         const int32_t isum = scaled_sum8(p, vld1q_s32(sc), vld1q_s32(sc + 4));
         sum += ref::k_superblock_term(half_to_float(w[i].d), 0.0f, x[i].d, isum, 0);
