@@ -251,6 +251,25 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
         if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
             throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
                                         std::to_string(c.n_vocab) + " tokens)");
+    // A long batch goes through the layers kMicroBatch tokens at a time: each micro-batch reads the
+    // keys and values that the ones before it stored, so the logits are those of one batch bit for bit
+    // (the determinism promise), while the activations stay small and the interrupt hook is asked
+    // every few hundred milliseconds even on the scalar path.
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kMicroBatch) {
+        const int64_t n = std::min(kMicroBatch, n_tokens - t0);
+        const bool last = t0 + n == n_tokens;
+        float* out = logits_all ? logits + t0 * c.n_vocab : last ? logits : nullptr;
+        forward_micro_batch(tokens + t0, caches + t0, positions + t0, n, out, logits_all, s, pool);
+    }
+}
+
+void LlamaModel::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
+                                     int64_t n_tokens, float* logits, bool logits_all, RunState& s,
+                                     ThreadPool& pool) const {
+    const LlamaConfig& c = config_;
+    auto check_interrupt = [&s] {
+        if (s.interrupted && s.interrupted()) throw Interrupted();
+    };
     int64_t n_ctx = 0;
     for (int64_t t = 0; t < n_tokens; t++) n_ctx = std::max(n_ctx, caches[t]->n_ctx());
     s.reserve(c, n_tokens, n_ctx, pool.n_threads());
@@ -269,7 +288,7 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
 
     SharedInput input(kernels_, s, pool);
     for (int l = 0; l < c.n_layers; l++) {
-        if (s.interrupted && s.interrupted()) throw Interrupted();
+        check_interrupt();
         const LayerWeights& L = w_.layers[size_t(l)];
 
         // Attention block: x += wo · attention(rope(wq · xn), rope(wk · xn), wv · xn).
@@ -283,12 +302,14 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
             for (int h = 0; h < c.n_kv_heads; h++) rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs);
             caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
         }
+        check_interrupt();
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
         input.multiply({{&L.wo, s.xn.data()}});  // xn is free again: use it for wo's output
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
 
         // Feed-forward block (SwiGLU): x += w_down · (silu(w_gate · xn) * (w_up · xn)).
+        check_interrupt();
         for (int64_t t = 0; t < n_tokens; t++)
             rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
         input.set(s.xn.data(), n_tokens, E);
@@ -320,7 +341,9 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
         for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
     }
 
-    // Final norm and the output projection, for every token or the last only.
+    // Final norm and the output projection, for every token or the last only (none for a micro-batch
+    // before the last when only the last token's logits are wanted).
+    if (!logits) return;
     const int64_t first = logits_all ? 0 : n_tokens - 1;
     for (int64_t t = first; t < n_tokens; t++)
         rms_norm(s.x.data() + t * E, w_.output_norm, s.xn.data() + t * E, int(E), c.rms_eps);

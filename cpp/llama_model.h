@@ -65,8 +65,9 @@ struct RunState {
     std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
     std::vector<int32_t> xq_sums;  // their Q8_0 block sums, for packed kernels that need them
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
-    // Optional: asked between layers on the calling thread; true stops the evaluation with Interrupted
-    // (the caches' n_past stay as they were: the batch is not part of the sequence).
+    // Optional: asked on the calling thread before each sub-layer (attention, feed-forward) of each
+    // micro-batch; true stops the evaluation with Interrupted (the caches' n_past stay as they were:
+    // the batch is not part of the sequence).
     std::function<bool()> interrupted;
     void reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
 };
@@ -108,9 +109,15 @@ public:
                            ThreadPool& pool) const;
 
 private:
+    // Tokens per pass through the layers; longer batches are cut into micro-batches of this many.
+    static constexpr int64_t kMicroBatch = 256;
+
     // The shared body: token t goes to caches[t] at positions[t].
     void forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
                         float* logits, bool logits_all, RunState& s, ThreadPool& pool) const;
+    // One micro-batch through every layer; logits null skips the output projection.
+    void forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
+                             float* logits, bool logits_all, RunState& s, ThreadPool& pool) const;
     void attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                    ThreadPool& pool) const;
 

@@ -125,6 +125,25 @@ def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, sha
     np.testing.assert_array_equal(prefix.eval(PROMPT[6:]), base[-1])
 
 
+@pytest.mark.parametrize("weight_type", ["q4_0", "q4_k_m"])
+def test_a_batch_longer_than_a_micro_batch_is_one_batch_bit_for_bit(model_dir, weight_type):
+    # The forward pass cuts a batch into micro-batches of 256 tokens (LlamaModel::kMicroBatch): a
+    # prompt of 600 tokens takes three, and each logit must be what token-by-token evaluation gives.
+    kw = dict(K_SHAPE if weight_type in SUPER_BLOCK_TYPES else SHAPES[1], n_ctx_train=1024)
+    types = MIXES.get(weight_type, dict(weight_type=weight_type))
+    path = tiny(model_dir, f"long-{weight_type}", seed=7, **types, **kw)
+    prompt = np.random.default_rng(1).integers(0, 300, 600).tolist()
+    m = Model(path, n_threads=2)
+    whole = m.logits(prompt)
+    ctx = m.context()
+    one_by_one = np.stack([ctx.eval([t]) for t in prompt])
+    np.testing.assert_array_equal(whole, one_by_one)
+    np.testing.assert_array_equal(m.context().eval(prompt), whole[-1])  # the last token's logits alone
+    ctx = m.context()
+    ctx.eval(prompt[:100])
+    np.testing.assert_array_equal(ctx.eval_all(prompt[100:]), whole[100:])  # a cached prefix, then 500
+
+
 @pytest.mark.parametrize("shape,weight_type", on_its_shape(BLOCK_TYPES + SUPER_BLOCK_TYPES + ["f16"]))
 def test_batched_sequences_match_single_evaluation(model_dir, shape, weight_type):
     path = quantized(model_dir, weight_type, shape)
