@@ -1,5 +1,6 @@
 #include "kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -8,51 +9,114 @@
 
 namespace pe {
 
-KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type)
+std::vector<KVCache::Layer> KVCache::plan(int n_layers, int64_t n_ctx, const std::vector<int>& windows,
+                                          size_t& total_rows) {
+    if (!windows.empty() && int(windows.size()) != n_layers)
+        throw std::invalid_argument("one sliding window per layer is needed");
+    std::vector<Layer> layers(static_cast<size_t>(n_layers));
+    total_rows = 0;
+    for (int l = 0; l < n_layers; l++) {
+        Layer& L = layers[size_t(l)];
+        L.window = windows.empty() ? 0 : windows[size_t(l)];
+        if (L.window < 0) throw std::invalid_argument("a sliding window must not be negative");
+        const int64_t ring = int64_t(L.window) + kMaxBatch;
+        L.ring = L.window > 0 && n_ctx > ring ? ring : 0;
+        L.rows = L.ring ? 2 * L.ring : n_ctx;
+        L.offset = total_rows;
+        if (uint64_t(L.rows) > SIZE_MAX / 8 - total_rows) throw std::invalid_argument("KV cache too large");
+        total_rows += size_t(L.rows);
+    }
+    return layers;
+}
+
+size_t KVCache::bytes_for(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows) {
+    size_t rows = 0;
+    plan(n_layers, n_ctx, windows, rows);
+    const size_t row = size_t(kv_dim) * (type == TYPE_F16 ? 2 : 4);
+    if (rows > SIZE_MAX / 2 / row) throw std::invalid_argument("KV cache too large");
+    return 2 * rows * row;
+}
+
+KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows)
     : n_layers_(n_layers), n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type) {
     if (type != TYPE_F16 && type != TYPE_F32) throw std::invalid_argument("KV cache type must be f16 or f32");
     if (n_layers <= 0 || n_ctx <= 0 || kv_dim <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
     elem_size_ = type == TYPE_F16 ? 2 : 4;
-    if (uint64_t(n_ctx) > SIZE_MAX / size_t(n_layers) / row_bytes())
+    size_t rows = 0;
+    layers_ = plan(n_layers, n_ctx, windows, rows);
+    if (rows > SIZE_MAX / row_bytes())
         throw std::invalid_argument("a KV cache of " + std::to_string(n_ctx) + " positions does not fit in memory");
-    const size_t bytes = size_t(n_layers) * size_t(n_ctx) * row_bytes();
-    k_.assign(bytes, 0);
-    v_.assign(bytes, 0);
+    k_.assign(rows * row_bytes(), 0);
+    v_.assign(rows * row_bytes(), 0);
 }
 
 void KVCache::truncate(int64_t n) {
     if (n < 0 || n > n_past_)
         throw std::invalid_argument("cannot truncate to " + std::to_string(n) + ": the sequence has " +
                                     std::to_string(n_past_) + " positions");
+    for (const Layer& L : layers_) {
+        // The ring holds the last `ring` positions before n_past; going on from n needs the window
+        // before n among them.
+        if (L.ring && n < n_past_ && n - L.window < n_past_ - L.ring && n > 0)
+            throw std::invalid_argument("cannot truncate to " + std::to_string(n) + ": the sliding-window cache no "
+                                        "longer holds the positions before it (evaluate the prefix again)");
+    }
     n_past_ = n;
 }
 
 void KVCache::copy_from(const KVCache& other) {
     if (other.n_layers_ != n_layers_ || other.kv_dim_ != kv_dim_ || other.type_ != type_ || other.n_past_ > n_ctx_)
         throw std::invalid_argument("KV caches differ in shape or type");
-    const size_t used = size_t(other.n_past_) * row_bytes();
     for (int l = 0; l < n_layers_; l++) {
-        std::memcpy(k_.data() + layer_offset(l), other.keys(l), used);
-        std::memcpy(v_.data() + layer_offset(l), other.values(l), used);
+        const Layer& mine = layers_[size_t(l)];
+        const Layer& theirs = other.layers_[size_t(l)];
+        if (mine.window != theirs.window) throw std::invalid_argument("KV caches differ in their sliding windows");
+        if (mine.ring != theirs.ring)  // their n_ctx differ and one keeps a ring
+            throw std::invalid_argument("KV caches differ in shape (one holds a sliding-window ring)");
+        const size_t used = size_t(mine.ring ? mine.rows : other.n_past_) * row_bytes();
+        std::memcpy(k_.data() + mine.offset * row_bytes(), other.k_.data() + theirs.offset * row_bytes(), used);
+        std::memcpy(v_.data() + mine.offset * row_bytes(), other.v_.data() + theirs.offset * row_bytes(), used);
     }
     n_past_ = other.n_past_;
 }
 
 void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v) {
-    uint8_t* kd = k_.data() + layer_offset(layer) + size_t(pos) * row_bytes();
-    uint8_t* vd = v_.data() + layer_offset(layer) + size_t(pos) * row_bytes();
-    const int64_t n = n_tokens * kv_dim_;
-    if (type_ == TYPE_F32) {
-        std::memcpy(kd, k, size_t(n) * 4);
-        std::memcpy(vd, v, size_t(n) * 4);
-        return;
+    const Layer& L = layers_[size_t(layer)];
+    auto put = [&](int64_t row, const float* kr, const float* vr) {
+        uint8_t* kd = k_.data() + (L.offset + size_t(row)) * row_bytes();
+        uint8_t* vd = v_.data() + (L.offset + size_t(row)) * row_bytes();
+        if (type_ == TYPE_F32) {
+            std::memcpy(kd, kr, size_t(kv_dim_) * 4);
+            std::memcpy(vd, vr, size_t(kv_dim_) * 4);
+            return;
+        }
+        auto* kh = reinterpret_cast<uint16_t*>(kd);
+        auto* vh = reinterpret_cast<uint16_t*>(vd);
+        for (int i = 0; i < kv_dim_; i++) {
+            kh[i] = fp32_to_fp16(kr[i]);
+            vh[i] = fp32_to_fp16(vr[i]);
+        }
+    };
+    for (int64_t t = 0; t < n_tokens; t++) {
+        const float* kr = k + t * kv_dim_;
+        const float* vr = v + t * kv_dim_;
+        const int64_t p = pos + t;
+        if (!L.ring) {
+            put(p, kr, vr);
+            continue;
+        }
+        put(p % L.ring, kr, vr);
+        put(p % L.ring + L.ring, kr, vr);
     }
-    auto* kh = reinterpret_cast<uint16_t*>(kd);
-    auto* vh = reinterpret_cast<uint16_t*>(vd);
-    for (int64_t i = 0; i < n; i++) {
-        kh[i] = fp32_to_fp16(k[i]);
-        vh[i] = fp32_to_fp16(v[i]);
-    }
+}
+
+KVCache::Span KVCache::span(int layer, int64_t pos) const {
+    const Layer& L = layers_[size_t(layer)];
+    const int64_t n = L.window ? std::min<int64_t>(pos + 1, L.window) : pos + 1;
+    const int64_t first = pos + 1 - n;
+    const int64_t row = L.ring ? first % L.ring : first;
+    const size_t off = (L.offset + size_t(row)) * row_bytes();
+    return Span{k_.data() + off, v_.data() + off, n};
 }
 
 }  // namespace pe

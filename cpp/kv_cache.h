@@ -1,4 +1,12 @@
-// The key/value cache of one sequence: [layer][position][kv_dim], in F16 or F32.
+// The key/value cache of one sequence: per layer, rows of kv_dim keys and values in F16 or F32.
+//
+// A layer with a sliding window (it attends only to the last `window` positions) keeps, once the
+// context is longer than window + kMaxBatch positions, a ring of window + kMaxBatch slots instead of
+// one row per position: position p lives in slot p % ring. Each row is written twice, at its slot and
+// at slot + ring, so the window ending at any position is one run of contiguous rows, in position
+// order, whatever the wrap (the attention kernels read contiguous rows; the order of their sums is
+// that of positions, so a ring and a full layer give the same bits). The kMaxBatch extra slots hold
+// the rest of a batch stored before its first token attends.
 #pragma once
 
 #include <cstdint>
@@ -10,15 +18,23 @@ namespace pe {
 
 class KVCache {
 public:
-    // type: TYPE_F16 or TYPE_F32.
-    KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type);
+    // Tokens a batch may store before attending; the forward pass cuts longer batches to this.
+    static constexpr int64_t kMaxBatch = 256;
+
+    // type: TYPE_F16 or TYPE_F32. windows: per layer, 0 (every position) or the sliding window; empty:
+    // no windows.
+    KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows = {});
+
+    // Bytes a cache of this shape allocates (the same rule as the constructor), for up-front checks.
+    static size_t bytes_for(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows);
 
     int64_t n_ctx() const { return n_ctx_; }
     int64_t n_past() const { return n_past_; }
     GGMLType type() const { return type_; }
     size_t bytes() const { return k_.size() * 2; }
 
-    // Forget every position from n on (n <= n_past).
+    // Forget every position from n on (n <= n_past). A ring layer must still hold the window before
+    // n: throws std::invalid_argument when the positions it needs were overwritten.
     void truncate(int64_t n);
     // Become a copy of `other`'s first other.n_past positions (same shape required).
     void copy_from(const KVCache& other);
@@ -26,13 +42,26 @@ public:
 
     // Stores n_tokens rows of kv_dim floats at positions pos ... for one layer.
     void store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v);
-    // Rows of a layer's keys / values: element size is 2 (F16) or 4 (F32) bytes.
-    const uint8_t* keys(int layer) const { return k_.data() + layer_offset(layer); }
-    const uint8_t* values(int layer) const { return v_.data() + layer_offset(layer); }
+
+    // What a token at position pos attends to in `layer`: n rows of keys and values, contiguous, the
+    // positions pos - n + 1 ... pos in order.
+    struct Span {
+        const uint8_t* keys;
+        const uint8_t* values;
+        int64_t n;
+    };
+    Span span(int layer, int64_t pos) const;
+
     size_t row_bytes() const { return size_t(kv_dim_) * elem_size_; }
 
 private:
-    size_t layer_offset(int layer) const { return size_t(layer) * size_t(n_ctx_) * row_bytes(); }
+    struct Layer {
+        size_t offset = 0;   // of its first row in k_ and v_
+        int64_t rows = 0;    // rows allocated
+        int window = 0;      // 0: every position
+        int64_t ring = 0;    // slots of the ring (rows = 2 * ring), 0: one row per position
+    };
+    static std::vector<Layer> plan(int n_layers, int64_t n_ctx, const std::vector<int>& windows, size_t& total_rows);
 
     int n_layers_;
     int64_t n_ctx_;
@@ -40,6 +69,7 @@ private:
     GGMLType type_;
     size_t elem_size_;
     int64_t n_past_ = 0;
+    std::vector<Layer> layers_;
     std::vector<uint8_t> k_;
     std::vector<uint8_t> v_;
 };

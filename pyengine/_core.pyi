@@ -10,8 +10,42 @@ class ThreadPool:
     @property
     def n_threads(self) -> int: ...
 
-class LlamaModel:
-    def __init__(self, config: dict, tensors: dict) -> None: ...
+class RopeStyle:
+    ADJACENT: RopeStyle
+    HALVES: RopeStyle
+
+class Activation:
+    SILU: Activation
+    GELU_TANH: Activation
+
+class ModelConfig:
+    n_layers: int
+    n_embd: int
+    n_ff: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    n_rot: int
+    n_vocab: int
+    rope_theta: float
+    rope_theta_local: float
+    rope_scale: float
+    rope_attn_factor: float
+    rope_factors: list[float]
+    rope_style: RopeStyle
+    activation: Activation
+    rms_eps: float
+    embd_scale: float
+    attn_scale: float
+    windows: list[int]
+    def __init__(self) -> None: ...
+
+MICRO_BATCH: int
+
+def kv_cache_bytes(n_layers: int, n_ctx: int, kv_dim: int, type: int, windows: Sequence[int]) -> int: ...
+
+class Model:
+    def __init__(self, config: ModelConfig, tensors: dict) -> None: ...
     @property
     def n_vocab(self) -> int: ...
     @property
@@ -19,11 +53,13 @@ class LlamaModel:
     @property
     def kv_dim(self) -> int: ...
     @property
+    def config(self) -> ModelConfig: ...
+    @property
     def packed_bytes(self) -> int: ...
     def pack(self, pool: ThreadPool, release: Callable[[int, int], None] | None = None) -> None: ...
 
 class Context:
-    def __init__(self, model: LlamaModel, n_ctx: int, kv_type: int = 1) -> None: ...
+    def __init__(self, model: Model, n_ctx: int, kv_type: int = 1) -> None: ...
     @property
     def n_ctx(self) -> int: ...
     @property

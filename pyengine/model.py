@@ -1,5 +1,5 @@
-"""The llama model: GGUF weights used in place by the native forward pass, and the per-sequence
-context (KV cache) that the generation loop drives.
+"""The model: GGUF weights used in place by the native forward pass (any architecture of
+pyengine/architectures.py), and the per-sequence context (KV cache) that the generation loop drives.
 
     m = Model("model.gguf")             # or Model() for the default model, fetched on first use
     m.logits(m.tokenize("Hello"))       # float32 [n_tokens, n_vocab], a fresh sequence
@@ -14,21 +14,18 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from . import _core
+from .architectures import ModelConfig, read_config, tensor_table
 from .gguf import GGMLType, GGUFError, GGUFReader
 from .quants import thread_pool
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, this)
 KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}
-
-LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-                 "ffn_down")
 
 
 class OversubscriptionWarning(RuntimeWarning):
@@ -44,99 +41,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True)
-class LlamaConfig:
-    n_layers: int
-    n_embd: int
-    n_ff: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    n_rot: int
-    n_vocab: int
-    n_ctx_train: int
-    rope_theta: float
-    rms_eps: float
-
-
-def _int_key(reader: GGUFReader, key: str, default: int | None = None) -> int:
-    value = reader.get(key, default)
-    if value is None:
-        raise GGUFError(f"{reader.path}: missing metadata key {key}")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise GGUFError(f"{reader.path}: metadata key {key} must be an integer, got {type(value).__name__}")
-    if not 0 < int(value) < 2**31:
-        raise GGUFError(f"{reader.path}: metadata key {key} = {value} is out of range")
-    return int(value)
-
-
-def _float_key(reader: GGUFReader, key: str, default: float) -> float:
-    value = reader.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise GGUFError(f"{reader.path}: metadata key {key} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise GGUFError(f"{reader.path}: metadata key {key} = {value} is out of range")
-    return value
-
-
-def read_llama_config(reader: GGUFReader) -> LlamaConfig:
-    """The hyper-parameters, each checked against the others and against the tensor shapes."""
-    arch = reader.get("general.architecture")
-    if arch != "llama":
-        raise GGUFError(f"{reader.path}: architecture {arch!r} is not supported (pyengine runs 'llama')")
-    p = "llama."
-    n_embd = _int_key(reader, p + "embedding_length")
-    n_heads = _int_key(reader, p + "attention.head_count")
-    n_kv_heads = _int_key(reader, p + "attention.head_count_kv", n_heads)
-    if n_embd % n_heads:
-        raise GGUFError(f"{reader.path}: embedding_length {n_embd} is not a multiple of head_count {n_heads}")
-    if n_heads % n_kv_heads:
-        raise GGUFError(f"{reader.path}: head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}")
-    head_dim = n_embd // n_heads
-    n_rot = _int_key(reader, p + "rope.dimension_count", head_dim)
-    if n_rot > head_dim or n_rot % 2:
-        raise GGUFError(f"{reader.path}: rope.dimension_count {n_rot} does not fit the head dimension {head_dim}")
-    embd = reader.tensors.get("token_embd.weight")
-    if embd is None:
-        raise GGUFError(f"{reader.path}: tensor token_embd.weight is missing")
-    if len(embd.shape) != 2 or embd.shape[0] != n_embd:
-        raise GGUFError(f"{reader.path}: token_embd.weight has dims {list(embd.shape)}, "
-                        f"embedding_length is {n_embd}")
-    n_layers = _int_key(reader, p + "block_count")
-    for layer in range(n_layers):
-        if f"blk.{layer}.attn_q.weight" not in reader.tensors:
-            raise GGUFError(f"{reader.path}: block_count is {n_layers} but tensor blk.{layer}.attn_q.weight is missing")
-    return LlamaConfig(
-        n_layers=n_layers, n_embd=n_embd, n_ff=_int_key(reader, p + "feed_forward_length"), n_heads=n_heads,
-        n_kv_heads=n_kv_heads, head_dim=head_dim, n_rot=n_rot, n_vocab=int(embd.shape[1]),
-        n_ctx_train=_int_key(reader, p + "context_length"),
-        rope_theta=_float_key(reader, p + "rope.freq_base", 10000.0),
-        rms_eps=_float_key(reader, p + "attention.layer_norm_rms_epsilon", 1e-5))
-
-
-def _tensor_table(reader: GGUFReader, config: LlamaConfig) -> dict[str, tuple]:
-    """name -> (zero-copy view, type id, rows, cols) for every tensor the model uses; refuses tensors
-    it would not use (a file for another architecture variant, or a corrupt table)."""
-    expected = {"token_embd.weight", "output_norm.weight", "output.weight"}
-    expected |= {f"blk.{i}.{t}.weight" for i in range(config.n_layers) for t in LAYER_TENSORS}
-    unused = [name for name in reader.tensors if name not in expected]
-    if unused:
-        more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
-        raise GGUFError(f"{reader.path}: tensors pyengine does not use: {', '.join(unused[:3])}{more}")
-    table = {}
-    for name, info in reader.tensors.items():
-        if len(info.shape) > 2:
-            raise GGUFError(f"{reader.path}: tensor {name} has {len(info.shape)} dimensions, expected at most 2")
-        cols = info.shape[0]
-        rows = info.shape[1] if len(info.shape) == 2 else 1
-        table[name] = (info.data, int(info.type), int(rows), int(cols))
-    return table
-
-
-def kv_cache_bytes(config: LlamaConfig, n_ctx: int, kv_type: str = "f16") -> int:
-    """Bytes of one sequence's KV cache: keys and values of every layer at every position."""
-    return 2 * config.n_layers * n_ctx * config.n_kv_heads * config.head_dim * (2 if kv_type == "f16" else 4)
+def kv_cache_bytes(config: ModelConfig, n_ctx: int, kv_type: str = "f16") -> int:
+    """Bytes of one sequence's KV cache: keys and values of every layer at every position (a
+    sliding-window layer keeps a ring of its window and one batch)."""
+    return _core.kv_cache_bytes(config.n_layers, n_ctx, config.kv_dim, KV_TYPES[kv_type], list(config.windows))
 
 
 def _available_memory() -> int | None:
@@ -151,7 +59,7 @@ def _available_memory() -> int | None:
     return None
 
 
-def _check_kv_cache_fits(config: LlamaConfig, n_ctx: int, kv_type: str) -> None:
+def _check_kv_cache_fits(config: ModelConfig, n_ctx: int, kv_type: str) -> None:
     """Refuses up front an n_ctx whose KV cache could not be allocated, with the numbers."""
     need = kv_cache_bytes(config, n_ctx, kv_type)
     available = _available_memory()
@@ -161,7 +69,7 @@ def _check_kv_cache_fits(config: LlamaConfig, n_ctx: int, kv_type: str) -> None:
 
 
 def _page_dropper(reader: GGUFReader):
-    """release(address, nbytes) for LlamaModel.pack: drops the whole pages of that range of the
+    """release(address, nbytes) for the native Model.pack: drops the whole pages of that range of the
     file mapping from this process (MADV_DONTNEED on a read-only shared file mapping: the data stays
     in the page cache and a later read maps it in again, so nothing can be lost)."""
     mm = reader._mmap
@@ -184,7 +92,7 @@ def _page_dropper(reader: GGUFReader):
 
 
 class Model:
-    """A llama-architecture model from a GGUF file, ready to evaluate.
+    """A model from a GGUF file (llama, qwen2, qwen3, gemma3, phi3), ready to evaluate.
 
     path: the GGUF file; None fetches the default model (SmolLM2-135M-Instruct) on first use.
     n_ctx: context length of each sequence (default: min(the file's context_length, 4096)).
@@ -200,7 +108,9 @@ class Model:
         self.path = os.fspath(path)
         self._reader = GGUFReader(self.path)
         try:
-            self.config = read_llama_config(self._reader)
+            if n_ctx is not None and (not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0):
+                raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+            self.config = read_config(self._reader, n_ctx)
             self.metadata = self._reader.metadata
             try:
                 self.tokenizer = Tokenizer.from_metadata(self._reader.metadata)
@@ -209,16 +119,12 @@ class Model:
             if self.tokenizer.n_vocab != self.config.n_vocab:
                 raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.n_vocab} tokens, "
                                 f"token_embd.weight has {self.config.n_vocab} rows")
-            cfg = {k: getattr(self.config, k) for k in ("n_layers", "n_embd", "n_ff", "n_heads", "n_kv_heads",
-                                                         "head_dim", "n_rot", "n_vocab", "rope_theta", "rms_eps")}
             try:
-                self._core = _core.LlamaModel(cfg, _tensor_table(self._reader, self.config))
+                self._core = _core.Model(self.config.native(), tensor_table(self._reader))
             except ValueError as e:
                 raise GGUFError(f"{self.path}: {e}") from None
             if n_ctx is None:
                 n_ctx = min(self.config.n_ctx_train, DEFAULT_MAX_CTX)
-            if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
-                raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
             self.n_ctx = int(n_ctx)
             if kv_type not in KV_TYPES:
                 raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
@@ -237,6 +143,11 @@ class Model:
         if self.n_threads > cpus:
             warnings.warn(f"{self.n_threads} threads on {cpus} CPUs: they will take turns, and run slower "
                           f"than {cpus}", OversubscriptionWarning, stacklevel=2)
+
+    @property
+    def arch(self) -> str:
+        """general.architecture: "llama", "qwen2", "qwen3", "gemma3" or "phi3"."""
+        return self.config.arch
 
     @property
     def n_vocab(self) -> int:

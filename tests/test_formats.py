@@ -176,10 +176,17 @@ def test_core_stubs_name_what_the_module_has():
     import ast
 
     stub = ast.parse((Path(pyengine.__file__).parent / "_core.pyi").read_text())
-    names = {n.name: n for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    def declared(body):
+        return {n.name if not isinstance(n, ast.AnnAssign) else n.target.id: n for n in body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AnnAssign))}
+
+    names = declared(stub.body)
     public = {n for n in dir(_core) if not n.startswith("_")}
     assert set(names) == public
     for name, node in names.items():
         if isinstance(node, ast.ClassDef):
-            members = {m.name for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")}
-            assert members == {m for m in dir(getattr(_core, name)) if not m.startswith("_")}, name
+            members = {m for m in declared(node.body) if not m.startswith("_")}
+            native = getattr(_core, name)
+            if hasattr(native, "__members__"):  # an enum: its values, beside pybind11's name and value
+                members |= {"name", "value"}
+            assert members == {m for m in dir(native) if not m.startswith("_")}, name

@@ -127,7 +127,7 @@ def test_bit_identical_across_batches_chunks_prefixes_and_threads(model_dir, sha
 
 @pytest.mark.parametrize("weight_type", ["q4_0", "q4_k_m"])
 def test_a_batch_longer_than_a_micro_batch_is_one_batch_bit_for_bit(model_dir, weight_type):
-    # The forward pass cuts a batch into micro-batches of 256 tokens (LlamaModel::kMicroBatch): a
+    # The forward pass cuts a batch into micro-batches of 256 tokens (Model::kMicroBatch): a
     # prompt of 600 tokens takes three, and each logit must be what token-by-token evaluation gives.
     kw = dict(K_SHAPE if weight_type in SUPER_BLOCK_TYPES else SHAPES[1], n_ctx_train=1024)
     types = MIXES.get(weight_type, dict(weight_type=weight_type))
@@ -273,17 +273,22 @@ def test_missing_and_misshapen_tensors_are_refused(tmp_path):
 def test_the_native_model_checks_every_size(model_dir):
     """_core checks what it is given itself, whatever the Python loader let through."""
     from pyengine import _core
-    from pyengine.model import _tensor_table
+    from pyengine.architectures import tensor_table
+    from pyengine.gguf import GGUFReader
 
     path = tiny(model_dir, "s1-q8_0", weight_type="q8_0", seed=1, **SHAPES[1])
     m = Model(path)
-    cfg = {k: getattr(m.config, k) for k in ("n_layers", "n_embd", "n_ff", "n_heads", "n_kv_heads", "head_dim",
-                                             "n_rot", "n_vocab", "rope_theta", "rms_eps")}
-    from pyengine.gguf import GGUFReader
+    cfg = m.config.native()
+
+    def config(**change):
+        c = m.config.native()
+        for k, v in change.items():
+            setattr(c, k, v)
+        return c
 
     with GGUFReader(path) as reader:
-        table = _tensor_table(reader, m.config)
-    _core.LlamaModel(cfg, table)  # the table as the loader makes it
+        table = tensor_table(reader)
+    _core.Model(cfg, table)  # the table as the loader makes it
     empty = np.zeros(0, np.uint8)
     for name, entry, match in [
         ("token_embd.weight", (empty, 0, 2**56, 256), "do not fit in memory"),  # 2**66 bytes: wraps to 0
@@ -293,11 +298,14 @@ def test_the_native_model_checks_every_size(model_dir):
         ("blk.0.attn_q.weight", (table["blk.0.attn_q.weight"][0][:-1], 8, 64, 64), "bytes"),
     ]:
         with pytest.raises(ValueError, match=match):
-            _core.LlamaModel(cfg, {**table, name: entry})
+            _core.Model(cfg, {**table, name: entry})
     for change, match in [({"n_heads": 2**16, "head_dim": 2**16}, "overflows"), ({"n_layers": 0}, "block_count"),
-                          ({"n_kv_heads": 3}, "head_count_kv"), ({"n_rot": 3}, "rope")]:
+                          ({"n_kv_heads": 3}, "head_count_kv"), ({"n_rot": 3}, "rope"),
+                          ({"rope_factors": [1.0] * 3}, "factors"), ({"rope_factors": [0.0] * 8}, "positive"),
+                          ({"windows": [4]}, "one sliding window per layer"), ({"windows": [-1, 0]}, "negative"),
+                          ({"rms_eps": 0.0}, "positive"), ({"attn_scale": -1.0}, "scale")]:
         with pytest.raises(ValueError, match=match):
-            _core.LlamaModel({**cfg, **change}, table)
+            _core.Model(config(**change), table)
     for n_ctx in (0, -5, 2**61):
         with pytest.raises(ValueError, match="n_ctx"):
             _core.Context(m._core, n_ctx, 1)

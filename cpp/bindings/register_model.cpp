@@ -1,4 +1,5 @@
-// The llama model over memory-mapped weights, and its per-sequence contexts (KV cache + buffers).
+// The model over memory-mapped weights, its typed config, and its per-sequence contexts (KV cache +
+// buffers).
 #include <chrono>
 #include <memory>
 #include <pybind11/stl.h>
@@ -6,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "../llama_model.h"
+#include "../model.h"
 #include "common.h"
 
 namespace pe::bindings {
@@ -16,7 +17,7 @@ namespace {
 // Keeps the Python objects that own the weight memory (numpy views of the mmap) alive as long as
 // the model that points into them.
 struct PyModel {
-    std::unique_ptr<LlamaModel> model;
+    std::unique_ptr<Model> model;
     std::vector<py::object> owners;
 };
 
@@ -26,7 +27,8 @@ struct PyContext {
     RunState state;
     PyContext(std::shared_ptr<PyModel> m, int64_t n_ctx, GGMLType kv_type)
         : model(std::move(m)),
-          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(), kv_type) {}
+          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(), kv_type,
+                model->model->config().windows) {}
 };
 
 // (array, type id, rows, cols) -> a Matrix over the array's memory, checked for size.
@@ -69,42 +71,82 @@ const float* vector_from(const py::dict& tensors, const std::string& name, int64
     return static_cast<const float*>(m.data);
 }
 
-std::shared_ptr<PyModel> build_model(const py::dict& cfg, const py::dict& tensors) {
-    LlamaConfig c;
-    c.n_layers = cfg["n_layers"].cast<int>();
-    c.n_embd = cfg["n_embd"].cast<int>();
-    c.n_ff = cfg["n_ff"].cast<int>();
-    c.n_heads = cfg["n_heads"].cast<int>();
-    c.n_kv_heads = cfg["n_kv_heads"].cast<int>();
-    c.head_dim = cfg["head_dim"].cast<int>();
-    c.n_rot = cfg["n_rot"].cast<int>();
-    c.n_vocab = cfg["n_vocab"].cast<int>();
-    c.rope_theta = cfg["rope_theta"].cast<float>();
-    c.rms_eps = cfg["rms_eps"].cast<float>();
+// An optional float32 vector: null where the table has no such tensor.
+const float* optional_vector(const py::dict& tensors, const std::string& name, int64_t n,
+                             std::vector<py::object>& owners) {
+    return tensors.contains(name) ? vector_from(tensors, name, n, owners) : nullptr;
+}
+
+// Rows [r0, r0 + n) of m: a view of a fused tensor's part.
+Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
+    return Matrix{m.type, static_cast<const uint8_t*>(m.data) + size_t(r0) * row_size(m.type, m.cols), n, m.cols};
+}
+
+// A fused tensor of parts stacked by rows (phi3's attn_qkv: q, k, v; its ffn_up: gate, up), as views.
+std::vector<Matrix> split_rows(const Matrix& fused, const std::string& name, std::initializer_list<int64_t> parts) {
+    int64_t total = 0;
+    for (int64_t n : parts) total += n;
+    if (fused.rows != total)
+        throw py::value_error("tensor " + name + " has " + std::to_string(fused.rows) + " rows, the hyper-parameters need " +
+                              std::to_string(total));
+    std::vector<Matrix> views;
+    int64_t r0 = 0;
+    for (int64_t n : parts) {
+        views.push_back(rows_of(fused, r0, n));
+        r0 += n;
+    }
+    return views;
+}
+
+// The weights by their GGUF names. The architecture's description (Python) has already decided which
+// tensors a file must and may hold; here each present tensor is taken and checked for size.
+std::shared_ptr<PyModel> build_model(const ModelConfig& c, const py::dict& tensors) {
     if (c.n_layers <= 0 || c.n_layers > 4096) throw py::value_error("block_count out of range");
-    if (c.n_heads <= 0 || c.head_dim <= 0 || c.n_embd <= 0) throw py::value_error("head counts must be positive");
+    if (c.n_heads <= 0 || c.head_dim <= 0 || c.n_embd <= 0 || c.n_ff <= 0 || c.n_kv_heads <= 0)
+        throw py::value_error("head counts and dimensions must be positive");
     auto m = std::make_shared<PyModel>();
-    LlamaWeights w;
-    w.token_embd = matrix_from(tensors, "token_embd.weight", m->owners);
-    w.output_norm = vector_from(tensors, "output_norm.weight", c.n_embd, m->owners);
-    w.output = matrix_from(tensors, "output.weight", m->owners, false);
+    auto& owners = m->owners;
+    ModelWeights w;
+    w.token_embd = matrix_from(tensors, "token_embd.weight", owners);
+    w.output_norm = vector_from(tensors, "output_norm.weight", c.n_embd, owners);
+    w.output = matrix_from(tensors, "output.weight", owners, false);
     if (!w.output.data) w.output = w.token_embd;  // tied embeddings
+    const int64_t q_dim = c.q_dim(), kv_dim = c.kv_dim();
     for (int l = 0; l < c.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights L;
-        L.attn_norm = vector_from(tensors, p + "attn_norm.weight", c.n_embd, m->owners);
-        L.wq = matrix_from(tensors, p + "attn_q.weight", m->owners);
-        L.wk = matrix_from(tensors, p + "attn_k.weight", m->owners);
-        L.wv = matrix_from(tensors, p + "attn_v.weight", m->owners);
-        L.wo = matrix_from(tensors, p + "attn_output.weight", m->owners);
-        L.ffn_norm = vector_from(tensors, p + "ffn_norm.weight", c.n_embd, m->owners);
-        L.w_gate = matrix_from(tensors, p + "ffn_gate.weight", m->owners);
-        L.w_up = matrix_from(tensors, p + "ffn_up.weight", m->owners);
-        L.w_down = matrix_from(tensors, p + "ffn_down.weight", m->owners);
+        L.attn_norm = vector_from(tensors, p + "attn_norm.weight", c.n_embd, owners);
+        if (tensors.contains(p + "attn_qkv.weight")) {
+            const auto qkv = split_rows(matrix_from(tensors, p + "attn_qkv.weight", owners), p + "attn_qkv.weight",
+                                        {q_dim, kv_dim, kv_dim});
+            L.wq = qkv[0], L.wk = qkv[1], L.wv = qkv[2];
+        } else {
+            L.wq = matrix_from(tensors, p + "attn_q.weight", owners);
+            L.wk = matrix_from(tensors, p + "attn_k.weight", owners);
+            L.wv = matrix_from(tensors, p + "attn_v.weight", owners);
+        }
+        L.bq = optional_vector(tensors, p + "attn_q.bias", q_dim, owners);
+        L.bk = optional_vector(tensors, p + "attn_k.bias", kv_dim, owners);
+        L.bv = optional_vector(tensors, p + "attn_v.bias", kv_dim, owners);
+        L.q_norm = optional_vector(tensors, p + "attn_q_norm.weight", c.head_dim, owners);
+        L.k_norm = optional_vector(tensors, p + "attn_k_norm.weight", c.head_dim, owners);
+        L.wo = matrix_from(tensors, p + "attn_output.weight", owners);
+        L.attn_post_norm = optional_vector(tensors, p + "post_attention_norm.weight", c.n_embd, owners);
+        L.ffn_norm = vector_from(tensors, p + "ffn_norm.weight", c.n_embd, owners);
+        if (tensors.contains(p + "ffn_gate.weight")) {
+            L.w_gate = matrix_from(tensors, p + "ffn_gate.weight", owners);
+            L.w_up = matrix_from(tensors, p + "ffn_up.weight", owners);
+        } else {  // gate and up in one tensor, the gate's rows first
+            const auto gate_up = split_rows(matrix_from(tensors, p + "ffn_up.weight", owners), p + "ffn_up.weight",
+                                            {c.n_ff, c.n_ff});
+            L.w_gate = gate_up[0], L.w_up = gate_up[1];
+        }
+        L.w_down = matrix_from(tensors, p + "ffn_down.weight", owners);
+        L.ffn_post_norm = optional_vector(tensors, p + "post_ffw_norm.weight", c.n_embd, owners);
         w.layers.push_back(L);
     }
     try {
-        m->model = std::make_unique<LlamaModel>(c, std::move(w));
+        m->model = std::make_unique<Model>(c, std::move(w));
     } catch (const std::invalid_argument& e) {
         throw py::value_error(e.what());
     }
@@ -134,7 +176,7 @@ std::function<bool()> signal_check() {
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
                         bool logits_all) {
-    const LlamaConfig& c = ctx.model->model->config();
+    const ModelConfig& c = ctx.model->model->config();
     const int64_t n = ids.size();
     if (n == 0) throw py::value_error("no tokens to evaluate");
     const int32_t* p = ids.data();
@@ -166,7 +208,7 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
     if (contexts.empty() || contexts.size() != ids.size())
         throw py::value_error("eval_sequences needs one token per context, and at least one context");
     const auto& model = contexts[0]->model;
-    const LlamaConfig& c = model->model->config();
+    const ModelConfig& c = model->model->config();
     std::vector<KVCache*> caches;
     std::vector<int32_t> tokens;
     for (size_t i = 0; i < contexts.size(); i++) {
@@ -201,11 +243,49 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
 
 void register_model(py::module_& m) {
     main_thread_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
-    py::class_<PyModel, std::shared_ptr<PyModel>>(m, "LlamaModel")
+    py::enum_<RopeStyle>(m, "RopeStyle")
+        .value("ADJACENT", RopeStyle::Adjacent)
+        .value("HALVES", RopeStyle::Halves);
+    py::enum_<Activation>(m, "Activation")
+        .value("SILU", Activation::SiLU)
+        .value("GELU_TANH", Activation::GeluTanh);
+    py::class_<ModelConfig>(m, "ModelConfig", "the numbers the block function runs on (model.h: ModelConfig)")
+        .def(py::init<>())
+        .def_readwrite("n_layers", &ModelConfig::n_layers)
+        .def_readwrite("n_embd", &ModelConfig::n_embd)
+        .def_readwrite("n_ff", &ModelConfig::n_ff)
+        .def_readwrite("n_heads", &ModelConfig::n_heads)
+        .def_readwrite("n_kv_heads", &ModelConfig::n_kv_heads)
+        .def_readwrite("head_dim", &ModelConfig::head_dim)
+        .def_readwrite("n_rot", &ModelConfig::n_rot)
+        .def_readwrite("n_vocab", &ModelConfig::n_vocab)
+        .def_readwrite("rope_theta", &ModelConfig::rope_theta)
+        .def_readwrite("rope_theta_local", &ModelConfig::rope_theta_local)
+        .def_readwrite("rope_scale", &ModelConfig::rope_scale)
+        .def_readwrite("rope_attn_factor", &ModelConfig::rope_attn_factor)
+        .def_readwrite("rope_factors", &ModelConfig::rope_factors)
+        .def_readwrite("rope_style", &ModelConfig::rope_style)
+        .def_readwrite("activation", &ModelConfig::activation)
+        .def_readwrite("rms_eps", &ModelConfig::rms_eps)
+        .def_readwrite("embd_scale", &ModelConfig::embd_scale)
+        .def_readwrite("attn_scale", &ModelConfig::attn_scale)
+        .def_readwrite("windows", &ModelConfig::windows);
+    m.attr("MICRO_BATCH") = KVCache::kMaxBatch;
+    m.def("kv_cache_bytes", [](int n_layers, int64_t n_ctx, int kv_dim, uint32_t type, const std::vector<int>& windows) {
+        if (n_layers <= 0 || n_ctx <= 0 || kv_dim <= 0) throw py::value_error("KV cache dimensions must be positive");
+        try {
+            return KVCache::bytes_for(n_layers, n_ctx, kv_dim, GGMLType(type), windows);
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+    }, py::arg("n_layers"), py::arg("n_ctx"), py::arg("kv_dim"), py::arg("type"), py::arg("windows"),
+       "bytes of one sequence's KV cache (sliding-window layers keep a ring)");
+    py::class_<PyModel, std::shared_ptr<PyModel>>(m, "Model")
         .def(py::init(&build_model), py::arg("config"), py::arg("tensors"))
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
         .def_property_readonly("n_layers", [](const PyModel& pm) { return pm.model->config().n_layers; })
         .def_property_readonly("kv_dim", [](const PyModel& pm) { return pm.model->config().kv_dim(); })
+        .def_property_readonly("config", [](const PyModel& pm) { return pm.model->config(); })
         .def("pack", [](PyModel& pm, ThreadPool& pool, py::object release) {
             std::function<void(const void*, size_t)> cb;
             if (!release.is_none())

@@ -1,4 +1,5 @@
-// The llama forward pass over weights used in place (memory-mapped by the Python loader).
+// The forward pass of a decoder-only transformer over weights used in place (memory-mapped by the
+// Python loader): one block function, driven by a ModelConfig, runs every supported architecture.
 //
 // Shapes follow GGUF: a weight of `out x in` is stored with dims [in, out], i.e. `out` rows of `in`
 // values, which is exactly a Matrix{rows = out, cols = in}.
@@ -15,35 +16,65 @@
 
 namespace pe {
 
-struct LlamaConfig {
-    int n_layers = 0;     // llama.block_count
-    int n_embd = 0;       // llama.embedding_length
-    int n_ff = 0;         // llama.feed_forward_length
-    int n_heads = 0;      // llama.attention.head_count
-    int n_kv_heads = 0;   // llama.attention.head_count_kv (grouped-query attention)
-    int head_dim = 0;     // n_embd / n_heads
-    int n_rot = 0;        // llama.rope.dimension_count: leading dims of each head that RoPE rotates
+// How RoPE pairs the dimensions of a head: llama's GGUF files rotate adjacent pairs (x0, x1), (x2, x3),
+// ... (the converter permuted Q and K for it); the others (GPT-NeoX's style) rotate x_i with
+// x_{i + n_rot/2}.
+enum class RopeStyle : int { Adjacent = 0, Halves = 1 };
+
+// The gate's activation in the gated feed-forward block: SiLU (SwiGLU) or GELU, tanh form (GeGLU).
+enum class Activation : int { SiLU = 0, GeluTanh = 1 };
+
+// Everything the block function needs to know about an architecture, as numbers: the Python loader
+// reads it from the file through the architecture's description (pyengine/architectures.py) and
+// validates it; the constructor checks it again against the weights.
+struct ModelConfig {
+    int n_layers = 0;
+    int n_embd = 0;
+    int n_ff = 0;
+    int n_heads = 0;
+    int n_kv_heads = 0;     // grouped-query attention
+    int head_dim = 0;       // attention.key_length, or n_embd / n_heads
+    int n_rot = 0;          // leading dims of each head that RoPE rotates
     int n_vocab = 0;
-    float rope_theta = 10000.0f;  // llama.rope.freq_base
-    float rms_eps = 1e-5f;        // llama.attention.layer_norm_rms_epsilon
+    float rope_theta = 10000.0f;       // RoPE base of the global layers
+    float rope_theta_local = 10000.0f; // RoPE base of the sliding-window layers
+    float rope_scale = 1.0f;           // positions multiplied by this (linear RoPE scaling)
+    float rope_attn_factor = 1.0f;     // cos and sin multiplied by this (LongRoPE's attention factor)
+    std::vector<float> rope_factors;   // n_rot / 2 divisors of the RoPE frequencies, or empty
+    RopeStyle rope_style = RopeStyle::Adjacent;
+    Activation activation = Activation::SiLU;
+    float rms_eps = 1e-5f;
+    float embd_scale = 1.0f;  // token embeddings multiplied by this (gemma3: sqrt(n_embd))
+    float attn_scale = 0.0f;  // attention scores q.k times this; 0: 1 / sqrt(head_dim)
+    std::vector<int> windows; // per layer: 0 (attends every position) or its sliding window; empty: none
 
     int q_dim() const { return n_heads * head_dim; }
     int kv_dim() const { return n_kv_heads * head_dim; }
+    int window(int layer) const { return windows.empty() ? 0 : windows[size_t(layer)]; }
 };
 
+// One block's weights. Matrices are views of the file (a fused tensor, phi3's attn_qkv or its
+// gate-and-up ffn_up, is seen as its row ranges); vectors are float32. Optional ones are null.
 struct LayerWeights {
     const float* attn_norm = nullptr;  // (n_embd)
     Matrix wq;                         // (q_dim, n_embd)
     Matrix wk;                         // (kv_dim, n_embd)
     Matrix wv;                         // (kv_dim, n_embd)
+    const float* bq = nullptr;         // optional biases of q, k, v (qwen2)
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    const float* q_norm = nullptr;     // optional RMS norms of each head of q and k, (head_dim) (qwen3, gemma3)
+    const float* k_norm = nullptr;
     Matrix wo;                         // (n_embd, q_dim)
+    const float* attn_post_norm = nullptr;  // optional RMS norm of the attention output (gemma3)
     const float* ffn_norm = nullptr;   // (n_embd)
     Matrix w_gate;                     // (n_ff, n_embd)
     Matrix w_up;                       // (n_ff, n_embd)
     Matrix w_down;                     // (n_embd, n_ff)
+    const float* ffn_post_norm = nullptr;   // optional RMS norm of the feed-forward output (gemma3)
 };
 
-struct LlamaWeights {
+struct ModelWeights {
     Matrix token_embd;                  // (n_vocab, n_embd): one row per token
     const float* output_norm = nullptr; // (n_embd)
     Matrix output;                      // (n_vocab, n_embd); token_embd when the file ties them
@@ -65,11 +96,12 @@ struct RunState {
     std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
     std::vector<int32_t> xq_sums;  // their Q8_0 block sums, for packed kernels that need them
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
+    std::vector<float> rope_local;  // the same for the sliding-window layers' base, where it differs
     // Optional: asked on the calling thread before each sub-layer (attention, feed-forward) of each
     // micro-batch; true stops the evaluation with Interrupted (the caches' n_past stay as they were:
     // the batch is not part of the sequence).
     std::function<bool()> interrupted;
-    void reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
+    void reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
 };
 
 // Thrown by an evaluation that RunState::interrupted stopped.
@@ -77,10 +109,10 @@ struct Interrupted : std::exception {
     const char* what() const noexcept override { return "evaluation interrupted"; }
 };
 
-class LlamaModel {
+class Model {
 public:
     // Checks every shape against the config; throws std::invalid_argument naming the tensor.
-    LlamaModel(const LlamaConfig& config, LlamaWeights weights);
+    Model(const ModelConfig& config, ModelWeights weights);
 
     // Packs the matrices the ISA has packed kernels for (threads split each matrix's row groups),
     // before any forward pass. The packed copy is as large as those weights; after each matrix,
@@ -93,7 +125,7 @@ public:
     // Bytes of packed weight copies this model holds.
     size_t packed_bytes() const;
 
-    const LlamaConfig& config() const { return config_; }
+    const ModelConfig& config() const { return config_; }
 
     // Evaluates `n_tokens` tokens at positions cache.n_past ... and appends their keys and values to
     // the cache. Writes the logits of every token (logits_all) or of the last one only to `logits`
@@ -110,7 +142,7 @@ public:
 
 private:
     // Tokens per pass through the layers; longer batches are cut into micro-batches of this many.
-    static constexpr int64_t kMicroBatch = 256;
+    static constexpr int64_t kMicroBatch = KVCache::kMaxBatch;
 
     // The shared body: token t goes to caches[t] at positions[t].
     void forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
@@ -121,10 +153,9 @@ private:
     void attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                    ThreadPool& pool) const;
 
-    LlamaConfig config_;
-    LlamaWeights w_;
+    ModelConfig config_;
+    ModelWeights w_;
     std::vector<std::vector<uint8_t>> packed_;  // the matrices repacked for the ISA's packed kernels
-    std::vector<float> rope_freqs_;  // (n_rot / 2) theta^(-2i / n_rot)
     const Kernels& kernels_;
 };
 

@@ -1,4 +1,4 @@
-#include "llama_model.h"
+#include "model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -30,26 +30,50 @@ void rms_norm(const float* x, const float* weight, float* out, int n, float eps)
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
 }
 
-// RoPE's cos and sin for one position, n_rot / 2 pairs: llama.cpp builds each angle as
-// pos * theta_scale^i by repeated float multiplication; so do we. Computed once per token and shared
-// by every layer and head.
-void rope_angles(int64_t pos, int n_rot, float theta_scale, float* cs) {
+// RoPE's cos and sin for one position, n_rot / 2 pairs, as ggml's rope builds them: the angle of pair
+// i is (pos * scale) * base^(-2i / n_rot), made by repeated float multiplication, divided by the
+// frequency factor where there are factors; cos and sin are multiplied by the attention factor.
+// Computed once per token and shared by every layer and head of one base.
+void rope_angles(int64_t pos, const ModelConfig& c, float base, float* cs) {
+    const float theta_scale = std::pow(base, -2.0f / float(c.n_rot));
     float theta = float(pos);
-    for (int i = 0; i < n_rot / 2; i++) {
-        cs[2 * i] = std::cos(theta);
-        cs[2 * i + 1] = std::sin(theta);
+    for (int i = 0; i < c.n_rot / 2; i++) {
+        const float factor = c.rope_factors.empty() ? 1.0f : c.rope_factors[size_t(i)];
+        const float angle = c.rope_scale * (theta / factor);
+        cs[2 * i] = std::cos(angle) * c.rope_attn_factor;
+        cs[2 * i + 1] = std::sin(angle) * c.rope_attn_factor;
         theta *= theta_scale;
     }
 }
 
-// Rotates adjacent pairs (x[2i], x[2i+1]) of the first n_rot dims of one head by the angles' cos/sin.
-void rope(float* head, int n_rot, const float* cs) {
-    for (int i = 0; i < n_rot; i += 2) {
-        const float c = cs[i], s = cs[i + 1];
-        const float x0 = head[i], x1 = head[i + 1];
-        head[i] = x0 * c - x1 * s;
-        head[i + 1] = x0 * s + x1 * c;
+// Rotates the first n_rot dims of one head by the angles' cos/sin: adjacent pairs (x[2i], x[2i+1]),
+// or halves (x[i], x[i + n_rot/2]).
+void rope(float* head, int n_rot, const float* cs, RopeStyle style) {
+    const int stride = style == RopeStyle::Adjacent ? 1 : n_rot / 2;
+    for (int i = 0; i < n_rot / 2; i++) {
+        const int a = style == RopeStyle::Adjacent ? 2 * i : i;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float x0 = head[a], x1 = head[a + stride];
+        head[a] = x0 * c - x1 * s;
+        head[a + stride] = x0 * s + x1 * c;
     }
+}
+
+// x[t][r] += bias[r] for every token of a (n_tokens, n) batch.
+void add_bias(float* x, const float* bias, int64_t n_tokens, int n) {
+    for (int64_t t = 0; t < n_tokens; t++)
+        for (int i = 0; i < n; i++) x[t * n + i] += bias[i];
+}
+
+// The RMS norm of each head of each token, in place: (n_tokens, n_heads, head_dim).
+void norm_heads(float* x, const float* weight, int64_t n_tokens, int n_heads, int head_dim, float eps) {
+    for (int64_t h = 0; h < n_tokens * n_heads; h++) rms_norm(x + h * head_dim, weight, x + h * head_dim, head_dim, eps);
+}
+
+// GELU, tanh form, as ggml writes it.
+inline float gelu_tanh(float x) {
+    constexpr float kSqrt2OverPi = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + 0.044715f * x * x)));
 }
 
 // One float input converted once for every matmul that reads it (q/k/v, gate/up): they share a
@@ -115,7 +139,7 @@ private:
 
 }  // namespace
 
-void RunState::reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads) {
+void RunState::reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads) {
     if (n_tokens > capacity) {
         x.resize(size_t(n_tokens * c.n_embd));
         xn.resize(size_t(n_tokens * c.n_embd));
@@ -131,7 +155,7 @@ void RunState::reserve(const LlamaConfig& c, int64_t n_tokens, int64_t n_ctx, in
     if (scores.size() < n_scores) scores.resize(n_scores);
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
+Model::Model(const ModelConfig& c, ModelWeights weights)
     : config_(c), w_(std::move(weights)), kernels_(active_kernels()) {
     if (c.n_layers <= 0 || c.n_embd <= 0 || c.n_ff <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_vocab <= 0)
         throw std::invalid_argument("hyper-parameters must be positive");
@@ -143,6 +167,19 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
     if (c.head_dim <= 0 || c.head_dim % 2 != 0 || c.n_rot <= 0 || c.n_rot > c.head_dim || c.n_rot % 2 != 0)
         throw std::invalid_argument("head dimension " + std::to_string(c.head_dim) + " and rope dimension " +
                                     std::to_string(c.n_rot) + " do not fit together");
+    if (!c.rope_factors.empty() && int(c.rope_factors.size()) != c.n_rot / 2)
+        throw std::invalid_argument("RoPE frequency factors: " + std::to_string(c.rope_factors.size()) +
+                                    " values, the rope dimension needs " + std::to_string(c.n_rot / 2));
+    for (float f : c.rope_factors)
+        if (!(f > 0.0f) || !std::isfinite(f)) throw std::invalid_argument("RoPE frequency factors must be positive");
+    if (!c.windows.empty() && int(c.windows.size()) != c.n_layers)
+        throw std::invalid_argument("one sliding window per layer is needed");
+    for (int wnd : c.windows)
+        if (wnd < 0) throw std::invalid_argument("a sliding window must not be negative");
+    for (float f : {c.rope_theta, c.rope_theta_local, c.rope_scale, c.rope_attn_factor, c.rms_eps, c.embd_scale})
+        if (!(f > 0.0f) || !std::isfinite(f)) throw std::invalid_argument("RoPE bases, scales and eps must be positive");
+    if (!(c.attn_scale >= 0.0f) || !std::isfinite(c.attn_scale))
+        throw std::invalid_argument("the attention scale must not be negative");
     if (int(w_.layers.size()) != c.n_layers)
         throw std::invalid_argument("block_count is " + std::to_string(c.n_layers) + " but " +
                                     std::to_string(w_.layers.size()) + " blocks were given");
@@ -162,10 +199,12 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LlamaWeights weights)
         check_matrix(L.w_gate, c.n_ff, c.n_embd, p + "ffn_gate.weight");
         check_matrix(L.w_up, c.n_ff, c.n_embd, p + "ffn_up.weight");
         check_matrix(L.w_down, c.n_embd, c.n_ff, p + "ffn_down.weight");
+        if ((L.q_norm == nullptr) != (L.k_norm == nullptr))
+            throw std::invalid_argument("tensors " + p + "attn_q_norm and attn_k_norm come together");
     }
 }
 
-void LlamaModel::pack(ThreadPool& pool, const std::function<void(const void*, size_t)>& release) {
+void Model::pack(ThreadPool& pool, const std::function<void(const void*, size_t)>& release) {
     const char* pack_env = std::getenv("PYENGINE_PACK");
     if (!packed_.empty() || (pack_env && std::string(pack_env) == "0")) return;
     auto pack_one = [&](Matrix& m) {
@@ -181,18 +220,18 @@ void LlamaModel::pack(ThreadPool& pool, const std::function<void(const void*, si
     pack_one(w_.output);
 }
 
-size_t LlamaModel::packed_bytes() const {
+size_t Model::packed_bytes() const {
     size_t total = 0;
     for (const auto& p : packed_) total += p.size();
     return total;
 }
 
-void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
+void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                            ThreadPool& pool) const {
-    const LlamaConfig& c = config_;
+    const ModelConfig& c = config_;
     const int hd = c.head_dim;
     const int group = c.n_heads / c.n_kv_heads;  // query heads per KV head
-    const float scale = 1.0f / std::sqrt(float(hd));
+    const float scale = c.attn_scale > 0.0f ? c.attn_scale : 1.0f / std::sqrt(float(hd));
     const int64_t n_ctx = int64_t(s.scores.size() / (size_t(pool.n_threads()) * size_t(group)));
     // One task per (token, KV head), for the query heads that share it: each output depends only on
     // its own query and the cache, whoever computes it.
@@ -204,16 +243,16 @@ void LlamaModel::attention(int64_t n_tokens, KVCache* const* caches, const int64
             const int64_t t = task / c.n_kv_heads;
             const int kv_head = int(task % c.n_kv_heads);
             const KVCache& cache = *caches[t];
+            const KVCache::Span span = cache.span(layer, positions[t]);  // the window or every position
             const size_t kv_off = size_t(kv_head) * size_t(hd) * (cache.row_bytes() / size_t(c.kv_dim()));
             const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * size_t(group) * size_t(hd);
-            kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, cache.keys(layer) + kv_off,
-                                          cache.values(layer) + kv_off, cache.row_bytes(), positions[t] + 1, scale,
-                                          scores, s.attn.data() + q_off);
+            kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
+                                          cache.row_bytes(), span.n, scale, scores, s.attn.data() + q_off);
         }
     });
 }
 
-void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, float* logits, bool logits_all,
+void Model::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, float* logits, bool logits_all,
                          RunState& s, ThreadPool& pool) const {
     const int64_t pos0 = cache.n_past();
     if (n_tokens <= 0) throw std::invalid_argument("no tokens to evaluate");
@@ -227,7 +266,7 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache
     cache.set_n_past(pos0 + n_tokens);
 }
 
-void LlamaModel::forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits,
+void Model::forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits,
                                    RunState& s, ThreadPool& pool) const {
     if (n <= 0) throw std::invalid_argument("no sequences to evaluate");
     std::vector<int64_t> positions(static_cast<size_t>(n));
@@ -243,10 +282,10 @@ void LlamaModel::forward_sequences(const int32_t* tokens, KVCache* const* caches
     for (int64_t i = 0; i < n; i++) caches[i]->set_n_past(positions[size_t(i)] + 1);
 }
 
-void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
+void Model::forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
                                 int64_t n_tokens, float* logits, bool logits_all, RunState& s,
                                 ThreadPool& pool) const {
-    const LlamaConfig& c = config_;
+    const ModelConfig& c = config_;
     for (int64_t t = 0; t < n_tokens; t++)
         if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
             throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
@@ -263,10 +302,10 @@ void LlamaModel::forward_tokens(const int32_t* tokens, KVCache* const* caches, c
     }
 }
 
-void LlamaModel::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
+void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
                                      int64_t n_tokens, float* logits, bool logits_all, RunState& s,
                                      ThreadPool& pool) const {
-    const LlamaConfig& c = config_;
+    const ModelConfig& c = config_;
     auto check_interrupt = [&s] {
         if (s.interrupted && s.interrupted()) throw Interrupted();
     };
@@ -274,71 +313,104 @@ void LlamaModel::forward_micro_batch(const int32_t* tokens, KVCache* const* cach
     for (int64_t t = 0; t < n_tokens; t++) n_ctx = std::max(n_ctx, caches[t]->n_ctx());
     s.reserve(c, n_tokens, n_ctx, pool.n_threads());
     const int64_t E = c.n_embd;
-    const float theta_scale = std::pow(c.rope_theta, -2.0f / float(c.n_rot));
 
-    // Embeddings: one dequantized row of token_embd per token.
+    // Embeddings: one dequantized row of token_embd per token (times embd_scale).
     const TypeTraits* et = type_traits(w_.token_embd.type);
     const size_t embd_row = row_size(w_.token_embd.type, E);
-    for (int64_t t = 0; t < n_tokens; t++)
-        et->to_float(static_cast<const uint8_t*>(w_.token_embd.data) + size_t(tokens[t]) * embd_row,
-                     s.x.data() + t * E, E);
+    for (int64_t t = 0; t < n_tokens; t++) {
+        float* x = s.x.data() + t * E;
+        et->to_float(static_cast<const uint8_t*>(w_.token_embd.data) + size_t(tokens[t]) * embd_row, x, E);
+        if (c.embd_scale != 1.0f)
+            for (int64_t i = 0; i < E; i++) x[i] *= c.embd_scale;
+    }
 
+    // RoPE angles of each token: one table for the global base, one for the local layers' own base.
+    const bool local_base = !c.windows.empty() && c.rope_theta_local != c.rope_theta;
     s.rope.resize(size_t(n_tokens * c.n_rot));
-    for (int64_t t = 0; t < n_tokens; t++) rope_angles(positions[t], c.n_rot, theta_scale, s.rope.data() + t * c.n_rot);
+    s.rope_local.resize(local_base ? size_t(n_tokens * c.n_rot) : 0);
+    for (int64_t t = 0; t < n_tokens; t++) {
+        rope_angles(positions[t], c, c.rope_theta, s.rope.data() + t * c.n_rot);
+        if (local_base) rope_angles(positions[t], c, c.rope_theta_local, s.rope_local.data() + t * c.n_rot);
+    }
+
+    // x[t] += y[t] for every token, after the RMS norm `post_norm` of y[t] where there is one.
+    auto add_to_residual = [&](float* y, const float* post_norm) {
+        for (int64_t t = 0; t < n_tokens; t++) {
+            float* yt = y + t * E;
+            if (post_norm) rms_norm(yt, post_norm, yt, int(E), c.rms_eps);
+            float* xt = s.x.data() + t * E;
+            for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
+        }
+    };
 
     SharedInput input(kernels_, s, pool);
     for (int l = 0; l < c.n_layers; l++) {
         check_interrupt();
         const LayerWeights& L = w_.layers[size_t(l)];
 
-        // Attention block: x += wo · attention(rope(wq · xn), rope(wk · xn), wv · xn).
+        // Attention block: x += post_norm(wo · attention(rope(norm(wq · xn + bq)), rope(norm(wk · xn + bk)),
+        // wv · xn + bv)), the biases, head norms and post norm where the architecture has them.
         for (int64_t t = 0; t < n_tokens; t++)
             rms_norm(s.x.data() + t * E, L.attn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
         input.set(s.xn.data(), n_tokens, E);
         input.multiply({{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}});
+        if (L.bq) add_bias(s.q.data(), L.bq, n_tokens, c.q_dim());
+        if (L.bk) add_bias(s.k.data(), L.bk, n_tokens, c.kv_dim());
+        if (L.bv) add_bias(s.v.data(), L.bv, n_tokens, c.kv_dim());
+        if (L.q_norm) {
+            norm_heads(s.q.data(), L.q_norm, n_tokens, c.n_heads, c.head_dim, c.rms_eps);
+            norm_heads(s.k.data(), L.k_norm, n_tokens, c.n_kv_heads, c.head_dim, c.rms_eps);
+        }
+        const float* angles = local_base && c.window(l) ? s.rope_local.data() : s.rope.data();
         for (int64_t t = 0; t < n_tokens; t++) {
-            const float* cs = s.rope.data() + t * c.n_rot;
-            for (int h = 0; h < c.n_heads; h++) rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, cs);
-            for (int h = 0; h < c.n_kv_heads; h++) rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs);
+            const float* cs = angles + t * c.n_rot;
+            for (int h = 0; h < c.n_heads; h++)
+                rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
+            for (int h = 0; h < c.n_kv_heads; h++)
+                rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
             caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
         }
         check_interrupt();
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
         input.multiply({{&L.wo, s.xn.data()}});  // xn is free again: use it for wo's output
-        for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
+        add_to_residual(s.xn.data(), L.attn_post_norm);
 
-        // Feed-forward block (SwiGLU): x += w_down · (silu(w_gate · xn) * (w_up · xn)).
+        // Feed-forward block: x += post_norm(w_down · (act(w_gate · xn) * (w_up · xn))), act SiLU or GELU.
         check_interrupt();
         for (int64_t t = 0; t < n_tokens; t++)
             rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
         input.set(s.xn.data(), n_tokens, E);
-        // silu(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
+        // act(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
         // products' run when each thread's gate rows are its up rows (the same split).
-        auto swiglu = [&](int64_t r0, int64_t r1) {
+        auto gated = [&](int64_t r0, int64_t r1) {
             for (int64_t t = 0; t < n_tokens; t++) {
                 float* g = s.gate.data() + t * c.n_ff;
                 const float* u = s.up.data() + t * c.n_ff;
-                for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
+                if (c.activation == Activation::SiLU) {
+                    for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
+                } else {
+                    for (int64_t r = r0; r < r1; r++) g[r] = gelu_tanh(g[r]) * u[r];
+                }
             }
         };
         if ((L.w_gate.packed != nullptr) == (L.w_up.packed != nullptr)) {
             input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, [&](int i, int n_threads) {
                 int64_t r0, r1;
                 matmul_split(L.w_gate, i, n_threads, r0, r1);
-                swiglu(r0, r1);
+                gated(r0, r1);
             });
         } else {
             input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}});
             pool.run([&](int i, int n_threads) {
                 int64_t r0, r1;
                 split_range(c.n_ff, i, n_threads, r0, r1);
-                swiglu(r0, r1);
+                gated(r0, r1);
             });
         }
         input.set(s.gate.data(), n_tokens, c.n_ff);
         input.multiply({{&L.w_down, s.xn.data()}});
-        for (int64_t i = 0; i < n_tokens * E; i++) s.x[size_t(i)] += s.xn[size_t(i)];
+        add_to_residual(s.xn.data(), L.ffn_post_norm);
     }
 
     // Final norm and the output projection, for every token or the last only (none for a micro-batch
