@@ -7,7 +7,7 @@ import pytest
 import pyengine
 from pyengine import GGUFError, Model
 
-from llama_reference import ReferenceLlama
+from reference_model import ReferenceModel
 from tiny_models import threads_warning, write_tiny_llama
 
 SHAPES = [
@@ -67,7 +67,7 @@ def rel_err(ours, ref):
 def test_float_models_match_reference(model_dir, shape, weight_type, n):
     path = tiny(model_dir, f"s{shape}-{weight_type}", weight_type=weight_type, seed=shape, **SHAPES[shape])
     ours = Model(path, n_threads=2).logits(PROMPT[:n])
-    ref = ReferenceLlama(path).logits(PROMPT[:n])
+    ref = ReferenceModel(path).logits(PROMPT[:n])
     assert ours.shape == (n, 300) and ours.dtype == np.float32
     # float32 against float64, and a K or V value near an fp16 rounding boundary may round the other way
     assert rel_err(ours, ref) < 2e-4
@@ -76,9 +76,9 @@ def test_float_models_match_reference(model_dir, shape, weight_type, n):
 def test_f32_kv_cache_matches_reference_without_f16_rounding(model_dir):
     path = tiny(model_dir, "s1-f32", weight_type="f32", seed=1, **SHAPES[1])
     ours = Model(path, kv_type="f32").logits(PROMPT)
-    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, kv_f16=False)) < 2e-6
+    assert rel_err(ours, ReferenceModel(path).logits(PROMPT, kv_f16=False)) < 2e-6
     # and the F16 cache differs from it by F16 rounding only
-    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, kv_f16=True)) < 1e-2
+    assert rel_err(ours, ReferenceModel(path).logits(PROMPT, kv_f16=True)) < 1e-2
 
 
 @pytest.mark.parametrize("shape,weight_type", [(shape, t) for t in BLOCK_TYPES for shape in range(len(SHAPES))]
@@ -92,11 +92,11 @@ def test_quantized_models_match_reference(model_dir, shape, weight_type):
     K_SHAPE, with more activations, flips more often, but no larger, q2_k and q3_k included)."""
     path = quantized(model_dir, weight_type, shape)
     ours = Model(path).logits(PROMPT)
-    ref = ReferenceLlama(path).logits(PROMPT)
+    ref = ReferenceModel(path).logits(PROMPT)
     assert rel_err(ours, ref) < 0.03
     assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.9
     # without emulating the activation quantization, the difference is the quantization noise
-    assert rel_err(ours, ReferenceLlama(path).logits(PROMPT, quantize_activations=False)) < 0.1
+    assert rel_err(ours, ReferenceModel(path).logits(PROMPT, quantize_activations=False)) < 0.1
 
 
 @pytest.mark.parametrize("shape,weight_type", on_its_shape(BLOCK_TYPES + SUPER_BLOCK_TYPES + ["f16"]))

@@ -87,7 +87,7 @@ def test_matches_llamacpp(models, fmt):
 PRESETS = ["q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m"]
 # SmolLM2's large activations make the 8-bit activation rounding, and with it any change of
 # summation order, cost KL ~5e-3 here: llama.cpp against itself (batch vs token by token, in the golden
-# file) 3.8e-3 .. 5.3e-3 over these presets, and a plain float64 implementation (llama_reference, which
+# file) 3.8e-3 .. 5.3e-3 over these presets, and a plain float64 implementation (reference_model, which
 # emulates the same activation quantization) against llama.cpp 5.8e-3 .. 1.3e-2, farther than
 # pyengine (3.8e-3 .. 7.2e-3). So the KL bound is 5e-3, or 1.5 times the larger of those two noise
 # figures. The same noise moves single log-probability gaps by tenths of a nat: pyengine's own scalar
@@ -120,9 +120,9 @@ def test_presets_match_llamacpp(models, fmt):
     assert np.sum(top1 != theirs[:, 0]) <= PRESET_FLIPS
     kl = kl_to_llamacpp(fmt, logits)
     self_kl = GOLDEN[f"{fmt}_self_kl"].mean()
-    from llama_reference import ReferenceLlama
+    from reference_model import ReferenceModel
 
-    reference_kl = kl_to_llamacpp(fmt, ReferenceLlama(smollm2(fmt)).logits(ids)).mean()
+    reference_kl = kl_to_llamacpp(fmt, ReferenceModel(smollm2(fmt)).logits(ids)).mean()
     print(f"{fmt}: KL mean {kl.mean():.2e} max {kl.max():.2e}; llama.cpp against itself {self_kl:.2e}, "
           f"against the float64 reference {reference_kl:.2e}")
     assert kl.mean() < max(PRESET_KL, 1.5 * self_kl, 1.5 * reference_kl)
@@ -181,12 +181,12 @@ def test_greedy_continuation_matches_llamacpp(models, fmt):
 
 
 def test_smollm2_matches_numpy_reference(models):
-    from llama_reference import ReferenceLlama
+    from reference_model import ReferenceModel
 
     m = load(models, "f32")
     ids = m.tokenize("Hello, world! 1 2 3")
     ours = m.logits(ids)
-    ref = ReferenceLlama(smollm2("f32")).logits(ids)
+    ref = ReferenceModel(smollm2("f32")).logits(ids)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-3  # float32 and F16 KV rounding
     np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
 

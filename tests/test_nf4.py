@@ -18,7 +18,7 @@ from pyengine.info import info
 from pyengine.requantize import quantize_model
 
 from conftest import ISAS, check_matmul_against_float64, reference_product
-from llama_reference import NF4_LEVELS, ReferenceLlama, dequantize_nf4
+from reference_model import NF4_LEVELS, ReferenceModel, dequantize_nf4
 from tiny_models import threads_warning, write_tiny_llama
 
 TYPE_IDS = {"nf4": 100, "nf4_dq": 101}
@@ -379,7 +379,7 @@ def test_requantized_model_matches_reference(tmp_path, float_models, target, mod
         if target == "nf4_dq":
             assert any("blk.0.attn_q.weight: rows of 64" in n and "falls back to nf4" in n for n in report.notes)
     ours = pyengine.Model(out, n_threads=2).logits(PROMPT)
-    ref = ReferenceLlama(out)
+    ref = ReferenceModel(out)
     # float32 against float64, with the activations quantized alike (as for Q4_0 in test_forward)
     expected = ref.logits(PROMPT)
     assert rel_err(ours, expected) < 0.03

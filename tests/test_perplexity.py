@@ -11,7 +11,7 @@ from pyengine.info import format_info, info
 from pyengine.perplexity import perplexity
 from pyengine.requantize import quantize_model
 
-from llama_reference import ReferenceLlama
+from reference_model import ReferenceModel
 from tiny_models import write_tiny_llama
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40  # ~1800 byte-level tokens
@@ -32,7 +32,7 @@ def test_perplexity_follows_llamacpp_method(models):
     res = perplexity(m, TEXT, n_ctx=64, n_chunks=3)
     assert res.n_chunks == 3 and res.n_scored == 3 * (64 - 32 - 1)
     # the same by hand with the numpy reference: chunks of 64 tokens, the second half scored
-    ref = ReferenceLlama(f32)
+    ref = ReferenceModel(f32)
     tokens = m.tokenize(TEXT)
     nll, count = 0.0, 0
     for c in range(3):

@@ -1,4 +1,6 @@
-"""A plain numpy float64 llama forward pass: the slow, independent reference for pyengine's engine.
+"""A plain numpy float64 forward pass of every architecture pyengine runs (llama, qwen2, qwen3,
+gemma3, phi3): the slow, independent reference for pyengine's engine. Each architecture's recipe is
+written out here from the papers' and llama.cpp's definitions, not taken from pyengine's descriptions.
 
 It reads the file with gguf-py (not our reader), dequantizes with gguf.quants (not our kernels),
 and computes every step in float64 with exact RoPE angles. pyengine's own formats (NF4, NF4_DQ:
@@ -110,18 +112,46 @@ def _dequantize(type_id, raw):
     return quants.dequantize(np.asarray(raw), T(type_id))
 
 
-class ReferenceLlama:
-    def __init__(self, path):
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * x * (1.0 + 0.044715 * x * x)))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+class ReferenceModel:
+    """n_ctx: the context the model runs with (phi3's LongRoPE picks its long factors beyond the
+    original context)."""
+
+    def __init__(self, path, n_ctx=None):
         kv, tensors = _read(path)
-        p = "llama."
+        self.arch = arch = str(kv.get("general.architecture", "llama"))
+        p = arch + "."
         self.n_layers = int(kv[p + "block_count"])
         self.n_embd = int(kv[p + "embedding_length"])
         self.n_heads = int(kv[p + "attention.head_count"])
         self.n_kv_heads = int(kv.get(p + "attention.head_count_kv", self.n_heads))
         self.head_dim = self.n_embd // self.n_heads
+        if arch != "phi3":
+            self.head_dim = int(kv.get(p + "attention.key_length", self.head_dim))
         self.n_rot = int(kv.get(p + "rope.dimension_count", self.head_dim))
         self.theta = float(kv.get(p + "rope.freq_base", 10000.0))
         self.eps = float(kv.get(p + "attention.layer_norm_rms_epsilon", 1e-5))
+        self.neox = arch != "llama"  # every architecture but llama's GGUF rotates halves
+        self.activation = gelu_tanh if arch == "gemma3" else silu
+        self.embd_scale = np.sqrt(self.n_embd) if arch == "gemma3" else 1.0
+        self.attn_scale = 1.0 / np.sqrt(self.head_dim)
+        # gemma3: a sliding window on 5 layers of every 6, the local layers with RoPE base 10000
+        self.window = [0] * self.n_layers
+        self.theta_local = float(kv.get(p + "rope.freq_base_swa", 10000.0))
+        if arch == "gemma3" and int(kv.get(p + "attention.sliding_window", 0)) > 0:
+            period = int(kv.get(p + "attention.sliding_window_pattern", 6))
+            self.window = [int(kv[p + "attention.sliding_window"]) if layer % period < period - 1 else 0
+                           for layer in range(self.n_layers)]
+        n_ctx_train = int(kv[p + "context_length"])
+        self.attn_factor = float(kv.get(p + "rope.scaling.attn_factor", 1.0))
+        n_ctx_orig = int(kv.get(p + "rope.scaling.original_context_length", n_ctx_train))
         self.w, self.types, self.mins = {}, {}, {}
         for name, type_id, dims, raw in tensors:
             if type_id in MIN_BLOCK_BYTES:
@@ -136,6 +166,12 @@ class ReferenceLlama:
             for table in (self.w, self.types, self.mins):
                 if "token_embd.weight" in table:
                     table["output.weight"] = table["token_embd.weight"]
+        self.rope_factors = np.ones(self.n_rot // 2)
+        if "rope_freqs.weight" in self.w:
+            self.rope_factors = self.w["rope_freqs.weight"]
+        if "rope_factors_long.weight" in self.w:
+            long = (n_ctx or n_ctx_train) > n_ctx_orig
+            self.rope_factors = self.w["rope_factors_long.weight" if long else "rope_factors_short.weight"]
 
     def _rms_norm(self, x, weight):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * weight
@@ -152,46 +188,81 @@ class ReferenceLlama:
         w_no_min = (self.w[name].reshape(m.shape[0], m.shape[1], 32) - m[..., None]).reshape(self.w[name].shape)
         return xq @ w_no_min.T + q8_1_sums(x) @ m.T
 
-    def _rope(self, x, positions):
-        # x: (T, heads, head_dim); rotate adjacent pairs of the first n_rot dims.
+    def _rope(self, x, positions, theta):
+        # x: (T, heads, head_dim); rotates the first n_rot dims: adjacent pairs (llama) or halves (NeoX)
         i = np.arange(self.n_rot // 2)
-        freqs = self.theta ** (-2.0 * i / self.n_rot)
+        freqs = theta ** (-2.0 * i / self.n_rot) / self.rope_factors
         angles = positions[:, None] * freqs[None, :]  # (T, n_rot/2)
-        cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+        cos = np.cos(angles)[:, None, :] * self.attn_factor
+        sin = np.sin(angles)[:, None, :] * self.attn_factor
         out = x.copy()
-        x0, x1 = x[..., 0:self.n_rot:2], x[..., 1:self.n_rot:2]
-        out[..., 0:self.n_rot:2] = x0 * cos - x1 * sin
-        out[..., 1:self.n_rot:2] = x0 * sin + x1 * cos
+        half = self.n_rot // 2
+        first, second = (slice(0, self.n_rot, 2), slice(1, self.n_rot, 2)) if not self.neox else \
+            (slice(0, half), slice(half, self.n_rot))
+        x0, x1 = x[..., first], x[..., second]
+        out[..., first] = x0 * cos - x1 * sin
+        out[..., second] = x0 * sin + x1 * cos
         return out
 
-    def logits(self, ids, quantize_activations=True, kv_f16=True):
-        """float64 logits [len(ids), n_vocab] of a fresh sequence."""
-        n = len(ids)
+    def _qkv(self, b, xn, qa):
+        if b + "attn_qkv.weight" in self.w:  # phi3: q, k, v stacked by rows
+            qkv = self._matmul(b + "attn_qkv.weight", xn, qa)
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return qkv[:, :q_dim], qkv[:, q_dim:q_dim + kv_dim], qkv[:, q_dim + kv_dim:]
+        out = [self._matmul(b + f"attn_{t}.weight", xn, qa) for t in "qkv"]
+        for i, t in enumerate("qkv"):
+            if b + f"attn_{t}.bias" in self.w:  # qwen2
+                out[i] = out[i] + self.w[b + f"attn_{t}.bias"]
+        return out
+
+    def _gate_up(self, b, xn, qa):
+        if b + "ffn_gate.weight" not in self.w:  # phi3: gate and up stacked by rows, the gate first
+            both = self._matmul(b + "ffn_up.weight", xn, qa)
+            return np.split(both, 2, axis=-1)
+        return self._matmul(b + "ffn_gate.weight", xn, qa), self._matmul(b + "ffn_up.weight", xn, qa)
+
+    def _post(self, b, name, y):
+        return self._rms_norm(y, self.w[b + name]) if b + name in self.w else y
+
+    def hidden(self, ids, quantize_activations=True, kv_f16=True):
+        """float64 final-norm outputs [len(ids), n_embd] of a fresh sequence (what multiplies output)."""
+        n, qa = len(ids), quantize_activations
         hd, H, KV = self.head_dim, self.n_heads, self.n_kv_heads
-        x = self.w["token_embd.weight"][np.asarray(ids)]
+        x = self.w["token_embd.weight"][np.asarray(ids)] * self.embd_scale
         positions = np.arange(n, dtype=np.float64)
-        mask = np.triu(np.full((n, n), -np.inf), 1)
+        distance = positions[:, None] - positions[None, :]  # query - key
         for layer in range(self.n_layers):
             b = f"blk.{layer}."
             xn = self._rms_norm(x, self.w[b + "attn_norm.weight"])
-            q = self._matmul(b + "attn_q.weight", xn, quantize_activations).reshape(n, H, hd)
-            k = self._matmul(b + "attn_k.weight", xn, quantize_activations).reshape(n, KV, hd)
-            v = self._matmul(b + "attn_v.weight", xn, quantize_activations).reshape(n, KV, hd)
-            q, k = self._rope(q, positions), self._rope(k, positions)
+            q, k, v = self._qkv(b, xn, qa)
+            q, k, v = q.reshape(n, H, hd), k.reshape(n, KV, hd), v.reshape(n, KV, hd)
+            if b + "attn_q_norm.weight" in self.w:  # qwen3, gemma3: an RMS norm of each head
+                q = self._rms_norm(q, self.w[b + "attn_q_norm.weight"])
+                k = self._rms_norm(k, self.w[b + "attn_k_norm.weight"])
+            window = self.window[layer]
+            theta = self.theta_local if window else self.theta
+            q, k = self._rope(q, positions, theta), self._rope(k, positions, theta)
             if kv_f16:
                 k = k.astype(np.float16).astype(np.float64)
                 v = v.astype(np.float16).astype(np.float64)
+            masked = (distance < 0) | ((distance >= window) if window else False)
+            mask = np.where(masked, -np.inf, 0.0)
             group = H // KV
             out = np.empty((n, H, hd))
             for h in range(H):
-                scores = q[:, h, :] @ k[:, h // group, :].T / np.sqrt(hd) + mask
+                scores = q[:, h, :] @ k[:, h // group, :].T * self.attn_scale + mask
                 scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
                 out[:, h, :] = (scores / scores.sum(axis=-1, keepdims=True)) @ v[:, h // group, :]
-            x = x + self._matmul(b + "attn_output.weight", out.reshape(n, H * hd), quantize_activations)
+            y = self._matmul(b + "attn_output.weight", out.reshape(n, H * hd), qa)
+            x = x + self._post(b, "post_attention_norm.weight", y)
             xn = self._rms_norm(x, self.w[b + "ffn_norm.weight"])
-            gate = self._matmul(b + "ffn_gate.weight", xn, quantize_activations)
-            up = self._matmul(b + "ffn_up.weight", xn, quantize_activations)
-            hidden = gate / (1.0 + np.exp(-gate)) * up
-            x = x + self._matmul(b + "ffn_down.weight", hidden, quantize_activations)
-        xn = self._rms_norm(x, self.w["output_norm.weight"])
-        return self._matmul("output.weight", xn, quantize_activations)
+            gate, up = self._gate_up(b, xn, qa)
+            y = self._matmul(b + "ffn_down.weight", self.activation(gate) * up, qa)
+            x = x + self._post(b, "post_ffw_norm.weight", y)
+        return self._rms_norm(x, self.w["output_norm.weight"])
+
+    def logits(self, ids, quantize_activations=True, kv_f16=True):
+        """float64 logits [len(ids), n_vocab] of a fresh sequence."""
+        return self._matmul("output.weight", self.hidden(ids, quantize_activations, kv_f16), quantize_activations)
+
+
