@@ -58,6 +58,18 @@ def load_error(path: str | os.PathLike, reader: GGUFReader) -> str | None:
     return None
 
 
+def describe_architecture(reader: GGUFReader) -> list[tuple[str, str]]:
+    """How pyengine runs the file's architecture (pyengine/architectures.py), or [] where it would not."""
+    from .architectures import describe, read_config
+
+    if not reader.tensors:
+        return []
+    try:
+        return describe(read_config(reader))
+    except GGUFError:
+        return []
+
+
 def info(path: str | os.PathLike) -> dict:
     """What the file holds; "error" says why pyengine would refuse to run it (None if it would not).
     GGUFError for a file that is not valid GGUF."""
@@ -69,6 +81,7 @@ def info(path: str | os.PathLike) -> dict:
             "path": os.fspath(path),
             "version": reader.version,
             "architecture": reader.get("general.architecture"),
+            "description": [list(line) for line in describe_architecture(reader)],
             "name": reader.get("general.name"),
             "file_type": FILE_TYPE_NAMES.get(ftype, ftype),
             "metadata": {k: _short(v) for k, v in reader.metadata.items()},
@@ -82,7 +95,10 @@ def format_info(d: dict) -> str:
     lines = [f"{d['path']}: GGUF v{d['version']}, {d['architecture']} ({d['name']}), {d['file_type']}",
              f"{d['params'] / 1e6:.2f} M parameters, {d['tensor_count']} tensors, "
              f"{d['tensor_bytes'] / 1e6:.2f} MB of tensor data ({d['bpw']:.3f} bits per weight), "
-             f"file {d['file_bytes'] / 1e6:.2f} MB", "", "tensor types:"]
+             f"file {d['file_bytes'] / 1e6:.2f} MB"]
+    if d["description"]:
+        lines += ["", "how pyengine runs it:"] + [f"  {what}: {value}" for what, value in d["description"]]
+    lines += ["", "tensor types:"]
     for name, row in sorted(d["types"].items(), key=lambda kv: -kv[1]["bytes"]):
         lines.append(f"  {name:8s} {row['tensors']:4d} tensors {row['params'] / 1e6:9.2f} M params "
                      f"{row['bytes'] / 1e6:9.2f} MB {row['bpw']:7.3f} bpw")

@@ -193,3 +193,14 @@ def test_bad_files_are_refused_by_the_description(model_dir, tmp_path, case, cha
     bad = rewrite(model_of(model_dir, case), tmp_path / "bad.gguf", **change)
     with pytest.raises(GGUFError, match=match):
         Model(bad)
+
+
+def test_info_shows_the_architecture_and_how_it_runs(model_dir):
+    from pyengine.info import format_info, info
+
+    d = info(model_of(model_dir, "gemma3"))
+    assert d["error"] is None and d["architecture"] == "gemma3"
+    text = format_info(d)
+    assert "gemma3: embeddings x sqrt(n_embd)" in text
+    assert "sliding window: 5 tokens on 6 of 7 layers, local RoPE base 10000" in text
+    assert "4 heads, 1 KV heads of 32" in text
