@@ -221,7 +221,9 @@ def _phi3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
     factors = {kind: _float_vector(tensors, f"rope_factors_{kind}.weight", c.n_rot // 2, path)
                for kind in ("long", "short") if f"rope_factors_{kind}.weight" in tensors}
     if len(factors) == 1:
-        raise GGUFError(f"{path}: rope_factors_long and rope_factors_short come together")
+        missing = "short" if "long" in factors else "long"
+        raise GGUFError(f"{path}: tensor rope_factors_{missing}.weight is missing "
+                        "(rope_factors_long.weight and rope_factors_short.weight come together)")
     out["_rope_factors"] = factors
     out["_n_ctx_orig"] = keys.int("rope.scaling.original_context_length", c.n_ctx_train)
     return out
@@ -337,8 +339,9 @@ def _check_tensors(reader: GGUFReader, a: Architecture, c: ModelConfig) -> None:
             raise GGUFError(f"{reader.path}: tensor {name} is missing")
         want = t.shape(c)
         if _shape(info) != want:
-            raise GGUFError(f"{reader.path}: tensor {name} has shape {_shape(info)}, "
-                            f"the hyper-parameters need {want}")
+            raise GGUFError(f"{reader.path}: tensor {name} has shape {_shape(info)}, the hyper-parameters need "
+                            f"{want} (embedding_length {c.n_embd}, head_count {c.n_heads}, head_count_kv "
+                            f"{c.n_kv_heads}, head dimension {c.head_dim}, feed_forward_length {c.n_ff})")
 
 
 def tensor_table(reader: GGUFReader) -> dict[str, tuple]:

@@ -192,6 +192,18 @@ def _array_values(raw: RawGGUF, key: str) -> tuple[VT, list]:
     return element_type, list(struct.unpack_from(f"<{count}{fmt}", value, 12))
 
 
+def _string(raw: RawGGUF, key: str) -> str:
+    """The value of a string key of raw."""
+    value = raw.kv(key).value
+    n = struct.unpack_from("<Q", value)[0]
+    return value[8:8 + n].decode("utf-8")
+
+
+# Keys a file may leave out (a default applies), of every architecture's.
+OPTIONAL_KEYS = {"attention.head_count_kv", "rope.dimension_count", "attention.key_length", "attention.value_length",
+                 "attention.sliding_window", "rope.scaling.original_context_length"}
+
+
 def _with_tensor(raw: RawGGUF, name: str, **changes) -> RawGGUF:
     raw = raw.copy()
     for t in raw.tensors:
@@ -203,14 +215,15 @@ def _with_tensor(raw: RawGGUF, name: str, **changes) -> RawGGUF:
 
 def _hyper_parameter_mutants(raw: RawGGUF) -> Iterator[Mutant]:
     n_vocab = len(_array_values(raw, TOKENS)[1])
-    llama_keys = [kv.key.decode() for kv in raw.kvs if kv.key.startswith(b"llama.")]
-    int_keys = [k for k in llama_keys if raw.kv(k).vtype == VT.UINT32]
-    float_keys = [k for k in llama_keys if raw.kv(k).vtype == VT.FLOAT32]
+    p = _string(raw, "general.architecture") + "."  # the architecture's keys: llama., gemma3., ...
+    arch_keys = [kv.key.decode() for kv in raw.kvs if kv.key.startswith(p.encode())]
+    int_keys = [k for k in arch_keys if raw.kv(k).vtype == VT.UINT32]
+    float_keys = [k for k in arch_keys if raw.kv(k).vtype == VT.FLOAT32]
     for key in int_keys:
         short = key.split(".", 1)[1]
         for value in (0, 1, 3, 7, 2**31 - 1, 2**31, 2**32 - 1):
-            yield Mutant(f"{short} = {value}", _set(raw, key, VT.UINT32, value).to_bytes(),
-                         None if value in (1, 3, 7, 2**31 - 1) else (short,))
+            valid = value in (1, 3, 7, 2**31 - 1) or (value == 0 and short == "attention.sliding_window")
+            yield Mutant(f"{short} = {value}", _set(raw, key, VT.UINT32, value).to_bytes(), None if valid else (short,))
         yield Mutant(f"{short} = -1 (int32)", _set(raw, key, VT.INT32, -1).to_bytes(), (short,))
         yield Mutant(f"{short} = 2**40 (uint64)", _set(raw, key, VT.UINT64, 2**40).to_bytes(), (short,))
         yield Mutant(f"{short} as a string", _set(raw, key, VT.STRING, "64").to_bytes(), (short,))
@@ -218,7 +231,7 @@ def _hyper_parameter_mutants(raw: RawGGUF) -> Iterator[Mutant]:
         yield Mutant(f"{short} as a bool", _set(raw, key, VT.BOOL, 1).to_bytes(), (short,))
         yield Mutant(f"{short} as an array", _set(raw, key, VT.ARRAY, [64], VT.UINT32).to_bytes(), (short,))
         yield Mutant(f"{short} as uint8", _set(raw, key, VT.UINT8, 2).to_bytes(), None)
-        required = short != "attention.head_count_kv" and short != "rope.dimension_count"
+        required = short not in OPTIONAL_KEYS
         yield Mutant(f"{short} missing", _drop_key(raw, key).to_bytes(), (short,) if required else None)
     for key in float_keys:
         short = key.split(".", 1)[1]
@@ -232,24 +245,28 @@ def _hyper_parameter_mutants(raw: RawGGUF) -> Iterator[Mutant]:
     yield Mutant("architecture gpt2", _set(raw, arch, VT.STRING, "gpt2").to_bytes(), ("architecture",))
     yield Mutant("architecture as uint32", _set(raw, arch, VT.UINT32, 1).to_bytes(), ("architecture",))
     # contradictions between hyper-parameters, and with the tensors
-    heads = struct.unpack("<I", raw.kv("llama.attention.head_count").value)[0]
-    embd = struct.unpack("<I", raw.kv("llama.embedding_length").value)[0]
-    blocks = struct.unpack("<I", raw.kv("llama.block_count").value)[0]
-    no_rope = _drop_key(raw, "llama.rope.dimension_count")  # else its check comes first
+    heads = struct.unpack("<I", raw.kv(p + "attention.head_count").value)[0]
+    embd = struct.unpack("<I", raw.kv(p + "embedding_length").value)[0]
+    blocks = struct.unpack("<I", raw.kv(p + "block_count").value)[0]
+    head_dim = embd // heads
+    if any(kv.key == (p + "attention.key_length").encode() for kv in raw.kvs):
+        head_dim = struct.unpack("<I", raw.kv(p + "attention.key_length").value)[0]
+    no_rope = _drop_key(raw, p + "rope.dimension_count")  # else its check comes first
     for h, kv_h in ((heads, heads + 1), (heads, 3), (embd + 1, 1), (3, 1), (heads * 2, heads)):
-        m = _set(_set(no_rope, "llama.attention.head_count", VT.UINT32, h), "llama.attention.head_count_kv",
+        m = _set(_set(no_rope, p + "attention.head_count", VT.UINT32, h), p + "attention.head_count_kv",
                  VT.UINT32, kv_h)
         # twice the heads of half the size: the same tensor shapes, a valid (other) model
         yield Mutant(f"head_count {h}, head_count_kv {kv_h}", m.to_bytes(),
                      None if h == heads * 2 else ("head_count",))
     for n in (blocks + 1, blocks * 1000, 2**31 - 1):
-        yield Mutant(f"block_count {n} beyond the tensors", _set(raw, "llama.block_count", VT.UINT32, n).to_bytes(),
+        yield Mutant(f"block_count {n} beyond the tensors", _set(raw, p + "block_count", VT.UINT32, n).to_bytes(),
                      ("block_count",))
-    for key, value, words in (("llama.embedding_length", embd * 2, ("embedding_length",)),
-                              ("llama.embedding_length", embd // 2, ("embedding_length",)),
-                              ("llama.feed_forward_length", 1, ("ffn_gate.weight",)),
-                              ("llama.rope.dimension_count", embd // heads + 2, ("rope.dimension_count",)),
-                              ("llama.rope.dimension_count", 3, ("rope.dimension_count",))):
+    ffn = "ffn_up.weight" if p == "phi3." else "ffn_gate.weight"
+    for key, value, words in ((p + "embedding_length", embd * 2, ("embedding_length",)),
+                              (p + "embedding_length", embd // 2, ("embedding_length",)),
+                              (p + "feed_forward_length", 1, (ffn,)),
+                              (p + "rope.dimension_count", head_dim + 2, ("rope.dimension_count",)),
+                              (p + "rope.dimension_count", 3, ("rope.dimension_count",))):
         m = _set(no_rope if "embedding" in key else raw, key, VT.UINT32, value)
         yield Mutant(f"{key.split('.', 1)[1]} {value} against the tensors", m.to_bytes(), words)
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",

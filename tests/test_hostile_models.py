@@ -1,4 +1,4 @@
-"""Hostile model files: a corpus of mutants of two small models (tests/gguf_mutants.py: truncations in
+"""Hostile model files: a corpus of mutants of small models of each architecture (tests/gguf_mutants.py: truncations in
 every section, absurd counts, lengths, dims and offsets, unknown types, missing and duplicate tensors,
 contradicting hyper-parameters, token ids outside the vocabulary, ...). Every loader, given each mutant,
 refuses it with a one-line GGUFError that names the problem, or loads it where the change leaves a
@@ -33,12 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_mutants import GROUPS, check_words, mutants  # noqa: E402
 from tiny_models import write_tiny_llama  # noqa: E402
 
-# Two small models: byte-level BPE with quantized weights, and SentencePiece with tied F32 weights.
+# Small models: byte-level BPE with quantized weights, SentencePiece with tied F32 weights, and
+# the other architectures.
 BASES = {
     "bpe-q8_0": dict(n_layers=1, n_embd=32, n_ff=64, n_heads=4, n_kv_heads=2, weight_type="q8_0", embd_type="q4_0",
                      seed=3),
     "spm-f32": dict(n_layers=2, n_embd=32, n_ff=64, n_heads=2, n_kv_heads=1, n_vocab=280, vocab="spm", tied=True,
                     seed=4),
+    # the other architectures' tensors and keys: gemma3's norms, head_dim and sliding window; phi3's
+    # fused tensors and LongRoPE factors
+    "gemma3-q8_0": dict(arch="gemma3", n_layers=2, n_embd=32, n_ff=64, n_heads=2, n_kv_heads=1, head_dim=32,
+                        sliding_window=3, weight_type="q8_0", vocab="spm", n_vocab=280, tied=True, seed=5),
+    "phi3-f32": dict(arch="phi3", n_layers=1, n_embd=32, n_ff=64, n_heads=2, n_kv_heads=2, n_rot=8, rope_factors=True,
+                     n_ctx_orig=8, seed=6),
 }
 
 LOADERS = {
