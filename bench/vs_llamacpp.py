@@ -72,9 +72,18 @@ import pyengine  # noqa: E402
 from pyengine import _core  # noqa: E402
 from pyengine.gguf import GGUFReader  # noqa: E402
 from pyengine.quants import thread_pool  # noqa: E402
-from recipes import VARIANTS, smollm2, synthetic_tinyllama  # noqa: E402
+from recipes import VARIANTS, gemma3_270m, smollm2, synthetic_tinyllama  # noqa: E402
 
-MODELS = {"smollm2": ("SmolLM2-135M", smollm2), "tinyllama": ("TinyLlama-1.1B (synthetic)", synthetic_tinyllama)}
+
+def gemma3(type_name: str) -> Path:
+    """gemma-3-270m exists here only as published, in Q4_K_M."""
+    if type_name != "q4_k_m":
+        raise SystemExit(f"gemma3 comes in q4_k_m only, not {type_name}")
+    return gemma3_270m()
+
+
+MODELS = {"smollm2": ("SmolLM2-135M", smollm2), "tinyllama": ("TinyLlama-1.1B (synthetic)", synthetic_tinyllama),
+          "gemma3": ("gemma-3-270m", gemma3)}
 FORMATS = ["q4_0", "q8_0", "q4_1"]  # the default cells
 WARMUP_PROMPT = 32  # tokens of the warm-up prompt (also the finite-logits check)
 WARMUP_GEN = 4
@@ -366,7 +375,7 @@ def main(argv=None) -> None:
                         help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--formats", type=lambda s: comma_list(s, VARIANTS), default=FORMATS,
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(FORMATS)}; "
-                             "tinyllama has q4_0, q8_0, q4_1, q4_k_m)")
+                             "tinyllama has q4_0, q8_0, q4_1, q4_k_m; gemma3 q4_k_m)")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in comma_list(s)], default=None,
                         help="comma-separated thread counts (default 1,2; --sweep: 1..nproc and 2 x nproc)")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per engine and test; the best counts")

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "quant/fp16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -70,10 +72,20 @@ void norm_heads(float* x, const float* weight, int64_t n_tokens, int n_heads, in
     for (int64_t h = 0; h < n_tokens * n_heads; h++) rms_norm(x + h * head_dim, weight, x + h * head_dim, head_dim, eps);
 }
 
-// GELU, tanh form, as ggml writes it.
+// GELU, tanh form, as llama.cpp's CPU backend computes it: from a table over float16 inputs of
+// float16 results (x rounded to float16, its GELU rounded to float16), linear beyond +-10. On
+// gemma-3-270m this brings the logits closer to llama.cpp's than the exact float GELU (mean KL over a
+// WikiText-2 prompt 6.9e-3 against 7.3e-3, the largest 0.05 against 0.12; llama.cpp's own batch and
+// token-by-token evaluations differ by 5.5e-3).
 inline float gelu_tanh(float x) {
     constexpr float kSqrt2OverPi = 0.79788456080286535587989211986876f;
     return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + 0.044715f * x * x)));
+}
+
+inline float gelu_f16(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    return fp16_to_fp32(fp32_to_fp16(gelu_tanh(fp16_to_fp32(fp32_to_fp16(x)))));
 }
 
 // One float input converted once for every matmul that reads it (q/k/v, gate/up): they share a
@@ -390,7 +402,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 if (c.activation == Activation::SiLU) {
                     for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
                 } else {
-                    for (int64_t r = r0; r < r1; r++) g[r] = gelu_tanh(g[r]) * u[r];
+                    for (int64_t r = r0; r < r1; r++) g[r] = gelu_f16(g[r]) * u[r];
                 }
             }
         };

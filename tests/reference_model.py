@@ -113,7 +113,12 @@ def _dequantize(type_id, raw):
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * x * (1.0 + 0.044715 * x * x)))
+    """GELU (tanh form) as llama.cpp's CPU backend computes it, from a float16 table: x rounded to
+    float16, the result rounded to float16; linear beyond +-10."""
+    x16 = x.astype(np.float16).astype(np.float32)  # the table's entries are float32 arithmetic, as ggml's
+    c, a = np.float32(np.sqrt(2.0 / np.pi)), np.float32(0.044715)
+    g = np.float32(0.5) * x16 * (np.float32(1) + np.tanh(c * x16 * (np.float32(1) + a * x16 * x16)))
+    return np.where(x <= -10, 0.0, np.where(x >= 10, x, g.astype(np.float16).astype(np.float64)))
 
 
 def silu(x):

@@ -57,7 +57,9 @@ def test_float_models_match_the_reference(model_dir, case):
     assert m.arch == CASES[case]["arch"]
     ours = m.logits(PROMPT)
     ref = ReferenceModel(path, n_ctx=m.n_ctx).logits(PROMPT, kv_f16=False)
-    assert rel_err(ours, ref) < 5e-6, case
+    # float32 against float64; gemma3's GELU goes through float16 (llama.cpp's table), where an input
+    # on a rounding boundary may round the other way: one step of 2^-11 in one activation
+    assert rel_err(ours, ref) < (2e-4 if CASES[case]["arch"] == "gemma3" else 5e-6), case
     # with the F16 cache, F16 rounding of keys and values only
     assert rel_err(Model(path).logits(PROMPT), ReferenceModel(path, n_ctx=m.n_ctx).logits(PROMPT)) < 1e-3
 
