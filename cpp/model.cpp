@@ -82,10 +82,20 @@ inline float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + 0.044715f * x * x)));
 }
 
-inline float gelu_f16(float x) {
+// The table: every float16 input's result, made once (256 KB).
+const float* gelu_f16_table() {
+    static const std::vector<float> table = [] {
+        std::vector<float> t(65536);
+        for (uint32_t h = 0; h < 65536; h++) t[h] = fp16_to_fp32(fp32_to_fp16(gelu_tanh(fp16_to_fp32(uint16_t(h)))));
+        return t;
+    }();
+    return table.data();
+}
+
+inline float gelu_f16(const float* table, float x) {
     if (x <= -10.0f) return 0.0f;
     if (x >= 10.0f) return x;
-    return fp16_to_fp32(fp32_to_fp16(gelu_tanh(fp16_to_fp32(fp32_to_fp16(x)))));
+    return table[fp32_to_fp16(x)];
 }
 
 // One float input converted once for every matmul that reads it (q/k/v, gate/up): they share a
@@ -395,6 +405,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
         input.set(s.xn.data(), n_tokens, E);
         // act(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
         // products' run when each thread's gate rows are its up rows (the same split).
+        const float* gelu_table = c.activation == Activation::GeluTanh ? gelu_f16_table() : nullptr;
         auto gated = [&](int64_t r0, int64_t r1) {
             for (int64_t t = 0; t < n_tokens; t++) {
                 float* g = s.gate.data() + t * c.n_ff;
@@ -402,7 +413,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 if (c.activation == Activation::SiLU) {
                     for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
                 } else {
-                    for (int64_t r = r0; r < r1; r++) g[r] = gelu_f16(g[r]) * u[r];
+                    for (int64_t r = r0; r < r1; r++) g[r] = gelu_f16(gelu_table, g[r]) * u[r];
                 }
             }
         };
