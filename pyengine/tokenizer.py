@@ -47,7 +47,7 @@ import numpy as np
 
 from .gguf import GGUFError, GGUFReader
 
-__all__ = ["Tokenizer", "StreamDecoder", "TokenType", "PRE_TOKENIZERS", "MAX_TEXT_CHARS"]
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType", "PRE_TOKENIZERS", "UNSUPPORTED_PRE_TOKENIZERS", "MAX_TEXT_CHARS"]
 
 MAX_TEXT_CHARS = 2**24  # the longest text encode() takes
 ENCODE_PIECE_CHARS = 2**16  # the size of the pieces a long text is tokenized in
@@ -84,14 +84,39 @@ class TokenType(IntEnum):
 # Tokens that are written as single tokens in the text (chat templates) and never merged from pieces.
 _SPECIAL_TYPES = (TokenType.UNKNOWN, TokenType.CONTROL, TokenType.USER_DEFINED)
 
-# Texts of end-of-turn tokens, most specific first: the first present becomes `eot_id` when the file
-# names none (llama.cpp's list, src/llama-vocab.cpp). All present are in `eog_ids`, as control tokens.
+# Special tokens that llama.cpp finds by their text (llama_vocab::impl::load, src/llama-vocab.cpp); each
+# found becomes a control token, even where a converter forgot to say so (so it is parsed from text
+# and skipped when asked).
+# End of turn, most specific first: the first present becomes `eot_id` when the file names none
+# (llama.cpp takes whichever its hash map gives first).
 _EOT_TEXTS = (
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<EOT>", "_<EOT>", "[EOT]", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>",
 )
 _EOM_TEXTS = ("<|eom_id|>",)
-_EOG_ONLY_TEXTS = ("<|return|>", "<|call|>")
+# Fill-in-the-middle tokens, by key suffix (tokenizer.ggml.<name>_token_id); pad, repo and file
+# separator also end generation.
+_FIM_TEXTS = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>",
+                "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>",
+                "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>",
+                "\u2581<MID>", "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_FIM_DEPRECATED_KEYS = {"fim_pre": "prefix", "fim_suf": "suffix", "fim_mid": "middle"}
+# Every token with one of these texts ends generation.
+_EOG_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+)
+# gpt-oss's structure tokens, always written out (llama.cpp makes them user-defined)
+_ALWAYS_RENDERED_TEXTS = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+_C_SPACE = " \t\n\v\f\r"  # C's isspace(), what llama.cpp strips beside lstrip/rstrip special tokens
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -101,16 +126,105 @@ _SPM_SPACE = "\u2581"  # "▁": SentencePiece's escaped space
 # ---------------------------------------------------------------------------------------------------
 # Pre-tokenizers of byte-level BPE (llama.cpp's regexes, src/llama-vocab.cpp)
 # ---------------------------------------------------------------------------------------------------
+# Each family's regexes are written as llama.cpp writes them. llama.cpp runs them with its own code
+# (GPT-2's, llama 3's, Qwen2's and Qwen3.5's) or std::regex, on the text with every non-ASCII
+# character that is whitespace seen as "\v" and, where a regex names Unicode categories, every
+# non-ASCII character seen as its category (letter, number, punctuation, mark, symbol, other).
+# _onig_regex() carries those readings over to the Oniguruma regexes of the `tokenizers` library:
+# \p{Lu}, \p{Ll}, ... are any letter (llama.cpp collapses the letter categories into one), `$` is the
+# end of the piece, and a class that lists non-ASCII characters never matches non-ASCII whitespace.
 
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 # llama 3's tokenizer.json has (?i:'s|'t|...); llama.cpp spells the case-insensitivity out.
 _LLAMA3_REGEX = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_REGEX = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_REGEX = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN35_REGEX = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DEEPSEEK_LLM_REGEXES = (
+    "[\r\n]",
+    "\\s?[A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376"
+    "\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f"
+    "\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d"
+    "\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+    "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4"
+    "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+    "\\p{N}+",
+)
+_DEEPSEEK_CODER_REGEXES = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", r"\p{N}")
+_DEEPSEEK3_REGEXES = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+_SPARK2_5_REGEXES = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]"
+    r"|\s+(?!\S)|\s+",
+    r"\p{N}",
+)
+_YOUTU_REGEXES = (
+    "[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f"
+    "\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _CONTRACTIONS
+    + r"?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _CONTRACTIONS
+    + r"?|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+_FALCON_REGEXES = (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_REGEX, "[0-9][0-9][0-9]")
+_DEFAULT_REGEXES = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]")
+_BLOOM_REGEX = " ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+"
+# Upper-case runs then lower-case runs, spelled with look-aheads: (?=[\p{L}])([^a-z]) is a letter but
+# not a-z. Tekken's, then GPT-4o's (which adds contractions and takes digits in threes).
+_TEKKEN_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+"
+    r"((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _CONTRACTIONS
+    + r"?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _CONTRACTIONS
+    + r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GRANITE_EMB_MULTI_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))*((?=[\p{L}\p{M}])([^A-Z]))+" + _CONTRACTIONS
+    + r"?|[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))+((?=[\p{L}\p{M}])([^A-Z]))*" + _CONTRACTIONS
+    + r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_CHAMELEON_REGEXES = (
+    "<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )", r"\p{N}",
+    r"[\p{P}!-/:-@\[-`{-~]", _GPT2_REGEX,
+)
+_BAILINGMOE_REGEX = (
+    r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]"
+    r"|\s+(?!\S)|\s+"
+)
+_SEED_CODER_REGEX = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_UFAKZEKA_REGEX = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_EXAONE_MOE_REGEX = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+_JAIS2_REGEX = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s{512}(?!\S)"
+    r"|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}"
+)
+_MINICPM5_REGEXES = (
+    r"\p{N}{1,3}",
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 )
 
 
@@ -118,25 +232,94 @@ class PreTokenizer(NamedTuple):
     # Applied in order, each to every fragment the previous one left; a match becomes a fragment of
     # its own, and so does the text between matches.
     regexes: tuple[str, ...]
-    ignore_merges: bool  # a word that is a whole token is taken as it is, before any merge (llama 3)
-    add_bos: bool  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+    ignore_merges: bool = False  # a word that is a whole token is taken as it is, before any merge (llama 3)
+    add_bos: bool = False  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+    # Where a long text may be cut into pieces (see _pieces); None: never
+    cut: re.Pattern | None = None
 
 
-_GPT2 = PreTokenizer((_GPT2_REGEX,), ignore_merges=False, add_bos=False)
-# SmolLM: every digit on its own, then GPT-2's regex
-_SMOLLM = PreTokenizer((r"\p{N}", _GPT2_REGEX), ignore_merges=False, add_bos=False)
-_LLAMA3 = PreTokenizer((_LLAMA3_REGEX,), ignore_merges=True, add_bos=True)
-_QWEN2 = PreTokenizer((_QWEN2_REGEX,), ignore_merges=False, add_bos=False)
+# Before a space or newline that has a letter or digit on each side: a place where no pre-token of
+# these families starts or ends other than as the optional leading space of a word, which the cut
+# keeps with its word (see _pieces). Families that join words across spaces cut at newlines only.
+_BPE_CUT = re.compile(r"(?<=[^\W_])[ \n](?=[^\W_])")
+_BPE_NEWLINE_CUT = re.compile(r"(?<=[^\W_])\n(?=[^\W_])")
 
-# tokenizer.ggml.pre -> pre-tokenizer, with llama.cpp's aliases. "default" (and a missing key) is
-# taken as GPT-2: llama.cpp's own "default" is a guess that it warns degrades generation.
+
+def _family(*regexes: str, ignore_merges: bool = False, add_bos: bool = False,
+            cut: re.Pattern | None = _BPE_CUT) -> PreTokenizer:
+    return PreTokenizer(tuple(regexes), ignore_merges, add_bos, cut)
+
+
+_GPT2 = _family(_GPT2_REGEX)
+_STARCODER = _family(r"\p{N}", _GPT2_REGEX)  # every digit on its own, then GPT-2's regex
+_LLAMA3 = _family(_LLAMA3_REGEX, ignore_merges=True, add_bos=True)
+_QWEN2 = _family(_QWEN2_REGEX)
+
+# tokenizer.ggml.pre -> pre-tokenizer, with llama.cpp's aliases (llama_vocab::impl::load). A file
+# without the key gets llama.cpp's "default", which it warns degrades generation.
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
-    **dict.fromkeys(["gpt-2", "default", "phi-2", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de",
-                     "gigachat", "mellum", "exaone4"], _GPT2),
-    **dict.fromkeys(["smollm", "codeshell", "exaone", "minerva-7b"], _SMOLLM),
-    **dict.fromkeys(["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"], _LLAMA3),
-    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "megrez", "stablelm2"], _QWEN2),
+    "default": _family(*_DEFAULT_REGEXES),
+    **dict.fromkeys(["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
+                     "mellum", "modern-bert", "exaone4", "mpt", "olmo", "jais", "trillion", "granite-docling"],
+                    _GPT2),
+    **dict.fromkeys(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"],
+                    _STARCODER),
+    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"], _LLAMA3),
+    # the same regex without llama 3's flags (DBRX, Smaug; ChatGLM without a default BOS)
+    **dict.fromkeys(["dbrx", "smaug-bpe", "chatglm-bpe"], _family(_LLAMA3_REGEX)),
+    **dict.fromkeys(["glm4", "glm5"], _family(_LLAMA3_REGEX, ignore_merges=True)),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
+                     "solar-open", "grok-2"], _QWEN2),
+    "qwen35": _family(_QWEN35_REGEX),
+    "deepseek-llm": _family(*_DEEPSEEK_LLM_REGEXES),
+    "deepseek-coder": _family(*_DEEPSEEK_CODER_REGEXES),
+    **dict.fromkeys(["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"], _family(*_DEEPSEEK3_REGEXES)),
+    "spark2_5": _family(*_SPARK2_5_REGEXES),
+    "youtu": _family(*_YOUTU_REGEXES, ignore_merges=True),
+    "falcon": _family(*_FALCON_REGEXES),
+    **dict.fromkeys(["poro-chat", "bloom", "gpt3-finnish"], _family(_BLOOM_REGEX)),
+    "viking": _family(_BLOOM_REGEX, r"\p{N}"),
+    "tekken": _family(_TEKKEN_REGEX, ignore_merges=True, add_bos=True),
+    "chameleon": _family(*_CHAMELEON_REGEXES, add_bos=True),
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _family(_GPT4O_REGEX)),
+    "granite-embed-multi-97m": _family(_GRANITE_EMB_MULTI_REGEX, ignore_merges=True),
+    **dict.fromkeys(["bailingmoe", "bailingmoe2", "llada-moe"], _family(_BAILINGMOE_REGEX)),
+    "seed-coder": _family(_SEED_CODER_REGEX),
+    "ufakzeka": _family(_UFAKZEKA_REGEX),
+    "laguna": _family("[^\n]+|[\n]+", _QWEN2_REGEX),
+    "exaone-moe": _family(_EXAONE_MOE_REGEX, cut=_BPE_NEWLINE_CUT),
+    "jais-2": _family(_JAIS2_REGEX),
+    "minicpm5": _family(*_MINICPM5_REGEXES, ignore_merges=True),
 }
+
+# tokenizer.ggml.pre values llama.cpp knows that pyengine refuses, and why.
+UNSUPPORTED_PRE_TOKENIZERS: dict[str, str] = {
+    **dict.fromkeys(["jina-v1-en", "jina-v2-code", "roberta-bpe"],
+                    "a BERT-style tokenizer that appends a separator token"),
+    **dict.fromkeys(["gemma4", "granite-embed-multi-311m", "sarvam-moe", "whitespace"],
+                    "a SentencePiece-style BPE over raw UTF-8 (no byte-to-unicode mapping)"),
+    "kimi-k2": "llama.cpp splits it with hand-written rules for Han characters",
+    "afmoe": "llama.cpp groups digits with hand-written rules",
+    **dict.fromkeys(["tiny_aya", "cohere2moe"], "llama.cpp groups digits with hand-written rules"),
+    "superbpe": "its digit regex matches empty strings, which llama.cpp keeps as empty words",
+}
+
+
+_NON_ASCII_WHITESPACE = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_LETTER_CATEGORIES = re.compile(r"\\p\{L[ultmo]\}")
+_CLASS = re.compile(r"\[(?:\\.|[^\]\\])*\]")
+
+
+def _onig_regex(regex: str) -> str:
+    """llama.cpp's regex as an Oniguruma regex that cuts the same places (see above)."""
+    regex = _LETTER_CATEGORIES.sub(r"\\p{L}", regex)
+    if regex.endswith("$"):
+        regex = regex[:-1] + r"\z"
+    if r"\p{" not in regex:  # std::wregex reads non-ASCII whitespace as "\v": a listed character can't match
+        regex = _CLASS.sub(lambda m: m.group(0) if m.group(0).startswith("[^") or m.group(0).isascii()
+                           else f"(?:(?![{_NON_ASCII_WHITESPACE}]){m.group(0)})", regex)
+    return regex
 
 
 def _gpt2_byte_chars() -> list[str]:
@@ -256,6 +439,8 @@ class _Vocab(NamedTuple):
     add_eos: bool
     add_space_prefix: bool
     eog_ids: frozenset[int]
+    lstrip_ids: frozenset[int]  # special tokens that take the whitespace before them
+    rstrip_ids: frozenset[int]  # and after them
 
 
 def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
@@ -306,9 +491,11 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
             if len(parts) != 2 or not parts[0] or not parts[1]:
                 raise GGUFError(f"{KEY_MERGES}[{i}] {_short(merge)} is not a pair of tokens 'a b'")
             merges.append((parts[0], parts[1]))
-        pre = _get_str(metadata, KEY_PRE, "gpt-2")
+        pre = _get_str(metadata, KEY_PRE, "") or "default"  # llama.cpp's for a missing or empty name
+        if pre in UNSUPPORTED_PRE_TOKENIZERS:
+            raise GGUFError(f"{KEY_PRE} {_short(pre)} is not supported: {UNSUPPORTED_PRE_TOKENIZERS[pre]}")
         if pre not in PRE_TOKENIZERS:
-            raise GGUFError(f"{KEY_PRE} {_short(pre)} is not supported (known: {', '.join(sorted(PRE_TOKENIZERS))})")
+            raise GGUFError(f"{KEY_PRE} {_short(pre)} is not a pre-tokenizer llama.cpp knows")
         default_add_bos = PRE_TOKENIZERS[pre].add_bos
 
     # llama.cpp's defaults when a key is absent: SentencePiece has <unk> <s> </s> at 0, 1, 2.
@@ -322,20 +509,62 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
     eot_id = _get_token_id(metadata, KEY_EOT, n_vocab, None)
     eom_id = _get_token_id(metadata, KEY_EOM, n_vocab, None)
 
-    # End-of-generation tokens found by their text, as llama.cpp does; they are control tokens even
-    # where a converter forgot to say so (so they are parsed from text and skipped when asked).
+    # Special tokens found by their text, then the end-of-generation set, as llama.cpp builds them.
     types = types.copy()
-    eog = {i for i in (eos_id, eot_id, eom_id) if i is not None}
-    for text in _EOT_TEXTS + _EOM_TEXTS + _EOG_ONLY_TEXTS:
-        i = seen.get(text)
-        if i is None:
-            continue
-        if eot_id is None and text in _EOT_TEXTS:
-            eot_id = i
-        if eom_id is None and text in _EOM_TEXTS:
-            eom_id = i
-        eog.add(i)
-        types[i] = TokenType.CONTROL
+
+    def find(texts: Iterable[str]) -> int | None:
+        for text in texts:
+            if text in seen:
+                types[seen[text]] = TokenType.CONTROL
+                return seen[text]
+        return None
+
+    if eot_id is None:
+        eot_id = find(_EOT_TEXTS)
+    if eom_id is None:
+        eom_id = find(_EOM_TEXTS)
+    fim = {}
+    for name, texts in _FIM_TEXTS.items():
+        fim[name] = _get_token_id(metadata, f"tokenizer.ggml.{name}_token_id", n_vocab, None)
+        if fim[name] is None and name in _FIM_DEPRECATED_KEYS:
+            fim[name] = _get_token_id(metadata, f"tokenizer.ggml.{_FIM_DEPRECATED_KEYS[name]}_token_id", n_vocab, None)
+        if fim[name] is None:
+            fim[name] = find(texts)
+    eog = {fim[name] for name in ("fim_pad", "fim_rep", "fim_sep") if fim[name] is not None}
+    for text in _EOG_TEXTS:
+        if text in seen:
+            eog.add(seen[text])
+            types[seen[text]] = TokenType.CONTROL
+    for text in _ALWAYS_RENDERED_TEXTS:
+        if text in seen:
+            types[seen[text]] = TokenType.USER_DEFINED
+    eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
+    eog_texts = {tokens[i]: i for i in eog}
+    # gpt-oss (o200k_harmony) and Solar Open end turns with <|return|> or <|call|>: their <|end|> is text
+    has_call = "<|call|>" in eog_texts or "<|calls|>" in eog_texts
+    if "<|end|>" in eog_texts and has_call and ("<|return|>" in eog_texts or "<|flush|>" in eog_texts):
+        eog.discard(eog_texts["<|end|>"])
+        types[eog_texts["<|end|>"]] = TokenType.USER_DEFINED
+    # Gemma 4 and PLaMo 2 have a normal </s>
+    if "</s>" in eog_texts and ("<|tool_response>" in eog_texts or "<|plamo:eos|>" in eog_texts):
+        eog.discard(eog_texts["</s>"])
+        types[eog_texts["</s>"]] = TokenType.NORMAL
+
+    # Special tokens that take the whitespace after (rstrip) or before (lstrip) them, by model name
+    # and pre-tokenizer, as llama.cpp sets them (it keeps no such attributes in the file).
+    name = _get_str(metadata, "general.name", "") or ""
+    name = "".join(c.lower() if c.isascii() else c for c in name)
+    lstrip, rstrip = set(), set()
+    arch = _get_str(metadata, "general.architecture", "") or ""
+    if any(p in pre for p in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) \
+            or any(a in arch for a in ("nomic-bert-moe", "jina-bert-v3")):
+        lstrip.update(seen[t] for t in ("<mask>",) if t in seen)
+    elif "phi-3" in name or "phi3" in name:
+        rstrip.update(np.flatnonzero(np.isin(types, _SPECIAL_TYPES)).tolist())
+        rstrip.update(seen[t] for t in ("</s>",) if t in seen)
+        rstrip.difference_update(seen[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in seen)
+    elif "modern-bert" in name:
+        lstrip.update(seen[t] for t in ("[MASK]",) if t in seen)
 
     return _Vocab(
         model=model, pre=pre, tokens=tokens, types=types, scores=scores, merges=merges,
@@ -343,7 +572,7 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
         add_bos=_get_bool(metadata, KEY_ADD_BOS, default_add_bos),
         add_eos=_get_bool(metadata, KEY_ADD_EOS, False),
         add_space_prefix=spm and _get_bool(metadata, KEY_ADD_SPACE_PREFIX, True),
-        eog_ids=frozenset(eog),
+        eog_ids=frozenset(eog), lstrip_ids=frozenset(lstrip), rstrip_ids=frozenset(rstrip),
     )
 
 
@@ -352,13 +581,13 @@ def _read_vocab(metadata: Mapping[str, Any]) -> _Vocab:
 # ---------------------------------------------------------------------------------------------------
 
 # Byte-level BPE merges only inside one pre-token, so a text can be cut between two pre-tokens. Before
-# a space or newline that has a letter or digit on each side is such a place for every pre-tokenizer
-# of PRE_TOKENIZERS: no regex alternative matches a letter or digit followed by whitespace (\p{L}+,
-# \p{N}+, \p{N}{1,3} stop there; only punctuation runs take trailing newlines, llama 3's
+# a space or newline that has a letter or digit on each side (_BPE_CUT) is such a place for the
+# pre-tokenizers that use it: no regex alternative matches a letter or digit followed by whitespace
+# (\p{L}+, \p{N}+, \p{N}{1,3} stop there; only punctuation runs take trailing newlines, llama 3's
 # ` ?[^\s\p{L}\p{N}]+[\r\n]*`), nor whitespace followed by a letter or digit other than as the optional
-# leading space of a word, which the cut keeps with its word; and the whitespace-run lookahead
-# `\s+(?!\S)` never ends at a letter. So the pre-tokens on each side are those of the whole text.
-_BPE_CUT = re.compile(r"(?<=[^\W_])[ \n](?=[^\W_])")
+# leading space of a word, which the cut keeps with its word; the whitespace-run lookahead `\s+(?!\S)`
+# never ends at a letter, and `$` (DeepSeek's `\s+$`) never follows one. So the pre-tokens on each side
+# are those of the whole text. EXAONE-MoE's words take inner spaces: it is cut before newlines only.
 # SentencePiece merges any two neighbours whose concatenation is a piece, across spaces too; a character
 # that no piece of two or more characters contains is never merged, so the text can be cut before it.
 _SPM_CUT = re.compile("\n")
@@ -390,6 +619,13 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SHORT_VARINTS = [_varint(n) for n in range(1 << 14)]
+
+
+def _short_varint(value: int) -> bytes:
+    return _SHORT_VARINTS[value] if value < 1 << 14 else _varint(value)
 
 
 def _pb_varint(field: int, value: int) -> bytes:  # wire type 0: int32, bool, enum
@@ -431,13 +667,21 @@ def _sentencepiece_proto(vocab: _Vocab) -> bytes:
     if not byte_fallback:
         types[byte_ids] = TokenType.UNUSED
 
+    # Each piece is a SentencePiece message of three fields: written here with the tags spelled out (the
+    # short varints from a table), as the vocabulary can have a quarter of a million pieces.
+    piece_tag = _varint(_PB_PIECE_PIECE << 3 | 2)
+    score_tag = _varint(_PB_PIECE_SCORE << 3 | 5)
+    type_tag = _varint(_PB_PIECE_TYPE << 3)
+    model_piece_tag = _varint(_PB_MODEL_PIECES << 3 | 2)
+    scores = vocab.scores.astype("<f4").tobytes()
     pieces = []
-    for i, (text, score, piece_type) in enumerate(zip(vocab.tokens, vocab.scores.tolist(), types.tolist())):
+    for i, (text, piece_type) in enumerate(zip(vocab.tokens, types.tolist())):
         if not text:  # SentencePiece refuses empty pieces; this one can never be produced anyway
             text, piece_type = f"<pyengine-empty-piece-{i}>\x00", TokenType.UNUSED
-        piece = _pb_bytes(_PB_PIECE_PIECE, text.encode("utf-8")) + _pb_float(_PB_PIECE_SCORE, score) \
-            + _pb_varint(_PB_PIECE_TYPE, piece_type)
-        pieces.append(_pb_bytes(_PB_MODEL_PIECES, piece))
+        data = text.encode("utf-8")
+        piece = b"".join((piece_tag, _short_varint(len(data)), data, score_tag, scores[4 * i:4 * i + 4],
+                          type_tag, _SHORT_VARINTS[piece_type]))
+        pieces.append(model_piece_tag + _short_varint(len(piece)) + piece)
 
     def special_id(token_id: int | None) -> int:
         return -1 if token_id is None or token_id == unk_id else token_id
@@ -495,13 +739,14 @@ class _ByteLevelBPEEncoder:
         bpe = models.BPE(vocab=ids, merges=merges, ignore_merges=pre.ignore_merges)
         self._hf = HFTokenizer(bpe)
         self._hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+            [pre_tokenizers.Split(Regex(_onig_regex(r)), behavior="isolated") for r in pre.regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
+        self._cut = pre.cut
 
     def encode(self, text: str, piece_chars: int = ENCODE_PIECE_CHARS) -> list[int]:
         ids: list[int] = []
-        for piece in _pieces(text, _BPE_CUT, piece_chars):
+        for piece in _pieces(text, self._cut, piece_chars):
             ids.extend(self._hf.encode(piece, add_special_tokens=False).ids)
         return ids
 
@@ -675,22 +920,30 @@ class Tokenizer:
     def split_special(self, text: str, parse_special: bool = True) -> list[Fragment]:
         """The text cut into raw fragments (str) and special tokens (int), as llama.cpp does: each
         special token in turn, longest first, is cut out of the fragments still raw. User-defined
-        tokens are always cut out; control and unknown tokens only when `parse_special`."""
+        tokens are always cut out; control and unknown tokens only when `parse_special`. A token
+        that llama.cpp marks rstrip (Phi-3's) takes the whitespace after it; lstrip, before it."""
         fragments: list[Fragment] = [text] if text else []
+        lstrip_ids, rstrip_ids = self._vocab.lstrip_ids, self._vocab.rstrip_ids
         for token_id in self._specials:
             if not parse_special and self._types[token_id] != TokenType.USER_DEFINED:
                 continue
             special = self._tokens[token_id]
             if special not in text:
                 continue
+            lstrip, rstrip = token_id in lstrip_ids, token_id in rstrip_ids
             cut: list[Fragment] = []
             for fragment in fragments:
                 if isinstance(fragment, int) or special not in fragment:
                     cut.append(fragment)
                     continue
-                for k, part in enumerate(fragment.split(special)):
+                parts = fragment.split(special)
+                for k, part in enumerate(parts):
                     if k:
                         cut.append(token_id)
+                        if rstrip:
+                            part = part.lstrip(_C_SPACE)
+                    if lstrip and k < len(parts) - 1:
+                        part = part.rstrip(_C_SPACE)
                     if part:
                         cut.append(part)
             fragments = cut
