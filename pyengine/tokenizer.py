@@ -711,7 +711,9 @@ class _SentencePieceEncoder:
 
         self._sp = sentencepiece.SentencePieceProcessor()
         self._sp.LoadFromSerializedProto(_sentencepiece_proto(vocab))
-        self._cut = None if any("\n" in t and len(t) > 1 for t in vocab.tokens) else _SPM_CUT
+        # user-defined tokens are cut out of the text before: only the pieces merging can give count
+        normal = np.flatnonzero(vocab.types == TokenType.NORMAL).tolist()
+        self._cut = None if any("\n" in vocab.tokens[i] and len(vocab.tokens[i]) > 1 for i in normal) else _SPM_CUT
 
     def encode(self, text: str, piece_chars: int = ENCODE_PIECE_CHARS) -> list[int]:
         ids: list[int] = []

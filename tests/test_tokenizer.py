@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import re
+
 import numpy as np
 import pytest
 
 import pyengine.tokenizer as tokenizer_module
 from pyengine.gguf import GGUFError, GGUFReader, GGUFValueType, GGUFWriter
-from pyengine.tokenizer import MAX_TEXT_CHARS, PRE_TOKENIZERS, StreamDecoder, Tokenizer, TokenType
+from pyengine.tokenizer import (MAX_TEXT_CHARS, PRE_TOKENIZERS, UNSUPPORTED_PRE_TOKENIZERS, StreamDecoder, Tokenizer,
+                                TokenType)
 
 VT = GGUFValueType
 # The repository's parent holds shared/ (in CI too: a clone of the repository with shared/ beside it).
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab"
-VOCABS = ["ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf"]
+VOCABS = ["ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-qwen2.gguf"]
 VECTOR_SEPARATOR = "\n__ggml_vocab_test__\n"
 
 ROUND_TRIP_TEXTS = [
@@ -55,8 +59,13 @@ def gpt2():
 
 
 @pytest.fixture(scope="module")
-def tokenizers(spm, gpt2):
-    return {"ggml-vocab-llama-spm.gguf": spm, "ggml-vocab-gpt-2.gguf": gpt2}
+def qwen2():
+    return Tokenizer.from_gguf(vocab_path("ggml-vocab-qwen2.gguf"))
+
+
+@pytest.fixture(scope="module")
+def tokenizers(spm, gpt2, qwen2):
+    return {"ggml-vocab-llama-spm.gguf": spm, "ggml-vocab-gpt-2.gguf": gpt2, "ggml-vocab-qwen2.gguf": qwen2}
 
 
 def read_vectors(path: Path) -> list[tuple[str, list[int]]]:
@@ -90,6 +99,43 @@ def gpt2_byte_chars() -> list[str]:
 
 
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Short texts that tell llama.cpp's pre-tokenizers apart: contractions, digit runs, whitespace runs,
+# punctuation and symbols, case changes, letters of many scripts, marks, non-ASCII whitespace.
+PRETOKENIZER_INPUTS = [
+    "Hello world", " Hello", "  two  spaces ", "trailing   ", "a\n\nb\r\nc", " \n x\t\ty",
+    "it's I'M we'll", "they'RE x'd 've", "O'Neil's", "I'sup 'llama", "1 12 123 1234", "12345678",
+    "3.14, 1,000", "a1b22c333", " 42x", "$+<=>^~|`", "(a)[b]{c}", "a.b!c?d", "--x__y", "...\n\n",
+    "foo();\n", "x = y+1;", "#include <x>", "caf\u00e9 na\u00efve", "\u00dcn\u00efc\u00f6d\u00e9", "\u00e9",
+    "\u00b5m \u00ba", "CamelCaseWord", "HTTPServer ok", "iPhone XR", "\u01c5x \u02b0y", "\u0391\u0392\u0393 \u03b1\u03b2\u03b3",
+    "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "\u4f60\u597d\u4e16\u754c", "\u65e5\u672c\u8a9e\u3067\u3059", "\u30ab\u30bf\u30ab\u30ca", "\ud55c\uad6d\uc5b4",
+    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0643", "\u0928\u092e\u0938\u094d\u0924\u0947", "\u0e44\u0e17\u0e22", "\u00bd \u2153 \u00b2", "\u216b \u2160", "\u00bdx", "\u0663\u0664",
+    "\U0001f680 ok \U0001f642", "\U0001f44d\U0001f3fd", "a\u200db", "\u00a0nbsp\u00a0", "x\u3000y", "a\u2003b \u1680c",
+    "a\u2028b\x85c", "\u3001\u3002x", "\uff01\uff1f\uff58", "\u201cq\u201d \u2018s\u2019", "\u2014dash\u2013", "a\u2026b", "\u03b1'\u03b2",
+    "\u0301x", "e\u0301", "\tTab", "\r\r\n", "<sentinel:12>", "IMGIMGABZ", "    4sp", "x  ", " \n", "A\nB",
+    "12\n34", "\x01\x7f", "a/\nb", "x\n\n\n y",
+]
+
+
+def substring_vocab(texts: list[str]) -> tuple[list[str], list[str]]:
+    """A byte-level BPE vocabulary in which byte-level BPE joins any piece of `texts` whole: the 256
+    byte tokens, every substring (of the texts' UTF-8 bytes) as a token, and a merge for every way
+    of cutting each substring in two, shorter results first. Its ids are a pre-tokenizer's pieces."""
+    table = gpt2_byte_chars()
+    tokens = list(table)
+    known = set(tokens)
+    merges: dict[tuple[str, str], None] = {}
+    substrings = []
+    for text in texts:
+        chars = "".join(table[b] for b in text.encode("utf-8"))
+        substrings += [chars[i:i + n] for n in range(2, len(chars) + 1) for i in range(len(chars) - n + 1)]
+    for sub in sorted(substrings, key=len):  # stable: the texts' order within a length
+        if sub not in known:
+            known.add(sub)
+            tokens.append(sub)
+        for k in range(1, len(sub)):
+            merges.setdefault((sub[:k], sub[k:]))
+    return tokens, [f"{a} {b}" for a, b in merges]
 
 
 def small_gpt2_metadata(pre: str = "gpt-2") -> dict:
@@ -327,7 +373,7 @@ def test_spm_user_defined_token_in_small_vocab():
 # ---------------------------------------------------------------------------------------------------
 
 STREAM_TEXTS = [
-    "\U0001f680 rocket, \U0001f642\U0001f44d\U0001f3fd and \u4f60\u597d\u4e16\u754c",
+    "\U0001f680 rocket, \U0001f642\U0001f44d\U0001f3fd and \u4f60\u597d\u4e16\u754c \U0001fae0",
     "\u1780\u17b6\u1793\u17cb\u178f\u17c2 \u00c4pfel \u0928\u092e\u0938\u094d\u0924\u0947",
     "Hello world\n\tdone",
 ]
@@ -430,10 +476,70 @@ def test_smollm_splits_every_digit(gpt2):
     assert smollm.decode(smollm.encode("a 1234 b")) == "a 1234 b"
 
 
+PRETOKENIZER_GOLDEN = Path(__file__).resolve().parent / "data" / "pretokenizer_golden.json"
+
+
+@pytest.fixture(scope="module")
+def pretokenizer_golden():
+    golden = json.loads(PRETOKENIZER_GOLDEN.read_text(encoding="utf-8"))
+    assert golden["inputs"] == PRETOKENIZER_INPUTS, "tests/data/make_pretokenizer_golden.py is to be run again"
+    return golden
+
+
+def test_every_llamacpp_pre_tokenizer_is_recognised_or_refused(pretokenizer_golden):
+    names = set(pretokenizer_golden["llamacpp_names"])
+    assert not set(PRE_TOKENIZERS) & set(UNSUPPORTED_PRE_TOKENIZERS)
+    assert set(PRE_TOKENIZERS) | set(UNSUPPORTED_PRE_TOKENIZERS) == names
+    assert set(pretokenizer_golden["llamacpp_fails"]) <= set(UNSUPPORTED_PRE_TOKENIZERS)
+
+
+def test_pre_tokenizers_cut_where_llamacpp_does(pretokenizer_golden):
+    """Each recognised name's pieces of every input are llama.cpp's (see make_pretokenizer_golden.py)."""
+    tokens, merges = substring_vocab(PRETOKENIZER_INPUTS)
+    base = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": np.ones(len(tokens), np.int32), "tokenizer.ggml.merges": merges}
+    pieces_of: dict = {}  # PreTokenizer -> the pieces of every input (names share families)
+    checked, failures = 0, []
+    for group in pretokenizer_golden["groups"]:
+        for name in group["names"]:
+            if name in UNSUPPORTED_PRE_TOKENIZERS:
+                continue
+            name = "default" if name == pretokenizer_golden["no_key"] else name  # as the test above shows
+            family = PRE_TOKENIZERS[name]
+            if family not in pieces_of:
+                tok = Tokenizer.from_metadata({**base, "tokenizer.ggml.pre": name})
+                assert tok.add_bos == family.add_bos
+                pieces_of[family] = [[tok.decode([i]) for i in tok.encode(text, parse_special=False)]
+                                     for text in PRETOKENIZER_INPUTS]
+            for text, got, expected in zip(PRETOKENIZER_INPUTS, pieces_of[family], group["pieces"]):
+                if got != expected:
+                    failures.append(f"{name} {text!r}: {got} != llama.cpp's {expected}")
+            if family.add_bos != group["add_bos"]:
+                failures.append(f"{name}: add_bos {family.add_bos} != llama.cpp's {group['add_bos']}")
+            checked += 1
+    assert checked == len(PRE_TOKENIZERS) + 1  # and a file without the key, as "default"
+    assert not failures, "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_PRE_TOKENIZERS))
+def test_unsupported_pre_tokenizers_are_refused_by_name(name):
+    with pytest.raises(GGUFError, match=rf"tokenizer\.ggml\.pre '{re.escape(name)}' is not supported: ") as info:
+        Tokenizer.from_metadata(small_gpt2_metadata(name))
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_pre_tokenizer_is_refused():
-    known = r"known: .*gpt-2.*llama-bpe.*smollm"
-    with pytest.raises(ValueError, match=rf"tokenizer\.ggml\.pre 'no-such-pre' is not supported \({known}"):
+    with pytest.raises(GGUFError, match=r"tokenizer\.ggml\.pre 'no-such-pre' is not a pre-tokenizer llama\.cpp knows"):
         Tokenizer.from_metadata(small_gpt2_metadata("no-such-pre"))
+
+
+def test_a_missing_or_empty_pre_tokenizer_is_llamacpps_default():
+    meta = small_gpt2_metadata()
+    del meta["tokenizer.ggml.pre"]
+    assert Tokenizer.from_metadata(meta).pre == "default"
+    assert Tokenizer.from_metadata(small_gpt2_metadata("")).pre == "default"
+    # the default's first regex takes punctuation and symbol runs apart from GPT-2's
+    assert PRE_TOKENIZERS["default"].regexes[0] != PRE_TOKENIZERS["gpt-2"].regexes[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -542,24 +648,29 @@ PIECE_ALPHABET = list("ab xy\n\n  \t!?.,'s'll12345_-") + ["\u00e9", "\u65e5\u672
                                                          "\u00a0", "'S", "\U0001f600", "\u2581"]
 
 
-def every_kind_of_tokenizer():
-    """The two real vocabularies, and GPT-2's with each family of pre-tokenizer regexes."""
-    spm = Tokenizer.from_gguf(vocab_path("ggml-vocab-llama-spm.gguf"))
+@pytest.fixture(scope="module")
+def every_kind_of_tokenizer(spm):
+    """SentencePiece's vocabulary, and GPT-2's first 8000 merges (with their tokens: words, digit
+    runs, space and newline runs) with each family of pre-tokenizer regexes."""
     with GGUFReader(vocab_path("ggml-vocab-gpt-2.gguf")) as r:
         meta = dict(r.metadata)
-    by_regexes = {}
+    merges = meta["tokenizer.ggml.merges"][:8000]
+    tokens = gpt2_byte_chars() + [m.replace(" ", "") for m in merges]
+    tokens = list(dict.fromkeys(tokens))
+    small = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges}
+    by_family = {}
     for name, pre in PRE_TOKENIZERS.items():
-        by_regexes.setdefault(pre, name)
-    return {"spm": spm, **{pre: Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": pre})
-                           for pre in by_regexes.values()}}
+        by_family.setdefault(pre, name)
+    return {"spm": spm, **{name: Tokenizer.from_metadata({**small, "tokenizer.ggml.pre": name})
+                           for name in by_family.values()}}
 
 
-def test_pieces_give_the_ids_of_the_whole_text():
+def test_pieces_give_the_ids_of_the_whole_text(every_kind_of_tokenizer):
     import random
 
     rng = random.Random(1)
-    tokenizers = every_kind_of_tokenizer()
-    for _ in range(400):
+    tokenizers = every_kind_of_tokenizer
+    for _ in range(200):
         text = "".join(rng.choice(PIECE_ALPHABET) for _ in range(rng.randint(1, 80)))
         for name, tok in tokenizers.items():
             whole = tok._encoder.encode(text, piece_chars=10**9)
@@ -567,10 +678,15 @@ def test_pieces_give_the_ids_of_the_whole_text():
                 assert tok._encoder.encode(text, piece_chars=size) == whole, (name, size, text)
 
 
-def test_a_long_text_is_encoded_in_pieces():
-    text = ("Hello world, how are you?\nFine: 12345 \u00e9t\u00e9.  " * 3000)[:150_000]
-    for name, tok in every_kind_of_tokenizer().items():
-        cut = tok._encoder._cut if name == "spm" else tokenizer_module._BPE_CUT
+def test_a_long_text_is_encoded_in_pieces(every_kind_of_tokenizer):
+    text = ("Hello world, how are you? Good\nFine: 12345 \u00e9t\u00e9.  " * 3000)[:150_000]
+    by_cut = {}  # one tokenizer for each way of cutting (the cuts themselves are tested above)
+    for name, tok in every_kind_of_tokenizer.items():
+        by_cut.setdefault(tok._encoder._cut, name)
+    assert len(by_cut) == 3  # SentencePiece's, byte-level BPE's and EXAONE-MoE's
+    for name in by_cut.values():
+        tok = every_kind_of_tokenizer[name]
+        cut = tok._encoder._cut
         pieces = list(tokenizer_module._pieces(text, cut, tokenizer_module.ENCODE_PIECE_CHARS))
         assert len(pieces) == 3 and "".join(pieces) == text, (name, [len(p) for p in pieces])
         prefix = " " if tok.add_space_prefix else ""  # SentencePiece's, put before the text by encode()
@@ -580,6 +696,8 @@ def test_a_long_text_is_encoded_in_pieces():
 def test_a_sentencepiece_vocabulary_with_newlines_in_pieces_is_not_cut():
     meta = small_spm_metadata()
     meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"][:-1] + ["o\nw"]
+    meta["tokenizer.ggml.token_type"] = meta["tokenizer.ggml.token_type"].copy()
+    meta["tokenizer.ggml.token_type"][-1] = TokenType.NORMAL  # a piece merging gives (user-defined ones are cut out before)
     tok = Tokenizer.from_metadata(meta)
     assert tok._encoder._cut is None
     assert tok._encoder.encode("Hello\nworld", piece_chars=1) == tok._encoder.encode("Hello\nworld", piece_chars=10**9)
