@@ -117,6 +117,23 @@ PRETOKENIZER_INPUTS = [
 ]
 
 
+# Texts for gemma-3's vocabulary (tests/data/make_gemma3_tokenizer_golden.py): no space prefix, runs of
+# spaces, tabs and newlines as user-defined tokens, HTML tags, the chat tokens, byte fallback.
+GEMMA3_TEXTS = [
+    "Hello world", " Hello world", "  two leading spaces", "Hello\nworld", "a\n\n\nb", "\n\nx", "x\n",
+    "a  b   c    d", "trailing   ", "tabs\t\tand\ttab", "12345 678 3.14159 1,000,000", "x=1+2*3",
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9", "\u4f60\u597d\uff0c\u4e16\u754c\uff01", "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0",
+    "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440", "\u0645\u0631\u062d\u0628\u0627", "\u0928\u092e\u0938\u094d\u0924\u0947",
+    "\U0001f680 rockets \U0001f642\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001fae0\U0001f9cc",
+    "\x01\x02 control \x7f", "\ue000 private \U0010fffd", "\U00020000\U0002a6d6 rare", "\u2581 lower one eighth",
+    "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
+    "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+    "<end_of_turn>", "text<end_of_turn>more", "</s> and <s>", "<eos><pad><unk><mask>", "<unused5> x",
+    "[multimodal]", "<start_of_image><end_of_image>", "<table><tr><td>1</td></tr></table>", "<b>bold</b> <i>it</i>",
+    "<start_of_turn", "end_of_turn>", "code:\n    def f(x):\n        return x", " ", "\n", "\t", "a",
+]
+
+
 def substring_vocab(texts: list[str]) -> tuple[list[str], list[str]]:
     """A byte-level BPE vocabulary in which byte-level BPE joins any piece of `texts` whole: the 256
     byte tokens, every substring (of the texts' UTF-8 bytes) as a token, and a merge for every way
@@ -366,6 +383,82 @@ def test_spm_user_defined_token_in_small_vocab():
     # a character outside the vocabulary falls back to byte tokens
     byte_ids = [tok.token_id(f"<0x{b:02X}>") for b in "\u00e9".encode()]
     assert tok.encode("\u00e9") == [tok.token_id("\u2581")] + byte_ids
+
+
+def with_tokens(meta: dict, tokens: dict[str, int], **keys) -> dict:
+    """`meta` with more tokens ({text: token type}) and tokenizer.ggml.<key> values."""
+    meta = dict(meta)
+    meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + list(tokens)
+    types = np.append(meta["tokenizer.ggml.token_type"], list(tokens.values())).astype(np.int32)
+    meta["tokenizer.ggml.token_type"] = types
+    if "tokenizer.ggml.scores" in meta:
+        meta["tokenizer.ggml.scores"] = np.append(meta["tokenizer.ggml.scores"], [-100.0] * len(tokens)).astype(np.float32)
+    meta.update({k if "." in k else f"tokenizer.ggml.{k}": v for k, v in keys.items()})
+    return meta
+
+
+def test_end_of_generation_tokens_are_found_by_text_as_llamacpp_does():
+    tok = Tokenizer.from_metadata(with_tokens(small_gpt2_metadata(), {
+        "</s>": 4, "[EOS]": 1, "<|fim_prefix|>": 1, "<|fim_pad|>": 1, "<|file_sep|>": 1, "<|channel|>": 3,
+        "<end_of_turn>": 1}))
+    ids = {t: tok.token_id(t) for t in ("</s>", "[EOS]", "<|fim_prefix|>", "<|fim_pad|>", "<|file_sep|>",
+                                        "<|channel|>", "<end_of_turn>", "<|im_end|>", "<|endoftext|>")}
+    # every end-of-generation text, and FIM's pad and file separator, end generation; <|im_end|> is the
+    # end of turn (the first in llama.cpp's list that is present)
+    assert tok.eog_ids == {ids[t] for t in ("</s>", "[EOS]", "<|fim_pad|>", "<|file_sep|>", "<end_of_turn>",
+                                            "<|im_end|>", "<|endoftext|>")}
+    assert tok.eot_id == ids["<|im_end|>"]
+    # found tokens become control tokens: parsed only as special tokens, hidden unless asked for
+    for text in ("</s>", "[EOS]", "<|fim_prefix|>", "<|fim_pad|>", "<end_of_turn>"):
+        assert tok.token_type(ids[text]) == TokenType.CONTROL, text
+        assert tok.encode(f"a{text}") == [tok.token_id("a"), ids[text]]
+        assert ids[text] not in tok.encode(text, parse_special=False)
+    assert tok.token_type(ids["<|channel|>"]) == TokenType.USER_DEFINED  # gpt-oss's: always written out
+    assert tok.decode([ids["<|channel|>"], ids["</s>"]], skip_special=True) == "<|channel|>"
+    # the file's own end-of-turn id wins over the texts
+    named = Tokenizer.from_metadata(with_tokens(small_gpt2_metadata(), {"<end_of_turn>": 1},
+                                                eot_token_id=np.uint32(268)))
+    assert named.eot_id == 268 and named.token_id("<end_of_turn>") in named.eog_ids
+
+
+def test_end_is_text_where_return_and_call_end_turns():
+    end_only = Tokenizer.from_metadata(with_tokens(small_gpt2_metadata(), {"<|end|>": 3}))
+    end = end_only.token_id("<|end|>")
+    assert end in end_only.eog_ids and end_only.eot_id != end  # <|im_end|> comes first in llama.cpp's list
+    for extra in ({"<|return|>": 3, "<|call|>": 3}, {"<|calls|>": 3, "<|flush|>": 3}):
+        tok = Tokenizer.from_metadata(with_tokens(small_gpt2_metadata(), {"<|end|>": 3, **extra}))
+        assert end not in tok.eog_ids and tok.token_type(end) == TokenType.USER_DEFINED
+        assert {tok.token_id(t) for t in extra} <= tok.eog_ids
+
+
+def test_slash_s_is_a_normal_token_beside_tool_response():
+    tok = Tokenizer.from_metadata(with_tokens(small_gpt2_metadata(), {"</s>": 3, "<|tool_response>": 3}))
+    assert tok.token_id("</s>") not in tok.eog_ids and tok.token_type(tok.token_id("</s>")) == TokenType.NORMAL
+    assert tok.token_id("<|tool_response>") in tok.eog_ids
+
+
+def test_phi3_special_tokens_take_the_whitespace_after_them():
+    meta = with_tokens(small_spm_metadata(), {"<|end|>": 3, "<|assistant|>": 4, "<|endoftext|>": 3})
+    plain = Tokenizer.from_metadata(meta)
+    phi3 = Tokenizer.from_metadata({**meta, "general.name": "Phi-3-mini-4k-instruct"})
+    user, end, assistant, endoftext = (phi3.token_id(t) for t in ("<|user|>", "<|end|>", "<|assistant|>",
+                                                                   "<|endoftext|>"))
+    hello = phi3.token_id("\u2581Hello")
+    text = "<|user|>\n Hello<|end|>\n<|assistant|>\n"
+    assert phi3.encode(text) == [user, hello, end, assistant]  # as llama.cpp: rstrip for a "phi3" name
+    assert plain.encode(text)[:2] != [user, hello]
+    assert phi3.encode("<|user|> \tHello", parse_special=False) == [user, hello]  # user-defined: always
+    # <s>, <unk> and <|endoftext|> keep the whitespace after them
+    assert phi3.encode("<|endoftext|> Hello") == plain.encode("<|endoftext|> Hello") != [endoftext, hello]
+    assert phi3.encode("<s>\nHello") == plain.encode("<s>\nHello") != [1, hello]
+
+
+def test_jina_mask_takes_the_whitespace_before_it():
+    meta = with_tokens(small_gpt2_metadata("jina-v2-de"), {"<mask>": 3})
+    tok = Tokenizer.from_metadata(meta)
+    mask, hello = tok.token_id("<mask>"), tok.token_id("Hello")
+    assert tok.encode("Hello  <mask> x") == [hello, mask] + tok.encode(" x")
+    assert Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": "gpt-2"}).encode("Hello <mask>")[1] != mask
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -708,3 +801,69 @@ def test_text_limits_and_lone_surrogates(spm, gpt2):
         with pytest.raises(ValueError, match="tokenize it in parts"):
             tok.encode("x" * (MAX_TEXT_CHARS + 1))
         assert tok.encode("caf\udce9 \ud800!") == tok.encode("caf\ufffd \ufffd!")
+
+
+# ---------------------------------------------------------------------------------------------------
+# gemma-3's vocabulary: SentencePiece without a space prefix (tests/data/gemma3_tokenizer_golden.json)
+# ---------------------------------------------------------------------------------------------------
+
+GEMMA3_GOLDEN = Path(__file__).resolve().parent / "data" / "gemma3_tokenizer_golden.json"
+
+
+@pytest.fixture(scope="module")
+def gemma3_golden():
+    golden = json.loads(GEMMA3_GOLDEN.read_text(encoding="utf-8"))
+    assert [c["text"] for c in golden["cases"]] == GEMMA3_TEXTS, \
+        "tests/data/make_gemma3_tokenizer_golden.py is to be run again"
+    return golden
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    fetch = pytest.importorskip("pyengine.fetch")
+    if not hasattr(fetch, "fetch_gemma3_270m"):
+        pytest.skip("pyengine.fetch has no fetch_gemma3_270m")
+    return Tokenizer.from_gguf(fetch.fetch_gemma3_270m())
+
+
+def test_gemma3_tokenizes_as_llamacpp(gemma3, gemma3_golden):
+    failures = []
+    for case in gemma3_golden["cases"]:
+        text = case["text"]
+        for key, parse_special in (("special", True), ("plain", False)):
+            got = gemma3.encode(text, parse_special=parse_special)
+            if got != case[key]:
+                failures.append(f"{text!r} parse_special={parse_special}: {got} != llama.cpp's {case[key]}")
+        pieces = [gemma3.token_bytes(i, special=True).hex() for i in case["special"]]
+        if pieces != case["pieces"]:
+            failures.append(f"{text!r}: the tokens' bytes {pieces} != llama.cpp's {case['pieces']}")
+    assert not failures, "\n".join(failures)
+
+
+def test_gemma3_properties(gemma3, gemma3_golden):
+    assert (gemma3.model, gemma3.n_vocab, gemma3.add_space_prefix) == ("llama", 262144, False)
+    assert gemma3.add_bos is gemma3_golden["add_bos"] is True and gemma3.bos_id == gemma3_golden["bos"]
+    assert gemma3.eot_id == gemma3_golden["eot"] == gemma3.token_id("<end_of_turn>")
+    assert gemma3.eog_ids == set(gemma3_golden["eog"]) == {gemma3.token_id(t) for t in ("<eos>", "<end_of_turn>", "</s>")}
+    assert gemma3.encode("Hi", add_bos=True) == [gemma3.bos_id] + gemma3.encode("Hi")
+    # <start_of_turn> and <end_of_turn> are single ids in chat text, and only when special tokens are parsed
+    turn = "<start_of_turn>user\nHi<end_of_turn>\n"
+    ids = gemma3.encode(turn)
+    assert ids[0] == gemma3.token_id("<start_of_turn>") and gemma3.eot_id in ids
+    assert gemma3.eot_id not in gemma3.encode(turn, parse_special=False)
+
+
+@pytest.mark.parametrize("skip_special", [False, True])
+def test_gemma3_decodes_and_streams_back(gemma3, skip_special):
+    for text in GEMMA3_TEXTS:
+        ids = gemma3.encode(text)
+        expected = text if not skip_special else "".join(
+            f if isinstance(f, str) else gemma3.token_bytes(f).decode() for f in gemma3.split_special(text))
+        expected = expected.replace("\u2581", " ")  # SentencePiece's space reads as a space (llama.cpp's too)
+        assert gemma3.decode(ids, skip_special=skip_special) == expected, text
+        decoder = gemma3.stream_decoder(skip_special=skip_special)
+        pieces = [decoder.feed(i) for i in ids] + [decoder.flush()]
+        assert all("\ufffd" not in p for p in pieces) and "".join(pieces) == expected, text
+    # byte fallback: a character outside the vocabulary is its UTF-8 bytes, one token each
+    rare = gemma3.encode("\U0002a6d6")
+    assert [gemma3.token_text(i) for i in rare] == ["<0xF0>", "<0xAA>", "<0x9B>", "<0x96>"]
