@@ -14,7 +14,9 @@ of the output, and the size of `**`; deep recursion is a ChatTemplateError, not 
 Like transformers: trim_blocks and lstrip_blocks, the loopcontrols extension, a `tojson` filter that
 keeps non-ASCII text, the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`
 (and the other special tokens' texts), the helpers `raise_exception(message)` and
-`strftime_now(format)`. A file without a template gets ChatML.
+`strftime_now(format)`. A file without a template (a base model) gets its family's turn format, chosen
+by the tokens the vocabulary has (FALLBACK_TEMPLATES: Gemma's <start_of_turn>, Phi-3's <|user|>,
+Llama 3's headers, ChatML's <|im_start|>), else ChatML as llama.cpp does.
 
 The rendered text is tokenized with special tokens parsed (`<|im_start|>` is one id), with BOS
 added when the file asks for it unless the text already starts with the BOS token's text.
@@ -37,7 +39,8 @@ from .sampling import Sampler, SamplingParams
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "ChatSession", "CHATML_TEMPLATE", "chat", "chat_ids",
+__all__ = ["ChatTemplate", "ChatTemplateError", "ChatSession", "CHATML_TEMPLATE", "GEMMA_TEMPLATE", "PHI3_TEMPLATE",
+           "LLAMA3_TEMPLATE", "FALLBACK_TEMPLATES", "FallbackTemplate", "fallback_template", "chat", "chat_ids",
            "check_messages"]
 
 KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
@@ -48,6 +51,73 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+# Gemma 3's own template (its instruction-tuned files carry it): no system role, so a system message
+# starts the first user turn, followed by a blank line; "assistant" is "model"; turns alternate.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+# Phi-3's (Phi-3.5-mini-instruct's): <|role|> turns ended by <|end|>.
+PHI3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and message['content'] %}{{ '<|system|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+# Llama 3's turns: a header per role, ended by <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+class FallbackTemplate(NamedTuple):
+    """A template for files without tokenizer.chat_template (base models, most often): a family's own
+    turn format, chosen by the tokens that format needs."""
+
+    name: str
+    tokens: tuple[str, ...]  # all in the vocabulary: the format can be written with single tokens
+    architectures: tuple[str, ...]  # general.architecture values of the family, tried first
+    source: str
+
+
+# In order of preference; a file whose vocabulary has none of these gets ChatML, as llama.cpp does.
+FALLBACK_TEMPLATES = (
+    FallbackTemplate("gemma", ("<start_of_turn>", "<end_of_turn>"), ("gemma", "gemma2", "gemma3", "gemma3n"),
+                     GEMMA_TEMPLATE),
+    FallbackTemplate("phi3", ("<|user|>", "<|assistant|>", "<|end|>"), ("phi3",), PHI3_TEMPLATE),
+    FallbackTemplate("llama3", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), ("llama",),
+                     LLAMA3_TEMPLATE),
+    FallbackTemplate("chatml", ("<|im_start|>", "<|im_end|>"), ("qwen2", "qwen3", "qwen2moe", "qwen3moe"),
+                     CHATML_TEMPLATE),
+)
+
+
+def fallback_template(architecture: str | None, tokenizer) -> FallbackTemplate:
+    """The family template for a file without one: the first whose tokens the vocabulary has, those of
+    the file's architecture first; ChatML when none fits."""
+    fits = [t for t in FALLBACK_TEMPLATES if all(tokenizer.token_id(text) is not None for text in t.tokens)]
+    for template in fits:
+        if architecture in template.architectures:
+            return template
+    return fits[0] if fits else FALLBACK_TEMPLATES[-1]
 
 
 class ChatTemplateError(ValueError):
@@ -204,17 +274,27 @@ class ChatTemplate:
         # cannot intercept it as it does + and *, so the template gets a join that checks the length.
         self._template.root_render_func.__globals__["str_join"] = self._env.bounded_join
         self._supports_system: bool | None = None
+        self.name = "given"  # where the source came from: "file", a fallback's name (from_model), or "given"
 
     @classmethod
     def from_model(cls, model: Model) -> ChatTemplate:
-        """The file's template (ChatML when it has none), with its special tokens' texts."""
+        """The file's template (a family's when it has none: see FALLBACK_TEMPLATES), with its special
+        tokens' texts. `name` says which: "file", or the fallback's name."""
         tokenizer = model.tokenizer
         special = {}
         for name in ("bos", "eos", "unk"):
             token_id = getattr(tokenizer, f"{name}_id")
             special[f"{name}_token"] = tokenizer.token_text(token_id) if token_id is not None else ""
         source = model.metadata.get(KEY_CHAT_TEMPLATE)
-        return cls(CHATML_TEMPLATE if source is None or source == "" else source, special)
+        if source is not None and source != "":
+            template = cls(source, special)
+            template.name = "file"
+            return template
+        architecture = model.metadata.get("general.architecture")
+        fallback = fallback_template(architecture if isinstance(architecture, str) else None, tokenizer)
+        template = cls(fallback.source, special)
+        template.name = fallback.name
+        return template
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         from jinja2.exceptions import SecurityError, TemplateError

@@ -1,18 +1,22 @@
 """Chat templates (rendered as transformers does, in a sandbox), their tokenization, chat(), and the
 ChatSession that keeps a conversation in one KV cache."""
 
+import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from gguf_mutants import RawGGUF, _set
 from jinja2.exceptions import SecurityError
 
 import pyengine
-from pyengine.chat import CHATML_TEMPLATE, ChatSession, ChatTemplate, ChatTemplateError, chat_ids
-from pyengine.gguf import GGUFReader
+from pyengine.chat import (CHATML_TEMPLATE, FALLBACK_TEMPLATES, GEMMA_TEMPLATE, PHI3_TEMPLATE, ChatSession,
+                           ChatTemplate, ChatTemplateError, chat_ids)
+from pyengine.gguf import GGUFReader, GGUFValueType
 from tiny_models import write_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +43,14 @@ def tiny_path(tmp_path_factory):
     return write_tiny_llama(tmp_path_factory.mktemp("chat") / "tiny.gguf")
 
 
-def tokenizer_model(path, **metadata):
-    """What chat_ids needs of a model (tokenizer, metadata), with metadata keys changed."""
+def tokenizer_model(path, *, tokens=(), **metadata):
+    """What chat_ids needs of a model (tokenizer, metadata), with metadata keys changed and control
+    tokens added to the vocabulary."""
     with GGUFReader(path) as reader:
         md = dict(reader.metadata)
+    if tokens:
+        md["tokenizer.ggml.tokens"] = list(md["tokenizer.ggml.tokens"]) + list(tokens)
+        md["tokenizer.ggml.token_type"] = np.append(md["tokenizer.ggml.token_type"], [3] * len(tokens)).astype(np.int32)
     md.update(metadata)
     return SimpleNamespace(tokenizer=pyengine.Tokenizer.from_metadata(md), metadata=md)
 
@@ -92,6 +100,154 @@ def test_fallback_chatml_when_the_file_has_none(tiny_path):
     template = ChatTemplate.from_model(model)
     assert template.source == CHATML_TEMPLATE
     assert template.render(USER) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+# --- a family's turns for a file without a template ---
+
+GEMMA_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+PHI3_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
+LLAMA3_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+# llama.cpp's own renderings of CONVERSATION (llama_chat_apply_template with "gemma", "phi3", "llama3"
+# and "chatml"), after the BOS text (llama.cpp adds BOS when it tokenizes; the templates write it)
+FAMILY_RENDERINGS = {
+    "gemma": ("<start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+              "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"),
+    "phi3": ("<|system|>\nYou are terse.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
+             "<|user|>\nBye<|end|>\n<|assistant|>\n"),
+    "llama3": ("<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "chatml": ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+               "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"),
+}
+
+
+@pytest.mark.parametrize("name, tokens, end_of_turn", [
+    ("gemma", GEMMA_TOKENS, "<end_of_turn>"), ("phi3", PHI3_TOKENS, "<|end|>"),
+    ("llama3", LLAMA3_TOKENS, "<|eot_id|>"), ("chatml", CHATML_TOKENS, "<|im_end|>")])
+def test_a_file_without_a_template_gets_its_familys(tiny_path, name, tokens, end_of_turn):
+    model = tokenizer_model(tiny_path, tokens=tokens)
+    template = ChatTemplate.from_model(model)
+    assert template.name == name
+    bos = model.tokenizer.token_text(model.tokenizer.bos_id)
+    text = template.render(CONVERSATION)
+    assert text in (FAMILY_RENDERINGS[name], bos + FAMILY_RENDERINGS[name])
+    # the turn tokens are single ids, and the end of the turn ends generation
+    ids = chat_ids(model, CONVERSATION)
+    for token in tokens:
+        if token in text:
+            assert model.tokenizer.token_id(token) in ids, token
+    assert model.tokenizer.token_id(end_of_turn) in model.tokenizer.eog_ids
+    assert model.tokenizer.decode(ids) == text
+
+
+def test_the_fallback_follows_the_architecture_then_the_table(tiny_path):
+    both = GEMMA_TOKENS + CHATML_TOKENS
+    for architecture, name in (("gemma3", "gemma"), ("qwen2", "chatml"), ("qwen3", "chatml"), ("llama", "gemma")):
+        model = tokenizer_model(tiny_path, tokens=both, **{"general.architecture": architecture})
+        assert ChatTemplate.from_model(model).name == name, architecture
+    # an architecture's template without its tokens is not taken: ChatML, as llama.cpp, for the rest
+    model = tokenizer_model(tiny_path, **{"general.architecture": "gemma3"})
+    assert ChatTemplate.from_model(model).name == "chatml"
+    model = tokenizer_model(tiny_path, tokens=GEMMA_TOKENS, **{"tokenizer.chat_template": CHATML_TEMPLATE})
+    assert ChatTemplate.from_model(model).name == "file"
+    assert [t.name for t in FALLBACK_TEMPLATES][-1] == "chatml"
+
+
+def test_gemma_template_folds_the_system_message_and_wants_alternating_turns():
+    template = ChatTemplate(GEMMA_TEMPLATE, {"bos_token": "<bos>"})
+    assert template.supports_system  # Gemma's template folds it itself: no merging by pyengine
+    assert template.render(CONVERSATION) == "<bos>" + FAMILY_RENDERINGS["gemma"]
+    assert template.render([{"role": "user", "content": "  Hi \n"}], add_generation_prompt=False) == \
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+    with pytest.raises(ChatTemplateError, match="Conversation roles must alternate"):
+        template.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    assert ChatTemplate(PHI3_TEMPLATE, {"eos_token": "<|endoftext|>"}).render(USER, add_generation_prompt=False) == \
+        "<|user|>\nHi<|end|>\n<|endoftext|>"
+
+
+QWEN25_TEMPLATE = Path(__file__).resolve().parent / "data" / "chat_template_qwen2.5-instruct.jinja"
+
+
+def test_qwen2_file_template_and_end_of_turn():
+    vocab = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
+    if not vocab.exists():
+        pytest.skip(f"{vocab} is absent")
+    model = tokenizer_model(vocab, **{"tokenizer.chat_template": QWEN25_TEMPLATE.read_text(encoding="utf-8")})
+    template = ChatTemplate.from_model(model)
+    assert template.name == "file"
+    assert template.render(CONVERSATION) == FAMILY_RENDERINGS["chatml"]
+    assert template.render(USER).startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+    tok = model.tokenizer
+    ids = chat_ids(model, CONVERSATION)
+    im_start, im_end = tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")
+    assert ids[0] == im_start and ids.count(im_start) == 5 and ids.count(im_end) == 4
+    assert ids[-3:] == [im_start, tok.token_id("assistant"), tok.token_id("\u010a")]
+    assert tok.eot_id == im_end and {im_end, tok.token_id("<|endoftext|>")} <= tok.eog_ids
+
+
+def renamed_tokens(path, out, names: dict[str, str]):
+    """A copy of a tiny model file with filler tokens renamed ({old: new}) as control tokens."""
+    raw = RawGGUF.from_file(path)
+    with GGUFReader(path) as reader:
+        tokens = list(reader.metadata["tokenizer.ggml.tokens"])
+        types = np.array(reader.metadata["tokenizer.ggml.token_type"], np.int32)
+    for old, new in names.items():
+        i = tokens.index(old)
+        tokens[i], types[i] = new, 3
+    raw = _set(raw, "tokenizer.ggml.tokens", GGUFValueType.ARRAY, tokens, GGUFValueType.STRING)
+    raw = _set(raw, "tokenizer.ggml.token_type", GGUFValueType.ARRAY, types.tolist(), GGUFValueType.INT32)
+    out.write_bytes(raw.to_bytes())
+    return out
+
+
+def test_chat_with_the_gemma_fallback(tiny_path, tmp_path):
+    """A base model's file in Gemma's vocabulary: the chat writes Gemma's turns (the REPL on a pipe)."""
+    path = renamed_tokens(tiny_path, tmp_path / "gemma-like.gguf",
+                          {"<filler0>": "<start_of_turn>", "<filler1>": "<end_of_turn>"})
+    model = pyengine.Model(str(path), n_ctx=128, n_threads=1)
+    session = ChatSession(model, system="Be brief.", max_tokens=6, seed=1)
+    assert session.template.name == "gemma"
+    "".join(session.ask("Hi"))
+    start = model.tokenizer.token_id("<start_of_turn>")
+    assert session.ctx_ids[:2] == [model.tokenizer.token_id("<|endoftext|>"), start]  # the template's BOS text
+    assert model.tokenizer.decode(session.ctx_ids[:session.last_prompt_eval]).endswith(
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n")
+    "".join(session.ask("Bye"))
+    assert session.ctx_ids.count(start) == 4 and session.last_reused > 0
+    proc = subprocess.run([sys.executable, "-m", "pyengine", "chat", "-m", str(path), "-t", "1", "-n", "4",
+                           "--seed", "1"], input="Hi\n/exit\n", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def gemma3_path():
+    fetch = pytest.importorskip("pyengine.fetch")
+    if not hasattr(fetch, "fetch_gemma3_270m"):
+        pytest.skip("pyengine.fetch has no fetch_gemma3_270m")
+    return fetch.fetch_gemma3_270m()
+
+
+def test_gemma3_270m_gets_gemmas_turns():
+    path = gemma3_path()
+    model = tokenizer_model(path)
+    assert "tokenizer.chat_template" not in model.metadata  # the base model has none
+    template = ChatTemplate.from_model(model)
+    assert template.name == "gemma"
+    tok = model.tokenizer
+    ids = chat_ids(model, CONVERSATION)
+    assert ids == tok.encode("<bos>" + FAMILY_RENDERINGS["gemma"])
+    assert ids[:2] == [tok.bos_id, tok.token_id("<start_of_turn>")] and ids.count(tok.bos_id) == 1
+    assert tok.eot_id == tok.token_id("<end_of_turn>") in tok.eog_ids
+    try:
+        gemma = pyengine.Model(str(path), n_ctx=256, n_threads=1)
+    except pyengine.GGUFError as e:  # the engine does not run gemma3 yet
+        pytest.skip(f"gemma-3-270m does not load: {e}")
+    reply = gemma.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0,
+                       max_tokens=24)
+    assert reply.text.strip() and "<end_of_turn>" not in reply.text and "<start_of_turn>" not in reply.text
+    assert not set(reply.tokens) & tok.eog_ids
 
 
 @pytest.mark.parametrize("source", [
