@@ -72,7 +72,8 @@ GEMMA_TEMPLATE = (
 # Phi-3's (Phi-3.5-mini-instruct's): <|role|> turns ended by <|end|>.
 PHI3_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'system' and message['content'] %}{{ '<|system|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% if message['role'] == 'system' and message['content'] %}"
+    "{{ '<|system|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% endif %}{% endfor %}"
@@ -82,7 +83,8 @@ PHI3_TEMPLATE = (
 # Llama 3's turns: a header per role, ended by <|eot_id|>.
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim }}"
+    "{{ '<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )

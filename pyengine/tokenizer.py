@@ -8,6 +8,8 @@ Two kinds, chosen by `tokenizer.ggml.model`:
     "gpt2"   byte-level BPE: tokens and `tokenizer.ggml.merges` become a `tokenizers` BPE model. The
              text is first cut by the pre-tokenizer regexes named by `tokenizer.ggml.pre`, then each
              byte is written as one printable character (GPT-2's byte-to-unicode table) before merging.
+             Every name llama.cpp knows is in PRE_TOKENIZERS (with its aliases; a missing or empty
+             name is llama.cpp's "default") or refused with the reason in UNSUPPORTED_PRE_TOKENIZERS.
 
 Both follow llama.cpp's `llama_tokenize` (src/llama-vocab.cpp):
 - Special tokens are cut out of the text first, longest first: user-defined tokens (type 4) always,
@@ -17,6 +19,13 @@ Both follow llama.cpp's `llama_tokenize` (src/llama-vocab.cpp):
   starts the text or follows a special token: "Hello" is tokenized as " Hello" -> "▁Hello".
   Decoding undoes it: the first piece after the start or a special token loses one leading space, so
   decode(encode(text)) == text.
+
+End of generation, as llama.cpp decides it: `eog_ids` holds EOS, the end of turn (`eot_id`: the file's
+tokenizer.ggml.eot_token_id, else the first present of <|eot_id|>, <|im_end|>, <|end|>, <end_of_turn>,
+...), the end of message, fill-in-the-middle's pad, repo and file-separator tokens, and every token
+whose text is in llama.cpp's list of end-of-generation texts (_EOG_TEXTS); each found by its text
+becomes a control token. Phi-3's special tokens (a "phi3" or "phi-3" general.name) take the
+whitespace after them when they are cut out of the text, as llama.cpp's rstrip attribute does.
 
 Decoding works on bytes (`token_bytes`), so a multi-byte character split across byte tokens is joined
 before it becomes text; `StreamDecoder` does the same one token at a time.
@@ -841,7 +850,8 @@ class Tokenizer:
 
     @property
     def eog_ids(self) -> frozenset[int]:
-        """Ids that end generation: eos, eot, eom and the end-of-turn control tokens present."""
+        """Ids that end generation, as llama.cpp decides: EOS, EOT, EOM, FIM's pad, repo and file
+        separator, and the tokens whose text is one of llama.cpp's end-of-generation texts."""
         return self._vocab.eog_ids
 
     @property

@@ -103,17 +103,19 @@ CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Short texts that tell llama.cpp's pre-tokenizers apart: contractions, digit runs, whitespace runs,
 # punctuation and symbols, case changes, letters of many scripts, marks, non-ASCII whitespace.
 PRETOKENIZER_INPUTS = [
-    "Hello world", " Hello", "  two  spaces ", "trailing   ", "a\n\nb\r\nc", " \n x\t\ty",
-    "it's I'M we'll", "they'RE x'd 've", "O'Neil's", "I'sup 'llama", "1 12 123 1234", "12345678",
-    "3.14, 1,000", "a1b22c333", " 42x", "$+<=>^~|`", "(a)[b]{c}", "a.b!c?d", "--x__y", "...\n\n",
-    "foo();\n", "x = y+1;", "#include <x>", "caf\u00e9 na\u00efve", "\u00dcn\u00efc\u00f6d\u00e9", "\u00e9",
-    "\u00b5m \u00ba", "CamelCaseWord", "HTTPServer ok", "iPhone XR", "\u01c5x \u02b0y", "\u0391\u0392\u0393 \u03b1\u03b2\u03b3",
-    "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "\u4f60\u597d\u4e16\u754c", "\u65e5\u672c\u8a9e\u3067\u3059", "\u30ab\u30bf\u30ab\u30ca", "\ud55c\uad6d\uc5b4",
-    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0643", "\u0928\u092e\u0938\u094d\u0924\u0947", "\u0e44\u0e17\u0e22", "\u00bd \u2153 \u00b2", "\u216b \u2160", "\u00bdx", "\u0663\u0664",
-    "\U0001f680 ok \U0001f642", "\U0001f44d\U0001f3fd", "a\u200db", "\u00a0nbsp\u00a0", "x\u3000y", "a\u2003b \u1680c",
-    "a\u2028b\x85c", "\u3001\u3002x", "\uff01\uff1f\uff58", "\u201cq\u201d \u2018s\u2019", "\u2014dash\u2013", "a\u2026b", "\u03b1'\u03b2",
-    "\u0301x", "e\u0301", "\tTab", "\r\r\n", "<sentinel:12>", "IMGIMGABZ", "    4sp", "x  ", " \n", "A\nB",
-    "12\n34", "\x01\x7f", "a/\nb", "x\n\n\n y",
+    "Hello world", " Hello", "  two  spaces ", "trailing   ", "a\n\nb\r\nc", " \n x\t\ty", "it's I'M we'll",
+    "they'RE x'd 've", "O'Neil's", "I'sup 'llama", "1 12 123 1234", "12345678", "3.14, 1,000", "a1b22c333", " 42x",
+    "$+<=>^~|`", "(a)[b]{c}", "a.b!c?d", "--x__y", "...\n\n", "foo();\n", "x = y+1;", "#include <x>",
+    "caf\u00e9 na\u00efve", "\u00dcn\u00efc\u00f6d\u00e9", "\u00e9", "\u00b5m \u00ba", "CamelCaseWord",
+    "HTTPServer ok", "iPhone XR", "\u01c5x \u02b0y", "\u0391\u0392\u0393 \u03b1\u03b2\u03b3",
+    "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "\u4f60\u597d\u4e16\u754c",
+    "\u65e5\u672c\u8a9e\u3067\u3059", "\u30ab\u30bf\u30ab\u30ca", "\ud55c\uad6d\uc5b4",
+    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0643", "\u0928\u092e\u0938\u094d\u0924\u0947", "\u0e44\u0e17\u0e22",
+    "\u00bd \u2153 \u00b2", "\u216b \u2160", "\u00bdx", "\u0663\u0664", "\U0001f680 ok \U0001f642",
+    "\U0001f44d\U0001f3fd", "a\u200db", "\u00a0nbsp\u00a0", "x\u3000y", "a\u2003b \u1680c", "a\u2028b\x85c",
+    "\u3001\u3002x", "\uff01\uff1f\uff58", "\u201cq\u201d \u2018s\u2019", "\u2014dash\u2013", "a\u2026b",
+    "\u03b1'\u03b2", "\u0301x", "e\u0301", "\tTab", "\r\r\n", "<sentinel:12>", "IMGIMGABZ", "    4sp", "x  ", " \n",
+    "A\nB", "12\n34", "\x01\x7f", "a/\nb", "x\n\n\n y",
 ]
 
 
@@ -122,14 +124,15 @@ PRETOKENIZER_INPUTS = [
 GEMMA3_TEXTS = [
     "Hello world", " Hello world", "  two leading spaces", "Hello\nworld", "a\n\n\nb", "\n\nx", "x\n",
     "a  b   c    d", "trailing   ", "tabs\t\tand\ttab", "12345 678 3.14159 1,000,000", "x=1+2*3",
-    "caf\u00e9 na\u00efve r\u00e9sum\u00e9", "\u4f60\u597d\uff0c\u4e16\u754c\uff01", "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0",
-    "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440", "\u0645\u0631\u062d\u0628\u0627", "\u0928\u092e\u0938\u094d\u0924\u0947",
-    "\U0001f680 rockets \U0001f642\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001fae0\U0001f9cc",
-    "\x01\x02 control \x7f", "\ue000 private \U0010fffd", "\U00020000\U0002a6d6 rare", "\u2581 lower one eighth",
-    "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
-    "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
-    "<end_of_turn>", "text<end_of_turn>more", "</s> and <s>", "<eos><pad><unk><mask>", "<unused5> x",
-    "[multimodal]", "<start_of_image><end_of_image>", "<table><tr><td>1</td></tr></table>", "<b>bold</b> <i>it</i>",
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9", "\u4f60\u597d\uff0c\u4e16\u754c\uff01",
+    "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0", "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440",
+    "\u0645\u0631\u062d\u0628\u0627", "\u0928\u092e\u0938\u094d\u0924\u0947",
+    "\U0001f680 rockets \U0001f642\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "\U0001fae0\U0001f9cc", "\x01\x02 control \x7f", "\ue000 private \U0010fffd", "\U00020000\U0002a6d6 rare",
+    "\u2581 lower one eighth", "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
+    "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n", "<end_of_turn>",
+    "text<end_of_turn>more", "</s> and <s>", "<eos><pad><unk><mask>", "<unused5> x", "[multimodal]",
+    "<start_of_image><end_of_image>", "<table><tr><td>1</td></tr></table>", "<b>bold</b> <i>it</i>",
     "<start_of_turn", "end_of_turn>", "code:\n    def f(x):\n        return x", " ", "\n", "\t", "a",
 ]
 
@@ -392,7 +395,8 @@ def with_tokens(meta: dict, tokens: dict[str, int], **keys) -> dict:
     types = np.append(meta["tokenizer.ggml.token_type"], list(tokens.values())).astype(np.int32)
     meta["tokenizer.ggml.token_type"] = types
     if "tokenizer.ggml.scores" in meta:
-        meta["tokenizer.ggml.scores"] = np.append(meta["tokenizer.ggml.scores"], [-100.0] * len(tokens)).astype(np.float32)
+        scores = np.append(meta["tokenizer.ggml.scores"], [-100.0] * len(tokens))
+        meta["tokenizer.ggml.scores"] = scores.astype(np.float32)
     meta.update({k if "." in k else f"tokenizer.ggml.{k}": v for k, v in keys.items()})
     return meta
 
@@ -790,7 +794,8 @@ def test_a_sentencepiece_vocabulary_with_newlines_in_pieces_is_not_cut():
     meta = small_spm_metadata()
     meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"][:-1] + ["o\nw"]
     meta["tokenizer.ggml.token_type"] = meta["tokenizer.ggml.token_type"].copy()
-    meta["tokenizer.ggml.token_type"][-1] = TokenType.NORMAL  # a piece merging gives (user-defined ones are cut out before)
+    # a piece that merging gives (user-defined tokens are cut out of the text before)
+    meta["tokenizer.ggml.token_type"][-1] = TokenType.NORMAL
     tok = Tokenizer.from_metadata(meta)
     assert tok._encoder._cut is None
     assert tok._encoder.encode("Hello\nworld", piece_chars=1) == tok._encoder.encode("Hello\nworld", piece_chars=10**9)
@@ -844,7 +849,8 @@ def test_gemma3_properties(gemma3, gemma3_golden):
     assert (gemma3.model, gemma3.n_vocab, gemma3.add_space_prefix) == ("llama", 262144, False)
     assert gemma3.add_bos is gemma3_golden["add_bos"] is True and gemma3.bos_id == gemma3_golden["bos"]
     assert gemma3.eot_id == gemma3_golden["eot"] == gemma3.token_id("<end_of_turn>")
-    assert gemma3.eog_ids == set(gemma3_golden["eog"]) == {gemma3.token_id(t) for t in ("<eos>", "<end_of_turn>", "</s>")}
+    assert gemma3.eog_ids == set(gemma3_golden["eog"]) \
+        == {gemma3.token_id(t) for t in ("<eos>", "<end_of_turn>", "</s>")}
     assert gemma3.encode("Hi", add_bos=True) == [gemma3.bos_id] + gemma3.encode("Hi")
     # <start_of_turn> and <end_of_turn> are single ids in chat text, and only when special tokens are parsed
     turn = "<start_of_turn>user\nHi<end_of_turn>\n"
