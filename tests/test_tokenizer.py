@@ -278,6 +278,16 @@ def test_properties(spm, gpt2):
     assert len(gpt2) == 50257 and gpt2.token_type(50256) == TokenType.CONTROL
 
 
+def test_qwen2_properties(qwen2):
+    endoftext, im_start, im_end = (qwen2.token_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    assert (qwen2.model, qwen2.pre, qwen2.n_vocab, qwen2.add_bos) == ("gpt2", "qwen2", 151936, False)
+    assert qwen2.bos_id == qwen2.eos_id == endoftext and qwen2.eot_id == im_end
+    # llama.cpp's end-of-generation set: EOS, <|im_end|>, and the vocabulary's plain "</s>" (by its text)
+    assert qwen2.eog_ids == {endoftext, im_end, qwen2.token_id("</s>")}
+    assert qwen2.encode("<|im_start|>user\nHi<|im_end|>") == [im_start, qwen2.token_id("user"),
+                                                             qwen2.token_id("\u010a"), qwen2.token_id("Hi"), im_end]
+
+
 def test_add_bos_defaults_follow_llamacpp():
     spm_meta = small_spm_metadata()
     assert Tokenizer.from_metadata(spm_meta).add_bos is True
@@ -448,6 +458,7 @@ def test_phi3_special_tokens_take_the_whitespace_after_them():
     user, end, assistant, endoftext = (phi3.token_id(t) for t in ("<|user|>", "<|end|>", "<|assistant|>",
                                                                    "<|endoftext|>"))
     hello = phi3.token_id("\u2581Hello")
+    assert phi3.eot_id == end and end in phi3.eog_ids  # <|end|> ends the turn
     text = "<|user|>\n Hello<|end|>\n<|assistant|>\n"
     assert phi3.encode(text) == [user, hello, end, assistant]  # as llama.cpp: rstrip for a "phi3" name
     assert plain.encode(text)[:2] != [user, hello]
