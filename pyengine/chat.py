@@ -446,7 +446,11 @@ class ChatSession:
                 break
             reused += 1
         reused = min(reused, len(ids) - 1)  # the last id is evaluated again for its logits
-        self.ctx.truncate(reused)
+        try:
+            self.ctx.truncate(reused)
+        except ValueError:  # a sliding-window cache no longer holds the window before `reused`
+            reused = 0
+            self.ctx.truncate(0)
         self.ctx_ids = self.ctx_ids[:reused]
         self.last_reused, self.last_prompt_eval = reused, len(ids) - reused
         self.last_eval_count, self.last_finish = 0, None
