@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from llamacpp_tools import greedy_with_gaps, log_softmax, top_k
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "models"))
@@ -31,12 +32,6 @@ FORMATS = ("q4_1", "f32", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs", 
 PRESETS = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m")
 TOP_K = 512
 N_GREEDY = 24
-
-
-def log_softmax(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def tensor_sha256(path) -> str:
@@ -107,29 +102,20 @@ def main():
         llm.reset()
         llm.eval(ids)
         logp = log_softmax(np.array(llm.scores[: len(ids)]))
-        top = np.argsort(-logp, axis=-1)[:, :TOP_K]
-        top_lp = np.take_along_axis(logp, top, -1)
+        top, top_lp = top_k(logp, TOP_K)
         tail = 1.0 - np.exp(top_lp).sum(-1)
-        greedy, gaps = [], []
-        scores = np.array(llm.scores[len(ids) - 1])
-        for _ in range(N_GREEDY):
-            nxt = int(np.argmax(scores))
-            top2 = np.sort(log_softmax(scores))[-2:]
-            greedy.append(nxt)
-            gaps.append(top2[1] - top2[0])
-            llm.eval([nxt])
-            scores = np.array(llm.scores[llm.n_tokens - 1])
+        greedy, gaps = greedy_with_gaps(llm, N_GREEDY)
         out[f"{fmt}_ids"] = np.array(ids, np.int32)
-        out[f"{fmt}_top_ids"] = top.astype(np.int32)
+        out[f"{fmt}_top_ids"] = top
         out[f"{fmt}_top_logprobs"] = top_lp.astype(np.float32)
         out[f"{fmt}_tail_mass"] = tail.astype(np.float64)
         out[f"{fmt}_logprobs_f16"] = logp.astype(np.float16)
-        out[f"{fmt}_greedy"] = np.array(greedy, np.int32)
-        out[f"{fmt}_greedy_gap"] = np.array(gaps, np.float32)
+        out[f"{fmt}_greedy"] = greedy
+        out[f"{fmt}_greedy_gap"] = gaps
         if fmt in PRESETS:
             out.update(preset_extras(fmt, path, ids, logp, llama_cpp))
         print(f"{fmt}: {len(ids)} prompt tokens, max tail mass {tail.max():.2e}, "
-              f"greedy: {tok.decode(greedy)!r}")
+              f"greedy: {tok.decode(greedy.tolist())!r}")
         del llm
     np.savez_compressed(golden, **out)
 

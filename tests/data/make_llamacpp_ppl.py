@@ -15,11 +15,10 @@ sha256 in llamacpp_golden.npz). Written to tests/data/llamacpp_ppl.json.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
+from llamacpp_tools import perplexity
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "models"))
@@ -35,7 +34,7 @@ def main():
     from recipes import smollm2
 
     import pyengine
-    from pyengine.perplexity import chunk_tokens, log_softmax
+    from pyengine.perplexity import chunk_tokens
 
     text = WIKITEXT.read_text(encoding="utf-8")
     out = {"llama_cpp_version": llama_cpp.__version__, "n_ctx": N_CTX, "n_chunks": N_CHUNKS, "ppl": {}}
@@ -44,15 +43,7 @@ def main():
         chunks = chunk_tokens(pyengine.Model(path, n_ctx=N_CTX), text, N_CTX, N_CHUNKS)
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, n_threads=2,
                               verbose=False)
-        nll, count = 0.0, 0
-        for chunk in chunks:
-            llm.reset()
-            llm.eval(chunk)
-            logp = log_softmax(np.array(llm.scores[:N_CTX], np.float32))
-            for j in range(N_CTX // 2, N_CTX - 1):
-                nll -= float(logp[j, chunk[j + 1]])
-                count += 1
-        out["ppl"][preset] = math.exp(nll / count)
+        out["ppl"][preset], _, count = perplexity(llm, chunks)
         print(f"{preset}: ppl {out['ppl'][preset]:.4f} over {count} tokens")
         del llm
     (Path(__file__).parent / "llamacpp_ppl.json").write_text(json.dumps(out, indent=1) + "\n")
