@@ -36,6 +36,17 @@ def greedy_with_gaps(llm, n):
     return np.array(tokens, np.int32), np.array(gaps, np.float32)
 
 
+def token_by_token_kl(llama_cpp, path, ids, logp, n_threads=2):
+    """KL(batch || token by token) at each position: llama.cpp's log-probabilities logp of ids evaluated
+    in one batch against its own evaluation of them one token at a time (n_batch 1, default KV cache),
+    its noise floor on this model (another matmul path, other roundings)."""
+    one = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=1, n_ubatch=1, logits_all=True,
+                          n_threads=n_threads, verbose=False)
+    one.eval(ids)
+    logp_one = log_softmax(np.array(one.scores[: len(ids)]))
+    return (np.exp(logp) * (logp - logp_one)).sum(-1).astype(np.float64)
+
+
 def perplexity_chunks(tokens, n_ctx, n_chunks, bos_id=None):
     """llama-perplexity's chunks of an already tokenized text: consecutive n_ctx tokens, the first of
     each replaced by BOS when the model adds one (bos_id not None)."""

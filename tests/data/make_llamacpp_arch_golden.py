@@ -45,6 +45,10 @@ llama.cpp's default F16 KV cache, n_ctx 512, the whole prompt in one batch. Keys
     gemma3_270m_top2_ids / _top2_logits            as above
     gemma3_270m_top_ids          int32 [n, 64]  the 64 largest log-probabilities at each position
     gemma3_270m_top_logprobs     float32 [n, 64]
+    gemma3_270m_self_kl          float64 [n]    KL between llama.cpp's batch evaluation of the prompt and its
+                                                own token-by-token one: its noise floor on this model
+                                                (mean ~6e-3, max ~2e-2: large activations, 8-bit
+                                                activation rounding, F16 KV cache)
     gemma3_270m_greedy_prompt (text), gemma3_270m_greedy_prompt_ids, gemma3_270m_greedy [32],
     gemma3_270m_greedy_gap [32]  greedy continuation of GREEDY_PROMPT
     gemma3_270m_ppl              float64        perplexity on WikiText-2 as llama-perplexity computes it:
@@ -69,7 +73,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from llamacpp_tools import greedy_with_gaps, log_softmax, perplexity, perplexity_chunks, top_k
+from llamacpp_tools import (greedy_with_gaps, log_softmax, perplexity, perplexity_chunks, token_by_token_kl,
+                            top_k)
 from make_llamacpp_golden import tensor_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,11 +219,14 @@ def make_gemma(llama_cpp, out):
     logp = log_softmax(logits)
     top2, top2_logits = top_k(logits, 2)
     top, top_lp = top_k(logp, GEMMA_TOP_K)
+    self_kl = token_by_token_kl(llama_cpp, path, ids, logp, n_threads=1)
     greedy_ids = llm.tokenize(GREEDY_PROMPT.encode(), add_bos=True, special=True)
     llm.reset()
     llm.eval(greedy_ids)
     greedy, gaps = greedy_with_gaps(llm, GEMMA_GREEDY)
-    print(f"gemma3_270m: {len(ids)} prompt tokens; greedy {llm.detokenize(greedy.tolist()).decode(errors='replace')!r}")
+    print(f"gemma3_270m: {len(ids)} prompt tokens; llama.cpp's batch vs token-by-token KL mean {self_kl.mean():.2e}, "
+          f"max {self_kl.max():.2e}")
+    print(f"gemma3_270m: greedy {llm.detokenize(greedy.tolist()).decode(errors='replace')!r}")
 
     text = WIKITEXT.read_text(encoding="utf-8")
     tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
@@ -232,7 +240,7 @@ def make_gemma(llama_cpp, out):
         p + "sha256": np.array(file_sha256(path)), p + "prompt": np.array(GEMMA_PROMPT), p + "kv_type": np.array("f16"),
         p + "ids": np.array(ids, np.int32), p + "hidden": hidden,
         p + "top2_ids": top2, p + "top2_logits": top2_logits.astype(np.float32),
-        p + "top_ids": top, p + "top_logprobs": top_lp.astype(np.float32),
+        p + "top_ids": top, p + "top_logprobs": top_lp.astype(np.float32), p + "self_kl": self_kl,
         p + "greedy_prompt": np.array(GREEDY_PROMPT), p + "greedy_prompt_ids": np.array(greedy_ids, np.int32),
         p + "greedy": greedy, p + "greedy_gap": gaps,
         p + "ppl": np.array(ppl, np.float64), p + "ppl_chunk_nll": chunk_nll,

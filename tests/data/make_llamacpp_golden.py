@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from llamacpp_tools import greedy_with_gaps, log_softmax, top_k
+from llamacpp_tools import greedy_with_gaps, log_softmax, token_by_token_kl, top_k
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "models"))
@@ -72,12 +72,8 @@ def preset_extras(fmt, path, ids, logp, llama_cpp):
         llamacpp_quantize(smollm2("f32"), theirs, fmt)
         sha = tensor_sha256(theirs)
     assert sha == tensor_sha256(path), f"{fmt}: pyengine's file differs from llama.cpp's"
-    one = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=1, n_ubatch=1, logits_all=True, n_threads=2,
-                          verbose=False)
-    one.eval(ids)
-    logp_one = log_softmax(np.array(one.scores[: len(ids)]))
-    self_kl = (np.exp(logp) * (logp - logp_one)).sum(-1)
-    return {f"{fmt}_tensor_sha256": np.array(sha), f"{fmt}_self_kl": self_kl.astype(np.float64)}
+    self_kl = token_by_token_kl(llama_cpp, path, ids, logp)
+    return {f"{fmt}_tensor_sha256": np.array(sha), f"{fmt}_self_kl": self_kl}
 
 
 def main():
