@@ -1,6 +1,6 @@
 """The tiny qwen2 / qwen3 / gemma3 / phi3 models (tests/arch_models.py) and llama.cpp's golden outputs on
 them (tests/data/llamacpp_arch_golden.npz): regenerating a model gives the weights llama.cpp ran, and the
-numpy reference (tests/arch_reference.py) reproduces llama.cpp's hidden states. No engine here: these
+numpy reference (tests/reference_model.py) reproduces llama.cpp's hidden states. No engine here: these
 hold the reference side that engine tests compare with."""
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from arch_models import tiny_arch_shape, vocab_gguf, write_tiny_arch
-from arch_reference import ReferenceArch
+from reference_model import ReferenceModel
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = np.load(DATA / "llamacpp_arch_golden.npz")
@@ -52,8 +52,8 @@ def test_regenerated_model_matches_llamacpp_golden(written, variant):
     ids = GOLDEN[f"{variant}_ids"].tolist()
     n_ctx = int(GOLDEN[f"{variant}_n_ctx"])
     theirs = GOLDEN[f"{variant}_hidden"].astype(np.float64)
-    ref = ReferenceArch(path)
-    hidden = ref.hidden(ids, n_ctx=-(-n_ctx // 256) * 256)
+    ref = ReferenceModel(path, n_ctx=-(-n_ctx // 256) * 256)
+    hidden = ref.hidden(ids, kv_f16=False)
     rel = np.abs(hidden - theirs).max() / np.sqrt(np.mean(theirs**2))
     assert rel < TOLERANCE.get(ref.arch, 1e-4)
     # llama.cpp's logits are its hidden states times the output matrix: its top two come back

@@ -33,7 +33,7 @@ for qwen2's, <s> for llama-spm's (phi3), <bos> for gemma3's). Keys, for variant 
     V_greedy_gap     float32 [24]          top-2 log-probability gap at each greedy step
 phi3_short and phi3_long are one model at n_ctx 512 and 1024: llama.cpp rounds n_ctx up to a multiple
 of 256 and takes rope_factors_long when that is > rope.scaling.original_context_length (512),
-rope_factors_short otherwise. Each variant is also checked here against tests/arch_reference.py (numpy,
+rope_factors_short otherwise. Each variant is also checked here against tests/reference_model.py (numpy,
 float64): llama.cpp's hidden states agree to ~1e-6 relative (gemma3 ~1e-3: llama.cpp's GELU goes
 through a float16 table).
 
@@ -99,7 +99,7 @@ VARIANTS = {
     "phi3_short": ("phi3", {}, 512, 3),
     "phi3_long": ("phi3", {}, 1024, 3),
 }
-# llama.cpp against tests/arch_reference.py: max |difference| of the hidden states / their RMS
+# llama.cpp against tests/reference_model.py: max |difference| of the hidden states / their RMS
 REFERENCE_TOLERANCE = {"gemma3": 5e-3}
 
 GEMMA_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
@@ -174,7 +174,7 @@ def output_matrix(path):
 def make_tiny(llama_cpp, out):
     from arch_models import write_tiny_arch
     from arch_models import vocab_gguf as vocab_of
-    from arch_reference import ReferenceArch
+    from reference_model import ReferenceModel
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, (arch, shape, n_ctx, seed) in VARIANTS.items():
@@ -188,7 +188,7 @@ def make_tiny(llama_cpp, out):
             # the stored hidden states give llama.cpp's logits through the F32 output matrix
             mine = hidden.astype(np.float64) @ output_matrix(path).T.astype(np.float64)
             assert np.abs(mine - logits).max() < 1e-4 * np.abs(logits).max(), name
-            ref = ReferenceArch(path).hidden(ids, n_ctx=-(-n_ctx // 256) * 256)
+            ref = ReferenceModel(path, n_ctx=-(-n_ctx // 256) * 256).hidden(ids, kv_f16=False)
             rel = np.abs(ref - hidden).max() / np.sqrt(np.mean(hidden.astype(np.float64) ** 2))
             assert rel < REFERENCE_TOLERANCE.get(arch, 1e-4), f"{name}: llama.cpp vs numpy reference {rel:.2e}"
             top2, top2_logits = top_k(logits, 2)
