@@ -219,7 +219,8 @@ def test_chat_with_the_gemma_fallback(tiny_path, tmp_path):
     "".join(session.ask("Bye"))
     assert session.ctx_ids.count(start) == 4 and session.last_reused > 0
     proc = subprocess.run([sys.executable, "-m", "pyengine", "chat", "-m", str(path), "-t", "1", "-n", "4",
-                           "--seed", "1"], input="Hi\n/exit\n", capture_output=True, text=True, timeout=120)
+                           "--seed", "1"], input="Hi\n/exit\n", capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # not the repository root: there `-m pyengine` would import the source tree
     assert proc.returncode == 0, proc.stderr
 
 
