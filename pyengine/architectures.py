@@ -188,8 +188,11 @@ def _llama_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
 
 
 def _gemma3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
-    if keys.has("final_logit_softcapping") and float(keys.reader.get(keys.prefix + "final_logit_softcapping")) != 0:
-        raise GGUFError(f"{keys.reader.path}: final logit soft-capping is not supported")
+    softcap = keys.reader.get(keys.prefix + "final_logit_softcapping", 0)
+    if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, (int, float, np.integer, np.floating)) \
+            or softcap != 0:
+        raise GGUFError(f"{keys.reader.path}: final logit soft-capping ({keys.prefix}final_logit_softcapping) "
+                        "is not supported")
     # Sliding-window attention on 5 of every 6 layers (attention.sliding_window_pattern changes the
     # period; the last layer of each period is global), the local layers with their own RoPE base.
     windows = ()

@@ -188,6 +188,8 @@ def rewrite(src_path, dst_path, drop=(), metadata=None, tensors=None):
     ("phi3-longrope", dict(tensors={"rope_factors_long.weight": np.zeros(8, np.float32)}), "not positive"),
     ("gemma3", dict(metadata={"gemma3.attention.sliding_window_pattern": [True, False]}), "one bool per layer"),
     ("qwen3", dict(metadata={"qwen3.attention.value_length": 8}), "value_length"),
+    ("gemma3", dict(metadata={"gemma3.final_logit_softcapping": 30.0}), "soft-capping"),
+    ("gemma3", dict(metadata={"gemma3.final_logit_softcapping": "30"}), "soft-capping"),
     ("llama", dict(metadata={"llama.rope.scaling.type": "yarn"}), "RoPE scaling 'yarn' is not supported"),
     ("llama", dict(metadata={"general.architecture": "mamba"}), "architecture 'mamba' is not supported .*gemma3"),
 ])
