@@ -14,6 +14,20 @@ def rng():
     return np.random.default_rng(1234)
 
 
+# Modules that run no kernels (tokenizers, the GGUF reader, fetching, the reference side of the
+# architecture goldens): the passes of .ci/run with PYENGINE_ISA forced would repeat them unchanged.
+ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYENGINE_ISA"):
+        return
+    skip = pytest.mark.skip(reason="runs no kernels: the run without PYENGINE_ISA covers it")
+    for item in items:
+        if item.path.name in ISA_INDEPENDENT:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     forced = os.environ.get("PYENGINE_ISA", "")
     return f"pyengine isa: {pyengine.isa()} (available: {', '.join(ISAS)}){' forced' if forced else ''}"

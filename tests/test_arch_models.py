@@ -4,7 +4,6 @@ numpy reference (tests/reference_model.py) reproduces llama.cpp's hidden states.
 hold the reference side that engine tests compare with."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,9 +12,6 @@ import pytest
 
 from arch_models import tiny_arch_shape, vocab_gguf, write_tiny_arch
 from reference_model import ReferenceModel
-
-# No pyengine kernels run here: the runs with PYENGINE_ISA forced would repeat the same checks.
-pytestmark = pytest.mark.skipif(bool(os.environ.get("PYENGINE_ISA")), reason="no kernels here: runs once")
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = np.load(DATA / "llamacpp_arch_golden.npz")
