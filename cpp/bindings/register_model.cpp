@@ -104,6 +104,8 @@ std::shared_ptr<PyModel> build_model(const ModelConfig& c, const py::dict& tenso
     if (c.n_layers <= 0 || c.n_layers > 4096) throw py::value_error("block_count out of range");
     if (c.n_heads <= 0 || c.head_dim <= 0 || c.n_embd <= 0 || c.n_ff <= 0 || c.n_kv_heads <= 0)
         throw py::value_error("head counts and dimensions must be positive");
+    if (int64_t(c.n_heads) * c.head_dim > INT32_MAX || int64_t(c.n_kv_heads) * c.head_dim > INT32_MAX)
+        throw py::value_error("head_count x head dimension overflows");  // before q_dim() and kv_dim() are asked
     auto m = std::make_shared<PyModel>();
     auto& owners = m->owners;
     ModelWeights w;
