@@ -52,7 +52,7 @@ fi
 if [ $# -eq 0 ]; then
   set -- tests/test_gguf.py tests/test_forward.py tests/test_kernels.py tests/test_matmul.py tests/test_quants.py \
     tests/test_nf4.py tests/test_hostile_models.py tests/test_bad_input.py tests/test_interrupt.py \
-    tests/test_concurrency.py
+    tests/test_concurrency.py tests/test_architectures.py
 fi
 args=()
 for a in "$@"; do  # test paths are relative to the repository
