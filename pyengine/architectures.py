@@ -122,8 +122,9 @@ class Architecture:
     activation: str = "silu"
     head_dim_from_key_length: bool = True  # attention.key_length sets the head dimension when present
     extra_tensors: tuple[Tensor, ...] = ()
-    # Reads what the recipe needs beyond the common keys: returns fields of ModelConfig to replace.
-    recipe: Callable[[Keys, ModelConfig, dict], dict] = field(default=lambda keys, c, tensors: {})
+    # Reads what the recipe needs beyond the common keys, given the context length the model will
+    # run: returns fields of ModelConfig to replace.
+    recipe: Callable[[Keys, ModelConfig, dict, int], dict] = field(default=lambda keys, c, tensors, n_ctx: {})
 
 
 class Keys:
@@ -133,7 +134,7 @@ class Keys:
     def __init__(self, reader: GGUFReader, arch: str) -> None:
         self.reader, self.prefix = reader, arch + "."
 
-    def _fail(self, key: str, why: str) -> GGUFError:
+    def error(self, key: str, why: str) -> GGUFError:
         return GGUFError(f"{self.reader.path}: metadata key {self.prefix}{key} {why}")
 
     def has(self, key: str) -> bool:
@@ -144,24 +145,24 @@ class Keys:
         if value is None:
             raise GGUFError(f"{self.reader.path}: missing metadata key {self.prefix}{key}")
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise self._fail(key, f"must be an integer, got {type(value).__name__}")
+            raise self.error(key, f"must be an integer, got {type(value).__name__}")
         if not minimum <= int(value) < 2**31:
-            raise self._fail(key, f"= {value} is out of range")
+            raise self.error(key, f"= {value} is out of range")
         return int(value)
 
     def float(self, key: str, default: float) -> float:
         value = self.reader.get(self.prefix + key, default)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise self._fail(key, f"must be a number, got {type(value).__name__}")
+            raise self.error(key, f"must be a number, got {type(value).__name__}")
         value = float(value)
         if not math.isfinite(value) or value <= 0:
-            raise self._fail(key, f"= {value} is out of range")
+            raise self.error(key, f"= {value} is out of range")
         return value
 
     def str(self, key: str, default: str) -> str:
         value = self.reader.get(self.prefix + key, default)
         if not isinstance(value, str):
-            raise self._fail(key, f"must be a string, got {type(value).__name__}")
+            raise self.error(key, f"must be a string, got {type(value).__name__}")
         return value
 
 
@@ -180,14 +181,14 @@ def _float_vector(tensors: dict, name: str, n: int, path: str) -> tuple[float, .
 # --------------------------------------------------------------------------------------------------
 
 
-def _llama_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
+def _llama_recipe(keys: Keys, c: ModelConfig, tensors: dict, n_ctx: int) -> dict:
     # Llama 3.1 and later store their RoPE scaling as frequency factors, one tensor for every layer.
     if "rope_freqs.weight" in tensors:
         return dict(rope_factors=_float_vector(tensors, "rope_freqs.weight", c.n_rot // 2, keys.reader.path))
     return {}
 
 
-def _gemma3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
+def _gemma3_recipe(keys: Keys, c: ModelConfig, tensors: dict, n_ctx: int) -> dict:
     softcap = keys.reader.get(keys.prefix + "final_logit_softcapping", 0)
     if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, (int, float, np.integer, np.floating)) \
             or softcap != 0:
@@ -202,7 +203,7 @@ def _gemma3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
             pattern = keys.reader.get(keys.prefix + "attention.sliding_window_pattern", 6)
             if isinstance(pattern, (list, tuple, np.ndarray)):
                 if len(pattern) != c.n_layers or not all(isinstance(v, (bool, np.bool_)) for v in pattern):
-                    raise keys._fail("attention.sliding_window_pattern", "must hold one bool per layer")
+                    raise keys.error("attention.sliding_window_pattern", "must hold one bool per layer")
                 local = [bool(v) for v in pattern]
             else:
                 period = keys.int("attention.sliding_window_pattern", 6, minimum=0)
@@ -214,11 +215,10 @@ def _gemma3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
                 windows=windows, rope_theta_local=keys.float("rope.freq_base_swa", 10000.0))
 
 
-def _phi3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
+def _phi3_recipe(keys: Keys, c: ModelConfig, tensors: dict, n_ctx: int) -> dict:
     # LongRoPE: frequency factors for contexts up to the original length ("short") and beyond it
     # ("long"), and an attention factor on cos and sin. Phi's sliding window is not applied, as in
-    # llama.cpp (its files do not say which layers would use it). The choice between the factors is
-    # made in Model, which knows the context length.
+    # llama.cpp (its files do not say which layers would use it).
     out = dict(rope_attn_factor=keys.float("rope.scaling.attn_factor", 1.0))
     path = keys.reader.path
     factors = {kind: _float_vector(tensors, f"rope_factors_{kind}.weight", c.n_rot // 2, path)
@@ -227,8 +227,9 @@ def _phi3_recipe(keys: Keys, c: ModelConfig, tensors: dict) -> dict:
         missing = "short" if "long" in factors else "long"
         raise GGUFError(f"{path}: tensor rope_factors_{missing}.weight is missing "
                         "(rope_factors_long.weight and rope_factors_short.weight come together)")
-    out["_rope_factors"] = factors
-    out["_n_ctx_orig"] = keys.int("rope.scaling.original_context_length", c.n_ctx_train)
+    if factors:  # the long factors when the context exceeds the original one, as llama.cpp
+        n_ctx_orig = keys.int("rope.scaling.original_context_length", c.n_ctx_train)
+        out["rope_factors"] = factors["long" if n_ctx > n_ctx_orig else "short"]
     return out
 
 
@@ -313,11 +314,7 @@ def read_config(reader: GGUFReader, n_ctx: int | None = None) -> ModelConfig:
         activation=a.activation,
         rope_scale=1.0 / keys.float("rope.scaling.factor", 1.0) if scaling == "linear" else 1.0)
     _check_tensors(reader, a, c)
-    extra = a.recipe(keys, c, reader.tensors)
-    long_short = extra.pop("_rope_factors", None)
-    n_ctx_orig = extra.pop("_n_ctx_orig", c.n_ctx_train)
-    if long_short:  # LongRoPE: the long factors when the context exceeds the original one, as llama.cpp
-        extra["rope_factors"] = long_short["long" if (n_ctx or c.n_ctx_train) > n_ctx_orig else "short"]
+    extra = a.recipe(keys, c, reader.tensors, n_ctx or c.n_ctx_train)
     return ModelConfig(**{**c.__dict__, **extra})
 
 

@@ -18,7 +18,7 @@ import pytest
 import pyengine
 from arch_models import vocab_gguf, write_tiny_arch
 from pyengine.gguf import GGUFReader
-from reference_model import ReferenceModel, q8_0_round_trip
+from reference_model import q8_0_round_trip
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = np.load(DATA / "llamacpp_arch_golden.npz")
