@@ -33,11 +33,10 @@ void rms_norm(const float* x, const float* weight, float* out, int n, float eps)
 }
 
 // RoPE's cos and sin for one position, n_rot / 2 pairs, as ggml's rope builds them: the angle of pair
-// i is (pos * scale) * base^(-2i / n_rot), made by repeated float multiplication, divided by the
-// frequency factor where there are factors; cos and sin are multiplied by the attention factor.
-// Computed once per token and shared by every layer and head of one base.
-void rope_angles(int64_t pos, const ModelConfig& c, float base, float* cs) {
-    const float theta_scale = std::pow(base, -2.0f / float(c.n_rot));
+// i is (pos * scale) * theta_scale^i with theta_scale = base^(-2 / n_rot), made by repeated float
+// multiplication, divided by the frequency factor where there are factors; cos and sin are multiplied
+// by the attention factor. Computed once per token and shared by every layer and head of one base.
+void rope_angles(int64_t pos, const ModelConfig& c, float theta_scale, float* cs) {
     float theta = float(pos);
     for (int i = 0; i < c.n_rot / 2; i++) {
         const float factor = c.rope_factors.empty() ? 1.0f : c.rope_factors[size_t(i)];
@@ -350,9 +349,11 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
     const bool local_base = !c.windows.empty() && c.rope_theta_local != c.rope_theta;
     s.rope.resize(size_t(n_tokens * c.n_rot));
     s.rope_local.resize(local_base ? size_t(n_tokens * c.n_rot) : 0);
+    const float theta_scale = std::pow(c.rope_theta, -2.0f / float(c.n_rot));
+    const float theta_scale_local = std::pow(c.rope_theta_local, -2.0f / float(c.n_rot));
     for (int64_t t = 0; t < n_tokens; t++) {
-        rope_angles(positions[t], c, c.rope_theta, s.rope.data() + t * c.n_rot);
-        if (local_base) rope_angles(positions[t], c, c.rope_theta_local, s.rope_local.data() + t * c.n_rot);
+        rope_angles(positions[t], c, theta_scale, s.rope.data() + t * c.n_rot);
+        if (local_base) rope_angles(positions[t], c, theta_scale_local, s.rope_local.data() + t * c.n_rot);
     }
 
     // x[t] += y[t] for every token, after the RMS norm `post_norm` of y[t] where there is one.

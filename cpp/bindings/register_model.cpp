@@ -272,7 +272,6 @@ void register_model(py::module_& m) {
         .def_readwrite("embd_scale", &ModelConfig::embd_scale)
         .def_readwrite("attn_scale", &ModelConfig::attn_scale)
         .def_readwrite("windows", &ModelConfig::windows);
-    m.attr("MICRO_BATCH") = KVCache::kMaxBatch;
     m.def("kv_cache_bytes", [](int n_layers, int64_t n_ctx, int kv_dim, uint32_t type, const std::vector<int>& windows) {
         if (n_layers <= 0 || n_ctx <= 0 || kv_dim <= 0) throw py::value_error("KV cache dimensions must be positive");
         try {
@@ -287,7 +286,6 @@ void register_model(py::module_& m) {
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
         .def_property_readonly("n_layers", [](const PyModel& pm) { return pm.model->config().n_layers; })
         .def_property_readonly("kv_dim", [](const PyModel& pm) { return pm.model->config().kv_dim(); })
-        .def_property_readonly("config", [](const PyModel& pm) { return pm.model->config(); })
         .def("pack", [](PyModel& pm, ThreadPool& pool, py::object release) {
             std::function<void(const void*, size_t)> cb;
             if (!release.is_none())
