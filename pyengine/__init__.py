@@ -8,9 +8,10 @@ from .generate import Completion
 from .gguf import GGUFError
 from .model import Context, Model, OversubscriptionWarning
 from .quants import dequantize, matmul, quantize
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
-__all__ = ["Model", "Context", "Completion", "Tokenizer", "GGUFError", "OversubscriptionWarning", "quantize",
+__all__ = ["Model", "Context", "Completion", "SamplingParams", "Tokenizer", "GGUFError", "OversubscriptionWarning", "quantize",
            "dequantize", "matmul", "isa", "available_isas", "default_n_threads"]
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -33,25 +34,27 @@ def _add_model_args(p: argparse.ArgumentParser, model_help: str) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, n_default: int, n_help: str) -> None:
+    """-n and a flag for each SamplingParams field that names one, with the field's default."""
+    from .sampling import SamplingParams
+
     g = p.add_argument_group("sampling (applied in this order: penalties, temperature, top-k, top-p, min-p)")
     g.add_argument("-n", "--n-predict", type=int, default=n_default, metavar="N", help=n_help)
-    g.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature; 0 is greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=40, metavar="K", help="0 disables (default 40)")
-    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1.0 disables (default 0.95)")
-    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 disables (default 0.05)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1.0 disables (default 1.0)")
-    g.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
-                   help="tokens the penalties look back on; 0 disables, -1 the whole context (default 64)")
-    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="P", help="default 0")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="F", help="default 0")
-    g.add_argument("--seed", type=int, default=-1, metavar="S", help="random seed; -1 a fresh one (default)")
+    for f in dataclasses.fields(SamplingParams):
+        flag = f.metadata["flag"]
+        if not flag:
+            continue
+        kind = float if f.type in ("float", float) else int
+        default = -1 if f.default is None else f.default  # the seed: -1 is "a fresh one"
+        g.add_argument(flag, dest=f"sampling_{f.name}", type=kind, default=default,
+                       metavar=flag.lstrip("-").split("-")[-1].upper(), help=f"{f.metadata['help']} (default {default})")
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repetition_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
-            "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
-            "seed": None if args.seed == -1 else args.seed}
+    """The sampling flags as SamplingParams keywords (seed -1 becomes None)."""
+    options = {k.removeprefix("sampling_"): v for k, v in vars(args).items() if k.startswith("sampling_")}
+    if options.get("seed") == -1:
+        options["seed"] = None
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=lambda a: ("run_generate", {
         "model": a.model, "prompt": a.prompt, "max_tokens": a.n_predict, "sampling": _sampling(a),
         "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads}))
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server, with a chat page",
+                                description="Serve the model over HTTP: OpenAI's /v1/chat/completions, "
+                                            "/v1/completions and /v1/models, /health, and a chat page at /. "
+                                            "Needs pip install \"pyengine[serve]\".")
+    _add_model_args(serve, "GGUF file (default: SmolLM2-135M-Instruct)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("-np", "--parallel", type=int, default=4, metavar="N",
+                       help="sequences generated at once, batched together (default 4)")
+    serve.add_argument("--api-key", default=None, metavar="KEY", help="require 'Authorization: Bearer KEY'")
+    serve.add_argument("-a", "--alias", default=None, metavar="NAME", help="the model's name in the API (default: the file's)")
+    serve.add_argument("--cache-ram", type=int, default=1024, metavar="MIB",
+                       help="KV cache kept for finished conversations to reuse, MiB (default 1024)")
+    serve.add_argument("--prefill-chunk", type=int, default=128, metavar="N",
+                       help="prompt tokens read per step while others generate (default 128)")
+    serve.set_defaults(run=lambda a: ("run_serve", {
+        "model": a.model, "host": a.host, "port": a.port, "parallel": a.parallel, "api_key": a.api_key,
+        "alias": a.alias, "cache_ram_mib": a.cache_ram, "prefill_chunk": a.prefill_chunk,
+        "n_ctx": a.ctx_size, "n_threads": a.threads}))
 
     from .cli_tools import add_commands  # quantize, perplexity, bench, info
 

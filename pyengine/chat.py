@@ -364,7 +364,7 @@ def chat(model: Model, messages, max_tokens: int = 128, stream: bool = False, st
     """The assistant's reply to `messages`, generated on a fresh context until an end-of-turn token.
     sampling: generate()'s keywords (temperature, top_k, seed, ...). Returns a Completion, or an
     iterator of text pieces with stream=True."""
-    params = SamplingParams(**sampling)
+    params = SamplingParams.from_options(sampling)
     check_options(model, params, max_tokens, stop, stream)
     ids = chat_ids(model, messages)
     return generate_ids(model, ids, params, max_tokens, stop, stream)
@@ -384,7 +384,7 @@ class ChatSession:
     def __init__(self, model: Model, system: str | None = None, max_tokens: int = 512,
                  n_ctx: int | None = None, **sampling) -> None:
         self.model = model
-        self.params = SamplingParams(**sampling)
+        self.params = SamplingParams.from_options(sampling)
         self.sampler = Sampler(self.params, model.n_vocab)
         self.max_tokens = check_max_tokens(max_tokens)
         if system is not None and not isinstance(system, str):

@@ -98,7 +98,7 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
     """Streams the completion of `prompt` to `out` (stdout), then a newline. max_tokens -1: until
     the end of generation or the context is full. beams: beam search (prints the best)."""
     out = out or sys.stdout
-    params = SamplingParams(**(sampling or {}))  # checked before the model loads
+    params = SamplingParams.from_options(sampling or {})  # checked before the model loads
     if max_tokens < -1:
         raise CommandError(f"-n must be >= -1 (-1: until the end), got {max_tokens}")
     if beams is not None and beams < 1:
@@ -132,7 +132,7 @@ def run_chat(model: str | None = None, system: str | None = None, max_tokens: in
     """The interactive chat on stdin/stdout (a terminal or a pipe)."""
     from .chat import ChatSession
 
-    SamplingParams(**(sampling or {}))  # checked before the model loads
+    SamplingParams.from_options(sampling or {})  # checked before the model loads
     if max_tokens < -1:
         raise CommandError(f"-n must be >= -1 (-1: until the end of the turn), got {max_tokens}")
     m = load_model(model, n_ctx, n_threads)
@@ -147,6 +147,47 @@ def run_chat(model: str | None = None, system: str | None = None, max_tokens: in
     print(f"pyengine chat: {os.path.basename(m.path)}, context {m.n_ctx} tokens, {threads}. "
           "/help for commands, Ctrl-C stops an answer, Ctrl-D or /exit quits.", file=sys.stderr)
     chat_repl(session)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4,
+              api_key: str | None = None, alias: str | None = None, cache_ram_mib: int = 1024,
+              prefill_chunk: int = 128, n_ctx: int | None = None, n_threads: int | None = None) -> int:
+    """The HTTP server, until Ctrl-C."""
+    if not 0 <= port <= 65535:
+        raise CommandError(f"--port must be in [0, 65535], got {port}")
+    if parallel < 1:
+        raise CommandError(f"--parallel must be >= 1, got {parallel}")
+    if cache_ram_mib < 0:
+        raise CommandError(f"--cache-ram must be >= 0, got {cache_ram_mib}")
+    if prefill_chunk < 1:
+        raise CommandError(f"--prefill-chunk must be >= 1, got {prefill_chunk}")
+    if api_key is not None and not api_key:
+        raise CommandError("--api-key must not be empty")
+    try:
+        from .serve import serve
+        from .serve import _require
+
+        _require()
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    m = load_model(model, n_ctx, n_threads)
+
+    def ready(url: str) -> None:
+        print(f"pyengine serve: {os.path.basename(m.path)} on {url} (OpenAI API at {url}/v1, chat page at {url}/), "
+              f"{parallel} parallel sequences, context {m.n_ctx} tokens, {m.n_threads} threads. Ctrl-C stops.",
+              file=sys.stderr, flush=True)
+
+    try:
+        serve(m, host=host, port=port, ready=ready, parallel=parallel, api_key=api_key, alias=alias,
+              cache_bytes=cache_ram_mib << 20, prefill_chunk=prefill_chunk)
+    except OSError as e:
+        raise CommandError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return 0
 
 

@@ -27,7 +27,7 @@ from .sampling import Sampler, SamplingParams
 if TYPE_CHECKING:
     from .model import Context, Model
 
-__all__ = ["Completion", "TokenStream", "generate", "generate_ids", "check_max_tokens", "check_stop", "check_options",
+__all__ = ["Completion", "TextOutput", "TokenStream", "generate", "generate_ids", "check_max_tokens", "check_stop", "check_options",
            "prompt_ids"]
 
 
@@ -103,6 +103,57 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
     return longest
 
 
+class TextOutput:
+    """The text of one generation, token by token: the stop conditions and what text to release.
+
+    add(token, room) takes each sampled token and returns the text it releases (may be ""); it sets
+    finish_reason when the generation ends: "stop" at an end-of-generation token of the file (not
+    kept in .tokens, its text not released) or a stop string (the text ends just before it), "length"
+    at max_tokens tokens or when `room` is False (the context has no position left for another).
+    Text that could be the start of a stop string, and half a UTF-8 character, are held back until
+    the next tokens decide them; at the end whatever is held comes out, so the pieces joined are
+    always .text. TokenStream (here) and the server's batch (pyengine/serve) both run on it."""
+
+    def __init__(self, tokenizer, max_tokens: int, stop: Sequence[str] = ()) -> None:
+        self.eog = tokenizer.eog_ids
+        self.decoder = tokenizer.stream_decoder(skip_special=True, continuation=True)
+        self.max_tokens = check_max_tokens(max_tokens)
+        self.stop = check_stop(stop)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = "length" if self.max_tokens == 0 else None
+        self._pending = ""  # decoded, not yet released: it could be the start of a stop string
+
+    def add(self, token: int, room: bool = True) -> str:
+        if self.finish_reason is not None:
+            raise RuntimeError("the generation has ended")
+        if token in self.eog:
+            self.finish_reason = "stop"
+            return self._release(self._pending + self.decoder.flush())
+        self.tokens.append(token)
+        pending = self._pending + self.decoder.feed(token)
+        last = len(self.tokens) >= self.max_tokens or not room
+        if last:
+            pending += self.decoder.flush()
+        if self.stop:
+            cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.finish_reason = "stop"
+                return self._release(pending[:cut])
+        if last:
+            self.finish_reason = "length"
+            return self._release(pending)
+        keep = _held_back(pending, self.stop) if self.stop else 0
+        self._pending = pending[len(pending) - keep:]
+        return self._release(pending[:len(pending) - keep])
+
+    def _release(self, piece: str) -> str:
+        if self.finish_reason is not None:
+            self._pending = ""
+        self.text += piece
+        return piece
+
+
 class TokenStream:
     """Generation on a context the caller keeps (the chat REPL's conversation).
 
@@ -133,10 +184,9 @@ class TokenStream:
         self.ctx = ctx
         self.new_ids = list(new_ids)
         self.sampler = sampler
-        self.max_tokens = check_max_tokens(max_tokens)
-        self.stop = check_stop(stop)
+        self.output = TextOutput(ctx.model.tokenizer, max_tokens, stop)
         self.ids = list(history)
-        self.tokens: list[int] = []
+        self.tokens = self.output.tokens
         self.text = ""
         self.finish_reason: str | None = None
         self.n_evaluated = 0
@@ -144,66 +194,41 @@ class TokenStream:
     def __iter__(self) -> Iterator[tuple[int | None, str]]:
         if self.finish_reason is not None or self.n_evaluated:
             raise RuntimeError("a TokenStream runs once")
-        if self.max_tokens == 0:
-            self.finish_reason = "length"
+        out = self.output
+        if out.finish_reason is not None:  # max_tokens 0
+            self.finish_reason = out.finish_reason
             return
-        ctx, ids, tokens, sample, stop = self.ctx, self.ids, self.tokens, self.sampler, self.stop
-        tokenizer = ctx.model.tokenizer
-        eog = tokenizer.eog_ids
-        decoder = tokenizer.stream_decoder(skip_special=True, continuation=True)
+        ctx, ids, sample = self.ctx, self.ids, self.sampler
         logits = ctx.eval(self.new_ids)
         ids.extend(self.new_ids)
         self.n_evaluated += len(self.new_ids)
-        pending = ""  # decoded, not yet released: it could be the start of a stop string
         while True:
             token = sample(ids, logits)
-            if token in eog:
-                self.finish_reason = "stop"
-                rest = pending + decoder.flush()
-                if rest:
-                    self.text += rest
-                    yield None, rest
+            piece = out.add(token, room=ctx.n_past < ctx.n_ctx)
+            self.text = out.text
+            if out.finish_reason is not None:
+                self.finish_reason = out.finish_reason
+                if token in out.eog:
+                    if piece:
+                        yield None, piece
+                else:
+                    yield token, piece
                 return
-            tokens.append(token)
-            pending += decoder.feed(token)
-            last = len(tokens) >= self.max_tokens or ctx.n_past >= ctx.n_ctx
-            if last:
-                pending += decoder.flush()
-            if stop:
-                cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    self.finish_reason = "stop"
-                    self.text += pending[:cut]
-                    yield token, pending[:cut]
-                    return
-            if last:
-                self.finish_reason = "length"
-                self.text += pending
-                yield token, pending
-                return
-            keep = _held_back(pending, stop) if stop else 0
-            piece = pending[:len(pending) - keep]
-            pending = pending[len(pending) - keep:]
-            self.text += piece
             yield token, piece
             logits = ctx.eval((token,))
             ids.append(token)
             self.n_evaluated += 1
 
 
-def generate(model: Model, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-             top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0, repeat_last_n: int = 64,
-             seed: int | None = None, stop=(), stream: bool = False, frequency_penalty: float = 0.0,
-             presence_penalty: float = 0.0, logit_bias=None):
+def generate(model: Model, prompt, max_tokens: int = 128, stop=(), stream: bool = False, **sampling):
     """Generates from `prompt` (str, or a sequence of token ids) on a fresh context.
 
-    Returns a Completion, or with stream=True an iterator of text pieces whose concatenation is the
-    Completion's text for the same seed. Every argument is checked (ValueError) before any model
-    work, streaming or not. See sampling.py for the parameters' meaning and order."""
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
-                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                            logit_bias=logit_bias, seed=seed)
+    sampling: SamplingParams' fields by name (temperature, top_k, top_p, min_p, repetition_penalty,
+    repeat_last_n, frequency_penalty, presence_penalty, logit_bias, seed), each defaulting to
+    SamplingParams'. Returns a Completion, or with stream=True an iterator of text pieces whose
+    concatenation is the Completion's text for the same seed. Every argument is checked (ValueError)
+    before any model work, streaming or not. See sampling.py for the parameters' meaning and order."""
+    params = SamplingParams.from_options(sampling)
     check_options(model, params, max_tokens, stop, stream)
     return generate_ids(model, prompt_ids(model, prompt), params, max_tokens, stop, stream)
 

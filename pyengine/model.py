@@ -168,18 +168,13 @@ class Model:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
         return self.context().eval_all(ids)
 
-    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
-                 repeat_last_n: int = 64, seed: int | None = None, stop=(), stream: bool = False,
-                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logit_bias=None):
+    def generate(self, prompt, max_tokens: int = 128, stop=(), stream: bool = False, **sampling):
         """Text from `prompt` (str or token ids): a Completion, or with stream=True an iterator of
-        text pieces. temperature 0 is greedy. See pyengine.generate.generate."""
+        text pieces. sampling: SamplingParams' fields (temperature 0 is greedy). See
+        pyengine.generate.generate."""
         from .generate import generate
 
-        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        min_p=min_p, repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
-                        seed=seed, stop=stop, stream=stream, frequency_penalty=frequency_penalty,
-                        presence_penalty=presence_penalty, logit_bias=logit_bias)
+        return generate(self, prompt, max_tokens=max_tokens, stop=stop, stream=stream, **sampling)
 
     def chat(self, messages, **sampling):
         """The assistant's reply to messages ([{"role": ..., "content": ...}]) through the file's chat

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -260,20 +260,53 @@ def _number(name: str, value, integer: bool = False):
     return value
 
 
+def _option(default, flag: str, help: str, *aliases: str, **kw):
+    """A SamplingParams field: its default, the command-line flag that sets it (llama.cpp's name) with
+    its help, and the other names a server request may use for it (llama.cpp server's names)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "aliases": aliases}, **kw)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """The sampling settings, each checked when made (ValueError). Defaults are generate()'s."""
+    """The sampling settings, each checked when made (ValueError). The single source of the defaults
+    and of the checks for the Python API (generate, chat, Context loops), the command line (each
+    field's metadata names its flag) and the server (the request fields of the same names, or the
+    aliases in the metadata)."""
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repetition_penalty: float = 1.0
-    repeat_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: Mapping[int, float] | None = field(default=None, hash=False)
-    seed: int | None = None
+    temperature: float = _option(0.8, "--temp", "temperature; 0 is greedy")
+    top_k: int = _option(40, "--top-k", "keep the K most likely tokens; 0 disables")
+    top_p: float = _option(0.95, "--top-p", "nucleus: keep the most likely tokens up to this mass; 1.0 disables")
+    min_p: float = _option(0.05, "--min-p", "keep tokens at least this times as likely as the top one; 0 disables")
+    repetition_penalty: float = _option(1.0, "--repeat-penalty", "CTRL's penalty on recent tokens; 1.0 disables",
+                                        "repeat_penalty")
+    repeat_last_n: int = _option(64, "--repeat-last-n",
+                                 "tokens the penalties look back on; 0 disables, -1 the whole context")
+    frequency_penalty: float = _option(0.0, "--frequency-penalty", "logit -= count in the window x F")
+    presence_penalty: float = _option(0.0, "--presence-penalty", "logit -= P for a token in the window")
+    logit_bias: Mapping[int, float] | None = _option(None, "", "token id -> added logit (-inf bans)", hash=False)
+    seed: int | None = _option(None, "--seed", "random seed; -1 a fresh one")
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> SamplingParams:
+        """From a mapping of field names (or their aliases) to values; ValueError for an unknown name
+        or a bad value. Names absent take the defaults."""
+        names = {}
+        for f in fields(cls):
+            for name in (f.name, *f.metadata["aliases"]):
+                names[name] = f.name
+        values = {}
+        for key, value in options.items():
+            if key not in names:
+                raise ValueError(f"unknown sampling option {key!r} (known: {', '.join(sorted(names))})")
+            if names[key] in values:
+                raise ValueError(f"sampling option {names[key]!r} is given twice")
+            values[names[key]] = value
+        return cls(**values)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """Every name from_options takes."""
+        return frozenset(n for f in fields(cls) for n in (f.name, *f.metadata["aliases"]))
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalize the values once, here

@@ -1,0 +1,584 @@
+"""The HTTP side of `python -m pyengine serve`: OpenAI's API on Starlette, over the Engine.
+
+    POST /v1/chat/completions     messages -> the assistant's reply (the file's chat template)
+    POST /v1/completions          prompt(s) -> continuations
+    GET  /v1/models               the one model served
+    GET  /health                  {"status": "ok", ...} and what the engine is doing
+    GET  /                        the chat page (pyengine/serve/static/index.html)
+
+Requests follow OpenAI's API (and llama.cpp's server for its extra sampling fields: top_k, min_p,
+repeat_penalty, repeat_last_n). Every sampling field is read, defaulted and checked by SamplingParams
+(pyengine/sampling.py): a field absent takes the same default as the Python API and the command line.
+Fields this server does not know are ignored, as OpenAI's clients send some (user, ...); a known
+field with a wrong type or value, malformed JSON, a prompt too long for the context, an unknown model
+name: an OpenAI-style error, {"error": {"message", "type", "param", "code"}}, with status 400, 401,
+404 or 413, never a 500. A client that goes away stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from importlib import resources
+from typing import Any, AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..chat import ChatTemplate, ChatTemplateError, chat_ids, check_messages
+from ..generate import check_stop, prompt_ids
+from ..sampling import SamplingParams
+from .engine import Done, Engine, Failed, Job, Token, TokenLogprob
+
+__all__ = ["create_app", "APIError"]
+
+MAX_BODY_BYTES = 8 << 20
+MAX_N = 16            # choices per request (and never more than the engine's parallel sequences)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit (chat); completions' logprobs: 5
+MAX_STOP = 16
+
+
+class APIError(Exception):
+    """An error answered to the client: status and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a request
+# ---------------------------------------------------------------------------------------------------
+
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "an object"}
+
+
+def _field(body: dict, name: str, kinds: tuple, default: Any = None) -> Any:
+    """body[name] if present and not null, checked to be one of kinds (int counts as float; bool
+    counts as neither), else default."""
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = any(isinstance(value, k) and not (isinstance(value, bool) and k is not bool) for k in kinds)
+    if not ok and float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        expected = " or ".join(_JSON_TYPES.get(k, k.__name__) for k in kinds)
+        raise APIError(400, f"'{name}' must be {expected}, got {json.dumps(value)[:80]}", name)
+    return value
+
+
+def _sampling(body: dict, n_vocab: int) -> SamplingParams:
+    """The request's sampling fields, defaulted and checked by SamplingParams."""
+    options = {}
+    for name in SamplingParams.option_names():
+        if body.get(name) is not None:
+            options[name] = body[name]
+    if "seed" in options and options["seed"] == -1:  # llama.cpp's "a fresh seed"
+        del options["seed"]
+    bias = options.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict):
+            raise APIError(400, "'logit_bias' must be an object of token id -> bias", "logit_bias")
+        converted = {}
+        for key, value in bias.items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise APIError(400, f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise APIError(400, f"logit_bias[{key}] must be a number in [-100, 100], got {value!r}", "logit_bias")
+            converted[token] = value
+        options["logit_bias"] = converted
+    try:
+        params = SamplingParams.from_options(options)
+        params.check_vocab(n_vocab)
+    except ValueError as e:
+        message = str(e)
+        param = message.split(" ", 1)[0].strip("'")
+        raise APIError(400, message, param if param in options else None) from None
+    return params
+
+
+def _common(body: dict, engine: Engine, max_tokens_names: tuple[str, ...]) -> dict:
+    """The fields both endpoints share: max_tokens, stop, n, stream, stream_options."""
+    max_tokens = None
+    for name in max_tokens_names:
+        value = _field(body, name, (int,))
+        if value is not None:
+            if value < 0 and value != -1:
+                raise APIError(400, f"'{name}' must be >= 0 (or -1: until the context is full), got {value}", name)
+            max_tokens = None if value == -1 else value
+    stop = body.get("stop")
+    try:
+        stop = check_stop(stop)
+    except ValueError as e:
+        raise APIError(400, str(e), "stop") from None
+    if len(stop) > MAX_STOP:
+        raise APIError(400, f"at most {MAX_STOP} stop strings, got {len(stop)}", "stop")
+    n = _field(body, "n", (int,), 1)
+    limit = min(MAX_N, engine.parallel)
+    if not 1 <= n <= limit:
+        raise APIError(400, f"'n' must be between 1 and {limit} (the server's --parallel), got {n}", "n")
+    stream = _field(body, "stream", (bool,), False)
+    options = _field(body, "stream_options", (dict,), {})
+    include_usage = _field(options, "include_usage", (bool,), False)
+    return {"max_tokens": max_tokens, "stop": stop, "n": n, "stream": stream, "include_usage": include_usage}
+
+
+def _chat_messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty array of {role, content} objects", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise APIError(400, f"messages[{i}] must be an object", "messages")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, list):  # content parts: only text is understood
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise APIError(400, f"messages[{i}]: content parts of type {kind!r} are not supported "
+                                        "(this server reads text only)", "messages")
+                texts.append(part["text"])
+            content = "".join(texts)
+        role = m.get("role")
+        if role == "developer":  # OpenAI's newer name for the system message
+            role = "system"
+        out.append({"role": role, "content": content})
+    try:
+        return check_messages(out)
+    except ValueError as e:
+        raise APIError(400, str(e), "messages") from None
+
+
+def _refuse_unsupported(body: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        if body.get(name) not in (None, [], False):
+            raise APIError(400, f"'{name}' is not supported by this server", name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------------
+
+
+class Server:
+    """What the routes share: the model, its engine, the names it answers to."""
+
+    def __init__(self, model, engine: Engine, api_key: str | None, alias: str | None) -> None:
+        self.model = model
+        self.engine = engine
+        self.api_key = api_key
+        self.model_id = alias or os.path.basename(model.path)
+        self.names = {self.model_id, os.path.basename(model.path), model.path,
+                      os.path.splitext(os.path.basename(model.path))[0]}
+        self.template = None
+        self.created = int(time.time())
+
+    def check_model(self, body: dict) -> None:
+        name = _field(body, "model", (str,))
+        if name is not None and name not in self.names:
+            raise APIError(404, f"The model '{name}' does not exist (this server runs '{self.model_id}')", "model",
+                           "model_not_found")
+
+    def chat_template(self) -> ChatTemplate:
+        if self.template is None:
+            self.template = ChatTemplate.from_model(self.model)
+        return self.template
+
+
+async def _read_json(request: Request) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise APIError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class _Run:
+    """One request's jobs in the engine, their events gathered on this event loop."""
+
+    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
+        self.engine = engine
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        put = self.queue.put_nowait
+        self.handles = []
+        self.n_open = 0
+        for k, job in enumerate(jobs):
+            job.emit = (lambda event, k=k: loop.call_soon_threadsafe(put, (k, event)))
+            self.n_open += job.n
+        try:
+            for job in jobs:
+                self.handles.append(engine.submit(job))
+        except (ValueError, RuntimeError) as e:
+            self.cancel()
+            raise APIError(400, str(e)) from None
+
+    async def events(self) -> AsyncIterator[tuple[int, Token | Done | Failed]]:
+        try:
+            while self.n_open:
+                k, event = await self.queue.get()
+                if isinstance(event, Done):
+                    self.n_open -= 1
+                elif isinstance(event, Failed):
+                    self.n_open = 0
+                yield k, event
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        for h in self.handles:
+            h.cancel()
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _collect(request: Request, run: _Run, on_event: Callable) -> None:
+    """Feeds run's events to on_event until every choice is done; stops the run if the client goes."""
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    events = run.events()
+    try:
+        while True:
+            nxt = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                run.cancel()
+                raise asyncio.CancelledError("the client went away")
+            try:
+                k, event = nxt.result()
+            except StopAsyncIteration:
+                return
+            on_event(k, event)
+    finally:
+        watcher.cancel()
+        await events.aclose()
+
+
+def _failure(event: Failed) -> APIError:
+    return APIError(400 if not event.message.startswith("internal error") else 500, event.message,
+                    type="invalid_request_error" if not event.message.startswith("internal error") else "server_error")
+
+
+def _logprob_entry(tokenizer, token: int, lp: TokenLogprob) -> dict:
+    def one(t: int, value: float) -> dict:
+        raw = tokenizer.token_bytes(t, special=True)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": value, "bytes": list(raw)}
+
+    entry = one(token, lp.logprob)
+    entry["top_logprobs"] = [one(t, v) for t, v in lp.top]
+    return entry
+
+
+def create_app(model, engine: Engine, api_key: str | None = None, alias: str | None = None) -> Starlette:
+    """The ASGI app serving `model` through `engine` (closed when the app shuts down)."""
+    server = Server(model, engine, api_key, alias)
+    tokenizer = model.tokenizer
+
+    def usage_of(prompt_tokens: int, cached: int, completion: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+
+    async def respond(request: Request, jobs: list[Job], stream: bool, include_usage: bool, kind: str,
+                      make_choice: Callable, make_delta: Callable, echo: list[str] | None = None) -> Response:
+        """kind: "chat.completion" or "text_completion". make_choice(index, text, finish, logprobs) ->
+        a choice of the full response; make_delta(index, text, logprobs, finish, first) -> a chunk's
+        choice (None: nothing to send)."""
+        rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        n = jobs[0].n
+        run = _Run(engine, jobs)
+        prompt_total = sum(len(j.ids) for j in jobs)
+        cached = [0] * len(jobs)
+        completion = [0]
+
+        def note_done(k: int, event: Done) -> None:
+            cached[k] = event.usage.cached_tokens
+            completion[0] += event.usage.completion_tokens
+
+        if not stream:
+            texts = {i: [] for i in range(len(jobs) * n)}
+            logprobs = {i: [] for i in range(len(jobs) * n)}
+            finish = {}
+            failed: list[Failed] = []
+
+            def on_event(k: int, event) -> None:
+                if isinstance(event, Failed):
+                    failed.append(event)
+                    return
+                index = k * n + event.choice
+                if isinstance(event, Token):
+                    texts[index].append(event.text)
+                    if event.logprobs is not None and event.token is not None:
+                        logprobs[index].append((event.token, event.text, event.logprobs))
+                else:
+                    finish[index] = event.finish_reason
+                    note_done(k, event)
+
+            try:
+                await _collect(request, run, on_event)
+            except asyncio.CancelledError:
+                return Response(status_code=499)  # nobody reads it
+            if failed:
+                return _failure(failed[0]).response()
+            choices = []
+            for index in sorted(texts):
+                text = "".join(texts[index])
+                if echo is not None:
+                    text = echo[index // n] + text
+                choices.append(make_choice(index, text, finish[index], logprobs[index] if jobs[0].top_logprobs is not None else None))
+            return JSONResponse({"id": rid, "object": kind, "created": created, "model": server.model_id,
+                                 "choices": choices, "usage": usage_of(prompt_total, sum(cached), completion[0]),
+                                 "system_fingerprint": None})
+
+        chunk_kind = kind + ".chunk" if kind == "chat.completion" else kind
+
+        async def body() -> AsyncIterator[bytes]:
+            def chunk(choices: list, **extra) -> bytes:
+                return _sse({"id": rid, "object": chunk_kind, "created": created, "model": server.model_id,
+                             "system_fingerprint": None, "choices": choices, **extra})
+
+            try:
+                started = set()
+                if kind == "chat.completion":
+                    for index in range(len(jobs) * n):
+                        started.add(index)
+                        yield chunk([make_delta(index, None, None, None, True)])
+                elif echo is not None:
+                    for index in range(len(jobs) * n):
+                        yield chunk([make_delta(index, echo[index // n], None, None, False)])
+                async for k, event in run.events():
+                    if isinstance(event, Failed):
+                        yield _sse(_failure(event).body())
+                        return
+                    index = k * n + event.choice
+                    if isinstance(event, Token):
+                        lp = None
+                        if event.logprobs is not None and event.token is not None:
+                            lp = (event.token, event.text, event.logprobs)
+                        if event.text or lp is not None:
+                            yield chunk([make_delta(index, event.text, lp, None, False)])
+                    else:
+                        note_done(k, event)
+                        yield chunk([make_delta(index, None, None, event.finish_reason, False)])
+                if include_usage:
+                    yield chunk([], usage=usage_of(prompt_total, sum(cached), completion[0]))
+                yield b"data: [DONE]\n\n"
+            finally:
+                run.cancel()
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def chat_logprobs(items) -> dict:
+        return {"content": [_logprob_entry(tokenizer, t, lp) for t, _, lp in items], "refusal": None}
+
+    async def chat_completions(request: Request) -> Response:
+        body = await _read_json(request)
+        server.check_model(body)
+        _refuse_unsupported(body, ("tools", "functions", "audio", "prediction"))
+        fmt = _field(body, "response_format", (dict,), {})
+        if fmt.get("type", "text") != "text":
+            raise APIError(400, f"response_format {fmt.get('type')!r} is not supported (only 'text')", "response_format")
+        common = _common(body, engine, ("max_tokens", "max_completion_tokens"))
+        params = _sampling(body, model.n_vocab)
+        want_logprobs = _field(body, "logprobs", (bool,), False)
+        top = _field(body, "top_logprobs", (int,))
+        if top is not None and not want_logprobs:
+            raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise APIError(400, f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
+        messages = _chat_messages(body)
+
+        def render() -> list[int]:
+            return chat_ids(model, messages, template=server.chat_template())
+
+        try:
+            ids = await run_in_threadpool(render)
+        except ChatTemplateError as e:
+            raise APIError(400, f"the chat template refused the messages: {e}", "messages") from None
+        except ValueError as e:
+            raise APIError(400, str(e), "messages") from None
+        _check_length(ids, model.n_ctx)
+        job = Job(ids, params, emit=None, max_tokens=common["max_tokens"], stop=common["stop"], n=common["n"],
+                  top_logprobs=(top or 0) if want_logprobs else None)
+
+        def make_choice(index, text, finish, logprobs):
+            return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None if logprobs is None else chat_logprobs(logprobs), "finish_reason": finish}
+
+        def make_delta(index, text, lp, finish, first):
+            delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
+            return {"index": index, "delta": delta, "logprobs": None if lp is None else chat_logprobs([lp]),
+                    "finish_reason": finish}
+
+        return await respond(request, [job], common["stream"], common["include_usage"], "chat.completion",
+                             make_choice, make_delta)
+
+    def legacy_logprobs(items, offset: int) -> dict:
+        tokens, values, tops, offsets = [], [], [], []
+        for t, text, lp in items:
+            raw = tokenizer.token_bytes(t, special=True).decode("utf-8", "replace")
+            tokens.append(raw)
+            values.append(lp.logprob)
+            tops.append({tokenizer.token_bytes(a, special=True).decode("utf-8", "replace"): v for a, v in lp.top})
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    async def completions(request: Request) -> Response:
+        body = await _read_json(request)
+        server.check_model(body)
+        _refuse_unsupported(body, ("suffix",))
+        common = _common(body, engine, ("max_tokens",))
+        best_of = _field(body, "best_of", (int,))
+        if best_of is not None and best_of != common["n"]:
+            raise APIError(400, "'best_of' other than 'n' is not supported", "best_of")
+        params = _sampling(body, model.n_vocab)
+        top = _field(body, "logprobs", (int,))
+        if top is not None and not 0 <= top <= 5:
+            raise APIError(400, f"'logprobs' must be between 0 and 5, got {top}", "logprobs")
+        echo = _field(body, "echo", (bool,), False)
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            prompts = prompt
+        else:
+            raise APIError(400, "'prompt' must be a string, an array of strings, an array of token ids "
+                                "or an array of such arrays", "prompt")
+        if len(prompts) * common["n"] > engine.parallel * 4:
+            raise APIError(400, f"at most {engine.parallel * 4} choices (prompts x n) per request", "prompt")
+
+        def tokenize() -> list[list[int]]:
+            return [prompt_ids(model, p) for p in prompts]
+
+        try:
+            all_ids = await run_in_threadpool(tokenize)
+        except ValueError as e:
+            raise APIError(400, str(e), "prompt") from None
+        for ids in all_ids:
+            _check_length(ids, model.n_ctx)
+        max_tokens = 16 if body.get("max_tokens") is None else common["max_tokens"]  # OpenAI's default: 16
+        jobs = [Job(ids, params, emit=None, max_tokens=max_tokens, stop=common["stop"], n=common["n"], top_logprobs=top)
+                for ids in all_ids]
+        echoed = [p if isinstance(p, str) else model.detokenize(ids) for p, ids in zip(prompts, all_ids)] if echo else None
+        offsets = [len(e) for e in echoed] if echoed else [0] * len(prompts)
+
+        def make_choice(index, text, finish, logprobs):
+            return {"index": index, "text": text, "finish_reason": finish,
+                    "logprobs": None if logprobs is None else legacy_logprobs(logprobs, offsets[index // common["n"]])}
+
+        def make_delta(index, text, lp, finish, first):
+            return {"index": index, "text": text or "", "finish_reason": finish,
+                    "logprobs": None if lp is None else legacy_logprobs([lp], 0)}
+
+        return await respond(request, jobs, common["stream"], common["include_usage"], "text_completion",
+                             make_choice, make_delta, echo=echoed)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{
+            "id": server.model_id, "object": "model", "created": server.created, "owned_by": "pyengine",
+            "meta": {"arch": model.arch, "n_ctx": model.n_ctx, "n_ctx_train": model.config.n_ctx_train,
+                     "n_vocab": model.n_vocab}}]})
+
+    async def health(request: Request) -> Response:
+        stats = engine.stats()
+        return JSONResponse({"status": "ok", "slots_idle": engine.parallel - stats["processing"],
+                             "slots_processing": stats["processing"], **stats})
+
+    async def page(request: Request) -> Response:
+        html = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html.replace("{{MODEL}}", server.model_id))
+
+    def guarded(handler):
+        async def run(request: Request) -> Response:
+            if api_key is not None:
+                auth = request.headers.get("authorization", "")
+                if auth != f"Bearer {api_key}" and request.headers.get("x-api-key") != api_key:
+                    return APIError(401, "Invalid API key: give it as 'Authorization: Bearer KEY'", code="invalid_api_key",
+                                    type="authentication_error").response()
+            try:
+                return await handler(request)
+            except APIError as e:
+                return e.response()
+        return run
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").response()
+
+    routes = [
+        Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
+        Route("/chat/completions", guarded(chat_completions), methods=["POST"]),
+        Route("/v1/completions", guarded(completions), methods=["POST"]),
+        Route("/completions", guarded(completions), methods=["POST"]),
+        Route("/v1/models", guarded(models), methods=["GET"]),
+        Route("/models", guarded(models), methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/", page, methods=["GET"]),
+    ]
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
+                     lifespan=_lifespan(engine))
+
+
+def _lifespan(engine: Engine):
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(engine.close)
+
+    return lifespan
+
+
+def _check_length(ids: list[int], n_ctx: int) -> None:
+    if len(ids) >= n_ctx:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; the context holds {n_ctx} (with room for at least "
+                            "one generated token)", "messages", "context_length_exceeded")

@@ -1,0 +1,407 @@
+"""Continuous batching: many generations sharing one model, on one thread of their own.
+
+    engine = Engine(model, parallel=4)
+    handle = engine.submit(Job(ids, params, max_tokens, stop, n=1, top_logprobs=None, emit=callback))
+    handle.cancel()                      # from any thread; the job's sequences are freed
+    engine.close()
+
+The engine thread runs a loop of steps. Each step
+  1. admits waiting jobs while their choices fit in the `parallel` sequences (first come, first
+     served), each on a cached sequence that shares the longest prefix with its prompt (below);
+  2. evaluates one chunk (`prefill_chunk` tokens) of one prompt still being read, the one that has
+     waited longest, so that a long prompt does not stall the others;
+  3. evaluates the last sampled token of every generating sequence in one batched forward call
+     (Model.eval_sequences, as the beam search does for its beams), then samples each one's next
+     token with the job's own Sampler.
+A job joins or leaves between steps. The logits of a sequence are bit-identical whatever else is in
+the batch (the determinism promise: batch rows never mix, threads split rows), and each job samples
+with its own seeded generator, so a request gives the same text alone or beside seven others.
+
+Reuse: a finished (or cancelled) sequence stays in memory, idle, with the ids its KV cache holds. A
+new job takes the idle sequence with the longest common prefix, keeps that prefix and evaluates only
+the rest: a conversation's next turn re-reads only the new messages. Idle sequences are kept in
+least-recently-used order up to `cache_bytes` of KV cache; beyond that the oldest are freed (or
+reused from position 0), so memory stays under (parallel + cache_bytes / sequence size) sequences.
+
+What a job hears, through its `emit` callback, called on the engine thread (keep it short: the
+server's puts the event on an asyncio queue):
+    Token(choice, token, text, logprobs)   a sampled token and the text it released (may be ""); the
+                                           end-of-generation token gives no Token, only its text
+                                           held back, with token None
+    Done(choice, finish_reason, usage)     a choice ended ("stop" or "length")
+    Failed(message)                        the job could not run (nothing can be sampled, ...)
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import numpy as np
+
+from ..generate import TextOutput
+from ..model import kv_cache_bytes
+from ..sampling import Sampler, SamplingError, SamplingParams
+
+if TYPE_CHECKING:
+    from ..model import Context, Model
+
+__all__ = ["Engine", "Job", "Handle", "Token", "Done", "Failed", "Usage", "TokenLogprob"]
+
+
+class TokenLogprob(NamedTuple):
+    """The log-probability of a sampled token under the model (log-softmax of the raw logits, before
+    penalties and temperature, as OpenAI reports them) and the `top` most likely alternatives."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+class Token(NamedTuple):
+    choice: int
+    token: int | None
+    text: str
+    logprobs: TokenLogprob | None = None
+
+
+class Usage(NamedTuple):
+    prompt_tokens: int       # the prompt's ids
+    cached_tokens: int       # of those, kept from an idle sequence (not evaluated again)
+    completion_tokens: int   # tokens sampled for this choice (an end-of-generation token counts)
+
+
+class Done(NamedTuple):
+    choice: int
+    finish_reason: str
+    usage: Usage
+
+
+class Failed(NamedTuple):
+    message: str
+
+
+Event = Token | Done | Failed
+
+
+@dataclass
+class Job:
+    """One request: a prompt (token ids) and how to continue it. n: independent choices, each with
+    its own sampler; choice i seeds its generator with params.seed + i (so choice 0 of a request
+    gives what Model.generate gives with that seed). max_tokens None: until the context is full.
+    top_logprobs: None for no log-probabilities, else how many alternatives (0-20) with each token."""
+
+    ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    top_logprobs: int | None = None
+    cancelled: bool = field(default=False, init=False)
+
+
+class Handle:
+    def __init__(self, engine: Engine, job: Job) -> None:
+        self._engine, self.job = engine, job
+
+    def cancel(self) -> None:
+        """Stops the job (between steps); its sequences go back to the cache. Idempotent."""
+        self._engine._cancel(self.job)
+
+
+class _Sequence:
+    """A context and the ids its KV cache holds."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.ids: list[int] = []
+
+    def keep(self, n: int) -> None:
+        self.ctx.truncate(n)
+        del self.ids[n:]
+
+
+class SequenceCache:
+    """The model's sequences: at most `parallel` in use, and idle ones kept for their prefixes in
+    least-recently-used order while their KV caches fit in cache_bytes."""
+
+    def __init__(self, model: Model, parallel: int, cache_bytes: int) -> None:
+        self.model = model
+        self.sequence_bytes = kv_cache_bytes(model.config, model.n_ctx, model.kv_type)
+        self.max_idle = int(cache_bytes // self.sequence_bytes)
+        self.max_sequences = parallel + self.max_idle
+        self.idle: collections.OrderedDict[int, _Sequence] = collections.OrderedDict()  # oldest first
+        self.n_sequences = 0
+
+    def take(self, ids: list[int]) -> tuple[_Sequence, int]:
+        """A sequence for a prompt, and how many of the prompt's ids it already holds (at most
+        len(ids) - 1: the last one is evaluated again for its logits)."""
+        best, best_n = None, 0
+        for key, seq in self.idle.items():
+            n = _common_prefix(seq.ids, ids)
+            if n > best_n:
+                best, best_n = key, n
+        if best is not None:
+            seq = self.idle.pop(best)
+            n = min(best_n, len(ids) - 1)
+            try:
+                seq.keep(n)
+            except ValueError:  # a sliding-window cache no longer holds the positions before n
+                n = 0
+                seq.keep(0)
+            return seq, n
+        return self.fresh(), 0
+
+    def fresh(self) -> _Sequence:
+        """An empty sequence: a new one while under the cap, else the least recently used idle one."""
+        if self.n_sequences < self.max_sequences or not self.idle:
+            self.n_sequences += 1
+            return _Sequence(self.model.context())
+        seq = self.idle.popitem(last=False)[1]
+        seq.keep(0)
+        return seq
+
+    def give_back(self, seq: _Sequence) -> None:
+        self.idle[id(seq)] = seq
+        while len(self.idle) > self.max_idle:
+            self.idle.popitem(last=False)
+            self.n_sequences -= 1
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n and a[:n] == b[:n]:
+        return n
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    x = logits.astype(np.float64)
+    m = x.max()
+    log_z = m + np.log(np.exp(x - m).sum())
+    best = []
+    if top:
+        ids = np.argpartition(-x, top - 1)[:top]
+        ids = ids[np.lexsort((ids, -x[ids]))]  # most likely first, ties by id
+        best = [(int(i), float(x[i] - log_z)) for i in ids]
+    return TokenLogprob(float(x[token] - log_z), best)
+
+
+class _Choice:
+    def __init__(self, index: int, seq: _Sequence, job: Job, n_vocab: int, n_ctx: int) -> None:
+        self.index, self.seq = index, seq
+        params = job.params
+        if params.seed is not None and index:
+            params = SamplingParams.from_options({**_fields(params), "seed": params.seed + index})
+        self.sampler = Sampler(params, n_vocab)
+        self.output: TextOutput | None = None
+        self.max_tokens = n_ctx if job.max_tokens is None else job.max_tokens
+        self.next: int | None = None  # sampled, to be evaluated in the next step
+        self.n_sampled = 0
+        self.done = False
+
+
+def _fields(params: SamplingParams) -> dict:
+    return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+class _Active:
+    """A job being served: its prompt still to read, then its choices."""
+
+    def __init__(self, job: Job, seq: _Sequence, n_cached: int) -> None:
+        self.job = job
+        self.seq = seq
+        self.n_cached = n_cached
+        self.todo = job.ids[n_cached:]  # prompt ids still to evaluate
+        self.choices: list[_Choice] = []
+        self.waiting_since = time.monotonic()
+
+
+class Engine:
+    def __init__(self, model: Model, parallel: int = 4, cache_bytes: int = 1 << 30, prefill_chunk: int = 128) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.model = model
+        self.parallel = parallel
+        self.prefill_chunk = prefill_chunk
+        self.cache = SequenceCache(model, parallel, cache_bytes)
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._active: list[_Active] = []
+        self._lock = threading.Condition()
+        self._closing = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="pyengine-batch", daemon=True)
+        self._thread.start()
+
+    # -- any thread --------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Handle:
+        if not job.ids:
+            raise ValueError("a job needs at least one prompt id")
+        if not 1 <= job.n <= self.parallel:
+            raise ValueError(f"n must be between 1 and the server's parallel sequences ({self.parallel}), got {job.n}")
+        if len(job.ids) >= self.model.n_ctx:
+            raise ValueError(f"the prompt has {len(job.ids)} tokens; the context holds {self.model.n_ctx}, "
+                             "with room for at least one generated token")
+        job.params.check_vocab(self.model.n_vocab)
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(job)
+            self._lock.notify()
+        return Handle(self, job)
+
+    def _cancel(self, job: Job) -> None:
+        with self._lock:
+            job.cancelled = True
+            self._lock.notify()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"waiting": len(self._waiting), "processing": len(self._active),
+                    "sequences": self.cache.n_sequences, "idle_sequences": len(self.cache.idle)}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+
+    # -- the engine thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and not self._waiting and not self._active:
+                    self._lock.wait()
+                if self._closing:
+                    break
+                cancelled = [a for a in self._active if a.job.cancelled]
+                waiting = [j for j in self._waiting if not j.cancelled]
+                self._waiting.clear()
+                self._waiting.extend(waiting)
+            for a in cancelled:
+                self._finish(a)
+            self._admit()
+            self._step()
+        for a in list(self._active):
+            self._fail(a, "the server is shutting down")
+        for job in self._waiting:
+            _send(job, Failed("the server is shutting down"))
+
+    def _in_use(self) -> int:
+        return sum(len(a.choices) or a.job.n for a in self._active)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or self._in_use() + self._waiting[0].n > self.parallel:
+                    return
+                job = self._waiting.popleft()
+            seq, n_cached = self.cache.take(job.ids)
+            self._active.append(_Active(job, seq, n_cached))
+
+    def _step(self) -> None:
+        self.steps += 1
+        reading = [a for a in self._active if a.todo]
+        if reading:
+            a = min(reading, key=lambda a: a.waiting_since)
+            self._guard(a, self._prefill, a)
+        live = [c for a in self._active if not a.todo for c in a.choices if not c.done]
+        if live:
+            self._decode(live)
+        for a in [a for a in self._active if a.choices and all(c.done for c in a.choices)]:
+            self._finish(a)
+
+    def _guard(self, a: _Active, fn, *args) -> None:
+        """Runs one job's part of a step; an error ends that job (with a message), not the engine."""
+        try:
+            fn(*args)
+        except SamplingError as e:
+            self._fail(a, str(e))
+        except Exception as e:  # noqa: BLE001  (a bug must not stop the other jobs, or the server)
+            self._fail(a, f"internal error: {type(e).__name__}: {e}")
+
+    def _prefill(self, a: _Active) -> None:
+        chunk = a.todo[:self.prefill_chunk]
+        logits = a.seq.ctx.eval(chunk)
+        a.seq.ids.extend(chunk)
+        del a.todo[:len(chunk)]
+        a.waiting_since = time.monotonic()
+        if a.todo:
+            return
+        job = a.job
+        model = self.model
+        seqs = [a.seq] + [self._fork(a.seq) for _ in range(job.n - 1)]
+        a.choices = [_Choice(i, s, job, model.n_vocab, model.n_ctx) for i, s in enumerate(seqs)]
+        for c in a.choices:
+            self._sample(a, c, logits)
+
+    def _fork(self, seq: _Sequence) -> _Sequence:
+        other = self.cache.fresh()
+        other.ctx._ctx.copy_from(seq.ctx._ctx)
+        other.ids = list(seq.ids)
+        return other
+
+    def _decode(self, live: list[_Choice]) -> None:
+        owner = {id(c): a for a in self._active for c in a.choices}
+        try:
+            logits = self.model.eval_sequences([c.seq.ctx for c in live], [c.next for c in live])
+        except Exception as e:  # noqa: BLE001
+            for a in {id(owner[id(c)]): owner[id(c)] for c in live}.values():
+                self._fail(a, f"internal error: {type(e).__name__}: {e}")
+            return
+        for c, row in zip(live, logits):
+            c.seq.ids.append(c.next)
+            a = owner[id(c)]
+            if not a.job.cancelled:
+                self._guard(a, self._sample, a, c, row)
+
+    def _sample(self, a: _Active, c: _Choice, logits: np.ndarray) -> None:
+        job = a.job
+        if c.output is None:
+            c.output = TextOutput(self.model.tokenizer, c.max_tokens, job.stop)
+        token = c.sampler(c.seq.ids, logits)
+        c.n_sampled += 1
+        ctx = c.seq.ctx
+        text = c.output.add(token, room=ctx.n_past < ctx.n_ctx)
+        ended = c.output.finish_reason is not None
+        eog = ended and token in c.output.eog
+        logprobs = None
+        if job.top_logprobs is not None and not eog:
+            logprobs = _logprobs(logits, token, job.top_logprobs)
+        if not eog or text:
+            _send(job, Token(c.index, None if eog else token, text, logprobs))
+        if ended:
+            c.done = True
+            _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, c.n_sampled)))
+        else:
+            c.next = token
+
+    def _fail(self, a: _Active, message: str) -> None:
+        if a in self._active:
+            _send(a.job, Failed(message))
+            a.job.cancelled = True  # nothing more is sent, nothing more is sampled
+            self._finish(a)
+
+    def _finish(self, a: _Active) -> None:
+        self._active.remove(a)
+        for seq in [a.seq] + [c.seq for c in a.choices[1:]]:
+            self.cache.give_back(seq)
+
+
+def _send(job: Job, event: Event) -> None:
+    if job.cancelled:
+        return
+    try:
+        job.emit(event)
+    except Exception:  # the listener is gone (its event loop closed): nobody waits for this job
+        job.cancelled = True
