@@ -220,7 +220,7 @@ class TokenStream:
             self.n_evaluated += 1
 
 
-def generate(model: Model, prompt, max_tokens: int = 128, stop=(), stream: bool = False, **sampling):
+def generate(model: Model, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, **sampling):
     """Generates from `prompt` (str, or a sequence of token ids) on a fresh context.
 
     sampling: SamplingParams' fields by name (temperature, top_k, top_p, min_p, repetition_penalty,

@@ -168,7 +168,7 @@ class Model:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
         return self.context().eval_all(ids)
 
-    def generate(self, prompt, max_tokens: int = 128, stop=(), stream: bool = False, **sampling):
+    def generate(self, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, **sampling):
         """Text from `prompt` (str or token ids): a Completion, or with stream=True an iterator of
         text pieces. sampling: SamplingParams' fields (temperature 0 is greedy). See
         pyengine.generate.generate."""

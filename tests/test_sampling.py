@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pytest
 
+import pyengine
+import pyengine.chat
+import pyengine.generate
 from pyengine.sampling import (FrequencyPresencePenalty, LogitBias, MinP, RepetitionPenalty, Sampler, SamplingError,
                                SamplingParams, Temperature, TopK, TopP, softmax)
 
@@ -252,3 +255,25 @@ def test_disabled_steps_are_left_out():
     assert s.processors == [] and s.warpers == []
     assert Sampler(SamplingParams(temperature=0)).warpers == []
     assert [type(w).__name__ for w in Sampler(SamplingParams()).warpers] == ["Temperature", "TopK", "TopP", "MinP"]
+
+
+def test_sampling_params_is_the_one_source_of_defaults_and_names():
+    """The command line's flags, the Python API and the server take every default from SamplingParams."""
+    import dataclasses
+    import inspect
+
+    from pyengine.__main__ import _sampling, build_parser
+
+    for command in (["generate", "-p", "x"], ["chat"]):
+        args = build_parser().parse_args(command)
+        assert SamplingParams.from_options(_sampling(args)) == SamplingParams()
+    flags = {f.metadata["flag"] for f in dataclasses.fields(SamplingParams)} - {""}
+    assert {"--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed"} <= flags
+    for fn in (pyengine.Model.generate, pyengine.generate.generate, pyengine.chat.chat, pyengine.chat.ChatSession):
+        params = inspect.signature(fn).parameters
+        assert not {f.name for f in dataclasses.fields(SamplingParams)} & set(params), fn
+    assert SamplingParams.from_options({"repeat_penalty": 1.3}).repetition_penalty == 1.3
+    with pytest.raises(ValueError, match="unknown sampling option 'temprature'"):
+        SamplingParams.from_options({"temprature": 0.5})
+    with pytest.raises(ValueError, match="given twice"):
+        SamplingParams.from_options({"repeat_penalty": 1.3, "repetition_penalty": 1.2})

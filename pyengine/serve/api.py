@@ -150,7 +150,7 @@ def _chat_messages(body: dict) -> list[dict]:
         if not isinstance(m, dict):
             raise APIError(400, f"messages[{i}] must be an object", "messages")
         content = m.get("content")
-        if content is None:
+        if content is None and m.get("role") == "assistant":  # OpenAI lets an assistant message have none
             content = ""
         if isinstance(content, list):  # content parts: only text is understood
             texts = []

@@ -238,6 +238,7 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self.steps = 0
+        self.counts = {"finished": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0}
         self._thread = threading.Thread(target=self._run, name="pyengine-batch", daemon=True)
         self._thread.start()
 
@@ -267,7 +268,7 @@ class Engine:
     def stats(self) -> dict:
         with self._lock:
             return {"waiting": len(self._waiting), "processing": len(self._active),
-                    "sequences": self.cache.n_sequences, "idle_sequences": len(self.cache.idle)}
+                    "sequences": self.cache.n_sequences, "idle_sequences": len(self.cache.idle), **self.counts}
 
     def close(self) -> None:
         with self._lock:
@@ -289,6 +290,7 @@ class Engine:
                 self._waiting.clear()
                 self._waiting.extend(waiting)
             for a in cancelled:
+                self.counts["cancelled"] += 1
                 self._finish(a)
             self._admit()
             self._step()
@@ -319,6 +321,7 @@ class Engine:
         if live:
             self._decode(live)
         for a in [a for a in self._active if a.choices and all(c.done for c in a.choices)]:
+            self.counts["finished"] += 1
             self._finish(a)
 
     def _guard(self, a: _Active, fn, *args) -> None:
@@ -371,6 +374,7 @@ class Engine:
             c.output = TextOutput(self.model.tokenizer, c.max_tokens, job.stop)
         token = c.sampler(c.seq.ids, logits)
         c.n_sampled += 1
+        self.counts["tokens_generated"] += 1
         ctx = c.seq.ctx
         text = c.output.add(token, room=ctx.n_past < ctx.n_ctx)
         ended = c.output.finish_reason is not None
@@ -389,6 +393,7 @@ class Engine:
     def _fail(self, a: _Active, message: str) -> None:
         if a in self._active:
             _send(a.job, Failed(message))
+            self.counts["failed"] += 1
             a.job.cancelled = True  # nothing more is sent, nothing more is sampled
             self._finish(a)
 

@@ -1,0 +1,156 @@
+"""The server's figures: aggregate generation throughput with 1, 2, 4, 8 concurrent clients, and the
+time to first token of a conversation's 5th turn (its prefix reused) against a cold start.
+
+    python bench/serve.py [-m MODEL] [--clients 1,2,4,8] [--tokens 128] [--out bench/results/serve]
+
+Each client streams /v1/completions requests (its own prompt, 128 tokens, the end-of-generation tokens
+banned so every answer has the same length), back to back; throughput = tokens received by all
+clients / wall time from the first request to the last answer. TTFT: a 5-turn chat (64-token
+answers); the 5th turn's request timed to its first streamed token, against the same request with a
+system message no earlier request shares (nothing to reuse: a cold start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from serve_util import running_server  # noqa: E402
+
+PROMPTS = ["The history of the Roman Empire", "A guide to growing tomatoes", "How a compiler works",
+           "The life of honeybees", "Why the sky is blue", "A short story about a robot", "The rules of chess",
+           "How to bake sourdough bread"]
+
+
+def stream(http: httpx.Client, url: str, path: str, body: dict) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds to the end, tokens) of one streamed request."""
+    start = time.perf_counter()
+    first, n = None, 0
+    with http.stream("POST", url + path, json={**body, "stream": True,
+                                               "stream_options": {"include_usage": True}}) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                n = chunk["usage"]["completion_tokens"]
+            if first is None and chunk["choices"] and (chunk["choices"][0].get("text")
+                                                       or chunk["choices"][0].get("delta", {}).get("content")):
+                first = time.perf_counter() - start
+    return first or 0.0, time.perf_counter() - start, n
+
+
+def throughput(url: str, clients: int, tokens: int, requests_each: int, eog: list[int]) -> dict:
+    bias = {str(t): -100 for t in eog}
+    results: list[tuple[float, float, int]] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=3600) as http:
+            for k in range(requests_each):
+                body = {"prompt": PROMPTS[i % len(PROMPTS)] + f" (part {k + 1})", "max_tokens": tokens, "seed": i,
+                        "logit_bias": bias}
+                r = stream(http, url, "/v1/completions", body)
+                with lock:
+                    results.append(r)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    total = sum(n for _, _, n in results)
+    return {"clients": clients, "requests": len(results), "tokens": total, "seconds": wall,
+            "tok_s": total / wall, "ttft_median_s": statistics.median(f for f, _, _ in results)}
+
+
+def conversation_ttft(url: str, turns: int = 5, answer_tokens: int = 64) -> dict:
+    questions = ["Tell me about the Moon.", "How far away is it?", "Who walked on it first?",
+                 "What did they bring back?", "Will people go back there?"][:turns]
+    system = "You are a knowledgeable assistant. Answer in a few sentences."
+    messages = [{"role": "system", "content": system}]
+    with httpx.Client(timeout=3600) as http:
+        warm = None
+        for q in questions:
+            messages.append({"role": "user", "content": q})
+            body = {"messages": messages, "max_tokens": answer_tokens, "temperature": 0}
+            warm = stream(http, url, "/v1/chat/completions", body)
+            r = http.post(url + "/v1/chat/completions", json=body).json()  # the reply, to continue from
+            messages.append({"role": "assistant", "content": r["choices"][0]["message"]["content"]})
+            usage = r["usage"]
+        messages.pop()
+        cold_messages = [{"role": "system", "content": f"[{time.time_ns()}] " + system}] + messages[1:]
+        cold = stream(http, url, "/v1/chat/completions",
+                      {"messages": cold_messages, "max_tokens": answer_tokens, "temperature": 0})
+    return {"turn": turns, "prompt_tokens": usage["prompt_tokens"],
+            "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+            "ttft_reused_s": warm[0], "ttft_cold_s": cold[0], "ratio": warm[0] / cold[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--model", default=None)
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--requests", type=int, default=2, help="requests per client")
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="write OUT.md and OUT.json")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    extra = (["-m", args.model] if args.model else []) + (["-t", str(args.threads)] if args.threads else [])
+    import pyengine
+    from pyengine.fetch import default_model_path
+
+    model_path = args.model or str(default_model_path())
+    eog = sorted(pyengine.Tokenizer.from_gguf(model_path).eog_ids)
+    with running_server(*extra, "--parallel", str(max(clients)), "-c", "2048") as url:
+        httpx.post(url + "/v1/completions", json={"prompt": "warm up", "max_tokens": 8}, timeout=3600)
+        rows = []
+        for c in clients:
+            rows.append(throughput(url, c, args.tokens, args.requests, eog))
+            print(f"{c} clients: {rows[-1]['tok_s']:.1f} tok/s aggregate "
+                  f"({rows[-1]['tokens']} tokens in {rows[-1]['seconds']:.1f} s), "
+                  f"median TTFT {rows[-1]['ttft_median_s'] * 1000:.0f} ms", flush=True)
+        ttft = conversation_ttft(url)
+        print(f"turn {ttft['turn']}: TTFT {ttft['ttft_reused_s'] * 1000:.0f} ms with {ttft['cached_tokens']} of "
+              f"{ttft['prompt_tokens']} prompt tokens reused, {ttft['ttft_cold_s'] * 1000:.0f} ms cold: "
+              f"{ttft['ratio']:.2f}x", flush=True)
+    if args.out:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(), "isa": pyengine.isa(), "model": os.path.basename(model_path), "repo": rev,
+                "command": "python " + " ".join(sys.argv)}
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "throughput": rows, "ttft": ttft}, indent=1))
+        one = rows[0]["tok_s"]
+        lines = [f"# pyengine serve: continuous batching and prefix reuse", "", f"`{meta['command']}`", "",
+                 f"{meta['date']}; {meta['cpus']} CPUs, isa {meta['isa']}; {meta['model']}; repo {rev}.", "",
+                 "| clients | tokens | seconds | aggregate tok/s | vs 1 client | median TTFT ms |",
+                 "|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['clients']} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} | "
+                         f"{r['tok_s'] / one:.2f}x | {r['ttft_median_s'] * 1000:.0f} |")
+        lines += ["", f"Turn {ttft['turn']} of a conversation: time to first token {ttft['ttft_reused_s'] * 1000:.0f} ms "
+                      f"({ttft['cached_tokens']} of {ttft['prompt_tokens']} prompt tokens reused) vs "
+                      f"{ttft['ttft_cold_s'] * 1000:.0f} ms cold: {ttft['ratio']:.2f}x.", ""]
+        Path(args.out + ".md").write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

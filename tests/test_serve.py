@@ -1,0 +1,434 @@
+"""The server: the batching engine in-process (determinism beside other requests, chunked prompts,
+prefix reuse, cancellation, the memory cap), then the HTTP API through the real openai client against
+`python -m pyengine serve` on a free port (chat, streaming, completions, logprobs, errors, the API key,
+a client that goes away)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pyengine
+from pyengine.chat import chat_ids
+from pyengine.sampling import SamplingParams
+from pyengine.serve.engine import Done, Engine, Failed, Job, Token
+from serve_util import running_server
+from tiny_models import write_tiny_llama
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+DEADLINE = 600  # seconds: only a hung server reaches it
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return pyengine.Model(n_ctx=1024, n_threads=2)
+
+
+class Listener:
+    """Collects one job's events (on the engine thread) for the test thread."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.log: list = []
+
+    def __call__(self, event) -> None:
+        self.log.append(event)
+        self.events.put(event)
+
+    def wait(self, n_choices: int = 1) -> dict:
+        """{choice: (tokens, text, finish, usage)} once every choice is done (or {"failed": msg})."""
+        tokens, texts, done = {}, {}, {}
+        while len(done) < n_choices:
+            event = self.events.get(timeout=DEADLINE)
+            if isinstance(event, Failed):
+                return {"failed": event.message}
+            if isinstance(event, Token):
+                if event.token is not None:
+                    tokens.setdefault(event.choice, []).append(event.token)
+                texts[event.choice] = texts.get(event.choice, "") + event.text
+            else:
+                done[event.choice] = event
+        return {c: (tokens.get(c, []), texts.get(c, ""), done[c].finish_reason, done[c].usage) for c in done}
+
+
+def submit(engine, ids, n=1, **kwargs):
+    listener = Listener()
+    sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.option_names()}
+    handle = engine.submit(Job(list(ids), SamplingParams.from_options(sampling), listener, **kwargs, n=n))
+    return listener, handle
+
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
+           "In 1969, astronauts", "A recipe for bread:", "import numpy as np\n", "Dear Sir or Madam,"]
+
+
+def test_same_text_alone_or_beside_seven_others(smol):
+    """The determinism promise through the batch: each request's tokens do not depend on what else
+    runs, and match Model.generate with the same seed."""
+    jobs = [dict(ids=smol.tokenize(p), seed=100 + i, max_tokens=24, temperature=0.9 if i % 2 else 0.0)
+            for i, p in enumerate(PROMPTS)]
+    engine = Engine(smol, parallel=8, prefill_chunk=4)
+    try:
+        alone = [submit(engine, **j)[0].wait()[0] for j in jobs]
+        together = [submit(engine, **j)[0] for j in jobs]
+        together = [listener.wait()[0] for listener in together]
+    finally:
+        engine.close()
+    for a, b in zip(alone, together):
+        assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+    reference = smol.generate(jobs[1]["ids"], max_tokens=24, temperature=0.9, seed=101)
+    assert alone[1][0] == reference.tokens and alone[1][1] == reference.text
+
+
+def test_choices_are_seeded_in_turn(smol):
+    ids = smol.tokenize("My favourite animal is")
+    engine = Engine(smol, parallel=4)
+    try:
+        out = submit(engine, ids, n=3, seed=7, max_tokens=12, temperature=1.0)[0].wait(3)
+    finally:
+        engine.close()
+    for i in range(3):
+        assert out[i][0] == smol.generate(ids, max_tokens=12, temperature=1.0, seed=7 + i).tokens
+        assert out[i][3].prompt_tokens == len(ids)
+    assert len({tuple(out[i][0]) for i in range(3)}) > 1
+
+
+def test_a_long_prompt_is_read_in_chunks_between_the_others_steps(smol):
+    engine = Engine(smol, parallel=2, prefill_chunk=32)
+    try:
+        short, _ = submit(engine, smol.tokenize("Count: one, two,"), max_tokens=200, temperature=0.0)
+        while not short.log:  # generating
+            time.sleep(0.001)
+        long_ids = smol.tokenize(" ".join(["the quick brown fox jumps over the lazy dog"] * 40))
+        assert len(long_ids) > 320
+        long, _ = submit(engine, long_ids, max_tokens=2, temperature=0.0)
+        result = long.wait()
+        first_long = long.log[0]
+        # the short job kept generating while the long prompt was read, one chunk per step
+        during = [e for e in short.log if isinstance(e, Token)]
+        assert len(during) >= len(long_ids) // 32 - 1
+        assert isinstance(first_long, Token) and result[0][2] == "length"
+        short.wait()
+    finally:
+        engine.close()
+
+
+def test_a_conversation_reuses_its_cached_prefix(smol):
+    first = smol.tokenize("The history of the printing press")
+    engine = Engine(smol, parallel=2)
+    cold = Engine(smol, parallel=1, cache_bytes=0)
+    try:
+        tokens, _, _, usage = submit(engine, first, max_tokens=10, temperature=0.0)[0].wait()[0]
+        assert usage.cached_tokens == 0
+        second = first + tokens + smol.tokenize(" and then", add_bos=False)
+        out = submit(engine, second, max_tokens=10, seed=3)[0].wait()[0]
+        # the first job's prompt and its generated tokens but the last (never evaluated) are kept
+        assert out[3].cached_tokens == len(first) + len(tokens) - 1
+        again = submit(cold, second, max_tokens=10, seed=3)[0].wait()[0]
+        assert again[3].cached_tokens == 0
+        assert out[0] == again[0] and out[1] == again[1]
+    finally:
+        engine.close()
+        cold.close()
+
+
+def test_cancel_frees_the_sequence_and_memory_stays_capped(smol):
+    per_sequence = pyengine.model.kv_cache_bytes(smol.config, smol.n_ctx, smol.kv_type)
+    engine = Engine(smol, parallel=2, cache_bytes=2 * per_sequence)
+    try:
+        listener, handle = submit(engine, smol.tokenize("Write a long story."), max_tokens=500, temperature=0.0,
+                                  logit_bias={t: -np.inf for t in smol.tokenizer.eog_ids})
+        while len(listener.log) < 3:
+            time.sleep(0.001)
+        handle.cancel()
+        deadline = time.monotonic() + DEADLINE
+        while engine.stats()["processing"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats()["processing"] == 0
+        assert not any(isinstance(e, Done) for e in listener.log)
+        for i, p in enumerate(PROMPTS):
+            submit(engine, smol.tokenize(p), max_tokens=2, temperature=0.0)[0].wait()
+            assert engine.cache.n_sequences <= 2 + 2
+        assert len(engine.cache.idle) == 2
+    finally:
+        engine.close()
+
+
+def test_logprobs_are_the_models(smol):
+    ids = smol.tokenize("Water boils at")
+    engine = Engine(smol, parallel=1)
+    try:
+        listener, _ = submit(engine, ids, max_tokens=4, temperature=0.0, top_logprobs=3)
+        tokens = listener.wait()[0][0]
+    finally:
+        engine.close()
+    logits = smol.logits(ids + tokens[:-1])[len(ids) - 1:].astype(np.float64)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    events = [e for e in listener.log if isinstance(e, Token)]
+    for step, (event, token) in enumerate(zip(events, tokens)):
+        assert event.logprobs.logprob == pytest.approx(log_p[step, token], abs=1e-9)
+        top = [t for t, _ in event.logprobs.top]
+        assert top == list(np.argsort(-log_p[step], kind="stable")[:3])
+        assert top[0] == token  # greedy
+
+
+def test_a_job_that_cannot_sample_fails_alone(tmp_path):
+    model = pyengine.Model(write_tiny_llama(tmp_path / "tiny.gguf"), n_threads=1)
+    engine = Engine(model, parallel=2)
+    try:
+        banned, _ = submit(engine, [1, 2, 3], logit_bias={i: -np.inf for i in range(model.n_vocab)})
+        fine, _ = submit(engine, [1, 2, 3], max_tokens=5, temperature=0.0)
+        assert "nothing can be sampled" in banned.wait()["failed"]
+        assert fine.wait()[0][2] == "length"
+        with pytest.raises(ValueError, match="context"):
+            engine.submit(Job([1] * model.n_ctx, SamplingParams(), lambda e: None))
+    finally:
+        engine.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP, through the openai client
+# ---------------------------------------------------------------------------------------------------
+
+API_KEY = "sk-test-key"
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server("-c", "1024", "--parallel", "8", "-t", "2", "--api-key", API_KEY) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=DEADLINE)
+
+
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a fruit."}]
+
+
+def test_chat_completion(client, smol):
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20,
+                                       temperature=0, seed=1)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    ids = chat_ids(smol, MESSAGES)
+    expected = smol.generate(ids, max_tokens=20, temperature=0)
+    assert choice.message.content == expected.text
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.usage.completion_tokens == len(expected.tokens) + (expected.finish_reason == "stop")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_stream_joins_to_the_same_text(client):
+    args = dict(model=MODEL, messages=MESSAGES, max_tokens=30, temperature=0.8, seed=5)
+    whole = client.chat.completions.create(**args).choices[0].message.content
+    chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_echo_n_stop_and_logprobs(client, smol):
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                  echo=True, logprobs=2)
+    expected = smol.generate(prompt, max_tokens=12, temperature=0)
+    assert r.choices[0].text == prompt + expected.text
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 12 and len(lp.top_logprobs[0]) == 2 and all(v <= 0 for v in lp.token_logprobs)
+    assert lp.text_offset[0] == len(prompt)
+    r = client.completions.create(model=MODEL, prompt=[prompt, "Once upon a time"], n=2,
+                                  max_tokens=8, seed=11)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == smol.generate(prompt, max_tokens=8, seed=11).text
+    assert r.choices[3].text == smol.generate("Once upon a time", max_tokens=8, seed=12).text
+    stop = expected.text.split()[1]
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                  stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and stop not in r.choices[0].text
+    pieces = [c.choices[0].text for c in client.completions.create(model=MODEL, prompt=prompt,
+                                                                     max_tokens=12, temperature=0, stream=True)]
+    assert "".join(pieces) == expected.text
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5,
+                                       temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens or len(content) == r.usage.completion_tokens - 1
+    for entry in content:
+        assert entry.top_logprobs[0].token == entry.token and entry.logprob == entry.top_logprobs[0].logprob
+        assert len(entry.top_logprobs) == 3 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+
+
+def test_llama_cpp_sampling_fields_are_read(client):
+    common = dict(model=MODEL, messages=MESSAGES, max_tokens=16, seed=3)
+    plain = client.chat.completions.create(**common).choices[0].message.content
+    same = client.chat.completions.create(**common, extra_body={"top_k": 40, "min_p": 0.05}).choices[0].message.content
+    greedy = client.chat.completions.create(**common, extra_body={"top_k": 1}).choices[0].message.content
+    zero = client.chat.completions.create(**common, temperature=0).choices[0].message.content
+    assert plain == same and greedy == zero
+    penalized = client.chat.completions.create(**common, temperature=0, extra_body={"repeat_penalty": 1.5})
+    assert penalized.choices[0].message.content  # read and applied without error
+
+
+def test_same_request_same_text_beside_seven_others(client):
+    requests = [dict(messages=[{"role": "user", "content": f"Tell me about the number {i}."}], seed=i, max_tokens=24,
+                     temperature=0.9) for i in range(8)]
+    alone = [client.chat.completions.create(model=MODEL, **r).choices[0].message.content
+             for r in requests]
+    together = [None] * 8
+
+    def ask(i: int) -> None:
+        together[i] = client.chat.completions.create(model=MODEL,
+                                                     **requests[i]).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+
+
+def test_the_next_turn_reuses_the_conversation(client):
+    messages = [{"role": "user", "content": "Name three rivers in Europe."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24,
+                                           temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And in Asia?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                            temperature=0)
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+
+
+def test_models_and_health(client, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok"
+
+
+def raw(server, method, path, body=None, key=API_KEY):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+    return httpx.request(method, server + path, content=body, headers=headers, timeout=DEADLINE)
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (b"\xff\xfe", 400, None),
+    ("[" * 100000 + "]" * 100000, 400, None),
+    ({"messages": "hi"}, 400, "messages"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user"}]}, 400, "messages"),
+    ({"messages": [{"role": 5, "content": "x"}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "messages"),
+    ({"messages": MESSAGES, "temperature": "hot"}, 400, "temperature"),
+    ({"messages": MESSAGES, "temperature": -1}, 400, "temperature"),
+    ({"messages": MESSAGES, "top_p": 2}, 400, "top_p"),
+    ({"messages": MESSAGES, "top_k": 1.5}, 400, "top_k"),
+    ({"messages": MESSAGES, "max_tokens": -5}, 400, "max_tokens"),
+    ({"messages": MESSAGES, "max_tokens": "many"}, 400, "max_tokens"),
+    ({"messages": MESSAGES, "n": 0}, 400, "n"),
+    ({"messages": MESSAGES, "n": 1000}, 400, "n"),
+    ({"messages": MESSAGES, "stop": [""]}, 400, "stop"),
+    ({"messages": MESSAGES, "stop": 3}, 400, "stop"),
+    ({"messages": MESSAGES, "seed": "x"}, 400, "seed"),
+    ({"messages": MESSAGES, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ({"messages": MESSAGES, "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+    ({"messages": MESSAGES, "logit_bias": {"5": 500}}, 400, "logit_bias"),
+    ({"messages": MESSAGES, "top_logprobs": 3}, 400, "top_logprobs"),
+    ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 99}, 400, "top_logprobs"),
+    ({"messages": MESSAGES, "stream": "yes"}, 400, "stream"),
+    ({"messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, 400, "response_format"),
+    ({"messages": MESSAGES, "model": "gpt-4o"}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "word " * 2000}]}, 400, "messages"),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD_REQUESTS, ids=range(len(BAD_REQUESTS)))
+def test_bad_chat_requests_get_openai_errors(server, body, status, param):
+    r = raw(server, "POST", "/v1/chat/completions", body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_bad_completion_requests_and_other_errors(server, client):
+    assert raw(server, "POST", "/v1/completions", {"prompt": 5}).status_code == 400
+    assert raw(server, "POST", "/v1/completions", {"prompt": [99999999]}).status_code == 400
+    assert raw(server, "POST", "/v1/completions", {"prompt": "x", "suffix": "y"}).status_code == 400
+    assert raw(server, "POST", "/v1/completions", {"prompt": "x", "logprobs": 9}).status_code == 400
+    r = raw(server, "POST", "/v1/completions", b"x" * (9 << 20))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = raw(server, "GET", "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    r = raw(server, "GET", "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]
+    for key in (None, "wrong"):
+        r = raw(server, "POST", "/v1/chat/completions", {"messages": MESSAGES}, key=key)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert raw(server, "GET", "/v1/models", key=None).status_code == 401
+    assert raw(server, "GET", "/health", key=None).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-2)
+    # still serving
+    assert client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                          max_tokens=2).choices[0].message.content is not None
+
+
+def wait_idle(server) -> dict:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        health = httpx.get(server + "/health").json()
+        if health["processing"] == 0 and health["waiting"] == 0 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.02)
+
+
+def endless(smol) -> dict:
+    """A completion request that runs until the context is full: the end-of-generation tokens banned."""
+    return {"prompt": "Once upon a time", "max_tokens": -1, "temperature": 0,
+            "logit_bias": {str(t): -100 for t in smol.tokenizer.eog_ids}}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_stops_its_generation(server, smol, stream):
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({**endless(smol), "stream": stream}).encode()
+    before = httpx.get(server + "/health").json()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
+                     b"\r\n\r\n" + body)
+        if stream:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the stream has started
+        deadline = time.monotonic() + DEADLINE
+        while httpx.get(server + "/health").json()["processing"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert httpx.get(server + "/health").json()["processing"] == 1
+    after = wait_idle(server)
+    assert after["processing"] == 0
+    # stopped, not run to the end of the context
+    assert after["cancelled"] == before["cancelled"] + 1 and after["finished"] == before["finished"]
