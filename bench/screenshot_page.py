@@ -9,11 +9,8 @@ headless Chromium (Debian: chromium, chromium-driver; Python: selenium) and save
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from selenium import webdriver
@@ -22,21 +19,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from serve_util import running_server  # noqa: E402
+
 SYSTEM = "You are a helpful assistant. Answer briefly."
 QUESTIONS = ["What is the capital of France?", "Name three things to see there."]
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "pyengine", "serve", "--port", "0", "-t", "1"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=tempfile.gettempdir())
-    for line in proc.stderr:  # the model loads, then the server says where it listens
-        match = re.search(r" on (http://\S+?) ", line)
-        if match:
-            # The rest of stderr goes nowhere: the server says little after this line.
-            return proc, match.group(1)
-        print(line, end="", file=sys.stderr)
-    raise SystemExit(f"the server exited with status {proc.wait()}")
 
 
 def main() -> None:
@@ -51,7 +38,11 @@ def main() -> None:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
                 "--hide-scrollbars"):
         options.add_argument(arg)
-    proc, url = start_server()
+    with running_server("-t", "1") as url:
+        shoot(url, options, args.output, width, height)
+
+
+def shoot(url, options, output, width, height) -> None:
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
     try:
         # The window's size less its frame is the page's: grow the window by the frame.
@@ -68,13 +59,11 @@ def main() -> None:
             WebDriverWait(driver, 180).until(
                 lambda d: len(d.find_elements(By.CSS_SELECTOR, ".message.assistant")) > before
                 and "tokens/s" in d.find_element(By.ID, "stats").text)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(args.output)
-        print(f"{args.output}: {Path(args.output).stat().st_size // 1024} KiB")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(output)
+        print(f"{output}: {Path(output).stat().st_size // 1024} KiB")
     finally:
         driver.quit()
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def main() -> int:
                 "command": "python " + " ".join(sys.argv)}
         Path(args.out + ".json").write_text(json.dumps({"meta": meta, "throughput": rows, "ttft": ttft}, indent=1))
         one = rows[0]["tok_s"]
-        lines = [f"# pyengine serve: continuous batching and prefix reuse", "", f"`{meta['command']}`", "",
+        lines = ["# pyengine serve: continuous batching and prefix reuse", "", f"`{meta['command']}`", "",
                  f"{meta['date']}; {meta['cpus']} CPUs, isa {meta['isa']}; {meta['model']}; repo {rev}.", "",
                  "| clients | tokens | seconds | aggregate tok/s | vs 1 client | median TTFT ms |",
                  "|---:|---:|---:|---:|---:|---:|"]

@@ -180,7 +180,8 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
 
     def ready(url: str) -> None:
         print(f"pyengine serve: {os.path.basename(m.path)} on {url} (OpenAI API at {url}/v1, chat page at {url}/), "
-              f"{parallel} parallel sequences, context {m.n_ctx} tokens, {m.n_threads} threads. Ctrl-C stops.",
+              f"{parallel} parallel sequences, context {m.n_ctx} tokens, {m.n_threads} thread{'s' if m.n_threads > 1 else ''}. "
+              "Ctrl-C stops.",
               file=sys.stderr, flush=True)
 
     try:

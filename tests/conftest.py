@@ -15,9 +15,11 @@ def rng():
 
 
 # Modules that run no kernels (tokenizers, the GGUF reader, fetching, the reference side of the
-# architecture goldens) or only the default path (the chat page in a browser): the passes of .ci/run
-# with PYENGINE_ISA forced would repeat them unchanged.
-ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_serve_page.py"}
+# architecture goldens) or run the model only as a client would (the server, its load test, the chat
+# page in a browser: the batching and HTTP layers, the same on every kernel path): the passes of
+# .ci/run with PYENGINE_ISA forced would repeat them unchanged.
+ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_serve.py",
+                   "test_serve_load.py", "test_serve_page.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Iterator
 
@@ -24,9 +25,11 @@ def running_server(*args: str, env: dict | None = None) -> Iterator[ServerURL]:
     """Starts the server with args (port 0: a free one), waits for the line that says where it
     listens, yields its URL ("http://127.0.0.1:PORT"), and stops it (SIGINT, then SIGKILL). Its
     stderr is kept; an early exit raises RuntimeError with it."""
+    # Run from outside the repository, as test_cli.py does: from its root, `python -m pyengine` would
+    # import the source tree instead of the installed package.
     proc = subprocess.Popen([sys.executable, "-m", "pyengine", "serve", "--port", "0", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
     lines: list[str] = []
     found = threading.Event()
     url: list[str] = []
@@ -45,7 +48,8 @@ def running_server(*args: str, env: dict | None = None) -> Iterator[ServerURL]:
     try:
         found.wait(STARTUP_DEADLINE)
         if not url:
-            raise RuntimeError("the server did not start:\n" + "".join(lines))
+            state = f"exited with status {proc.poll()}" if proc.poll() is not None else "is not listening"
+            raise RuntimeError(f"the server {state}; stderr:\n" + "".join(lines[-30:]))
         served = ServerURL(url[0])
         served.pid = proc.pid
         yield served

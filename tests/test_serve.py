@@ -432,3 +432,32 @@ def test_a_client_that_goes_away_stops_its_generation(server, smol, stream):
     assert after["processing"] == 0
     # stopped, not run to the end of the context
     assert after["cancelled"] == before["cancelled"] + 1 and after["finished"] == before["finished"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be in [0, 65535]"),
+    (["--parallel", "0"], "--parallel must be >= 1"),
+    (["-m", "/no/such/model.gguf"], "/no/such/model.gguf"),
+    (["--port", "x"], "invalid int value"),
+])
+def test_bad_serve_flags_end_with_one_line(args, message, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pyengine", "serve", *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=DEADLINE)
+    assert r.returncode != 0 and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_port_in_use_ends_with_one_line(server, tmp_path):
+    import subprocess
+    import sys
+
+    port = server.rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "pyengine", "serve", "--port", port, "-t", "1"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=DEADLINE)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert "address already in use" in lines[-1].lower(), r.stderr
+    assert not any("Traceback" in line for line in lines)

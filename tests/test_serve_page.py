@@ -15,14 +15,11 @@ deadlines: the machine may be busy.
 
 import contextlib
 import os
-import re
 import shutil
-import subprocess
-import sys
-import tempfile
-import threading
 
 import pytest
+
+import serve_util
 
 try:
     import httpx
@@ -36,9 +33,7 @@ except ImportError as e:
     httpx = webdriver = None
     IMPORT_ERROR = f"{e.name} is not installed (pip install \".[test]\")"
 
-STARTUP_S = 120  # the server loads the model (and may fetch it on first use)
 ANSWER_S = 180   # a whole answer, on a busy machine with one thread
-URL_LINE = re.compile(r" on (http://\S+?) ")
 
 
 def missing(what):
@@ -61,41 +56,10 @@ def browser_paths():
 
 @contextlib.contextmanager
 def running_server(*args):
-    """The base URL of `python -m pyengine serve --port 0 -t 1 *args`, terminated on leaving."""
+    """The base URL of `python -m pyengine serve --port 0 -t 1 *args`, stopped on leaving."""
     browser_paths()  # without a browser, the model is not loaded for nothing
-    # Run from outside the repository, as test_cli.py does: from its root, `python -m pyengine`
-    # would import the source tree instead of the installed package.
-    proc = subprocess.Popen([sys.executable, "-m", "pyengine", "serve", "--port", "0", "-t", "1", *args],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=tempfile.gettempdir())
-    lines, ready, found = [], threading.Event(), {}
-
-    def drain():  # reads stderr to its end, so that the server never blocks on a full pipe
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            match = URL_LINE.search(line)
-            if match and "url" not in found:
-                found["url"] = match.group(1)
-                ready.set()
-        ready.set()  # the server exited
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        ready.wait(STARTUP_S)
-        if "url" not in found:
-            state = f"exited with status {proc.poll()}" if proc.poll() is not None else f"not listening after {STARTUP_S} s"
-            pytest.fail(f"the server {state}; stderr:\n" + "\n".join(lines[-30:]))
-        yield found["url"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
-        proc.stderr.close()
+    with serve_util.running_server("-t", "1", *args) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 // The model over memory-mapped weights, its typed config, and its per-sequence contexts (KV cache +
 // buffers).
 #include <chrono>
+#include <mutex>
 #include <memory>
 #include <pybind11/stl.h>
 #include <stdexcept>
@@ -19,6 +20,10 @@ namespace {
 struct PyModel {
     std::unique_ptr<Model> model;
     std::vector<py::object> owners;
+    // The buffers of eval_sequences, kept between calls (a server's decoding steps would otherwise
+    // allocate and fault in fresh pages every step); a call that finds them in use gets its own.
+    RunState batch_state;
+    std::mutex batch_mutex;
 };
 
 struct PyContext {
@@ -230,14 +235,18 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
     const int64_t n = int64_t(contexts.size());
     py::array_t<float> out({n, int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
-    RunState state;  // the batch's own buffers: the contexts' stay untouched
+    std::unique_lock<std::mutex> lock(model->batch_mutex, std::try_to_lock);
+    RunState own;  // the contexts' buffers stay untouched
+    RunState& state = lock.owns_lock() ? model->batch_state : own;
     state.interrupted = signal_check();
     try {
         py::gil_scoped_release release;
         model->model->forward_sequences(tokens.data(), caches.data(), n, logits, state, pool);
     } catch (const Interrupted&) {
+        state.interrupted = nullptr;
         throw py::error_already_set();
     }
+    state.interrupted = nullptr;
     return out;
 }
 

@@ -18,6 +18,7 @@ name: an OpenAI-style error, {"error": {"message", "type", "param", "code"}}, wi
 from __future__ import annotations
 
 import asyncio
+from html import escape
 import json
 import os
 import time
@@ -530,7 +531,7 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
 
     async def page(request: Request) -> Response:
         html = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html.replace("{{MODEL}}", server.model_id))
+        return HTMLResponse(html.replace("{{MODEL}}", escape(server.model_id)))
 
     def guarded(handler):
         async def run(request: Request) -> Response:
