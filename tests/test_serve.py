@@ -393,6 +393,8 @@ def test_bad_completion_requests_and_other_errors(server, client):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-2)
+    r = raw(server, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 0})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "" and r.json()["usage"]["completion_tokens"] == 0
     # still serving
     assert client.chat.completions.create(model=MODEL, messages=MESSAGES,
                                           max_tokens=2).choices[0].message.content is not None

@@ -372,6 +372,10 @@ class Engine:
         job = a.job
         if c.output is None:
             c.output = TextOutput(self.model.tokenizer, c.max_tokens, job.stop)
+            if c.output.finish_reason is not None:  # max_tokens 0: the prompt read, nothing to generate
+                c.done = True
+                _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, 0)))
+                return
         token = c.sampler(c.seq.ids, logits)
         c.n_sampled += 1
         self.counts["tokens_generated"] += 1
