@@ -79,6 +79,29 @@ def throughput(url: str, clients: int, tokens: int, requests_each: int, eog: lis
             "tok_s": total / wall, "ttft_median_s": statistics.median(f for f, _, _ in results)}
 
 
+def forward_bound(model_path: str, threads: int | None, widths: list[int]) -> dict:
+    """Tokens/s of the batched forward pass alone (Model.eval_sequences, no server, no sampling) for
+    each number of sequences: the ceiling the server's aggregate throughput works under."""
+    import pyengine
+
+    model = pyengine.Model(model_path, n_ctx=512, n_threads=threads)
+    contexts = [model.context() for _ in range(max(widths))]
+    for i, ctx in enumerate(contexts):
+        ctx.eval(model.tokenize(PROMPTS[i % len(PROMPTS)] + " " + "and so on " * 12))
+    out = {}
+    for n in widths:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(16):
+                model.eval_sequences(contexts[:n], [100] * n)
+            best = min(best, (time.perf_counter() - start) / 16)
+            for ctx in contexts[:n]:
+                ctx.truncate(ctx.n_past - 16)
+        out[n] = n / best
+    return out
+
+
 def conversation_ttft(url: str, turns: int = 5, answer_tokens: int = 64) -> dict:
     questions = ["Tell me about the Moon.", "How far away is it?", "Who walked on it first?",
                  "What did they bring back?", "Will people go back there?"][:turns]
@@ -118,6 +141,9 @@ def main() -> int:
 
     model_path = args.model or str(default_model_path())
     eog = sorted(pyengine.Tokenizer.from_gguf(model_path).eog_ids)
+    bound = forward_bound(model_path, args.threads, clients)
+    print("forward pass alone: " + ", ".join(f"{n} sequences {v:.0f} tok/s ({v / bound[clients[0]]:.2f}x)"
+                                             for n, v in bound.items()), flush=True)
     with running_server(*extra, "--parallel", str(max(clients)), "-c", "2048") as url:
         httpx.post(url + "/v1/completions", json={"prompt": "warm up", "max_tokens": 8}, timeout=3600)
         rows = []
@@ -136,15 +162,21 @@ def main() -> int:
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "isa": pyengine.isa(), "model": os.path.basename(model_path), "repo": rev,
                 "command": "python " + " ".join(sys.argv)}
-        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "throughput": rows, "ttft": ttft}, indent=1))
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "throughput": rows, "ttft": ttft,
+                                                        "forward_tok_s": bound}, indent=1))
         one = rows[0]["tok_s"]
         lines = ["# pyengine serve: continuous batching and prefix reuse", "", f"`{meta['command']}`", "",
                  f"{meta['date']}; {meta['cpus']} CPUs, isa {meta['isa']}; {meta['model']}; repo {rev}.", "",
-                 "| clients | tokens | seconds | aggregate tok/s | vs 1 client | median TTFT ms |",
-                 "|---:|---:|---:|---:|---:|---:|"]
+                 "| clients | tokens | seconds | aggregate tok/s | vs 1 client | median TTFT ms "
+                 "| forward pass alone, tok/s | vs 1 sequence |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
+            f = bound[r["clients"]]
             lines.append(f"| {r['clients']} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} | "
-                         f"{r['tok_s'] / one:.2f}x | {r['ttft_median_s'] * 1000:.0f} |")
+                         f"{r['tok_s'] / one:.2f}x | {r['ttft_median_s'] * 1000:.0f} | {f:.0f} | "
+                         f"{f / bound[clients[0]]:.2f}x |")
+        lines += ["", "The forward pass alone: Model.eval_sequences with that many sequences, 16 steps, best of 5, "
+                      "in the benchmark's process before the server starts (the ceiling of the server's figure)."]
         lines += ["", f"Turn {ttft['turn']} of a conversation: time to first token {ttft['ttft_reused_s'] * 1000:.0f} ms "
                       f"({ttft['cached_tokens']} of {ttft['prompt_tokens']} prompt tokens reused) vs "
                       f"{ttft['ttft_cold_s'] * 1000:.0f} ms cold: {ttft['ratio']:.2f}x.", ""]
