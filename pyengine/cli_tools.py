@@ -5,9 +5,11 @@ without the command line. Errors become one line through cli.run_command."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from typing import Iterator
 
 
 def _int_list(text: str) -> list[int]:
@@ -38,6 +40,35 @@ def _check_writable(path: str) -> None:
         raise ValueError(f"{path}: cannot be written: it is a directory")
 
 
+@contextlib.contextmanager
+def _output_file(path: str) -> Iterator[None]:
+    """The command's output file, written (atomically, by a temporary file and a rename) inside the
+    block: when the block ends by Ctrl-C, an output this run put in place goes too, so that exit code
+    130 always means no output file, even for a Ctrl-C that lands just after the rename (the file is
+    whole, but the user asked to stop)."""
+    def identity() -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    before = identity()
+    try:
+        yield
+    except BaseException as e:
+        from ._startup import caused_by_interrupt
+
+        if caused_by_interrupt(e):
+            after = identity()
+            if after is not None and after != before:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        raise
+
+
 def _read_text(path: str) -> str:
     """A text file to tokenize, decoded as UTF-8 (undecodable bytes become U+FFFD); ValueError before
     reading one that holds more than the tokenizer takes at once (tokenizer.MAX_TEXT_CHARS)."""
@@ -63,18 +94,19 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be another file than the input")
     _check_writable(dst)
-    report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
-                            token_embedding_type=token_embedding_type, progress=sys.stderr.isatty())
-    print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
-          f"({report.output_bytes / report.input_bytes:.1%})")
-    counts: dict[str, int] = {}
-    for t in report.types.values():
-        counts[t] = counts.get(t, 0) + 1
-    print("tensor types: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1])))
-    if report.kept_higher:
-        print("kept at higher precision: " + ", ".join(report.kept_higher))
-    for note in report.notes:
-        print(f"note: {note}")
+    with _output_file(dst):
+        report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
+                                token_embedding_type=token_embedding_type, progress=sys.stderr.isatty())
+        print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
+              f"({report.output_bytes / report.input_bytes:.1%})")
+        counts: dict[str, int] = {}
+        for t in report.types.values():
+            counts[t] = counts.get(t, 0) + 1
+        print("tensor types: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+        if report.kept_higher:
+            print("kept at higher precision: " + ", ".join(report.kept_higher))
+        for note in report.notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -144,13 +176,14 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
         for r in results:
             r.ppl = quality[r.model].ppl
             r.kld = quality[r.model].kld_mean
-    if plot_path is not None:
-        plot(results, plot_path)
-    if as_json:
-        out = [r.to_dict() for r in results]
-        print(json.dumps(out[0] if len(out) == 1 else out))
-    else:
-        print(format_table(results))
+    with _output_file(plot_path) if plot_path is not None else contextlib.nullcontext():
+        if plot_path is not None:
+            plot(results, plot_path)
+        if as_json:
+            out = [r.to_dict() for r in results]
+            print(json.dumps(out[0] if len(out) == 1 else out))
+        else:
+            print(format_table(results))
     return 0
 
 
