@@ -101,6 +101,9 @@ struct RunState {
     // micro-batch; true stops the evaluation with Interrupted (the caches' n_past stay as they were:
     // the batch is not part of the sequence).
     std::function<bool()> interrupted;
+    // Optional: told the input of every matrix product (before it runs, on the calling thread):
+    // n_tokens rows of cols floats, row-major. The importance matrix (imatrix) is gathered this way.
+    std::function<void(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols)> observe;
     void reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
 };
 
@@ -126,6 +129,8 @@ public:
     size_t packed_bytes() const;
 
     const ModelConfig& config() const { return config_; }
+    // The weights as the products read them (views into the file; fused tensors split into parts).
+    const ModelWeights& weights() const { return w_; }
 
     // Evaluates `n_tokens` tokens at positions cache.n_past ... and appends their keys and values to
     // the cache. Writes the logits of every token (logits_all) or of the last one only to `logits`

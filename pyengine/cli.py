@@ -17,7 +17,7 @@ import sys
 from typing import Callable, TextIO
 
 from ._startup import caused_by_interrupt
-from .cli_tools import run_bench, run_info, run_perplexity, run_quantize  # noqa: F401  (run by name)
+from .cli_tools import run_bench, run_imatrix, run_info, run_perplexity, run_quantize  # noqa: F401  (run by name)
 from .sampling import SamplingParams
 
 HELP = """commands:

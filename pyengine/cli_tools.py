@@ -87,16 +87,19 @@ def _read_text(path: str) -> str:
 
 
 def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None = None,
-                 token_embedding_type: str | None = None, pure: bool = False) -> int:
+                 token_embedding_type: str | None = None, pure: bool = False, imatrix: str | None = None) -> int:
+    from .imatrix import Imatrix
     from .requantize import quantize_model
 
     _existing(src)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be another file than the input")
     _check_writable(dst)
+    importance = Imatrix.load(_existing(imatrix)) if imatrix is not None else None
     with _output_file(dst):
         report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
-                                token_embedding_type=token_embedding_type, progress=sys.stderr.isatty())
+                                token_embedding_type=token_embedding_type, progress=sys.stderr.isatty(),
+                                imatrix=importance)
         print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
               f"({report.output_bytes / report.input_bytes:.1%})")
         counts: dict[str, int] = {}
@@ -105,6 +108,9 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
         print("tensor types: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1])))
         if report.kept_higher:
             print("kept at higher precision: " + ", ".join(report.kept_higher))
+        if importance is not None:
+            print(f"importance-weighted: {len(report.weighted)} tensors (imatrix of {importance.chunk_count} chunks "
+                  f"of {importance.chunk_size} tokens)")
         for note in report.notes:
             print(f"note: {note}")
     return 0
@@ -187,6 +193,41 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
     return 0
 
 
+def run_imatrix(model: str, file: str, output: str = "imatrix.gguf", ctx_size: int = 512, chunks: int | None = None,
+                n_threads: int | None = None) -> int:
+    """Writes the importance matrix of `model` on the text in `file` to `output`."""
+    from .cli import load_model
+    from .imatrix import collect
+
+    text = _read_text(file)
+    if ctx_size < 16:
+        raise ValueError(f"-c must be at least 16 tokens (llama-imatrix counts only batches of 16 or more), got {ctx_size}")
+    if chunks is not None and chunks < 1:
+        raise ValueError(f"--chunks must be at least 1, got {chunks}")
+    _check_writable(output)
+    m = load_model(model, max(ctx_size, 16), n_threads)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="chunk", desc="imatrix")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        result = collect(m, text, ctx_size, chunks, datasets=[os.path.basename(file)], progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    with _output_file(output):
+        result.save(output)
+        print(f"{output}: {len(result.entries)} matrices, {result.chunk_count} chunks of {result.chunk_size} tokens")
+    return 0
+
+
 def run_info(model: str, as_json: bool = False) -> int:
     """Prints what the file holds; a file pyengine would refuse to run ends with that error (exit 1)."""
     from .gguf import GGUFError
@@ -200,7 +241,7 @@ def run_info(model: str, as_json: bool = False) -> int:
 
 
 def add_commands(commands) -> None:
-    """Adds the quantize, perplexity, bench and info parsers to __main__'s subparsers."""
+    """Adds the quantize, imatrix, perplexity, bench and info parsers to __main__'s subparsers."""
     q = commands.add_parser("quantize", help="re-quantize a GGUF model to another type",
                             description="Re-quantize a model choosing each tensor's type as llama.cpp's "
                                         "llama-quantize does (1-D tensors kept; the output tensor, attn_v, "
@@ -215,9 +256,26 @@ def add_commands(commands) -> None:
     q.add_argument("--output-tensor-type", default=None, metavar="TYPE", help="the output tensor's type")
     q.add_argument("--token-embedding-type", default=None, metavar="TYPE", help="token_embd's type")
     q.add_argument("--pure", action="store_true", help="every quantized 2-D tensor in TYPE's default type")
+    q.add_argument("--imatrix", default=None, metavar="FILE",
+                   help="an importance matrix (llama-imatrix's or pyengine imatrix's GGUF): weighted quantization")
     q.set_defaults(run=lambda a: ("run_quantize", {
         "src": a.src, "dst": a.dst, "type": a.type, "output_tensor_type": a.output_tensor_type,
-        "token_embedding_type": a.token_embedding_type, "pure": a.pure}))
+        "token_embedding_type": a.token_embedding_type, "pure": a.pure, "imatrix": a.imatrix}))
+
+    im = commands.add_parser("imatrix", help="an importance matrix from calibration text, as llama-imatrix",
+                             description="Runs the model over the text in chunks of -c tokens and writes, for "
+                                         "each layer matrix, the sum of its squared inputs per column and the "
+                                         "token count, in llama.cpp's imatrix GGUF format (for quantize "
+                                         "--imatrix, here or in llama-quantize).")
+    im.add_argument("-m", "--model", required=True, metavar="MODEL")
+    im.add_argument("-f", "--file", required=True, metavar="TEXT_FILE")
+    im.add_argument("-o", "--output", default="imatrix.gguf", metavar="FILE", help="default imatrix.gguf")
+    im.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N")
+    im.add_argument("--chunks", type=int, default=None, metavar="N", help="at most N chunks (default: all)")
+    im.add_argument("-t", "--threads", type=int, default=None)
+    im.set_defaults(run=lambda a: ("run_imatrix", {
+        "model": a.model, "file": a.file, "output": a.output, "ctx_size": a.ctx_size, "chunks": a.chunks,
+        "n_threads": a.threads}))
 
     p = commands.add_parser("perplexity", help="perplexity (and KL-divergence from a base model) on a text",
                             description="llama.cpp's method: chunks of -c tokens, the second half of each scored.")

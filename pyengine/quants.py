@@ -39,8 +39,8 @@ def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) 
 
     A 1-D array is one row and gives 1-D bytes. cols must be a multiple of the type's block size.
     imatrix: optional importance weights, one nonnegative float per column (llama.cpp's imatrix entry
-    of the tensor), for the weighted search of the types that have one (the K-quants, Q5_0, Q5_1,
-    IQ4_NL, IQ4_XS); the bytes are llama.cpp's with the same imatrix."""
+    of the tensor), for the weighted search of the types that have one (Q4_0, Q4_1, Q5_0, Q5_1, the
+    K-quants, IQ4_NL, IQ4_XS: has_weighted_quantizer); the bytes are llama.cpp's with the same imatrix."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim not in (1, 2):
         raise ValueError(f"quantize expects a 1-D or 2-D array, got shape {x.shape}")
@@ -60,6 +60,11 @@ def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) 
         with ThreadPoolExecutor(n_threads) as pool:
             out = np.concatenate(list(pool.map(lambda c: _core.quantize(c, type_id, imatrix), chunks)))
     return out.reshape(-1) if x.ndim == 1 else out
+
+
+def has_weighted_quantizer(type: str | int) -> bool:
+    """Whether quantize takes an imatrix for this type (llama.cpp's importance-weighted search)."""
+    return bool(_core.has_weighted_quantizer(_type_id(type)))
 
 
 def dequantize(raw: np.ndarray, type: str | int, shape) -> np.ndarray:

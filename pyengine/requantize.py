@@ -1,6 +1,6 @@
 """Re-quantizing a GGUF model file to another type, choosing each tensor's type as llama.cpp's
-quantizer (llama-quantize, without an importance matrix) does, so that a file made here has the
-tensor types of the file llama.cpp would make.
+quantizer (llama-quantize) does, so that a file made here has the tensor types of the file llama.cpp
+would make; with an importance matrix (pyengine/imatrix.py), its weighted quantization too.
 
 The type choice is `choose_tensor_types` (a pure function of the tensor names and shapes, a few
 hyper-parameters and the preset); `quantize_model` applies it to a file. The rules are data:
@@ -22,7 +22,9 @@ Source: llama.cpp's src/llama-quant.cpp (tensor_allows_quantization, tensor_get_
 llama_tensor_get_type_impl, llama_tensor_get_type, tensor_type_fallback, llama_ftype_get_default_type).
 Left out: MoE rules (n_expert > 1 is refused), Falcon's own rules (pyengine does not run Falcon),
 the IQ1/IQ2/IQ3/TQ/Q2_K_S/MXFP4 presets (they need an importance matrix or types pyengine lacks),
-the imatrix-only rules, and --tensor-type overrides. The other architectures pyengine runs (qwen2,
+and --tensor-type overrides. With an importance matrix, llama.cpp's two rules that depend on one hold
+(IQ4_NL/IQ4_XS keep the first eighth of ffn_down at their type instead of Q5_K; Q4_0/Q5_0 raise it to
+Q4_1/Q5_1), and every tensor it has an entry for is quantized with its type's weighted search. The other architectures pyengine runs (qwen2,
 qwen3, gemma3, phi3) follow the same rules as llama, with two differences that come from their
 shapes or size only: phi3's fused attn_qkv counts as an attn_v (llama.cpp's attn_qkv branch below
 the attn_v one is never reached), and qwen2 is "70B" at 80 layers whatever its GQA (llama only with
@@ -45,7 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, type_by_name
-from .quants import dequantize, quantize
+from .imatrix import Imatrix, importance_for
+from .quants import dequantize, has_weighted_quantizer, quantize
 
 G = GGMLType
 QK_K = 256  # llama.cpp's k-quant super-block
@@ -54,16 +57,19 @@ FLOAT_TYPES = frozenset({G.F32, G.F16, G.BF16})
 
 # A rule: (condition, type); the first whose condition holds gives the tensor's type. Conditions are
 # over i (the tensor's index among its kind, in llama.cpp's tensor order), n (how many there are:
-# the attn_v tensors for attn_v, the layer count for ffn_down) and n_gqa (n_head / n_head_kv).
+# the attn_v tensors for attn_v, the layer count for ffn_down), n_gqa (n_head / n_head_kv) and
+# imatrix (whether an importance matrix is given: llama.cpp's qs.has_imatrix).
 CONDITIONS = {
-    "always": lambda i, n, n_gqa: True,
-    "n_gqa>=4": lambda i, n, n_gqa: n_gqa >= 4,
-    "i<2": lambda i, n, n_gqa: i < 2,
-    "i<4": lambda i, n, n_gqa: i < 4,
-    "i<n/8": lambda i, n, n_gqa: i < n // 8,
-    "i<n/16": lambda i, n, n_gqa: i < n // 16,
+    "always": lambda i, n, n_gqa, imatrix: True,
+    "n_gqa>=4": lambda i, n, n_gqa, imatrix: n_gqa >= 4,
+    "i<2": lambda i, n, n_gqa, imatrix: i < 2,
+    "i<4": lambda i, n, n_gqa, imatrix: i < 4,
+    "i<n/8": lambda i, n, n_gqa, imatrix: i < n // 8,
+    "i<n/16": lambda i, n, n_gqa, imatrix: i < n // 16,
+    "i<n/8 without imatrix": lambda i, n, n_gqa, imatrix: i < n // 8 and not imatrix,
+    "i<n/8 with imatrix": lambda i, n, n_gqa, imatrix: i < n // 8 and imatrix,
     # llama.cpp's use_more_bits: the first and last eighth of the layers, and every third between
-    "more_bits": lambda i, n, n_gqa: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
+    "more_bits": lambda i, n, n_gqa, imatrix: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
 }
 Rules = tuple[tuple[str, GGMLType], ...]
 
@@ -80,16 +86,17 @@ class Preset:
 
 
 _MORE_V_DOWN = dict(attn_v=(("more_bits", G.Q6_K),), ffn_down=(("more_bits", G.Q6_K),))
-_IQ4 = dict(attn_v=(("n_gqa>=4", G.Q5_K),), ffn_down=(("i<n/8", G.Q5_K),))
+_IQ4 = dict(attn_v=(("n_gqa>=4", G.Q5_K),), ffn_down=(("i<n/8 without imatrix", G.Q5_K),))
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("f32", 0, G.F32),
     Preset("f16", 1, G.F16),
     Preset("bf16", 32, G.BF16),
-    Preset("q4_0", 2, G.Q4_0),
+    # with an imatrix, the first eighth of ffn_down one step up ("craziness" guard, llama.cpp says)
+    Preset("q4_0", 2, G.Q4_0, ffn_down=(("i<n/8 with imatrix", G.Q4_1),)),
     Preset("q4_1", 3, G.Q4_1),
     Preset("q8_0", 7, G.Q8_0),
-    Preset("q5_0", 8, G.Q5_0),
+    Preset("q5_0", 8, G.Q5_0, ffn_down=(("i<n/8 with imatrix", G.Q5_1),)),
     Preset("q5_1", 9, G.Q5_1),
     Preset("q2_k", 10, G.Q2_K, attn_v=(("n_gqa>=4", G.Q4_K), ("always", G.Q3_K)),
            ffn_down=(("always", G.Q3_K),), attn_output=(("always", G.Q3_K),)),
@@ -223,9 +230,9 @@ def _llamacpp_order(name: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1, name)
 
 
-def _apply(rules: Rules, i: int, n: int, n_gqa: int, default: GGMLType) -> GGMLType:
+def _apply(rules: Rules, i: int, n: int, n_gqa: int, imatrix: bool, default: GGMLType) -> GGMLType:
     for condition, ggml_type in rules:
-        if CONDITIONS[condition](i, n, n_gqa):
+        if CONDITIONS[condition](i, n, n_gqa, imatrix):
             return ggml_type
     return default
 
@@ -252,7 +259,7 @@ TensorSpec = tuple[str, Sequence[int]] | tuple[str, Sequence[int], "GGMLType | s
 
 def _choose(tensors: Iterable[TensorSpec], hparams: HParams, preset: Preset, pure: bool,
             output_type: GGMLType | None, embedding_type: GGMLType | None,
-            fallbacks: dict[str, GGMLType] | None = None) -> dict[str, GGMLType]:
+            fallbacks: dict[str, GGMLType] | None = None, imatrix: bool = False) -> dict[str, GGMLType]:
     """choose_tensor_types on GGMLTypes; `fallbacks` receives {tensor: the type it did not fit}."""
     if hparams.n_expert > 1:
         raise ValueError(f"{hparams.arch} with {hparams.n_expert} experts: pyengine does not quantize "
@@ -283,15 +290,15 @@ def _choose(tensors: Iterable[TensorSpec], hparams: HParams, preset: Preset, pur
             if category == "output" or (tied and category == "token_embd"):
                 new = output_type if output_type is not None else _output_rule(preset, dims[0])
             elif category == "attn_v":
-                new = _apply(preset.attn_v, i_attn_v, n_attn_v, hparams.n_gqa, new)
+                new = _apply(preset.attn_v, i_attn_v, n_attn_v, hparams.n_gqa, imatrix, new)
                 if hparams.is_70b:
                     new = ATTN_V_70B.get(new, new)
                 i_attn_v += 1
             elif category == "ffn_down":
-                new = _apply(preset.ffn_down, i_ffn_down, hparams.n_layer, hparams.n_gqa, new)
+                new = _apply(preset.ffn_down, i_ffn_down, hparams.n_layer, hparams.n_gqa, imatrix, new)
                 i_ffn_down += 1
             elif category == "attn_output":
-                new = _apply(preset.attn_output, 0, 0, hparams.n_gqa, new)
+                new = _apply(preset.attn_output, 0, 0, hparams.n_gqa, imatrix, new)
         if quantized:  # float targets never fall back
             fitting = _fitting(new, dims[0])
             if fitting != new and fallbacks is not None:
@@ -303,8 +310,9 @@ def _choose(tensors: Iterable[TensorSpec], hparams: HParams, preset: Preset, pur
 
 def choose_tensor_types(tensors: Iterable[TensorSpec], hparams: HParams, preset: str | Preset, *,
                         pure: bool = False, output_tensor_type: str | None = None,
-                        token_embedding_type: str | None = None) -> dict[str, str]:
-    """{tensor name: type name} as llama.cpp's quantizer (without an importance matrix) chooses them.
+                        token_embedding_type: str | None = None, imatrix: bool = False) -> dict[str, str]:
+    """{tensor name: type name} as llama.cpp's quantizer chooses them (imatrix: with an importance
+    matrix given, which changes a few rules).
 
     tensors: (name, shape) or (name, shape, source type) for every tensor of the model, the shape in
     GGUF's order (the row length first, as GGUFReader's TensorInfo.shape); the source type (default
@@ -316,7 +324,7 @@ def choose_tensor_types(tensors: Iterable[TensorSpec], hparams: HParams, preset:
         preset = preset_by_name(preset)
     output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
     embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
-    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type)
+    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type, imatrix=imatrix)
     return {name: t.name.lower() for name, t in chosen.items()}
 
 
@@ -334,6 +342,7 @@ class QuantizeReport:
     output_bytes: int = 0
     types: dict[str, str] = field(default_factory=dict)  # tensor -> type name written
     kept_higher: list[str] = field(default_factory=list)  # tensors kept above the target type
+    weighted: list[str] = field(default_factory=list)  # tensors quantized with the imatrix's importance
     notes: list[str] = field(default_factory=list)
 
 
@@ -344,14 +353,14 @@ def _bits_per_weight(ggml_type: GGMLType) -> float:
 
 def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: HParams, preset: Preset, *,
                pure: bool = False, output_type: GGMLType | None = None, embedding_type: GGMLType | None = None,
-               notes: list[str] | None = None) -> dict[str, GGMLType]:
+               notes: list[str] | None = None, imatrix: bool = False) -> dict[str, GGMLType]:
     """The type to write for each (name, GGUF shape, source type): llama.cpp's choice
     (choose_tensor_types), checked against what this build can write. ValueError, before anything is
     written, for a type it has no quantizer for or a
     row its block does not divide. `notes` receives a line per fallback."""
     notes = [] if notes is None else notes
     fallbacks: dict[str, GGMLType] = {}
-    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type, fallbacks)
+    chosen = _choose(tensors, hparams, preset, pure, output_type, embedding_type, fallbacks, imatrix)
     for name, shape, source in tensors:
         new, cols = chosen[name], int(shape[0])
         if name in fallbacks:
@@ -369,9 +378,14 @@ def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: 
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *, pure: bool = False,
                    output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-                   progress: bool = False) -> QuantizeReport:
+                   progress: bool = False, imatrix: Imatrix | None = None) -> QuantizeReport:
     """Writes `src` re-quantized to `type` (a preset: "q4_k_m", "Q8_0", "nf4", ...; see PRESETS) at
-    `dst`, each tensor in the type choose_tensor_types gives; returns what was written."""
+    `dst`, each tensor in the type choose_tensor_types gives; returns what was written.
+
+    imatrix: an importance matrix (pyengine.imatrix.Imatrix, e.g. Imatrix.load of llama-imatrix's
+    file): each tensor it has an entry for is quantized with the weighted search of its type (where
+    the type has one: Q8_0 and the float types have none, as in llama.cpp), and the type choice takes
+    llama.cpp's imatrix rules. Tensors without an entry are quantized plainly, as llama-quantize does."""
     preset = preset_by_name(type)
     output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
     embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
@@ -381,7 +395,11 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
         report.input_bytes = reader.file_size
         tensors = [(name, info.shape, info.type) for name, info in reader.tensors.items()]
         plan = plan_types(tensors, HParams.from_metadata(reader.metadata), preset, pure=pure,
-                          output_type=output_type, embedding_type=embedding_type, notes=report.notes)
+                          output_type=output_type, embedding_type=embedding_type, notes=report.notes,
+                          imatrix=imatrix is not None)
+        if imatrix is not None:  # sizes checked before anything is written
+            for name, info in reader.tensors.items():
+                importance_for(imatrix, name, info.shape[0])
         bar = None
         if progress:
             from tqdm import tqdm
@@ -407,7 +425,10 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
                     values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
-                    data = values if new_type == G.F32 else quantize(values, int(new_type))
+                    weights = importance_for(imatrix, name, cols) if has_weighted_quantizer(new_type) else None
+                    if weights is not None:
+                        report.weighted.append(name)
+                    data = values if new_type == G.F32 else quantize(values, int(new_type), imatrix=weights)
                 if new_type == G.F32:
                     writer.add_tensor(name, data.view(np.float32).reshape(tuple(reversed(info.shape))))
                 else:

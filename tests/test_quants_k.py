@@ -19,6 +19,8 @@ LENGTHS = (256, 512, 2048)
 
 # name: (values per block, bytes per block). A new type is a new row here and in the generator.
 TYPES = {
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
     "q5_0": (32, 22),
     "q5_1": (32, 24),
     "q2_K": (256, 84),

@@ -1,11 +1,13 @@
 // The model over memory-mapped weights, its typed config, and its per-sequence contexts (KV cache +
 // buffers).
 #include <chrono>
-#include <mutex>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <pybind11/stl.h>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../model.h"
@@ -24,6 +26,10 @@ struct PyModel {
     // allocate and fault in fresh pages every step); a call that finds them in use gets its own.
     RunState batch_state;
     std::mutex batch_mutex;
+    // The GGUF name of each matrix the products read, as llama.cpp's imatrix names them: a fused
+    // tensor (phi3's attn_qkv, a gate-up ffn_up) under its own name on its first part, its other
+    // parts unnamed (their input is the same, counted once).
+    std::unordered_map<const Matrix*, std::string> matrix_names;
 };
 
 struct PyContext {
@@ -157,6 +163,29 @@ std::shared_ptr<PyModel> build_model(const ModelConfig& c, const py::dict& tenso
     } catch (const std::invalid_argument& e) {
         throw py::value_error(e.what());
     }
+    const ModelWeights& mw = m->model->weights();
+    m->matrix_names[&mw.output] = "output.weight";
+    for (int l = 0; l < c.n_layers; l++) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        const LayerWeights& L = mw.layers[size_t(l)];
+        if (tensors.contains(p + "attn_qkv.weight")) {
+            m->matrix_names[&L.wq] = p + "attn_qkv.weight";
+            m->matrix_names[&L.wk] = m->matrix_names[&L.wv] = "";
+        } else {
+            m->matrix_names[&L.wq] = p + "attn_q.weight";
+            m->matrix_names[&L.wk] = p + "attn_k.weight";
+            m->matrix_names[&L.wv] = p + "attn_v.weight";
+        }
+        m->matrix_names[&L.wo] = p + "attn_output.weight";
+        if (tensors.contains(p + "ffn_gate.weight")) {
+            m->matrix_names[&L.w_gate] = p + "ffn_gate.weight";
+            m->matrix_names[&L.w_up] = p + "ffn_up.weight";
+        } else {
+            m->matrix_names[&L.w_gate] = p + "ffn_up.weight";
+            m->matrix_names[&L.w_up] = "";
+        }
+        m->matrix_names[&L.w_down] = p + "ffn_down.weight";
+    }
     return m;
 }
 
@@ -180,9 +209,37 @@ std::function<bool()> signal_check() {
     };
 }
 
+// What llama.cpp's llama-imatrix gathers: for each weight matrix, the sum over the tokens of the
+// squares of its input, per column, and how many tokens (in float, in token order, as llama.cpp adds
+// them). Only products of at least 16 tokens count, and only the layers' matrices (llama-imatrix's
+// defaults: no output.weight).
+struct ImatrixCollector {
+    struct Entry {
+        std::vector<float> sums;
+        int64_t count = 0;
+    };
+    std::shared_ptr<PyModel> model;
+    std::map<std::string, Entry> entries;
+
+    void observe(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols) {
+        if (n_tokens < 16) return;
+        const auto it = model->matrix_names.find(&w);
+        if (it == model->matrix_names.end() || it->second.rfind("blk.", 0) != 0) return;
+        Entry& e = entries[it->second];
+        if (e.sums.empty()) e.sums.assign(size_t(cols), 0.0f);
+        for (int64_t t = 0; t < n_tokens; t++) {
+            const float* row = x + t * cols;
+            for (int64_t j = 0; j < cols; j++) e.sums[size_t(j)] += row[j] * row[j];
+        }
+        e.count += n_tokens;
+    }
+};
+
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
-                        bool logits_all) {
+                        bool logits_all, ImatrixCollector* collector) {
+    if (collector && collector->model != ctx.model)
+        throw py::value_error("the collector belongs to another model");
     const ModelConfig& c = ctx.model->model->config();
     const int64_t n = ids.size();
     if (n == 0) throw py::value_error("no tokens to evaluate");
@@ -198,14 +255,23 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
                                         : py::array_t<float>({int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
     ctx.state.interrupted = signal_check();
+    if (collector)
+        ctx.state.observe = [collector](const Matrix& w, const float* x, int64_t n_tokens, int64_t cols) {
+            collector->observe(w, x, n_tokens, cols);
+        };
+    struct Reset {  // the hooks go with this call, however it ends
+        RunState& s;
+        ~Reset() {
+            s.interrupted = nullptr;
+            s.observe = nullptr;
+        }
+    } reset{ctx.state};
     try {
         py::gil_scoped_release release;
         ctx.model->model->forward(p, n, ctx.cache, logits, logits_all, ctx.state, pool);
     } catch (const Interrupted&) {
-        ctx.state.interrupted = nullptr;
         throw py::error_already_set();  // the exception the signal handler raised
     }
-    ctx.state.interrupted = nullptr;
     return out;
 }
 
@@ -309,6 +375,23 @@ void register_model(py::module_& m) {
             "source no longer read")
         .def_property_readonly("packed_bytes", [](const PyModel& pm) { return pm.model->packed_bytes(); });
 
+    py::class_<ImatrixCollector>(m, "ImatrixCollector",
+                                 "sums of squared inputs per column of each layer matrix (llama-imatrix's)")
+        .def(py::init([](std::shared_ptr<PyModel> model) {
+                 auto c = new ImatrixCollector();
+                 c->model = std::move(model);
+                 return c;
+             }),
+             py::arg("model"))
+        .def("entries", [](const ImatrixCollector& c) {
+            py::dict out;
+            for (const auto& [name, e] : c.entries) {
+                py::array_t<float> sums(py::ssize_t(e.sums.size()));
+                std::copy(e.sums.begin(), e.sums.end(), sums.mutable_data());
+                out[py::str(name)] = py::make_tuple(sums, e.count);
+            }
+            return out;
+        }, "{tensor name: (float32 sums [cols], token count)}");
     py::class_<PyContext>(m, "Context")
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
                  if (n_ctx <= 0 || n_ctx > (int64_t(1) << 31))
@@ -317,7 +400,8 @@ void register_model(py::module_& m) {
                  return new PyContext(std::move(model), n_ctx, GGMLType(kv_type));
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = uint32_t(TYPE_F16))
-        .def("eval", &eval, py::arg("pool"), py::arg("ids"), py::arg("logits_all") = false)
+        .def("eval", &eval, py::arg("pool"), py::arg("ids"), py::arg("logits_all") = false,
+             py::arg("collector") = nullptr)
         .def_property_readonly("n_past", [](const PyContext& c) { return c.cache.n_past(); })
         .def_property_readonly("n_ctx", [](const PyContext& c) { return c.cache.n_ctx(); })
         .def_property_readonly("kv_bytes", [](const PyContext& c) { return c.cache.bytes(); })

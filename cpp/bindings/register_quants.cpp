@@ -123,6 +123,10 @@ void register_quants(py::module_& m) {
         if (!t) return py::none();
         return py::make_tuple(t->name, t->block_size, t->type_size, uint32_t(t->vec_dot_type));
     }, "(name, block_size, type_size, vec_dot_type) of a ggml type id, or None if unsupported");
+    m.def("has_weighted_quantizer", [](uint32_t type) {
+        const TypeTraits* t = type_traits(type);
+        return t != nullptr && t->from_float_weighted != nullptr;
+    }, "whether quantize takes an importance matrix for this type (llama.cpp's weighted search)");
     m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("imatrix") = py::none());
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("quantize_activation", &quantize_activation, py::arg("isa"), py::arg("x"), py::arg("type"));

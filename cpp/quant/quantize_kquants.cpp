@@ -762,6 +762,37 @@ void quantize_row_q5_1(const float* x, void* vy, int64_t n) {
     }
 }
 
+// Q4_0 and Q4_1 with an importance matrix (ggml's quantize_row_q4_0_impl / q4_1_impl: the same
+// searches as Q5_0 / Q5_1 on a 4-bit grid); without one they keep the plain rounding of reference.cpp.
+void quantize_row_q4_0_w(const float* x, void* vy, int64_t n, const float* qw) {
+    auto* y = static_cast<block_q4_0*>(vy);
+    const float sigma2 = sum_of_squares(n, x) / float(n);
+    for (int64_t ib = 0; ib < n / QK; ib++) {
+        const float* xb = x + ib * QK;
+        float weight[QK];
+        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+        int8_t L[QK];
+        y[ib].d = fp32_to_fp16(fit_symmetric(QK, 8, xb, L, weight));
+        for (int j = 0; j < QK / 2; j++) y[ib].qs[j] = uint8_t(L[j] | (L[j + QK / 2] << 4));
+    }
+}
+
+void quantize_row_q4_1_w(const float* x, void* vy, int64_t n, const float* qw) {
+    auto* y = static_cast<block_q4_1*>(vy);
+    const float sigma2 = sum_of_squares(n, x) / float(n);
+    for (int64_t ib = 0; ib < n / QK; ib++) {
+        const float* xb = x + ib * QK;
+        float weight[QK];
+        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+        uint8_t L[QK], Laux[QK];
+        float min;
+        const float d = fit_affine(QK, 15, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+        y[ib].d = fp32_to_fp16(d);
+        y[ib].m = fp32_to_fp16(-min);
+        for (int j = 0; j < QK / 2; j++) y[ib].qs[j] = uint8_t(L[j] | (L[j + QK / 2] << 4));
+    }
+}
+
 void quantize_row_q5_0_w(const float* x, void* vy, int64_t n, const float* qw) {
     auto* y = static_cast<block_q5_0*>(vy);
     const float sigma2 = sum_of_squares(n, x) / float(n);

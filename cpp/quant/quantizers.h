@@ -27,6 +27,8 @@ void quantize_row_q6_K(const float* x, void* y, int64_t n);
 void quantize_row_iq4_nl(const float* x, void* y, int64_t n);
 void quantize_row_iq4_xs(const float* x, void* y, int64_t n);
 
+void quantize_row_q4_0_w(const float* x, void* y, int64_t n, const float* weights);
+void quantize_row_q4_1_w(const float* x, void* y, int64_t n, const float* weights);
 void quantize_row_q5_0_w(const float* x, void* y, int64_t n, const float* weights);
 void quantize_row_q5_1_w(const float* x, void* y, int64_t n, const float* weights);
 void quantize_row_q2_K_w(const float* x, void* y, int64_t n, const float* weights);

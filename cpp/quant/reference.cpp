@@ -726,9 +726,9 @@ struct TraitsTable {
         rows[TYPE_F16] = make_traits("f16", 1, 2, TYPE_F32, ref::dequantize_row_f16, ref::quantize_row_f16);
         rows[TYPE_BF16] = make_traits("bf16", 1, 2, TYPE_F32, ref::dequantize_row_bf16, ref::quantize_row_bf16);
         rows[TYPE_Q4_0] = make_traits("q4_0", QK, sizeof(block_q4_0), TYPE_Q8_0, ref::dequantize_row_q4_0,
-                                      ref::quantize_row_q4_0);
+                                      ref::quantize_row_q4_0, ref::quantize_row_q4_0_w);
         rows[TYPE_Q4_1] = make_traits("q4_1", QK, sizeof(block_q4_1), TYPE_Q8_1, ref::dequantize_row_q4_1,
-                                      ref::quantize_row_q4_1);
+                                      ref::quantize_row_q4_1, ref::quantize_row_q4_1_w);
         rows[TYPE_Q8_0] = make_traits("q8_0", QK, sizeof(block_q8_0), TYPE_Q8_0, ref::dequantize_row_q8_0,
                                       ref::quantize_row_q8_0);
         rows[TYPE_Q8_1] = make_traits("q8_1", QK, sizeof(block_q8_1), TYPE_Q8_1, ref::dequantize_row_q8_1,

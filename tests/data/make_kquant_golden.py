@@ -1,4 +1,4 @@
-"""Dev-only: llama.cpp's bytes for the quantizers of Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL and IQ4_XS, written
+"""Dev-only: llama.cpp's bytes for the quantizers of Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL and IQ4_XS, written
 to tests/data/kquant_golden.npz for tests/test_quants_k.py (CI has no llama.cpp).
 
     pip install llama-cpp-python      # its libggml-base.so is the reference; never a runtime need
@@ -30,6 +30,8 @@ REAL_MODEL = Path.home() / ".cache/pyengine/SmolLM2-135M-Instruct.F32.gguf"
 
 # name: (ggml type id, values per block, bytes per block)
 TYPES = {
+    "q4_0": (2, 32, 18),
+    "q4_1": (3, 32, 20),
     "q5_0": (6, 32, 22),
     "q5_1": (7, 32, 24),
     "q2_K": (10, 256, 84),
