@@ -5,7 +5,6 @@ make_llamacpp_imatrix_golden.py: llama.cpp's quantizer given the same importance
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from tiny_models import write_tiny_llama
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(ROOT / "models"))
+sys.path.insert(0, str(DATA))
+from make_llamacpp_imatrix_golden import tensor_hashes  # noqa: E402
 from recipes import smollm2  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex the jovial boxer "
@@ -125,17 +126,6 @@ def test_the_type_rules_that_change_with_an_imatrix():
     assert choose_tensor_types(tensors, hp, "q4_0", imatrix=True)["blk.1.ffn_down.weight"] == "q4_1"
     assert choose_tensor_types(tensors, hp, "q5_0", imatrix=True)["blk.1.ffn_down.weight"] == "q5_1"
     assert choose_tensor_types(tensors, hp, "q4_0", imatrix=True)["blk.2.ffn_down.weight"] == "q4_0"
-
-
-def tensor_hashes(path) -> dict[str, str]:
-    with pyengine.gguf.GGUFReader(path) as r:
-        out = {}
-        for name in sorted(r.tensors):
-            info = r.tensors[name]
-            h = hashlib.sha256(f"{name}:{int(info.type)}:{tuple(info.shape)}".encode())
-            h.update(np.ascontiguousarray(info.data).view(np.uint8).tobytes())
-            out[name] = h.hexdigest()
-    return out
 
 
 GOLDEN = json.loads((DATA / "llamacpp_imatrix_golden.json").read_text())

@@ -762,64 +762,73 @@ void quantize_row_q5_1(const float* x, void* vy, int64_t n) {
     }
 }
 
-// Q4_0 and Q4_1 with an importance matrix (ggml's quantize_row_q4_0_impl / q4_1_impl: the same
-// searches as Q5_0 / Q5_1 on a 4-bit grid); without one they keep the plain rounding of reference.cpp.
-void quantize_row_q4_0_w(const float* x, void* vy, int64_t n, const float* qw) {
-    auto* y = static_cast<block_q4_0*>(vy);
+// The 32-value formats with an importance matrix (ggml's quantize_row_q{4,5}_{0,1}_impl): in each
+// block, weight j is qw_j * sqrt(sigma2 + x_j^2), sigma2 the row's mean square; then the symmetric
+// search on levels -nmax .. nmax - 1 (Q4_0, Q5_0) or the affine one on 0 .. nmax (Q4_1, Q5_1), and
+// pack(block, L) stores the levels. Without an importance matrix these types round plainly.
+namespace {
+
+const float* block_weights(const float* x, int64_t ib, const float* qw, float sigma2, float (&weight)[QK]) {
+    const float* xb = x + ib * QK;
+    for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    return weight;
+}
+
+template <typename Block, typename Pack>
+void weighted_symmetric_row(const float* x, void* vy, int64_t n, const float* qw, int nmax, Pack pack) {
+    auto* y = static_cast<Block*>(vy);
     const float sigma2 = sum_of_squares(n, x) / float(n);
     for (int64_t ib = 0; ib < n / QK; ib++) {
-        const float* xb = x + ib * QK;
         float weight[QK];
-        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
         int8_t L[QK];
-        y[ib].d = fp32_to_fp16(fit_symmetric(QK, 8, xb, L, weight));
-        for (int j = 0; j < QK / 2; j++) y[ib].qs[j] = uint8_t(L[j] | (L[j + QK / 2] << 4));
+        y[ib].d = fp32_to_fp16(fit_symmetric(QK, nmax, x + ib * QK, L, block_weights(x, ib, qw, sigma2, weight)));
+        pack(y[ib], reinterpret_cast<const uint8_t*>(L));
     }
+}
+
+template <typename Block, typename Pack>
+void weighted_affine_row(const float* x, void* vy, int64_t n, const float* qw, int nmax, Pack pack) {
+    auto* y = static_cast<Block*>(vy);
+    const float sigma2 = sum_of_squares(n, x) / float(n);
+    for (int64_t ib = 0; ib < n / QK; ib++) {
+        float weight[QK];
+        uint8_t L[QK], Laux[QK];
+        float min;
+        const float d = fit_affine(QK, nmax, x + ib * QK, block_weights(x, ib, qw, sigma2, weight), L, &min,
+                                   Laux, -0.9f, 0.05f, 36, false);
+        y[ib].d = fp32_to_fp16(d);
+        y[ib].m = fp32_to_fp16(-min);
+        pack(y[ib], L);
+    }
+}
+
+// Levels 0..15: weight j in the low nibble of qs[j], weight j + 16 in the high one.
+template <typename Block>
+void pack_q4(Block& b, const uint8_t* L) {
+    for (int j = 0; j < QK / 2; j++) b.qs[j] = uint8_t(L[j] | (L[j + QK / 2] << 4));
+}
+
+template <typename Block>
+void pack_q5_block(Block& b, const uint8_t* L) {
+    pack_q5(L, b.qs, b.qh);
+}
+
+}  // namespace
+
+void quantize_row_q4_0_w(const float* x, void* vy, int64_t n, const float* qw) {
+    weighted_symmetric_row<block_q4_0>(x, vy, n, qw, 8, pack_q4<block_q4_0>);
 }
 
 void quantize_row_q4_1_w(const float* x, void* vy, int64_t n, const float* qw) {
-    auto* y = static_cast<block_q4_1*>(vy);
-    const float sigma2 = sum_of_squares(n, x) / float(n);
-    for (int64_t ib = 0; ib < n / QK; ib++) {
-        const float* xb = x + ib * QK;
-        float weight[QK];
-        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
-        uint8_t L[QK], Laux[QK];
-        float min;
-        const float d = fit_affine(QK, 15, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-        y[ib].d = fp32_to_fp16(d);
-        y[ib].m = fp32_to_fp16(-min);
-        for (int j = 0; j < QK / 2; j++) y[ib].qs[j] = uint8_t(L[j] | (L[j + QK / 2] << 4));
-    }
+    weighted_affine_row<block_q4_1>(x, vy, n, qw, 15, pack_q4<block_q4_1>);
 }
 
 void quantize_row_q5_0_w(const float* x, void* vy, int64_t n, const float* qw) {
-    auto* y = static_cast<block_q5_0*>(vy);
-    const float sigma2 = sum_of_squares(n, x) / float(n);
-    for (int64_t ib = 0; ib < n / QK; ib++) {
-        const float* xb = x + ib * QK;
-        float weight[QK];
-        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
-        int8_t L[QK];
-        y[ib].d = fp32_to_fp16(fit_symmetric(QK, 16, xb, L, weight));
-        pack_q5(reinterpret_cast<const uint8_t*>(L), y[ib].qs, y[ib].qh);
-    }
+    weighted_symmetric_row<block_q5_0>(x, vy, n, qw, 16, pack_q5_block<block_q5_0>);
 }
 
 void quantize_row_q5_1_w(const float* x, void* vy, int64_t n, const float* qw) {
-    auto* y = static_cast<block_q5_1*>(vy);
-    const float sigma2 = sum_of_squares(n, x) / float(n);
-    for (int64_t ib = 0; ib < n / QK; ib++) {
-        const float* xb = x + ib * QK;
-        float weight[QK];
-        for (int j = 0; j < QK; j++) weight[j] = qw[ib * QK + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
-        uint8_t L[QK], Laux[QK];
-        float min;
-        const float d = fit_affine(QK, 31, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-        y[ib].d = fp32_to_fp16(d);
-        y[ib].m = fp32_to_fp16(-min);
-        pack_q5(L, y[ib].qs, y[ib].qh);
-    }
+    weighted_affine_row<block_q5_1>(x, vy, n, qw, 31, pack_q5_block<block_q5_1>);
 }
 
 void quantize_row_q2_K(const float* x, void* vy, int64_t n) {
