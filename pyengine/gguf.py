@@ -926,6 +926,9 @@ class GGUFWriter:
                     f.write(bytes(offsets[name] - position))
                     _write_tensor_data(f, tensor.data)
                     position = offsets[name] + tensor.data.nbytes
+                # the last tensor padded too, as ggml and gguf-py write it: ggml's gguf reader reads
+                # the data section as whole aligned tensors (an imatrix file is read so)
+                f.write(bytes(_align_up(position, self.alignment) - position))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, self.path)

@@ -521,9 +521,16 @@ def _small_file(tmp_path) -> bytes:
 
 def test_every_truncation_is_refused(tmp_path):
     data = _small_file(tmp_path)
+    with GGUFReader(tmp_path / "small.gguf") as r:
+        end = max(info.offset + info.nbytes for info in r.tensors.values())
+    assert len(data) % 32 == 0 and end <= len(data)  # the last tensor is padded too, as ggml writes it
     path = tmp_path / "cut.gguf"
     path.write_bytes(data)
-    for n in reversed(range(len(data))):
+    for n in reversed(range(end, len(data))):  # only the padding cut: every tensor still whole
+        os.truncate(path, n)
+        with GGUFReader(path) as r:
+            assert max(info.offset + info.nbytes for info in r.tensors.values()) == end
+    for n in reversed(range(end)):
         os.truncate(path, n)
         with pytest.raises(GGUFError) as caught:
             GGUFReader(path)

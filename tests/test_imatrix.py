@@ -68,6 +68,20 @@ def test_collect_matches_a_numpy_forward_pass(tmp_path, arch):
         np.testing.assert_allclose(imatrix.importance(name), reference.sums[name] / 96, rtol=2e-4, atol=1e-6)
 
 
+def test_a_llama_imatrix_file_is_read_and_agrees(tmp_path):
+    """llama.cpp's llama-imatrix on the same tiny model and text (tests/data/make_llamacpp_imatrix_golden.py
+    --bin): its file reads, and pyengine's collection gives the same entries, counts and values (up to
+    the two engines' float rounding)."""
+    theirs = Imatrix.load(DATA / "llamacpp_imatrix_tiny.gguf")
+    model = pyengine.Model(write_tiny_llama(tmp_path / "tiny.gguf", n_ctx_train=64), n_ctx=64)
+    ours = collect(model, WORDS, n_ctx=32, n_chunks=3)
+    assert (theirs.chunk_count, theirs.chunk_size) == (ours.chunk_count, ours.chunk_size) == (3, 32)
+    assert theirs.entries.keys() == ours.entries.keys()
+    for name, (sums, count) in theirs.entries.items():
+        assert count == ours.entries[name][1]
+        np.testing.assert_allclose(ours.entries[name][0], sums, rtol=0, atol=2e-3 * sums.max(), err_msg=name)
+
+
 def test_the_file_is_llama_cpps_format(tmp_path):
     gguf = pytest.importorskip("gguf")
     entries = {"blk.1.ffn_down.weight": (np.arange(8, dtype=np.float32), 48),

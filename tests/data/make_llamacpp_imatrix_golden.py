@@ -2,7 +2,7 @@
 tests/test_imatrix.py.
 
     pip install llama-cpp-python      # never a runtime need
-    python tests/data/make_llamacpp_imatrix_golden.py
+    python tests/data/make_llamacpp_imatrix_golden.py [--bin DIR]
 
 1. pyengine's imatrix of the F32 model on the second half of WikiText-2 (2 chunks of 512 tokens) is
    written to tests/data/smollm2_imatrix.gguf (kept: the test quantizes with this very file, so that
@@ -11,6 +11,13 @@ tests/test_imatrix.py.
    F32 model with that importance matrix, read as llama-quantize reads the GGUF format (in_sum2 / counts
    per entry); the sha256 of each tensor it writes goes to tests/data/llamacpp_imatrix_golden.json.
 pyengine's `quantize --imatrix` must write the same tensors, byte for byte.
+
+With llama.cpp's own tools (built from the sources llama-cpp-python's sdist vendors: cmake --build ...
+--target llama-imatrix llama-quantize), `--bin DIR` also checks the file format both ways:
+3. llama-quantize --imatrix tests/data/smollm2_imatrix.gguf (pyengine's file) writes the same tensors;
+4. llama-imatrix on the tiny model of tests/test_imatrix.py (tiny_models.write_tiny_llama, n_ctx_train
+   64) over its text, 3 chunks of 32 tokens, is written to tests/data/llamacpp_imatrix_tiny.gguf: the
+   test reads it and holds pyengine's own collection on the same model and text to it.
 """
 
 from __future__ import annotations
@@ -75,6 +82,26 @@ def llamacpp_quantize(src, dst, preset, imatrix):
         raise SystemExit(f"llama.cpp could not quantize to {preset}")
 
 
+def check_with_binaries(bin_dir: Path, f32, golden) -> None:
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_imatrix import WORDS
+    from tiny_models import write_tiny_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "q.gguf"
+        subprocess.run([str(bin_dir / "llama-quantize"), "--imatrix", str(IMATRIX), str(f32), str(out), "q4_k_m", "1"],
+                       check=True, capture_output=True)
+        assert tensor_hashes(out) == golden["presets"]["q4_k_m"], "llama-quantize read pyengine's imatrix differently"
+        model, text = Path(tmp) / "tiny.gguf", Path(tmp) / "words.txt"
+        write_tiny_llama(model, n_ctx_train=64)
+        text.write_text(WORDS)
+        subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", "32", "--chunks", "3",
+                        "-o", str(HERE / "llamacpp_imatrix_tiny.gguf"), "-t", "1"], check=True, capture_output=True)
+    print("llama-quantize reads pyengine's imatrix file; wrote llamacpp_imatrix_tiny.gguf")
+
+
 def main():
     import llama_cpp
     from recipes import smollm2
@@ -95,6 +122,8 @@ def main():
             print(f"{preset}: {len(golden['presets'][preset])} tensors")
     OUT.write_text(json.dumps(golden, indent=1) + "\n")
     print(f"wrote {OUT} and {IMATRIX} ({IMATRIX.stat().st_size} bytes)")
+    if "--bin" in sys.argv:
+        check_with_binaries(Path(sys.argv[sys.argv.index("--bin") + 1]), f32, golden)
 
 
 if __name__ == "__main__":
