@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 
 from .gguf import GGUFError
-from .generate import TokenStream, check_max_tokens, check_options, generate_ids
+from .generate import TokenStream, check_max_tokens, check_options, generate_ids, keep_prefix, reusable_prefix
 from .sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
@@ -440,17 +440,7 @@ class ChatSession:
             if self.messages and self.messages[-1] is message:
                 self.messages.pop()
             raise
-        reused = 0
-        for a, b in zip(ids, self.ctx_ids):
-            if a != b:
-                break
-            reused += 1
-        reused = min(reused, len(ids) - 1)  # the last id is evaluated again for its logits
-        try:
-            self.ctx.truncate(reused)
-        except ValueError:  # a sliding-window cache no longer holds the window before `reused`
-            reused = 0
-            self.ctx.truncate(0)
+        reused = keep_prefix(self.ctx, reusable_prefix(self.ctx_ids, ids))
         self.ctx_ids = self.ctx_ids[:reused]
         self.last_reused, self.last_prompt_eval = reused, len(ids) - reused
         self.last_eval_count, self.last_finish = 0, None

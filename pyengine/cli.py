@@ -170,8 +170,7 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
     if api_key is not None and not api_key:
         raise CommandError("--api-key must not be empty")
     try:
-        from .serve import serve
-        from .serve import _require
+        from .serve import _require, serve
 
         _require()
     except ImportError as e:

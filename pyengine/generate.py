@@ -27,7 +27,7 @@ from .sampling import Sampler, SamplingParams
 if TYPE_CHECKING:
     from .model import Context, Model
 
-__all__ = ["Completion", "TextOutput", "TokenStream", "generate", "generate_ids", "check_max_tokens", "check_stop", "check_options",
+__all__ = ["Completion", "TextOutput", "TokenStream", "reusable_prefix", "keep_prefix", "generate", "generate_ids", "check_max_tokens", "check_stop", "check_options",
            "prompt_ids"]
 
 
@@ -154,6 +154,28 @@ class TextOutput:
         return piece
 
 
+def reusable_prefix(held: Sequence[int], ids: Sequence[int]) -> int:
+    """How many of `ids` a context holding `held` can keep: their common prefix, but not the last of
+    ids, which is evaluated again for its logits."""
+    n = 0
+    for a, b in zip(held, ids[:len(ids) - 1]):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def keep_prefix(ctx: Context, n: int) -> int:
+    """Truncates ctx to its first n positions and returns n; or to none, returning 0, where a
+    sliding-window cache no longer holds the window before position n."""
+    try:
+        ctx.truncate(n)
+    except ValueError:
+        ctx.truncate(0)
+        return 0
+    return n
+
+
 class TokenStream:
     """Generation on a context the caller keeps (the chat REPL's conversation).
 
@@ -186,17 +208,27 @@ class TokenStream:
         self.sampler = sampler
         self.output = TextOutput(ctx.model.tokenizer, max_tokens, stop)
         self.ids = list(history)
-        self.tokens = self.output.tokens
-        self.text = ""
-        self.finish_reason: str | None = None
         self.n_evaluated = 0
+        self._started = False
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.output.tokens
+
+    @property
+    def text(self) -> str:
+        return self.output.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.output.finish_reason if self._started else None
 
     def __iter__(self) -> Iterator[tuple[int | None, str]]:
-        if self.finish_reason is not None or self.n_evaluated:
+        if self._started:
             raise RuntimeError("a TokenStream runs once")
+        self._started = True
         out = self.output
         if out.finish_reason is not None:  # max_tokens 0
-            self.finish_reason = out.finish_reason
             return
         ctx, ids, sample = self.ctx, self.ids, self.sampler
         logits = ctx.eval(self.new_ids)
@@ -205,9 +237,7 @@ class TokenStream:
         while True:
             token = sample(ids, logits)
             piece = out.add(token, room=ctx.n_past < ctx.n_ctx)
-            self.text = out.text
             if out.finish_reason is not None:
-                self.finish_reason = out.finish_reason
                 if token in out.eog:
                     if piece:
                         yield None, piece

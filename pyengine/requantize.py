@@ -397,9 +397,8 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
         plan = plan_types(tensors, HParams.from_metadata(reader.metadata), preset, pure=pure,
                           output_type=output_type, embedding_type=embedding_type, notes=report.notes,
                           imatrix=imatrix is not None)
-        if imatrix is not None:  # sizes checked before anything is written
-            for name, info in reader.tensors.items():
-                importance_for(imatrix, name, info.shape[0])
+        # each tensor's importance (its size checked) before anything is written
+        importance = {name: importance_for(imatrix, name, info.shape[0]) for name, info in reader.tensors.items()}
         bar = None
         if progress:
             from tqdm import tqdm
@@ -425,7 +424,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
                     values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
-                    weights = importance_for(imatrix, name, cols) if has_weighted_quantizer(new_type) else None
+                    weights = importance[name] if has_weighted_quantizer(new_type) else None
                     if weights is not None:
                         report.weighted.append(name)
                     data = values if new_type == G.F32 else quantize(values, int(new_type), imatrix=weights)

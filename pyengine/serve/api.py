@@ -65,22 +65,17 @@ class APIError(Exception):
 # Reading a request
 # ---------------------------------------------------------------------------------------------------
 
-_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-               dict: "an object"}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object"}
 
 
-def _field(body: dict, name: str, kinds: tuple, default: Any = None) -> Any:
-    """body[name] if present and not null, checked to be one of kinds (int counts as float; bool
-    counts as neither), else default."""
+def _field(body: dict, name: str, kind: type, default: Any = None) -> Any:
+    """body[name] if present and not null, checked to be of JSON type `kind` (a boolean is not an
+    integer), else default."""
     value = body.get(name)
     if value is None:
         return default
-    ok = any(isinstance(value, k) and not (isinstance(value, bool) and k is not bool) for k in kinds)
-    if not ok and float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        expected = " or ".join(_JSON_TYPES.get(k, k.__name__) for k in kinds)
-        raise APIError(400, f"'{name}' must be {expected}, got {json.dumps(value)[:80]}", name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise APIError(400, f"'{name}' must be {_JSON_TYPES[kind]}, got {json.dumps(value)[:80]}", name)
     return value
 
 
@@ -120,7 +115,7 @@ def _common(body: dict, engine: Engine, max_tokens_names: tuple[str, ...]) -> di
     """The fields both endpoints share: max_tokens, stop, n, stream, stream_options."""
     max_tokens = None
     for name in max_tokens_names:
-        value = _field(body, name, (int,))
+        value = _field(body, name, int)
         if value is not None:
             if value < 0 and value != -1:
                 raise APIError(400, f"'{name}' must be >= 0 (or -1: until the context is full), got {value}", name)
@@ -132,13 +127,13 @@ def _common(body: dict, engine: Engine, max_tokens_names: tuple[str, ...]) -> di
         raise APIError(400, str(e), "stop") from None
     if len(stop) > MAX_STOP:
         raise APIError(400, f"at most {MAX_STOP} stop strings, got {len(stop)}", "stop")
-    n = _field(body, "n", (int,), 1)
+    n = _field(body, "n", int, 1)
     limit = min(MAX_N, engine.parallel)
     if not 1 <= n <= limit:
         raise APIError(400, f"'n' must be between 1 and {limit} (the server's --parallel), got {n}", "n")
-    stream = _field(body, "stream", (bool,), False)
-    options = _field(body, "stream_options", (dict,), {})
-    include_usage = _field(options, "include_usage", (bool,), False)
+    stream = _field(body, "stream", bool, False)
+    options = _field(body, "stream_options", dict, {})
+    include_usage = _field(options, "include_usage", bool, False)
     return {"max_tokens": max_tokens, "stop": stop, "n": n, "stream": stream, "include_usage": include_usage}
 
 
@@ -197,7 +192,7 @@ class Server:
         self.created = int(time.time())
 
     def check_model(self, body: dict) -> None:
-        name = _field(body, "model", (str,))
+        name = _field(body, "model", str)
         if name is not None and name not in self.names:
             raise APIError(404, f"The model '{name}' does not exist (this server runs '{self.model_id}')", "model",
                            "model_not_found")
@@ -298,8 +293,9 @@ async def _collect(request: Request, run: _Run, on_event: Callable) -> None:
 
 
 def _failure(event: Failed) -> APIError:
-    return APIError(400 if not event.message.startswith("internal error") else 500, event.message,
-                    type="invalid_request_error" if not event.message.startswith("internal error") else "server_error")
+    if event.message.startswith("internal error"):
+        return APIError(500, event.message, type="server_error")
+    return APIError(400, event.message)
 
 
 def _logprob_entry(tokenizer, token: int, lp: TokenLogprob) -> dict:
@@ -419,13 +415,13 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         body = await _read_json(request)
         server.check_model(body)
         _refuse_unsupported(body, ("tools", "functions", "audio", "prediction"))
-        fmt = _field(body, "response_format", (dict,), {})
+        fmt = _field(body, "response_format", dict, {})
         if fmt.get("type", "text") != "text":
             raise APIError(400, f"response_format {fmt.get('type')!r} is not supported (only 'text')", "response_format")
         common = _common(body, engine, ("max_tokens", "max_completion_tokens"))
         params = _sampling(body, model.n_vocab)
-        want_logprobs = _field(body, "logprobs", (bool,), False)
-        top = _field(body, "top_logprobs", (int,))
+        want_logprobs = _field(body, "logprobs", bool, False)
+        top = _field(body, "top_logprobs", int)
         if top is not None and not want_logprobs:
             raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
         if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
@@ -473,14 +469,14 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         server.check_model(body)
         _refuse_unsupported(body, ("suffix",))
         common = _common(body, engine, ("max_tokens",))
-        best_of = _field(body, "best_of", (int,))
+        best_of = _field(body, "best_of", int)
         if best_of is not None and best_of != common["n"]:
             raise APIError(400, "'best_of' other than 'n' is not supported", "best_of")
         params = _sampling(body, model.n_vocab)
-        top = _field(body, "logprobs", (int,))
+        top = _field(body, "logprobs", int)
         if top is not None and not 0 <= top <= 5:
             raise APIError(400, f"'logprobs' must be between 0 and 5, got {top}", "logprobs")
-        echo = _field(body, "echo", (bool,), False)
+        echo = _field(body, "echo", bool, False)
         prompt = body.get("prompt")
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
             prompts = [prompt]

@@ -35,6 +35,7 @@ server's puts the event on an asyncio queue):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
-from ..generate import TextOutput
+from ..generate import TextOutput, keep_prefix, reusable_prefix
 from ..model import kv_cache_bytes
 from ..sampling import Sampler, SamplingError, SamplingParams
 
@@ -119,9 +120,12 @@ class _Sequence:
         self.ctx = ctx
         self.ids: list[int] = []
 
-    def keep(self, n: int) -> None:
-        self.ctx.truncate(n)
+    def keep(self, n: int) -> int:
+        """Keeps the first n positions (none where a sliding window no longer holds them); returns
+        how many it kept."""
+        n = keep_prefix(self.ctx, n)
         del self.ids[n:]
+        return n
 
 
 class SequenceCache:
@@ -141,19 +145,13 @@ class SequenceCache:
         len(ids) - 1: the last one is evaluated again for its logits)."""
         best, best_n = None, 0
         for key, seq in self.idle.items():
-            n = _common_prefix(seq.ids, ids)
+            n = reusable_prefix(seq.ids, ids)
             if n > best_n:
                 best, best_n = key, n
-        if best is not None:
-            seq = self.idle.pop(best)
-            n = min(best_n, len(ids) - 1)
-            try:
-                seq.keep(n)
-            except ValueError:  # a sliding-window cache no longer holds the positions before n
-                n = 0
-                seq.keep(0)
-            return seq, n
-        return self.fresh(), 0
+        if best is None:
+            return self.fresh(), 0
+        seq = self.idle.pop(best)
+        return seq, seq.keep(best_n)
 
     def fresh(self) -> _Sequence:
         """An empty sequence: a new one while under the cap, else the least recently used idle one."""
@@ -169,16 +167,6 @@ class SequenceCache:
         while len(self.idle) > self.max_idle:
             self.idle.popitem(last=False)
             self.n_sequences -= 1
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n and a[:n] == b[:n]:
-        return n
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
@@ -198,17 +186,13 @@ class _Choice:
         self.index, self.seq = index, seq
         params = job.params
         if params.seed is not None and index:
-            params = SamplingParams.from_options({**_fields(params), "seed": params.seed + index})
+            params = dataclasses.replace(params, seed=params.seed + index)
         self.sampler = Sampler(params, n_vocab)
         self.output: TextOutput | None = None
         self.max_tokens = n_ctx if job.max_tokens is None else job.max_tokens
         self.next: int | None = None  # sampled, to be evaluated in the next step
         self.n_sampled = 0
         self.done = False
-
-
-def _fields(params: SamplingParams) -> dict:
-    return {name: getattr(params, name) for name in params.__dataclass_fields__}
 
 
 class _Active:
