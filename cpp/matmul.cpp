@@ -1,6 +1,9 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <stdexcept>
+
+#include "quant/fp16.h"
 
 namespace pe {
 
@@ -26,11 +29,10 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
         for (int64_t j = 0; j < half; j++) {
             const int64_t ga = g0 + j, gb = g0 + half + j;
             if (gb < g1) {
-                k.packed_dot_pair[w.type](n, packed + size_t(ga) * group_bytes, packed + size_t(gb) * group_bytes,
-                                          x.data, x.block_sums, y + ga * kPackRows, y + gb * kPackRows);
+                k.packed_dot_pair[w.type](n, packed + size_t(ga) * group_bytes, packed + size_t(gb) * group_bytes, x,
+                                          0, y + ga * kPackRows, y + gb * kPackRows);
             } else {
-                dot(n, packed + size_t(ga) * group_bytes, x.data, x.row_bytes, x.block_sums, size_t(x.n_blocks), 1,
-                    y + ga * kPackRows, size_t(w.rows));
+                dot(n, packed + size_t(ga) * group_bytes, x, 0, 1, y + ga * kPackRows, size_t(w.rows));
             }
         }
         return;
@@ -39,10 +41,8 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
         const int64_t gt_end = std::min(gt + kGroupTile, g1);
         for (int64_t t = 0; t < x.n_tokens; t += kPackTokens) {
             const int nt = int(std::min<int64_t>(kPackTokens, x.n_tokens - t));
-            const int32_t* sums = x.block_sums ? x.block_sums + t * x.n_blocks : nullptr;
             for (int64_t g = gt; g < gt_end; g++)
-                dot(n, packed + size_t(g) * group_bytes, x.data + size_t(t) * x.row_bytes, x.row_bytes, sums,
-                    size_t(x.n_blocks), nt, y + t * w.rows + g * kPackRows, size_t(w.rows));
+                dot(n, packed + size_t(g) * group_bytes, x, t, nt, y + t * w.rows + g * kPackRows, size_t(w.rows));
         }
     }
 }
@@ -66,11 +66,15 @@ bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, Thr
     return true;
 }
 
-bool needs_block_sums(const Kernels& k, const Matrix& w) { return w.packed && k.packed_xsums[w.type]; }
+PackedExtras packed_extras(const Kernels& k, const Matrix& w) {
+    PackedExtras e;
+    e.sums = w.packed && k.packed_xsums[w.type];
+    e.scales = w.packed && k.packed_xscales[w.type];
+    return e;
+}
 
 Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
-                                bool with_sums, std::vector<uint8_t>& buffer, std::vector<int32_t>& sums,
-                                ThreadPool& pool) {
+                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool) {
     const GGMLType xtype = type_traits(weight_type)->vec_dot_type;
     Activations a;
     a.n_tokens = n_tokens;
@@ -81,26 +85,46 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
     }
     a.row_bytes = row_size(xtype, cols);
     a.n_blocks = cols / type_traits(xtype)->block_size;
-    if (buffer.size() < a.row_bytes * size_t(n_tokens)) buffer.resize(a.row_bytes * size_t(n_tokens));
-    if (with_sums && sums.size() < size_t(n_tokens * a.n_blocks)) sums.resize(size_t(n_tokens * a.n_blocks));
+    // Only Q8_0 activations carry sums, and Q8_0 and Q8_1 ones scales: packed_xsums and
+    // packed_xscales are set for the types paired with them alone.
+    if ((extras.sums && xtype != TYPE_Q8_0) || (extras.scales && xtype != TYPE_Q8_0 && xtype != TYPE_Q8_1))
+        throw std::logic_error("packed kernels asked for block sums or scales that their activations lack");
+    const size_t n_values = size_t(n_tokens * a.n_blocks);
+    if (buffers.blocks.size() < a.row_bytes * size_t(n_tokens)) buffers.blocks.resize(a.row_bytes * size_t(n_tokens));
+    if (extras.sums && buffers.sums.size() < n_values) buffers.sums.resize(n_values);
+    if (extras.scales && buffers.scales.size() < 2 * n_values) buffers.scales.resize(2 * n_values);
     const from_float_fn convert = k.from_float[xtype];
-    uint8_t* dst = buffer.data();
-    int32_t* sums_out = with_sums ? sums.data() : nullptr;
+    uint8_t* dst = buffers.blocks.data();
+    int32_t* sums_out = extras.sums ? buffers.sums.data() : nullptr;
+    float* scales_out = extras.scales ? buffers.scales.data() : nullptr;
     const int64_t n_blocks = a.n_blocks;
     const size_t row_bytes = a.row_bytes;
     auto task = [&](int i, int n_threads) {
         int64_t t0, t1;
         split_range(n_tokens, i, n_threads, t0, t1);
         for (int64_t t = t0; t < t1; t++) {
+            const uint8_t* row = dst + size_t(t) * row_bytes;
             convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
-            if (!sums_out) continue;
-            // Sums of the Q8_0 blocks' int8 values, for packed kernels that subtract a zero point
-            // (only Q8_0 activations carry them: packed_xsums is set for Q8_0-paired types alone).
-            const auto* blocks = reinterpret_cast<const block_q8_0*>(dst + size_t(t) * row_bytes);
-            for (int64_t b = 0; b < n_blocks; b++) {
-                int32_t s = 0;
-                for (int j = 0; j < QK; j++) s += blocks[b].qs[j];
-                sums_out[t * n_blocks + b] = s;
+            if (sums_out) {  // the int8 sums, for packed kernels that subtract a zero point
+                const auto* blocks = reinterpret_cast<const block_q8_0*>(row);
+                for (int64_t b = 0; b < n_blocks; b++) {
+                    int32_t s = 0;
+                    for (int j = 0; j < QK; j++) s += blocks[b].qs[j];
+                    sums_out[t * n_blocks + b] = s;
+                }
+            }
+            if (scales_out) {  // the fp16 scales as floats, converted here once for every row group
+                float* out = scales_out + 2 * t * n_blocks;
+                for (int64_t b = 0; b < n_blocks; b++) {
+                    if (xtype == TYPE_Q8_1) {
+                        const auto& block = reinterpret_cast<const block_q8_1*>(row)[b];
+                        out[2 * b] = fp16_to_fp32(block.d);
+                        out[2 * b + 1] = fp16_to_fp32(block.s);
+                    } else {
+                        out[2 * b] = fp16_to_fp32(reinterpret_cast<const block_q8_0*>(row)[b].d);
+                        out[2 * b + 1] = 0.0f;
+                    }
+                }
             }
         }
     };
@@ -109,8 +133,9 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
     } else {
         task(0, 1);
     }
-    a.data = buffer.data();
+    a.data = buffers.blocks.data();
     a.block_sums = sums_out;
+    a.block_scales = scales_out;
     return a;
 }
 
@@ -163,10 +188,8 @@ void matmul_prepared(const Kernels& k, const Matrix& w, const Activations& x, fl
 }
 
 void matmul(const Kernels& k, const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
-            std::vector<uint8_t>& scratch) {
-    std::vector<int32_t> sums;
-    const Activations a =
-        prepare_activations(k, w.type, x, n_tokens, w.cols, needs_block_sums(k, w), scratch, sums, pool);
+            ActivationBuffers& buffers) {
+    const Activations a = prepare_activations(k, w.type, x, n_tokens, w.cols, packed_extras(k, w), buffers, pool);
     matmul_prepared(k, w, a, y, pool);
 }
 

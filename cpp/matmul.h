@@ -28,24 +28,25 @@ struct Matrix {
 // the row groups.
 bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, ThreadPool& pool);
 
-// A batch of activations in a weight type's vec_dot_type, ready for matmul_rows.
-struct Activations {
-    const uint8_t* data = nullptr;  // n_tokens rows of row_bytes
-    size_t row_bytes = 0;
-    int64_t n_tokens = 0;
-    const int32_t* block_sums = nullptr;  // n_tokens x n_blocks int8 sums of Q8_0 blocks, or none
-    int64_t n_blocks = 0;
+// What a product's packed kernel reads beside the activations' blocks.
+struct PackedExtras {
+    bool sums = false;    // Activations::block_sums
+    bool scales = false;  // Activations::block_scales
+};
+PackedExtras packed_extras(const Kernels& k, const Matrix& w);
+
+// Where prepare_activations puts what it makes, kept between calls (no allocation once large enough).
+struct ActivationBuffers {
+    std::vector<uint8_t> blocks;
+    std::vector<int32_t> sums;
+    std::vector<float> scales;
 };
 
 // Converts n_tokens rows of cols floats for multiplying weights of `weight_type`: into its
-// vec_dot_type (in `buffer`, resized; float activations are used as they are), with the block
-// sums packed kernels need when `with_sums` (in `sums`). Threaded over tokens for large batches.
+// vec_dot_type (float activations are used as they are), with the block sums and scales that
+// `extras` asks for. Threaded over tokens for large batches.
 Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
-                                bool with_sums, std::vector<uint8_t>& buffer, std::vector<int32_t>& sums,
-                                ThreadPool& pool);
-
-// Whether w's product needs block sums from prepare_activations.
-bool needs_block_sums(const Kernels& k, const Matrix& w);
+                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool);
 
 // The rows [r0, r1) of w that thread i of n_threads computes: contiguous, whole packed groups for a
 // packed matrix, so that threads never share a group.
@@ -58,8 +59,7 @@ void matmul_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
 void matmul_prepared(const Kernels& k, const Matrix& w, const Activations& x, float* y, ThreadPool& pool);
 
 // y[t * rows + r] = dot(W row r, x row t) for t < n_tokens. x: n_tokens x W.cols floats.
-// `scratch` holds the converted activations between calls (no allocation once it is large enough).
 void matmul(const Kernels& k, const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
-            std::vector<uint8_t>& scratch);
+            ActivationBuffers& buffers);
 
 }  // namespace pe

@@ -112,9 +112,9 @@ public:
 
     const Activations& prepare(const Matrix& w) {
         const GGMLType vdt = type_traits(w.type)->vec_dot_type;
-        const bool sums = needs_block_sums(k_, w);
-        if (vdt != type_ || (sums && !a_.block_sums)) {
-            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, sums, s_.xq, s_.xq_sums, pool_);
+        const PackedExtras extras = packed_extras(k_, w);
+        if (vdt != type_ || (extras.sums && !a_.block_sums) || (extras.scales && !a_.block_scales)) {
+            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, extras, s_.xq, pool_);
             type_ = vdt;
         }
         return a_;

@@ -93,8 +93,7 @@ struct RunState {
     std::vector<float> gate;    // (T, n_ff)
     std::vector<float> up;      // (T, n_ff)
     std::vector<float> scores;  // (n_threads, heads per KV head, n_ctx) attention scores, per thread
-    std::vector<uint8_t> xq;    // quantized activations shared by the matmuls that read one input
-    std::vector<int32_t> xq_sums;  // their Q8_0 block sums, for packed kernels that need them
+    ActivationBuffers xq;       // quantized activations shared by the matmuls that read one input
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
     std::vector<float> rope_local;  // the same for the sliding-window layers' base, where it differs
     // Optional: asked on the calling thread before each sub-layer (attention, feed-forward) of each

@@ -184,7 +184,7 @@ def _assert_packed_is_scalar(w_raw, type_name, shape, x, isa, n_threads):
 def test_packed_matmul_equals_scalar_reference(rng, isa, type_name, rows, cols_32, cols_256):
     cols = cols_32 if _block_size(type_name) == 32 else cols_256
     w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
-    for n_tokens in range(1, 10):  # every remainder of the 4-token kernel
+    for n_tokens in [*range(1, 10), 16, 17]:  # every remainder of the 8- and 4-token passes, and several passes
         x = rng.standard_normal((n_tokens, cols)).astype(np.float32) * rng.uniform(0.01, 100)
         _assert_packed_is_scalar(w_raw, type_name, (rows, cols), x, isa, n_threads=1 + n_tokens % 3)
 

@@ -37,8 +37,8 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release release;
-        std::vector<uint8_t> scratch;
-        matmul(k, m, xp, n_tokens, yp, pool, scratch);
+        ActivationBuffers buffers;
+        matmul(k, m, xp, n_tokens, yp, pool, buffers);
     }
     return y;
 }

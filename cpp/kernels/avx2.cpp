@@ -279,10 +279,10 @@ struct PackedQ4_0 {
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 8) y = sum q y - 8 sum y, exactly
         const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(8 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
     }
 };
@@ -301,10 +301,10 @@ struct PackedQ4_1 {
         p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
-                             _mm256_mul_ps(w.m, _mm256_set1_ps(half_to_float(x.s))));
+                             _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
 };
 
@@ -320,7 +320,7 @@ struct PackedQ8_0 {
     static Unpacked load(const Block& w) {
         return {w.qs, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)))};
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
         const __m256i ones = _mm256_set1_epi16(1);
         __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int k = 0; k < 8; k++) {  // run k = 2 * chunk + group
@@ -330,7 +330,7 @@ struct PackedQ8_0 {
             rows[k % 2] = _mm256_add_epi32(rows[k % 2], _mm256_madd_epi16(p, ones));
         }
         const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
     }
 };
@@ -430,10 +430,10 @@ struct PackedQ5_0 {
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 16) y = sum q y - 16 sum y, exactly
         const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
     }
 };
@@ -452,10 +452,10 @@ struct PackedQ5_1 {
         p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
-                             _mm256_mul_ps(w.m, _mm256_set1_ps(half_to_float(x.s))));
+                             _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
 };
 
@@ -496,7 +496,7 @@ struct PackedIQ4_NL {
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
         // Vector m = 2k + s: run k = 2 half + group against activation bytes 8 half + 16 s ...
         const __m256i y[4] = {broadcast8(x.qs), broadcast8(x.qs + 8), broadcast8(x.qs + 16), broadcast8(x.qs + 24)};
         const __m256i ones = _mm256_set1_epi16(1);
@@ -507,7 +507,7 @@ struct PackedIQ4_NL {
             rows[group] = _mm256_add_epi32(rows[group], _mm256_madd_epi16(p, ones));
         }
         const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_set1_ps(half_to_float(x.d)));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
     }
 };
@@ -619,7 +619,7 @@ struct PackedQ4_K {
         p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         const __m256i mask = _mm256_set1_epi8(0x0f);
         __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
         for (int h = 0; h < 4; h++) {
@@ -748,7 +748,7 @@ struct PackedQ6_K {
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
         __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
         for (int h = 0; h < 4; h++) {
@@ -881,7 +881,7 @@ struct PackedIQ4_XS {
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
         const auto dot = [&w](int v, __m256i y, __m256i sc) {
             return _mm256_madd_epi16(_mm256_maddubs_epi16(w.aq[v], _mm256_sign_epi8(y, w.q[v])), sc);
@@ -966,7 +966,7 @@ struct PackedQ5_K {
         p.qs = w.qh[0];  // qh, then qs, 256 bytes on
         return p;
     }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t) {
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         const __m256i mask = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
         const uint8_t* qh = w.qs;
         const uint8_t* qs = w.qs + 256;
@@ -1013,32 +1013,59 @@ constexpr int block_size() {
     return BlockSize<F>::value;
 }
 
-// NT tokens (1..4) against one packed group: each block unpacked once for all of them.
+// Whether a packed format reads its activations' block scales as floats (Activations::block_scales):
+// the formats paired with Q8_0 and Q8_1, whose fp16 scales prepare_activations converts once.
+template <typename F>
+constexpr bool reads_xscales() {
+    return std::is_same_v<typename F::XBlock, block_q8_0> || std::is_same_v<typename F::XBlock, block_q8_1>;
+}
+
+// Activations one packed_nt pass takes at most: 8 for the 32-blocks, whose unpacked block leaves
+// registers for 8 accumulators; 4 for the super-blocks (a larger unpacked state).
+template <typename F>
+constexpr int max_tokens() {
+    return block_size<F>() == QK ? 8 : 4;
+}
+static_assert(kPackTokens == 8, "packed_dot splits kPackTokens activations into passes of max_tokens");
+
+// NT activations (t0 .. t0 + NT - 1 of x) against one packed group: each block unpacked once for all.
 template <typename F, int NT>
-void packed_nt(int n, const void* vw, const uint8_t* x, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
-               float* y, size_t y_stride) {
+void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y, size_t y_stride) {
     const auto* w = static_cast<const typename F::Block*>(vw);
+    const typename F::XBlock* xb[NT];
+    const int32_t* sums[NT];
+    const float* scales[NT];
+    for (int c = 0; c < NT; c++) {
+        const int64_t t = t0 + c;
+        xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t) * x.row_bytes);
+        sums[c] = x.block_sums ? x.block_sums + t * x.n_blocks : nullptr;
+        scales[c] = reads_xscales<F>() ? x.block_scales + 2 * t * x.n_blocks : nullptr;
+    }
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
         const typename F::Unpacked u = F::load(w[i]);
-        for (int c = 0; c < NT; c++) {
-            const auto& xb = reinterpret_cast<const typename F::XBlock*>(x + c * x_stride)[i];
-            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb, xsums ? xsums[c * xsums_stride + i] : 0));
-        }
+        for (int c = 0; c < NT; c++)
+            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], sums[c] ? sums[c][i] : 0,
+                                                   reads_xscales<F>() ? scales[c] + 2 * i : nullptr));
     }
     for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
 }
 
 template <typename F>
-void packed_dot(int n, const void* w, const void* vx, size_t x_stride, const int32_t* xsums, size_t xsums_stride,
-                int n_tokens, float* y, size_t y_stride) {
-    const auto* x = static_cast<const uint8_t*>(vx);
-    switch (n_tokens) {
-        case 1: return packed_nt<F, 1>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
-        case 2: return packed_nt<F, 2>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
-        case 3: return packed_nt<F, 3>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
-        default: return packed_nt<F, 4>(n, w, x, x_stride, xsums, xsums_stride, y, y_stride);
+void packed_dot(int n, const void* w, const Activations& x, int64_t t0, int n_tokens, float* y, size_t y_stride) {
+    for (int c = 0; c < n_tokens; c += max_tokens<F>()) {
+        float* yc = y + size_t(c) * y_stride;
+        switch (std::min(n_tokens - c, max_tokens<F>())) {
+            case 1: packed_nt<F, 1>(n, w, x, t0 + c, yc, y_stride); break;
+            case 2: packed_nt<F, 2>(n, w, x, t0 + c, yc, y_stride); break;
+            case 3: packed_nt<F, 3>(n, w, x, t0 + c, yc, y_stride); break;
+            case 4: packed_nt<F, 4>(n, w, x, t0 + c, yc, y_stride); break;
+            case 5: packed_nt<F, std::min(5, max_tokens<F>())>(n, w, x, t0 + c, yc, y_stride); break;
+            case 6: packed_nt<F, std::min(6, max_tokens<F>())>(n, w, x, t0 + c, yc, y_stride); break;
+            case 7: packed_nt<F, std::min(7, max_tokens<F>())>(n, w, x, t0 + c, yc, y_stride); break;
+            default: packed_nt<F, std::min(8, max_tokens<F>())>(n, w, x, t0 + c, yc, y_stride); break;
+        }
     }
 }
 
@@ -1046,16 +1073,19 @@ void packed_dot(int n, const void* w, const void* vx, size_t x_stride, const int
 // core's matrix-vector product approach the memory bandwidth (one stream leaves it at ~70%). Each
 // group takes exactly packed_nt<F, 1>'s operations.
 template <typename F>
-void packed_dot_pair(int n, const void* vwa, const void* vwb, const void* vx, const int32_t* xsums, float* ya,
+void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations& x, int64_t t0, float* ya,
                      float* yb) {
     const auto* wa = static_cast<const typename F::Block*>(vwa);
     const auto* wb = static_cast<const typename F::Block*>(vwb);
-    const auto* x = static_cast<const typename F::XBlock*>(vx);
+    const auto* xb = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0) * x.row_bytes);
+    const int32_t* sums = x.block_sums ? x.block_sums + t0 * x.n_blocks : nullptr;
+    const float* scales = reads_xscales<F>() ? x.block_scales + 2 * t0 * x.n_blocks : nullptr;
     __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
-        const int32_t xsum = xsums ? xsums[i] : 0;
-        acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), x[i], xsum));
-        acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), x[i], xsum));
+        const int32_t xsum = sums ? sums[i] : 0;
+        const float* xs = reads_xscales<F>() ? scales + 2 * i : nullptr;
+        acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
+        acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
     }
     store_rows(ya, acc_a);
     store_rows(yb, acc_b);
@@ -1395,6 +1425,7 @@ void add_packed(Kernels& k, GGMLType type, pack_fn pack, bool xsums = false) {
     k.packed_dot[type] = packed_dot<Format>;
     k.packed_dot_pair[type] = packed_dot_pair<Format>;
     k.packed_xsums[type] = xsums;
+    k.packed_xscales[type] = reads_xscales<Format>();
 }
 
 }  // namespace

@@ -13,25 +13,38 @@ constexpr int kTileTokens = 2;
 // Packed weights: kPackRows rows interleaved block by block, so that one vector instruction works on
 // the same block of every row of the group and each vector lane ends up holding one row's output.
 constexpr int kPackRows = 8;
-constexpr int kPackTokens = 4;  // activations one packed_dot call takes at most
+constexpr int kPackTokens = 8;  // activations one packed_dot call takes at most
+
+// A batch of activations in a weight type's vec_dot_type, ready for the products (matmul.h's
+// prepare_activations makes them).
+struct Activations {
+    const uint8_t* data = nullptr;  // n_tokens rows of row_bytes
+    size_t row_bytes = 0;
+    int64_t n_tokens = 0;
+    int64_t n_blocks = 0;  // blocks per row
+    // For the packed kernels, per token t and block b at t * n_blocks + b, or none: the int8 sums of
+    // Q8_0 blocks (the formats whose packed_xsums is set), and the blocks' fp16 scales as floats,
+    // d and s at 2 * (t * n_blocks + b) (s: Q8_1's; 0 for Q8_0), converted once for every row group.
+    const int32_t* block_sums = nullptr;
+    const float* block_scales = nullptr;
+};
 
 // Packs rows 0 .. kPackRows-1 (row r at w + r * w_stride, n values each) into out: kPackRows rows'
 // bytes, same size, a layout private to the ISA's packed_dot.
 using pack_fn = void (*)(int n, const void* w, size_t w_stride, void* out);
 
-// y[c * y_stride + r] = row r of the packed group . activation c, for r < kPackRows, c < n_tokens
-// (1 .. kPackTokens); activation c at x + c * x_stride. xsums[c * xsums_stride + b]: the sum of the
-// int8 values of activation c's block b, for the formats whose packed_xsums is set. Every output
-// is bit-identical to the scalar reference's vec_dot on the unpacked row (same operations in the
-// same order), whatever n_tokens is.
-using packed_dot_fn = void (*)(int n, const void* packed, const void* x, size_t x_stride, const int32_t* xsums,
-                               size_t xsums_stride, int n_tokens, float* y, size_t y_stride);
+// y[c * y_stride + r] = row r of the packed group . activation t0 + c of x, for r < kPackRows,
+// c < n_tokens (1 .. kPackTokens), with x's block sums where packed_xsums is set and its block
+// scales where packed_xscales is. Every output is bit-identical to the scalar reference's vec_dot on
+// the unpacked row (same operations in the same order), whatever n_tokens is.
+using packed_dot_fn = void (*)(int n, const void* packed, const Activations& x, int64_t t0, int n_tokens, float* y,
+                               size_t y_stride);
 
-// One activation against two packed groups (two weight streams in flight, for matrix-vector
+// Activation t0 of x against two packed groups (two weight streams in flight, for matrix-vector
 // products that read the weights from memory): ya, yb get kPackRows outputs each, every one
 // bit-identical to packed_dot's.
-using packed_dot_pair_fn = void (*)(int n, const void* packed_a, const void* packed_b, const void* x,
-                                    const int32_t* xsums, float* ya, float* yb);
+using packed_dot_pair_fn = void (*)(int n, const void* packed_a, const void* packed_b, const Activations& x,
+                                    int64_t t0, float* ya, float* yb);
 
 // y[c * y_stride + r] = vec_dot(n, w + r * w_stride, x + c * x_stride) for r < kTileRows, c < kTileTokens.
 using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
@@ -60,7 +73,8 @@ struct Kernels {
     pack_fn pack[TYPE_COUNT];
     packed_dot_fn packed_dot[TYPE_COUNT];
     packed_dot_pair_fn packed_dot_pair[TYPE_COUNT];  // optional: one token, two groups
-    bool packed_xsums[TYPE_COUNT];  // packed_dot needs the activations' block sums
+    bool packed_xsums[TYPE_COUNT];    // packed_dot needs the activations' block sums
+    bool packed_xscales[TYPE_COUNT];  // packed_dot needs the activations' block scales as floats
 };
 
 // The scalar reference: never optimised, the oracle for every other path.
