@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/kernels.h"
 #include "quant/fp16.h"
 
 namespace pe {
@@ -29,19 +30,29 @@ std::vector<KVCache::Layer> KVCache::plan(int n_layers, int64_t n_ctx, const std
     return layers;
 }
 
+namespace {
+// One cache row of kv_dim values of the cache type, or std::invalid_argument.
+size_t cache_row_bytes(int kv_dim, GGMLType type) {
+    if (type != TYPE_F16 && type != TYPE_F32 && type != TYPE_Q8_0)
+        throw std::invalid_argument("KV cache type must be f16, f32 or q8_0");
+    if (kv_dim <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
+    if (kv_dim % type_traits(type)->block_size != 0)
+        throw std::invalid_argument("a q8_0 KV cache needs rows of a multiple of 32 values, not " + std::to_string(kv_dim));
+    return row_size(type, kv_dim);
+}
+}  // namespace
+
 size_t KVCache::bytes_for(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows) {
     size_t rows = 0;
     plan(n_layers, n_ctx, windows, rows);
-    const size_t row = size_t(kv_dim) * (type == TYPE_F16 ? 2 : 4);
+    const size_t row = cache_row_bytes(kv_dim, type);
     if (rows > SIZE_MAX / 2 / row) throw std::invalid_argument("KV cache too large");
     return 2 * rows * row;
 }
 
 KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows)
-    : n_layers_(n_layers), n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type) {
-    if (type != TYPE_F16 && type != TYPE_F32) throw std::invalid_argument("KV cache type must be f16 or f32");
-    if (n_layers <= 0 || n_ctx <= 0 || kv_dim <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
-    elem_size_ = type == TYPE_F16 ? 2 : 4;
+    : n_layers_(n_layers), n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type), row_bytes_(cache_row_bytes(kv_dim, type)) {
+    if (n_layers <= 0 || n_ctx <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
     size_t rows = 0;
     layers_ = plan(n_layers, n_ctx, windows, rows);
     if (rows > SIZE_MAX / row_bytes())
@@ -88,6 +99,11 @@ void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, co
         if (type_ == TYPE_F32) {
             std::memcpy(kd, kr, size_t(kv_dim_) * 4);
             std::memcpy(vd, vr, size_t(kv_dim_) * 4);
+            return;
+        }
+        if (type_ == TYPE_Q8_0) {  // llama.cpp's bytes: the reference quantizer
+            ref::quantize_row_q8_0(kr, kd, kv_dim_);
+            ref::quantize_row_q8_0(vr, vd, kv_dim_);
             return;
         }
         auto* kh = reinterpret_cast<uint16_t*>(kd);

@@ -1,4 +1,5 @@
-// The key/value cache of one sequence: per layer, rows of kv_dim keys and values in F16 or F32.
+// The key/value cache of one sequence: per layer, rows of kv_dim keys and values in F16, F32 or Q8_0
+// (blocks of 32 values with a scale each, llama.cpp's -ctk/-ctv q8_0: half F16's bytes).
 //
 // A layer with a sliding window (it attends only to the last `window` positions) keeps, once the
 // context is longer than window + kMaxBatch positions, a ring of window + kMaxBatch slots instead of
@@ -21,8 +22,8 @@ public:
     // Tokens a batch may store before attending; the forward pass cuts longer batches to this.
     static constexpr int64_t kMaxBatch = 256;
 
-    // type: TYPE_F16 or TYPE_F32. windows: per layer, 0 (every position) or the sliding window; empty:
-    // no windows.
+    // type: TYPE_F16, TYPE_F32 or TYPE_Q8_0 (kv_dim a multiple of 32). windows: per layer, 0 (every
+    // position) or the sliding window; empty: no windows.
     KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows = {});
 
     // Bytes a cache of this shape allocates (the same rule as the constructor), for up-front checks.
@@ -52,7 +53,7 @@ public:
     };
     Span span(int layer, int64_t pos) const;
 
-    size_t row_bytes() const { return size_t(kv_dim_) * elem_size_; }
+    size_t row_bytes() const { return row_bytes_; }
 
 private:
     struct Layer {
@@ -67,7 +68,7 @@ private:
     int64_t n_ctx_;
     int kv_dim_;
     GGMLType type_;
-    size_t elem_size_;
+    size_t row_bytes_;
     int64_t n_past_ = 0;
     std::vector<Layer> layers_;
     std::vector<uint8_t> k_;

@@ -267,7 +267,7 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
             const int kv_head = int(task % c.n_kv_heads);
             const KVCache& cache = *caches[t];
             const KVCache::Span span = cache.span(layer, positions[t]);  // the window or every position
-            const size_t kv_off = size_t(kv_head) * size_t(hd) * (cache.row_bytes() / size_t(c.kv_dim()));
+            const size_t kv_off = row_size(cache.type(), int64_t(kv_head) * hd);  // whole blocks: hd % 32 == 0 for q8_0
             const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * size_t(group) * size_t(hd);
             kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
                                           cache.row_bytes(), span.n, scale, scores, s.attn.data() + q_off);

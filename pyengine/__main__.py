@@ -26,11 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    from .cli_tools import add_cache_type_args
+
     p.add_argument("-m", "--model", default=None, metavar="MODEL", help=model_help)
     p.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N_CTX",
                    help="context length in tokens (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="THREADS",
                    help="threads (default: the physical cores)")
+    add_cache_type_args(p)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, n_default: int, n_help: str) -> None:
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(chat, -1, "at most this many tokens per answer; -1: until the end of the turn (default)")
     chat.set_defaults(run=lambda a: ("run_chat", {
         "model": a.model, "system": a.system, "max_tokens": a.n_predict, "sampling": _sampling(a),
-        "n_ctx": a.ctx_size, "n_threads": a.threads}))
+        "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     gen = commands.add_parser("generate", help="complete a prompt (streamed to stdout)",
                               description="Complete a prompt; the completion is streamed to stdout.")
@@ -83,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(gen, 128, "tokens to generate; -1: until the end of generation (default 128)")
     gen.set_defaults(run=lambda a: ("run_generate", {
         "model": a.model, "prompt": a.prompt, "max_tokens": a.n_predict, "sampling": _sampling(a),
-        "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads}))
+        "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server, with a chat page",
                                 description="Serve the model over HTTP: OpenAI's /v1/chat/completions, "
@@ -103,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=lambda a: ("run_serve", {
         "model": a.model, "host": a.host, "port": a.port, "parallel": a.parallel, "api_key": a.api_key,
         "alias": a.alias, "cache_ram_mib": a.cache_ram, "prefill_chunk": a.prefill_chunk,
-        "n_ctx": a.ctx_size, "n_threads": a.threads}))
+        "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
-    from .cli_tools import add_commands  # quantize, perplexity, bench, info
+    from .cli_tools import add_commands  # quantize, imatrix, perplexity, bench, info
 
     add_commands(commands)
     return parser

@@ -36,6 +36,7 @@ class BenchResult:
     tg_tok_s: float | None
     tg_tok_s_sd: float | None
     ttft_s: float | None
+    kv_type: str = "f16"
     ppl: float | None = None
     kld: float | None = None
 
@@ -48,7 +49,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def bench_model(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
-                repetitions: int = 5, depth: int = 0, seed: int = 0) -> BenchResult:
+                repetitions: int = 5, depth: int = 0, seed: int = 0, kv_type: str = "f16") -> BenchResult:
     for name, value in (("-p", n_prompt), ("-n", n_gen), ("-d", depth)):
         if value < 0:
             raise ValueError(f"{name} must be at least 0, got {value}")
@@ -57,7 +58,7 @@ def bench_model(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, 
     with GGUFReader(path) as reader:
         stats = model_stats(reader)
     n_ctx = max(n_prompt, depth + n_gen, 1)
-    model = Model(path, n_ctx=n_ctx, n_threads=n_threads)
+    model = Model(path, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
     rng = np.random.default_rng(seed)
     # Random ordinary tokens, as llama-bench uses.
     def tokens(n):
@@ -90,12 +91,13 @@ def bench_model(path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, 
     return BenchResult(model=os.fspath(path), size_bytes=stats["file_bytes"], params=stats["params"],
                        bpw=stats["bpw"], threads=model.n_threads, n_prompt=n_prompt, n_gen=n_gen, depth=depth,
                        pp_tok_s=pp_mean, pp_tok_s_sd=pp_sd, tg_tok_s=tg_mean, tg_tok_s_sd=tg_sd,
-                       ttft_s=statistics.fmean(ttft) if ttft else None)
+                       ttft_s=statistics.fmean(ttft) if ttft else None, kv_type=kv_type)
 
 
-def sweep(paths, threads=(None,), prompts=(512,), gens=(128,), depths=(0,), repetitions=5) -> list[BenchResult]:
+def sweep(paths, threads=(None,), prompts=(512,), gens=(128,), depths=(0,), repetitions=5,
+          kv_type: str = "f16") -> list[BenchResult]:
     """Every combination of model, thread count, prompt length, generation length and depth."""
-    return [bench_model(p, n_prompt=n_p, n_gen=n_g, n_threads=t, repetitions=repetitions, depth=d)
+    return [bench_model(p, n_prompt=n_p, n_gen=n_g, n_threads=t, repetitions=repetitions, depth=d, kv_type=kv_type)
             for p, t, n_p, n_g, d in itertools.product(paths, threads, prompts, gens, depths)]
 
 
@@ -111,6 +113,7 @@ def format_table(results: list[BenchResult]) -> str:
                         f"{r.pp_tok_s:.1f} ± {r.pp_tok_s_sd:.1f} | {r.ttft_s * 1e3:.0f} ms |")
         if r.tg_tok_s is not None:
             depth = f" @ d{r.depth}" if r.depth else ""
+            depth += f" ({r.kv_type} cache)" if r.kv_type != "f16" else ""
             rows.append(f"| {name} | {r.size_bytes / 1e6:.1f} MB | {r.bpw:.2f} | {r.threads} | tg{r.n_gen}{depth} | "
                         f"{r.tg_tok_s:.1f} ± {r.tg_tok_s_sd:.1f} | |")
         if extra:

@@ -70,7 +70,10 @@ def run_command(fn: Callable[..., int | None], **kwargs) -> int:
         return 1
 
 
-def load_model(path: str | None, n_ctx: int | None = None, n_threads: int | None = None):
+def load_model(path: str | None, n_ctx: int | None = None, n_threads: int | None = None,
+               cache_types: tuple[str | None, str | None] = (None, None)):
+    """The model of a command; cache_types: its -ctk and -ctv."""
+    from .cli_tools import cache_type
     from .model import Model
 
     if path is not None and not os.path.isfile(path):
@@ -79,7 +82,7 @@ def load_model(path: str | None, n_ctx: int | None = None, n_threads: int | None
         raise CommandError(f"-c must be a positive number of tokens, got {n_ctx}")
     if n_threads is not None and n_threads <= 0:
         raise CommandError(f"-t must be a positive number of threads, got {n_threads}")
-    return Model(path, n_ctx=n_ctx, n_threads=n_threads)
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads, kv_type=cache_type(*cache_types))
 
 
 def _write(out: TextIO, text: str) -> None:
@@ -94,7 +97,7 @@ def _write(out: TextIO, text: str) -> None:
 
 def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling: dict | None = None,
                  stop=(), beams: int | None = None, n_ctx: int | None = None, n_threads: int | None = None,
-                 out: TextIO | None = None) -> int:
+                 cache_types=(None, None), out: TextIO | None = None) -> int:
     """Streams the completion of `prompt` to `out` (stdout), then a newline. max_tokens -1: until
     the end of generation or the context is full. beams: beam search (prints the best)."""
     out = out or sys.stdout
@@ -103,7 +106,7 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
         raise CommandError(f"-n must be >= -1 (-1: until the end), got {max_tokens}")
     if beams is not None and beams < 1:
         raise CommandError(f"--beams must be >= 1, got {beams}")
-    m = load_model(model, n_ctx, n_threads)
+    m = load_model(model, n_ctx, n_threads, cache_types)
     n = m.n_ctx if max_tokens == -1 else max_tokens
     if beams is not None:
         if not hasattr(m, "beam_search"):
@@ -128,14 +131,15 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
 
 
 def run_chat(model: str | None = None, system: str | None = None, max_tokens: int = -1,
-             sampling: dict | None = None, n_ctx: int | None = None, n_threads: int | None = None) -> int:
+             sampling: dict | None = None, n_ctx: int | None = None, n_threads: int | None = None,
+             cache_types=(None, None)) -> int:
     """The interactive chat on stdin/stdout (a terminal or a pipe)."""
     from .chat import ChatSession
 
     SamplingParams.from_options(sampling or {})  # checked before the model loads
     if max_tokens < -1:
         raise CommandError(f"-n must be >= -1 (-1: until the end of the turn), got {max_tokens}")
-    m = load_model(model, n_ctx, n_threads)
+    m = load_model(model, n_ctx, n_threads, cache_types)
     session = ChatSession(m, system=system, max_tokens=m.n_ctx if max_tokens == -1 else max_tokens,
                           **(sampling or {}))
     if sys.stdin.isatty():
@@ -157,7 +161,8 @@ def run_chat(model: str | None = None, system: str | None = None, max_tokens: in
 
 def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4,
               api_key: str | None = None, alias: str | None = None, cache_ram_mib: int = 1024,
-              prefill_chunk: int = 128, n_ctx: int | None = None, n_threads: int | None = None) -> int:
+              prefill_chunk: int = 128, n_ctx: int | None = None, n_threads: int | None = None,
+              cache_types=(None, None)) -> int:
     """The HTTP server, until Ctrl-C."""
     if not 0 <= port <= 65535:
         raise CommandError(f"--port must be in [0, 65535], got {port}")
@@ -175,7 +180,7 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
         _require()
     except ImportError as e:
         raise CommandError(str(e)) from None
-    m = load_model(model, n_ctx, n_threads)
+    m = load_model(model, n_ctx, n_threads, cache_types)
 
     def ready(url: str) -> None:
         print(f"pyengine serve: {os.path.basename(m.path)} on {url} (OpenAI API at {url}/v1, chat page at {url}/), "

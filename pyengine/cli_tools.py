@@ -22,6 +22,23 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def add_cache_type_args(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's -ctk/-ctv. pyengine keeps keys and values in one type: either flag sets both."""
+    from .model import KV_TYPES
+
+    for flag, long in (("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")):
+        p.add_argument(flag, long, default=None, choices=sorted(KV_TYPES), metavar="TYPE",
+                       help=f"KV cache type: {', '.join(sorted(KV_TYPES))} (default f16; keys and values share "
+                            "one type, so either flag sets both)")
+
+
+def cache_type(k: str | None, v: str | None) -> str:
+    """The KV cache type that -ctk k / -ctv v name (f16 when neither does)."""
+    if k and v and k != v:
+        raise ValueError(f"-ctk {k} and -ctv {v} differ: pyengine keeps keys and values in one type")
+    return k or v or "f16"
+
+
 def _existing(path: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(2, "no such file", path)
@@ -117,16 +134,18 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
 
 
 def run_perplexity(model: str, file: str, ctx_size: int = 512, chunks: int | None = None,
-                   kl_base: str | None = None, as_json: bool = False, n_threads: int | None = None) -> int:
+                   kl_base: str | None = None, as_json: bool = False, n_threads: int | None = None,
+                   cache_types=(None, None)) -> int:
     from .model import Model
     from .perplexity import perplexity
 
     _existing(model)
     if kl_base is not None:
         _existing(kl_base)
+    kv_type = cache_type(*cache_types)
     text = _read_text(file)
-    m = Model(model, n_ctx=ctx_size, n_threads=n_threads)
-    base = Model(kl_base, n_ctx=ctx_size, n_threads=n_threads) if kl_base else None
+    m = Model(model, n_ctx=ctx_size, n_threads=n_threads, kv_type=kv_type)
+    base = Model(kl_base, n_ctx=ctx_size, n_threads=n_threads) if kl_base else None  # the reference: F16 cache
     res = perplexity(m, text, n_ctx=ctx_size, n_chunks=chunks, kl_base=base, progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps({"model": model, **res.to_dict()}))
@@ -143,9 +162,11 @@ def run_perplexity(model: str, file: str, ctx_size: int = 512, chunks: int | Non
 
 def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: list[int] | None,
               depths: list[int], repetitions: int = 5, as_json: bool = False, plot_path: str | None = None,
-              ppl_file: str | None = None, kl_base: str | None = None, ppl_chunks: int = 4) -> int:
+              ppl_file: str | None = None, kl_base: str | None = None, ppl_chunks: int = 4,
+              cache_types=(None, None)) -> int:
     from .bench import format_table, plot, sweep
 
+    kv_type = cache_type(*cache_types)
     for path in models:
         _existing(path)
     if repetitions < 1:
@@ -168,7 +189,7 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
     if plot_path is not None:
         _check_writable(plot_path)
     results = sweep(models, threads=tuple(threads or [None]), prompts=tuple(prompts), gens=tuple(gens),
-                    depths=tuple(depths), repetitions=repetitions)
+                    depths=tuple(depths), repetitions=repetitions, kv_type=kv_type)
     if text is not None:
         from .model import Model
         from .perplexity import chunk_tokens, perplexity, scored_logprobs
@@ -177,7 +198,8 @@ def run_bench(models: list[str], prompts: list[int], gens: list[int], threads: l
         if kl_base:
             base = Model(_existing(kl_base), n_ctx=512)
             base_logprobs = scored_logprobs(base, chunk_tokens(base, text, 512, ppl_chunks))
-        quality = {path: perplexity(Model(path, n_ctx=512), text, 512, ppl_chunks, kl_base=base_logprobs)
+        quality = {path: perplexity(Model(path, n_ctx=512, kv_type=kv_type), text, 512, ppl_chunks,
+                                    kl_base=base_logprobs)
                    for path in models}
         for r in results:
             r.ppl = quality[r.model].ppl
@@ -286,9 +308,10 @@ def add_commands(commands) -> None:
     p.add_argument("--kl-base", default=None, metavar="REF.gguf", help="KL-divergence from this model's outputs")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="one JSON object")
+    add_cache_type_args(p)
     p.set_defaults(run=lambda a: ("run_perplexity", {
         "model": a.model, "file": a.file, "ctx_size": a.ctx_size, "chunks": a.chunks, "kl_base": a.kl_base,
-        "as_json": a.json, "n_threads": a.threads}))
+        "as_json": a.json, "n_threads": a.threads, "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     b = commands.add_parser("bench", help="tokens/s of prompt processing and generation, as llama-bench",
                             description="Every combination of -m, -t, -p, -n and -d (comma lists), repeated.")
@@ -304,10 +327,11 @@ def add_commands(commands) -> None:
     b.add_argument("--ppl-chunks", type=int, default=4, metavar="N")
     b.add_argument("--json", action="store_true")
     b.add_argument("--plot", default=None, metavar="OUT.png", help="tokens/s against bits per weight")
+    add_cache_type_args(b)
     b.set_defaults(run=lambda a: ("run_bench", {
         "models": a.models, "prompts": a.n_prompt, "gens": a.n_gen, "threads": a.threads, "depths": a.n_depth,
         "repetitions": a.repetitions, "as_json": a.json, "plot_path": a.plot, "ppl_file": a.ppl,
-        "kl_base": a.kld, "ppl_chunks": a.ppl_chunks}))
+        "kl_base": a.kld, "ppl_chunks": a.ppl_chunks, "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     i = commands.add_parser("info", help="metadata, tensor types, sizes and bits per weight of a GGUF file")
     i.add_argument("model", metavar="MODEL")

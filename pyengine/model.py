@@ -25,7 +25,7 @@ from .quants import thread_pool
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, this)
-KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}
+KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32), "q8_0": int(GGMLType.Q8_0)}
 
 
 class OversubscriptionWarning(RuntimeWarning):
@@ -128,6 +128,9 @@ class Model:
             self.n_ctx = int(n_ctx)
             if kv_type not in KV_TYPES:
                 raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+            if kv_type == "q8_0" and self.config.head_dim % 32:
+                raise ValueError(f"kv_type 'q8_0' needs a head dimension that is a multiple of 32; "
+                                 f"this model's is {self.config.head_dim}")
             self.kv_type = kv_type
             _check_kv_cache_fits(self.config, self.n_ctx, kv_type)
             self._pool = thread_pool(n_threads)

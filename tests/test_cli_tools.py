@@ -101,3 +101,19 @@ def test_bench_json_and_plot(files):
     out = json.loads(r.stdout)
     assert isinstance(out, list) and len(out) == 4 and out[0]["kld"] == pytest.approx(0.0, abs=1e-6)  # base log-probs kept as float32
     assert plot.stat().st_size > 1000
+
+
+def test_cache_type_flags(files):
+    """-ctk/-ctv as llama.cpp's: either sets the one type pyengine keeps keys and values in."""
+    d, model, text = files
+    bench = ["bench", "-m", str(model), "-p", "0", "-n", "2", "-d", "4", "-t", "1", "-r", "1", "--json"]
+    r = run(bench + ["-ctv", "f32"], d)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kv_type"] == "f32"
+    for flags, message in ((["-ctk", "q8_0", "-ctv", "f16"], "-ctk q8_0 and -ctv f16 differ"),
+                           (["-ctk", "q8_0"], "multiple of 32; this model's is 16"),  # the tiny model's heads
+                           (["-ctk", "q4_0"], "invalid choice")):
+        r = run(bench + flags, d)
+        assert r.returncode != 0 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = run(["perplexity", "-m", str(model), "-f", str(text), "-c", "16", "--chunks", "1", "--json", "-ctk", "f32"], d)
+    assert r.returncode == 0, r.stderr

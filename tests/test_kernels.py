@@ -159,25 +159,37 @@ def _attention64(q, k, v, scale):
     return (w / w.sum(-1, keepdims=True)) @ v.astype(np.float64)
 
 
+def _cache_rows(x, kv):
+    """(raw bytes, the values they hold) of rows x in the KV cache type kv."""
+    if kv == "q8_0":
+        raw = pyengine.quantize(x, "q8_0")
+        return raw.ravel(), pyengine.dequantize(raw, "q8_0", x.shape)
+    held = x.astype(np.float16 if kv == "f16" else np.float32)
+    return held.view(np.uint8).ravel(), held
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("kv", ["f16", "f32"])
+@pytest.mark.parametrize("kv", ["f16", "f32", "q8_0"])
 @pytest.mark.parametrize("hd,n_q,n_pos", [(64, 3, 1), (64, 3, 13), (64, 8, 100), (128, 1, 37), (32, 5, 9),
                                           (48, 2, 20), (6, 3, 7)])
 def test_attention_kernel(rng, isa, kv, hd, n_q, n_pos):
+    if kv == "q8_0" and hd % 32:
+        with pytest.raises(ValueError, match="whole number"):  # a Q8_0 row is whole blocks of 32
+            _core.attend(isa, TYPE_IDS[kv], np.zeros((1, hd), np.float32), np.zeros(hd, np.uint8),
+                         np.zeros(hd, np.uint8), 1, 1.0)
+        return
     q = rng.standard_normal((n_q, hd)).astype(np.float32)
-    k = rng.standard_normal((n_pos, hd)).astype(np.float32) * 2
-    v = rng.standard_normal((n_pos, hd)).astype(np.float32)
-    dtype = np.float16 if kv == "f16" else np.float32
-    k, v = k.astype(dtype), v.astype(dtype)
+    (k_raw, k), (v_raw, v) = (_cache_rows(rng.standard_normal((n_pos, hd)).astype(np.float32) * s, kv)
+                              for s in (2, 1))
     kv_id = TYPE_IDS[kv]
     scale = 1 / np.sqrt(hd)
-    out = _core.attend(isa, kv_id, q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+    out = _core.attend(isa, kv_id, q, k_raw, v_raw, n_pos, scale)
     np.testing.assert_allclose(out, _attention64(q, k, v, scale), rtol=0, atol=2e-5)
-    ref = _core.attend("scalar", kv_id, q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+    ref = _core.attend("scalar", kv_id, q, k_raw, v_raw, n_pos, scale)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
     # head j alone gives the same bits as head j among n_q
     for j in range(n_q):
-        alone = _core.attend(isa, kv_id, q[j:j + 1], k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, scale)
+        alone = _core.attend(isa, kv_id, q[j:j + 1], k_raw, v_raw, n_pos, scale)
         np.testing.assert_array_equal(alone[0], out[j])
 
 

@@ -38,8 +38,17 @@ struct PyContext {
     RunState state;
     PyContext(std::shared_ptr<PyModel> m, int64_t n_ctx, GGMLType kv_type)
         : model(std::move(m)),
-          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(), kv_type,
+          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(), checked(kv_type, *model),
                 model->model->config().windows) {}
+    // A quantized cache's blocks must not straddle two heads (the attention reads one head's slice).
+    static GGMLType checked(GGMLType kv_type, const PyModel& m) {
+        const TypeTraits* t = type_traits(kv_type);
+        if (t && m.model->config().head_dim % t->block_size != 0)
+            throw std::invalid_argument(std::string("a ") + t->name + " KV cache needs a head dimension that is a multiple of " +
+                                        std::to_string(t->block_size) + "; this model's is " +
+                                        std::to_string(m.model->config().head_dim));
+        return kv_type;
+    }
 };
 
 // (array, type id, rows, cols) -> a Matrix over the array's memory, checked for size.
@@ -396,7 +405,8 @@ void register_model(py::module_& m) {
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
                  if (n_ctx <= 0 || n_ctx > (int64_t(1) << 31))
                      throw py::value_error("n_ctx must be between 1 and 2**31, got " + std::to_string(n_ctx));
-                 if (kv_type != TYPE_F16 && kv_type != TYPE_F32) throw py::value_error("KV cache type must be f16 or f32");
+                 if (kv_type != TYPE_F16 && kv_type != TYPE_F32 && kv_type != TYPE_Q8_0)
+                     throw py::value_error("KV cache type must be f16, f32 or q8_0");
                  return new PyContext(std::move(model), n_ctx, GGMLType(kv_type));
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = uint32_t(TYPE_F16))

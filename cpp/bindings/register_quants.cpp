@@ -105,7 +105,9 @@ FloatArray attend(const std::string& isa, uint32_t kv_type, const FloatArray& q,
     if (q.ndim() != 2 || q.shape(1) <= 0 || q.shape(0) <= 0 || n_pos <= 0)
         throw py::value_error("q must be (n_q, head_dim) and n_pos positive");
     const int64_t n_q = q.shape(0), hd = q.shape(1);
-    const size_t row_bytes = size_t(hd) * (kv_type == TYPE_F16 ? 2 : 4);
+    if (hd % type_traits(GGMLType(kv_type))->block_size != 0)
+        throw py::value_error("head_dim must be a whole number of the KV type's blocks");
+    const size_t row_bytes = row_size(GGMLType(kv_type), hd);
     if (size_t(keys.size()) != row_bytes * size_t(n_pos) || size_t(values.size()) != row_bytes * size_t(n_pos))
         throw py::value_error("keys and values must hold n_pos rows of head_dim values");
     FloatArray out({n_q, hd});

@@ -1407,6 +1407,23 @@ void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* v
                 });
 }
 
+// A Q8_0 row's values c0 .. c0 + 8n - 1 (within one block: c0 % 32 + 8n <= 32) as d * float(q).
+void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                 int64_t n_pos, float scale, float* scores, float* out) {
+    if (hd % 32 != 0 || hd > 512) return ref::attend_q8_0(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+    attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
+                scale, scores, out, [](const uint8_t* row, int c0, int n, __m256* v) {
+                    const auto& block = reinterpret_cast<const block_q8_0*>(row)[c0 / QK];
+                    const __m256 d = _mm256_set1_ps(half_to_float(block.d));
+                    for (int k = 0; k < n; k++) {
+                        int64_t bytes;
+                        std::memcpy(&bytes, block.qs + c0 % QK + 8 * k, 8);
+                        const __m256i q32 = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes));
+                        v[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(q32));
+                    }
+                });
+}
+
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out) {
     if (hd % 32 != 0 || hd > 512) return ref::attend_f32(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
@@ -1461,6 +1478,7 @@ const Kernels* kernels_avx2() {
         k.axpy[TYPE_F16] = axpy_f16;
         k.attend[TYPE_F32] = attend_f32;
         k.attend[TYPE_F16] = attend_f16;
+        k.attend[TYPE_Q8_0] = attend_q8_0;
         add_avx2_kquant_kernels(k);
         return k;
     }();

@@ -62,8 +62,8 @@ struct Kernels {
     const char* isa;                    // "scalar", "avx2", "avx512", "neon"
     vec_dot_fn vec_dot[TYPE_COUNT];     // by weight type; the activation is in its vec_dot_type
     from_float_fn from_float[TYPE_COUNT];  // activation quantizers (q8_0, q8_1, f32): same bytes as the reference
-    axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32 and f16 (the KV cache types)
-    attend_fn attend[TYPE_COUNT];       // by the KV cache type: f32 and f16
+    axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32, f16 and q8_0 (the KV cache types)
+    attend_fn attend[TYPE_COUNT];       // by the KV cache type: f32, f16 and q8_0 (head dim a multiple of 32)
     // Optional (nullptr: none): kTileRows weight rows x kTileTokens activations in one pass, each weight
     // block unpacked once for every token and each activation block loaded once for every row. Every
     // output must be bit-identical to vec_dot on the same row and activation (same operations in the
@@ -130,14 +130,18 @@ float vec_dot_nf4_dq_q8_0(int n, const void* w, const void* x);
 float vec_dot_f32_f32(int n, const void* w, const void* x);
 float vec_dot_f16_f32(int n, const void* w, const void* x);
 float vec_dot_bf16_f32(int n, const void* w, const void* x);
+float vec_dot_q8_0_f32(int n, const void* w, const void* x);  // a Q8_0 KV cache row . float query
 
 void axpy_f32(int n, float a, const void* x, float* y);
 void axpy_f16(int n, float a, const void* x, float* y);
+void axpy_q8_0(int n, float a, const void* x, float* y);
 
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out);
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out);
+void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                 int64_t n_pos, float scale, float* scores, float* out);
 }  // namespace ref
 
 const Kernels* kernels_scalar();

@@ -699,6 +699,24 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
     for (int i = 0; i < n; i++) y[i] += a * fp16_to_fp32(x[i]);
 }
 
+// A Q8_0 cache row: block by block, d times the float sum of its int8 values times x.
+float vec_dot_q8_0_f32(int n, const void* vw, const void* vx) {
+    const auto* w = static_cast<const block_q8_0*>(vw);
+    const auto* x = static_cast<const float*>(vx);
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        float block_sum = 0.0f;
+        for (int i = 0; i < QK; i++) block_sum += float(w[b].qs[i]) * x[b * QK + i];
+        sum += fp16_to_fp32(w[b].d) * block_sum;
+    }
+    return sum;
+}
+
+void axpy_q8_0(int n, float a, const void* vx, float* y) {
+    const auto* x = static_cast<const block_q8_0*>(vx);
+    for (int i = 0; i < n; i++) y[i] += a * (fp16_to_fp32(x[i / QK].d) * float(x[i / QK].qs[i % QK]));
+}
+
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out) {
     attend_by_rows<vec_dot_f32_f32, axpy_f32>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
@@ -707,6 +725,11 @@ void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* v
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                 int64_t n_pos, float scale, float* scores, float* out) {
     attend_by_rows<vec_dot_f16_f32, axpy_f16>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+}
+
+void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                 int64_t n_pos, float scale, float* scores, float* out) {
+    attend_by_rows<vec_dot_q8_0_f32, axpy_q8_0>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
 }
 
 }  // namespace ref
@@ -806,8 +829,10 @@ const Kernels* kernels_scalar() {
         k.from_float[TYPE_F32] = ref::copy_row_f32;
         k.axpy[TYPE_F32] = ref::axpy_f32;
         k.axpy[TYPE_F16] = ref::axpy_f16;
+        k.axpy[TYPE_Q8_0] = ref::axpy_q8_0;
         k.attend[TYPE_F32] = ref::attend_f32;
         k.attend[TYPE_F16] = ref::attend_f16;
+        k.attend[TYPE_Q8_0] = ref::attend_q8_0;
         return k;
     }();
     return &table;

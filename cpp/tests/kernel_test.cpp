@@ -45,7 +45,7 @@
 //   sub-block scales at their largest and smallest (6-bit 63, Q6_K's int8 127 and -128), levels all
 //   at one extreme or mixed extremes (nibbles 0 / 15, Q3_K's hmask 0 / 0xff), one outlier block;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
-// - attend (the query heads of one KV head over an F32 / F16 cache) agrees with the scalar one
+// - attend (the query heads of one KV head over an F32 / F16 / Q8_0 cache) agrees with the scalar one
 //   (its inputs are plain vectors, not placed before the unmapped page below).
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
@@ -579,7 +579,7 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
             record(g, k.vec_dot[t] != s.vec_dot[t], format("vec_dot[%s] is the scalar one", type_traits(t)->name));
     }
     if (own_exact) record(g, k.from_float[TYPE_Q8_K] != s.from_float[TYPE_Q8_K], "from_float[q8_k] is the scalar one");
-    for (GGMLType t : {TYPE_F32, TYPE_F16}) {
+    for (GGMLType t : {TYPE_F32, TYPE_F16, TYPE_Q8_0}) {
         record(g, k.axpy[t] != nullptr, format("axpy[%s] missing", type_traits(t)->name));
         record(g, k.attend[t] != nullptr, format("attend[%s] missing", type_traits(t)->name));
     }
@@ -1218,37 +1218,38 @@ void check_axpy(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int 
 // the rounding of the scores and the sums: within 2e-5 of max |v| (the values are N(0, 1) here).
 
 void check_attend(const Kernels& k, const Kernels& s, Rng& rng, int trials) {
-    for (GGMLType type : {TYPE_F32, TYPE_F16}) {
+    for (GGMLType type : {TYPE_F32, TYPE_F16, TYPE_Q8_0}) {
         Group& g = group(format("attend %s", type_traits(type)->name), true);
-        const size_t es = type == TYPE_F16 ? 2 : 4;
+        const TypeTraits& tt = *type_traits(type);
         for (int t = 0; t < trials; t++)
             for (int hd : {6, 32, 64, 128})
                 for (int n_q : {1, 3, 8})
                     for (int n_pos : {1, 5, 37}) {
+                        if (hd % tt.block_size != 0) continue;  // a Q8_0 row is whole blocks
                         std::vector<float> q(size_t(n_q * hd));
                         for (float& v : q) v = rng.normal();
-                        std::vector<uint8_t> keys(size_t(n_pos * hd) * es), values(keys.size());
+                        // rows of floats, stored in the cache type (the type's own quantizer)
+                        const size_t row = row_size(type, hd);
+                        std::vector<uint8_t> keys(size_t(n_pos) * row), values(keys.size());
+                        std::vector<float> kf(static_cast<size_t>(hd)), vf(kf.size()), held(kf.size());
                         double vmax = 0.0;
-                        for (int i = 0; i < n_pos * hd; i++) {
-                            const float kv[2] = {2.0f * rng.normal(), rng.normal()};
-                            for (int m = 0; m < 2; m++) {
-                                uint8_t* dst = (m == 0 ? keys : values).data() + size_t(i) * es;
-                                if (type == TYPE_F16) {
-                                    const uint16_t h = fp32_to_fp16(kv[m]);
-                                    std::memcpy(dst, &h, 2);
-                                } else {
-                                    std::memcpy(dst, &kv[m], 4);
-                                }
+                        for (int p = 0; p < n_pos; p++) {
+                            for (int i = 0; i < hd; i++) {
+                                kf[size_t(i)] = 2.0f * rng.normal();
+                                vf[size_t(i)] = rng.normal();
                             }
-                            vmax = std::max(vmax, std::fabs(double(weight_value(type, values.data(), i))));
+                            tt.from_float(kf.data(), keys.data() + size_t(p) * row, hd);
+                            tt.from_float(vf.data(), values.data() + size_t(p) * row, hd);
+                            tt.to_float(values.data() + size_t(p) * row, held.data(), hd);
+                            for (float v : held) vmax = std::max(vmax, std::fabs(double(v)));
                         }
                         const std::string what = format("head dim %d, %d heads, %d positions", hd, n_q, n_pos);
                         set_case(g, what);
                         std::vector<float> scores(size_t(n_q * n_pos)), got(q.size()), want(q.size());
                         const float scale = 1.0f / std::sqrt(float(hd));
-                        k.attend[type](hd, n_q, q.data(), keys.data(), values.data(), size_t(hd) * es, n_pos, scale,
+                        k.attend[type](hd, n_q, q.data(), keys.data(), values.data(), row, n_pos, scale,
                                        scores.data(), got.data());
-                        s.attend[type](hd, n_q, q.data(), keys.data(), values.data(), size_t(hd) * es, n_pos, scale,
+                        s.attend[type](hd, n_q, q.data(), keys.data(), values.data(), row, n_pos, scale,
                                        scores.data(), want.data());
                         double worst = 0.0;
                         for (size_t i = 0; i < got.size(); i++)
