@@ -249,6 +249,17 @@ size_t Model::packed_bytes() const {
     return total;
 }
 
+namespace {
+// The positions a token attends to are cut into attention_runs(n) runs of nearly equal length (at
+// least kMinRun positions each, at most kMaxRuns runs), so that threads share the positions of one
+// head as well as the heads (one token deep in its context has only a few KV heads to share out).
+// The cut depends on n alone, so a token's attention takes the same operations whatever the batch,
+// the chunking or the thread count.
+constexpr int64_t kMinRun = 256;
+constexpr int64_t kMaxRuns = 8;
+int64_t attention_runs(int64_t n) { return std::min(kMaxRuns, (n + kMinRun - 1) / kMinRun); }
+}  // namespace
+
 void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                            ThreadPool& pool) const {
     const ModelConfig& c = config_;
@@ -256,21 +267,52 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
     const int group = c.n_heads / c.n_kv_heads;  // query heads per KV head
     const float scale = c.attn_scale > 0.0f ? c.attn_scale : 1.0f / std::sqrt(float(hd));
     const int64_t n_ctx = int64_t(s.scores.size() / (size_t(pool.n_threads()) * size_t(group)));
-    // One task per (token, KV head), for the query heads that share it: each output depends only on
-    // its own query and the cache, whoever computes it.
+    // Tasks (token, KV head, run), token by token: token t's are first[t] .. first[t + 1] - 1, and its
+    // runs' results (group heads of hd values, a max and a sum each) are slots first[t] ... too.
+    std::vector<int64_t> first(static_cast<size_t>(n_tokens) + 1, 0), spans(static_cast<size_t>(n_tokens));
+    for (int64_t t = 0; t < n_tokens; t++) {
+        spans[size_t(t)] = caches[t]->span(layer, positions[t]).n;  // the window or every position
+        first[size_t(t) + 1] = first[size_t(t)] + c.n_kv_heads * attention_runs(spans[size_t(t)]);
+    }
+    const int64_t n_tasks = first[size_t(n_tokens)];
+    const size_t slot = size_t(group) * size_t(hd);
+    if (s.attn_runs.size() < size_t(n_tasks) * slot) s.attn_runs.resize(size_t(n_tasks) * slot);
+    if (s.run_max.size() < size_t(n_tasks * group)) {
+        s.run_max.resize(size_t(n_tasks * group));
+        s.run_sum.resize(size_t(n_tasks * group));
+    }
     pool.run([&](int ti, int n_threads) {
         int64_t begin, end;
-        split_range(n_tokens * c.n_kv_heads, ti, n_threads, begin, end);
+        split_range(n_tasks, ti, n_threads, begin, end);
         float* scores = s.scores.data() + size_t(ti) * size_t(n_ctx) * size_t(group);
+        int64_t t = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
         for (int64_t task = begin; task < end; task++) {
-            const int64_t t = task / c.n_kv_heads;
-            const int kv_head = int(task % c.n_kv_heads);
+            while (task >= first[size_t(t) + 1]) t++;
+            const int64_t runs = attention_runs(spans[size_t(t)]), n = spans[size_t(t)];
+            const int kv_head = int((task - first[size_t(t)]) / runs);
+            const int64_t r = (task - first[size_t(t)]) % runs;
+            const int64_t p0 = r * n / runs, p1 = (r + 1) * n / runs;
             const KVCache& cache = *caches[t];
-            const KVCache::Span span = cache.span(layer, positions[t]);  // the window or every position
-            const size_t kv_off = row_size(cache.type(), int64_t(kv_head) * hd);  // whole blocks: hd % 32 == 0 for q8_0
-            const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * size_t(group) * size_t(hd);
+            const KVCache::Span span = cache.span(layer, positions[t]);
+            const size_t kv_off = row_size(cache.type(), int64_t(kv_head) * hd) + size_t(p0) * cache.row_bytes();
+            const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * slot;
             kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
-                                          cache.row_bytes(), span.n, scale, scores, s.attn.data() + q_off);
+                                          cache.row_bytes(), p1 - p0, scale, scores, s.attn_runs.data() + task * slot,
+                                          s.run_max.data() + task * group, s.run_sum.data() + task * group);
+        }
+    });
+    // Each query head's runs joined in run order (tasks of one head are consecutive runs).
+    pool.run([&](int ti, int n_threads) {
+        int64_t begin, end;
+        split_range(n_tokens * c.n_heads, ti, n_threads, begin, end);
+        for (int64_t i = begin; i < end; i++) {
+            const int64_t t = i / c.n_heads;
+            const int head = int(i % c.n_heads), kv_head = head / group, j = head % group;
+            const int64_t runs = attention_runs(spans[size_t(t)]);
+            const int64_t task0 = first[size_t(t)] + kv_head * runs;
+            attention_join(hd, int(runs), s.attn_runs.data() + task0 * slot + size_t(j) * size_t(hd), slot,
+                           s.run_max.data() + task0 * group + j, s.run_sum.data() + task0 * group + j, size_t(group),
+                           s.attn.data() + size_t(t) * size_t(c.q_dim()) + size_t(head) * size_t(hd));
         }
     });
 }

@@ -90,6 +90,9 @@ struct RunState {
     std::vector<float> k;       // (T, kv_dim)
     std::vector<float> v;       // (T, kv_dim)
     std::vector<float> attn;    // (T, q_dim) attention output, before wo
+    std::vector<float> attn_runs;  // unnormalised attention of each (token, KV head, run of positions)
+    std::vector<float> run_max;    // and its maximum score and exp-sum, per query head
+    std::vector<double> run_sum;
     std::vector<float> gate;    // (T, n_ff)
     std::vector<float> up;      // (T, n_ff)
     std::vector<float> scores;  // (n_threads, heads per KV head, n_ctx) attention scores, per thread

@@ -92,6 +92,19 @@ def test_f32_kv_cache_matches_reference_without_f16_rounding(model_dir):
     assert rel_err(ours, ReferenceModel(path).logits(PROMPT, kv_f16=True)) < 1e-2
 
 
+def test_long_context_attention_matches_reference(model_dir):
+    """Deep in a context a token's positions are attended to in runs (of at least 256, at most 8),
+    shared by the threads and joined: against the float64 reference's one softmax, at every depth
+    up to 2100 positions (1 to 8 runs), for each thread count."""
+    path = tiny(model_dir, "long-f32", weight_type="f32", seed=3, n_ctx_train=2304, **SHAPES[1])
+    ids = np.random.default_rng(2).integers(0, 300, 2100).tolist()
+    ref = ReferenceModel(path).logits(ids, kv_f16=False)
+    for n_threads in (1, 3):
+        with threads_warning(n_threads):
+            ours = Model(path, n_threads=n_threads, kv_type="f32").logits(ids)
+        assert rel_err(ours, ref) < 2e-5
+
+
 @pytest.mark.parametrize("shape,weight_type", [(shape, t) for t in BLOCK_TYPES for shape in range(len(SHAPES))]
                          + on_its_shape(SUPER_BLOCK_TYPES))
 def test_quantized_models_match_reference(model_dir, shape, weight_type):

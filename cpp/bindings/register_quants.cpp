@@ -111,9 +111,14 @@ FloatArray attend(const std::string& isa, uint32_t kv_type, const FloatArray& q,
     if (size_t(keys.size()) != row_bytes * size_t(n_pos) || size_t(values.size()) != row_bytes * size_t(n_pos))
         throw py::value_error("keys and values must hold n_pos rows of head_dim values");
     FloatArray out({n_q, hd});
-    std::vector<float> scores(size_t(n_q * n_pos));
+    std::vector<float> scores(static_cast<size_t>(n_q * n_pos)), unnormalised(static_cast<size_t>(n_q * hd));
+    std::vector<float> max(static_cast<size_t>(n_q));
+    std::vector<double> sum(max.size());
     k.attend[kv_type](int(hd), int(n_q), q.data(), keys.data(), values.data(), row_bytes, n_pos, scale,
-                      scores.data(), out.mutable_data());
+                      scores.data(), unnormalised.data(), max.data(), sum.data());
+    for (int64_t j = 0; j < n_q; j++)  // one run of positions
+        attention_join(int(hd), 1, unnormalised.data() + j * hd, 0, max.data() + j, sum.data() + j, 0,
+                       out.mutable_data() + j * hd);
     return out;
 }
 

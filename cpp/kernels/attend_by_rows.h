@@ -14,7 +14,7 @@ namespace pe {
 
 template <vec_dot_fn Dot, axpy_fn Axpy>
 void attend_by_rows(int hd, int n_q, const float* q, const void* vkeys, const void* vvalues, size_t kv_stride,
-                    int64_t n_pos, float scale, float* scores, float* out) {
+                    int64_t n_pos, float scale, float* scores, float* out, float* max_out, double* sum_out) {
     const auto* keys = static_cast<const uint8_t*>(vkeys);
     const auto* values = static_cast<const uint8_t*>(vvalues);
     for (int j = 0; j < n_q; j++) {
@@ -29,10 +29,11 @@ void attend_by_rows(int hd, int n_q, const float* q, const void* vkeys, const vo
             s[p] = std::exp(s[p] - max_score);
             sum += s[p];
         }
-        const float inv_sum = float(1.0 / sum);
+        max_out[j] = max_score;
+        sum_out[j] = sum;
         float* o = out + size_t(j) * size_t(hd);
         std::fill(o, o + hd, 0.0f);
-        for (int64_t p = 0; p < n_pos; p++) Axpy(hd, s[p] * inv_sum, values + size_t(p) * kv_stride, o);
+        for (int64_t p = 0; p < n_pos; p++) Axpy(hd, s[p], values + size_t(p) * kv_stride, o);
     }
 }
 

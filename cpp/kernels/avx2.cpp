@@ -1297,7 +1297,7 @@ inline __m256 exp_nonpositive(__m256 x) {
 // - scores: key rows converted to float 4 at a time; each dot one 8-lane fused multiply-add chain
 //   over the row, then hsum, times scale;
 // - softmax: the maximum, exp_nonpositive(s - max), the sum in two 4-lane double accumulators over
-//   8-position steps (padded with zeros at the end), weights s * float(1 / sum);
+//   8-position steps (padded with zeros at the end), the weights left unnormalised (attend_fn);
 // - values: per 16-value chunk of the head, out = fma(weight_p, V_p, out) for p = 0, 1, ... with up to 4 heads'
 //   accumulators in registers.
 template <int NJ, typename Convert>
@@ -1321,7 +1321,8 @@ void accumulate_values(int64_t n_pos, const uint8_t* values, size_t kv_stride, i
 // convert(row, c0, n, v): values c0 .. c0 + 8n - 1 of a cache row as n float vectors.
 template <typename Convert>
 void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uint8_t* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out, Convert convert) {
+                 int64_t n_pos, float scale, float* scores, float* out, float* max_out, double* sum_out,
+                 Convert convert) {
     alignas(32) float kbuf[4][512];
     auto dot = [hd](const float* k, const float* qj) {
         __m256 acc = _mm256_setzero_ps();
@@ -1378,9 +1379,8 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
         _mm256_store_pd(parts + 4, sum_hi);
         double sum = 0.0;
         for (double part : parts) sum += part;
-        const __m256 inv = _mm256_set1_ps(float(1.0 / sum));
-        for (p = 0; p + 8 <= n_pos; p += 8) _mm256_storeu_ps(s + p, _mm256_mul_ps(_mm256_loadu_ps(s + p), inv));
-        for (; p < n_pos; p++) s[p] *= float(1.0 / sum);
+        max_out[j] = max_score;
+        sum_out[j] = sum;
     }
     for (int c0 = 0; c0 < hd; c0 += 16) {
         const auto convert16 = [&](const uint8_t* row, int c, __m256* v) { convert(row, c, 2, v); };
@@ -1398,21 +1398,24 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
 }
 
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out) {
-    if (hd % 32 != 0 || hd > 512) return ref::attend_f16(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    if (hd % 32 != 0 || hd > 512)
+        return ref::attend_f16(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
     attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, [](const uint8_t* row, int c0, int n, __m256* v) {
+                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
                     const auto* h = reinterpret_cast<const __m128i*>(row + 2 * size_t(c0));
                     for (int k = 0; k < n; k++) v[k] = _mm256_cvtph_ps(_mm_loadu_si128(h + k));
                 });
 }
 
-// A Q8_0 row's values c0 .. c0 + 8n - 1 (within one block: c0 % 32 + 8n <= 32) as d * float(q).
+// Over a Q8_0 cache: convert reads a row's values c0 .. c0 + 8n - 1 (within one block: attend_rows
+// asks for 32 values from a multiple of 32, or 16 from a multiple of 16) as d * float(q).
 void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out) {
-    if (hd % 32 != 0 || hd > 512) return ref::attend_q8_0(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                 int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    if (hd % 32 != 0 || hd > 512)
+        return ref::attend_q8_0(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
     attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, [](const uint8_t* row, int c0, int n, __m256* v) {
+                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
                     const auto& block = reinterpret_cast<const block_q8_0*>(row)[c0 / QK];
                     const __m256 d = _mm256_set1_ps(half_to_float(block.d));
                     for (int k = 0; k < n; k++) {
@@ -1425,10 +1428,11 @@ void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* 
 }
 
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out) {
-    if (hd % 32 != 0 || hd > 512) return ref::attend_f32(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    if (hd % 32 != 0 || hd > 512)
+        return ref::attend_f32(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
     attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, [](const uint8_t* row, int c0, int n, __m256* v) {
+                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
                     const auto* f = reinterpret_cast<const float*>(row) + c0;
                     for (int k = 0; k < n; k++) v[k] = _mm256_loadu_ps(f + 8 * k);
                 });

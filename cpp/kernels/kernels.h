@@ -50,13 +50,22 @@ using packed_dot_pair_fn = void (*)(int n, const void* packed_a, const void* pac
 using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const void* x, size_t x_stride, float* y,
                                  size_t y_stride);
 
-// Attention of n_q query heads sharing one KV head (query j at q + j * hd, its output at
-// out + j * hd), over positions 0 .. n_pos-1 of the keys and values (row p at keys + p * kv_stride,
-// hd values of the KV type): out_j = sum_p softmax_p(scale * q_j . K_p) V_p, the softmax taking the
-// maximum out, exp in float, the sum in double. scores: n_q * n_pos floats of scratch. Each output
-// depends only on its own query and the cache, never on n_q.
+// Attention of n_q query heads sharing one KV head (query j at q + j * hd), over positions
+// 0 .. n_pos-1 of the keys and values (row p at keys + p * kv_stride, hd values of the KV type), left
+// unnormalised so that runs of positions can be joined (attention_join): with s_p = scale * q_j . K_p,
+// max_j = max_p s_p, e_p = exp(s_p - max_j) in float, sum_j = sum_p e_p in double and
+// out_j = sum_p e_p V_p at out + j * hd. scores: n_q * n_pos floats of scratch. Each output depends
+// only on its own query and the cache, never on n_q.
 using attend_fn = void (*)(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                           int64_t n_pos, float scale, float* scores, float* out);
+                           int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
+
+// The softmax attention of one query head into dest (hd values), from the unnormalised results of
+// n_runs consecutive runs of its positions, joined in run order: run r's out at out + r * out_stride,
+// its max and sum at max[r * stat_stride], sum[r * stat_stride]; dest = sum_r exp(max_r - M) out_r /
+// sum_r exp(max_r - M) sum_r, M the largest max_r (one run: out_0 / sum_0). In reference.cpp, one
+// build for every ISA: the joined bits never depend on the kernel table.
+void attention_join(int hd, int n_runs, const float* out, size_t out_stride, const float* max, const double* sum,
+                    size_t stat_stride, float* dest);
 
 struct Kernels {
     const char* isa;                    // "scalar", "avx2", "avx512", "neon"
@@ -137,11 +146,11 @@ void axpy_f16(int n, float a, const void* x, float* y);
 void axpy_q8_0(int n, float a, const void* x, float* y);
 
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
 void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out);
+                 int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
 }  // namespace ref
 
 const Kernels* kernels_scalar();

@@ -718,21 +718,38 @@ void axpy_q8_0(int n, float a, const void* vx, float* y) {
 }
 
 void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out) {
-    attend_by_rows<vec_dot_f32_f32, axpy_f32>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    attend_by_rows<vec_dot_f32_f32, axpy_f32>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
 }
 
 void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out) {
-    attend_by_rows<vec_dot_f16_f32, axpy_f16>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    attend_by_rows<vec_dot_f16_f32, axpy_f16>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
 }
 
 void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out) {
-    attend_by_rows<vec_dot_q8_0_f32, axpy_q8_0>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out);
+                 int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+    attend_by_rows<vec_dot_q8_0_f32, axpy_q8_0>(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max,
+                                                sum);
 }
 
 }  // namespace ref
+
+void attention_join(int hd, int n_runs, const float* out, size_t out_stride, const float* max, const double* sum,
+                    size_t stat_stride, float* dest) {
+    float m = max[0];
+    for (int r = 1; r < n_runs; r++) m = std::max(m, max[size_t(r) * stat_stride]);
+    double total = 0.0;
+    for (int r = 0; r < n_runs; r++) total += sum[size_t(r) * stat_stride] * double(std::exp(max[size_t(r) * stat_stride] - m));
+    std::fill(dest, dest + hd, 0.0f);
+    for (int r = 0; r < n_runs; r++) {
+        const float f = std::exp(max[size_t(r) * stat_stride] - m);
+        const float* o = out + size_t(r) * out_stride;
+        for (int i = 0; i < hd; i++) dest[i] += o[i] * f;
+    }
+    const float inv = float(1.0 / total);
+    for (int i = 0; i < hd; i++) dest[i] *= inv;
+}
 
 namespace {
 

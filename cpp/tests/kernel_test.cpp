@@ -1213,7 +1213,8 @@ void check_axpy(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int 
     }
 }
 
-// attend: the query heads that share one KV head, over n_pos cached rows, against the scalar kernel.
+// attend: the query heads that share one KV head, over n_pos cached rows in up to 3 runs joined by
+// attention_join, against the scalar kernel over all of them in one.
 // Outputs are softmax-weighted sums of the value rows, so they differ from the scalar ones only by
 // the rounding of the scores and the sums: within 2e-5 of max |v| (the values are N(0, 1) here).
 
@@ -1245,12 +1246,26 @@ void check_attend(const Kernels& k, const Kernels& s, Rng& rng, int trials) {
                         }
                         const std::string what = format("head dim %d, %d heads, %d positions", hd, n_q, n_pos);
                         set_case(g, what);
-                        std::vector<float> scores(size_t(n_q * n_pos)), got(q.size()), want(q.size());
                         const float scale = 1.0f / std::sqrt(float(hd));
-                        k.attend[type](hd, n_q, q.data(), keys.data(), values.data(), row, n_pos, scale,
-                                       scores.data(), got.data());
-                        s.attend[type](hd, n_q, q.data(), keys.data(), values.data(), row, n_pos, scale,
-                                       scores.data(), want.data());
+                        // The kernel over `runs` runs of the positions, joined (attention_join).
+                        auto attend = [&](const Kernels& table, int runs) {
+                            std::vector<float> scores(size_t(n_q * n_pos)), parts(size_t(runs) * q.size()),
+                                max(size_t(runs * n_q)), joined(q.size());
+                            std::vector<double> sum(max.size());
+                            for (int r = 0; r < runs; r++) {
+                                const int p0 = r * n_pos / runs, p1 = (r + 1) * n_pos / runs;
+                                table.attend[type](hd, n_q, q.data(), keys.data() + size_t(p0) * row,
+                                                   values.data() + size_t(p0) * row, row, p1 - p0, scale,
+                                                   scores.data(), parts.data() + size_t(r) * q.size(),
+                                                   max.data() + r * n_q, sum.data() + r * n_q);
+                            }
+                            for (int j = 0; j < n_q; j++)
+                                attention_join(hd, runs, parts.data() + size_t(j * hd), q.size(), max.data() + j,
+                                               sum.data() + j, size_t(n_q), joined.data() + size_t(j * hd));
+                            return joined;
+                        };
+                        const std::vector<float> want = attend(s, 1);
+                        const std::vector<float> got = attend(k, std::min(n_pos, 3));
                         double worst = 0.0;
                         for (size_t i = 0; i < got.size(); i++)
                             worst = std::max(worst, std::fabs(double(got[i]) - double(want[i])) / (2e-5 * vmax));
