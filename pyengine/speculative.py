@@ -112,7 +112,7 @@ class LookupDrafter:
     followed its latest occurrence. The n-grams are indexed as the sequence grows; a sequence that
     does not continue the one indexed is indexed again."""
 
-    def __init__(self, min_ngram: int = 2, max_ngram: int = 4) -> None:
+    def __init__(self, min_ngram: int = 3, max_ngram: int = 5) -> None:
         self.min_ngram, self.max_ngram = min_ngram, max_ngram
         self.ids: list[int] = []  # the sequence indexed: the n-grams ending before its last position
         self.after: dict[tuple[int, ...], int] = {}  # n-gram -> the position after its latest occurrence
