@@ -331,20 +331,27 @@ void Model::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, flo
     cache.set_n_past(pos0 + n_tokens);
 }
 
-void Model::forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits,
-                                   RunState& s, ThreadPool& pool) const {
+void Model::forward_sequences(const int32_t* tokens, KVCache* const* caches, const int64_t* counts, int64_t n,
+                              float* logits, RunState& s, ThreadPool& pool) const {
     if (n <= 0) throw std::invalid_argument("no sequences to evaluate");
-    std::vector<int64_t> positions(static_cast<size_t>(n));
+    std::vector<KVCache*> token_caches;
+    std::vector<int64_t> positions;
     for (int64_t i = 0; i < n; i++) {
         for (int64_t j = 0; j < i; j++)
             if (caches[j] == caches[i]) throw std::invalid_argument("a sequence appears twice in one batch");
-        if (caches[i]->n_past() >= caches[i]->n_ctx())
-            throw std::invalid_argument("sequence " + std::to_string(i) + " is full (" +
-                                        std::to_string(caches[i]->n_ctx()) + " tokens)");
-        positions[size_t(i)] = caches[i]->n_past();
+        const int64_t count = counts ? counts[i] : 1;
+        if (count < 1) throw std::invalid_argument("sequence " + std::to_string(i) + " has no tokens to evaluate");
+        if (count > caches[i]->n_ctx() - caches[i]->n_past())
+            throw std::invalid_argument("sequence " + std::to_string(i) + ": " + std::to_string(count) +
+                                        " tokens after " + std::to_string(caches[i]->n_past()) +
+                                        " do not fit the context of " + std::to_string(caches[i]->n_ctx()) + " tokens");
+        for (int64_t t = 0; t < count; t++) {
+            token_caches.push_back(caches[i]);
+            positions.push_back(caches[i]->n_past() + t);
+        }
     }
-    forward_tokens(tokens, caches, positions.data(), n, logits, true, s, pool);
-    for (int64_t i = 0; i < n; i++) caches[i]->set_n_past(positions[size_t(i)] + 1);
+    forward_tokens(tokens, token_caches.data(), positions.data(), int64_t(positions.size()), logits, true, s, pool);
+    for (int64_t i = 0; i < n; i++) caches[i]->set_n_past(caches[i]->n_past() + (counts ? counts[i] : 1));
 }
 
 void Model::forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,

@@ -141,11 +141,14 @@ public:
     void forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, float* logits, bool logits_all,
                  RunState& state, ThreadPool& pool) const;
 
-    // Evaluates one token for each of n distinct sequences (beam search: every live beam in one
-    // call), token i at position caches[i]->n_past of its own cache. logits: n x n_vocab. Each
-    // sequence's logits are bit-identical to evaluating its token alone.
-    void forward_sequences(const int32_t* tokens, KVCache* const* caches, int64_t n, float* logits, RunState& state,
-                           ThreadPool& pool) const;
+    // Evaluates counts[i] tokens for each of n distinct sequences in one call (beam search: one token
+    // for every live beam; speculative decoding: a draft for every sequence), the tokens of sequence i
+    // following those of sequence i - 1 in `tokens`, at positions caches[i]->n_past ... of its own
+    // cache. counts null: one token each. logits: (sum of counts) x n_vocab. Each token's logits are
+    // bit-identical to evaluating its sequence's tokens alone. Throws std::invalid_argument before
+    // changing anything for a sequence given twice, a count below 1, or a cache without room.
+    void forward_sequences(const int32_t* tokens, KVCache* const* caches, const int64_t* counts, int64_t n,
+                           float* logits, RunState& state, ThreadPool& pool) const;
 
 private:
     // Tokens per pass through the layers; longer batches are cut into micro-batches of this many.

@@ -52,6 +52,17 @@ def _add_sampling_args(p: argparse.ArgumentParser, n_default: int, n_help: str) 
                        metavar=flag.lstrip("-").split("-")[-1].upper(), help=f"{f.metadata['help']} (default {default})")
 
 
+def _add_draft_args(p: argparse.ArgumentParser, *aliases: str) -> None:
+    from .speculative import DRAFT_MAX
+
+    g = p.add_argument_group("speculative decoding (with --temp 0 the same tokens as without)")
+    g.add_argument("--draft", *aliases, dest="draft", default=None, metavar="lookup|MODEL",
+                   help="draft the next tokens by n-gram lookup in the prompt and the text so far ('lookup'), "
+                        "or with a smaller GGUF model of the same vocabulary, and verify them in one batch")
+    g.add_argument("--draft-max", type=int, default=DRAFT_MAX, metavar="N",
+                   help=f"tokens drafted per step at most (default {DRAFT_MAX})")
+
+
 def _sampling(args: argparse.Namespace) -> dict:
     """The sampling flags as SamplingParams keywords (seed -1 becomes None)."""
     options = {k.removeprefix("sampling_"): v for k, v in vars(args).items() if k.startswith("sampling_")}
@@ -72,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", "-sys", "--system-prompt", dest="system", default=None, metavar="TEXT",
                       help="system prompt")
     _add_sampling_args(chat, -1, "at most this many tokens per answer; -1: until the end of the turn (default)")
+    _add_draft_args(chat)
     chat.set_defaults(run=lambda a: ("run_chat", {
         "model": a.model, "system": a.system, "max_tokens": a.n_predict, "sampling": _sampling(a),
-        "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "n_ctx": a.ctx_size, "n_threads": a.threads, "draft": a.draft, "draft_max": a.draft_max,
         "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     gen = commands.add_parser("generate", help="complete a prompt (streamed to stdout)",
@@ -85,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop before this text (may be given several times)")
     gen.add_argument("--beams", type=int, default=None, metavar="K", help="beam search with K beams; prints the best")
     _add_sampling_args(gen, 128, "tokens to generate; -1: until the end of generation (default 128)")
+    _add_draft_args(gen)
     gen.set_defaults(run=lambda a: ("run_generate", {
         "model": a.model, "prompt": a.prompt, "max_tokens": a.n_predict, "sampling": _sampling(a),
-        "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "stop": a.stop, "beams": a.beams, "n_ctx": a.ctx_size, "n_threads": a.threads, "draft": a.draft,
+        "draft_max": a.draft_max,
         "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server, with a chat page",
@@ -105,10 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="KV cache kept for finished conversations to reuse, MiB (default 1024)")
     serve.add_argument("--prefill-chunk", type=int, default=128, metavar="N",
                        help="prompt tokens read per step while others generate (default 128)")
+    _add_draft_args(serve, "-md", "--model-draft")
     serve.set_defaults(run=lambda a: ("run_serve", {
         "model": a.model, "host": a.host, "port": a.port, "parallel": a.parallel, "api_key": a.api_key,
         "alias": a.alias, "cache_ram_mib": a.cache_ram, "prefill_chunk": a.prefill_chunk,
-        "n_ctx": a.ctx_size, "n_threads": a.threads,
+        "n_ctx": a.ctx_size, "n_threads": a.threads, "draft": a.draft, "draft_max": a.draft_max,
         "cache_types": (a.cache_type_k, a.cache_type_v)}))
 
     from .cli_tools import add_commands  # quantize, imatrix, perplexity, bench, info

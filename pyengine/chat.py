@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 from .gguf import GGUFError
 from .generate import TokenStream, check_max_tokens, check_options, generate_ids, keep_prefix, reusable_prefix
 from .sampling import Sampler, SamplingParams
+from .speculative import DRAFT_MAX, check_draft, speculator
 
 if TYPE_CHECKING:
     from .model import Model
@@ -360,14 +361,16 @@ def chat_ids(model: Model, messages, add_generation_prompt: bool = True,
     return _tokenize_chat(model, template.render(messages, add_generation_prompt))
 
 
-def chat(model: Model, messages, max_tokens: int = 128, stream: bool = False, stop=(), **sampling):
+def chat(model: Model, messages, max_tokens: int = 128, stream: bool = False, stop=(), draft=None,
+         draft_max: int = DRAFT_MAX, **sampling):
     """The assistant's reply to `messages`, generated on a fresh context until an end-of-turn token.
-    sampling: generate()'s keywords (temperature, top_k, seed, ...). Returns a Completion, or an
-    iterator of text pieces with stream=True."""
+    sampling: generate()'s keywords (temperature, top_k, seed, ...); draft, draft_max: generate()'s
+    speculative decoding. Returns a Completion, or an iterator of text pieces with stream=True."""
     params = SamplingParams.from_options(sampling)
     check_options(model, params, max_tokens, stop, stream)
+    check_draft(model, draft, draft_max)
     ids = chat_ids(model, messages)
-    return generate_ids(model, ids, params, max_tokens, stop, stream)
+    return generate_ids(model, ids, params, max_tokens, stop, stream, draft, draft_max)
 
 
 class ChatSession:
@@ -379,19 +382,22 @@ class ChatSession:
     does not fit, the oldest turns are dropped (a system message stays) and `last_dropped` says how
     many. Counters of the last ask(): last_reused (ids kept from the context), last_prompt_eval (ids
     of the conversation evaluated), last_eval_count (everything evaluated: those and the reply's
-    tokens), last_finish ("stop", "length", or "interrupted")."""
+    tokens), last_finish ("stop", "length", or "interrupted"). draft, draft_max: speculative decoding
+    as in generate() (the drafter keeps to the conversation across turns)."""
 
     def __init__(self, model: Model, system: str | None = None, max_tokens: int = 512,
-                 n_ctx: int | None = None, **sampling) -> None:
+                 n_ctx: int | None = None, draft=None, draft_max: int = DRAFT_MAX, **sampling) -> None:
         self.model = model
         self.params = SamplingParams.from_options(sampling)
         self.sampler = Sampler(self.params, model.n_vocab)
         self.max_tokens = check_max_tokens(max_tokens)
+        check_draft(model, draft, draft_max)
         if system is not None and not isinstance(system, str):
             raise ValueError(f"system must be a str, got {type(system).__name__}")
         self.system = system
         self.template = ChatTemplate.from_model(model)
         self.ctx = model.context(n_ctx)
+        self.speculator = speculator(model, draft, draft_max, self.params, self.ctx.n_ctx)
         self.ctx_ids: list[int] = []  # what the context holds
         self.messages: list[dict] = []
         self.reset()
@@ -444,7 +450,8 @@ class ChatSession:
         self.ctx_ids = self.ctx_ids[:reused]
         self.last_reused, self.last_prompt_eval = reused, len(ids) - reused
         self.last_eval_count, self.last_finish = 0, None
-        stream = TokenStream(self.ctx, ids[reused:], self.sampler, self.max_tokens, history=self.ctx_ids)
+        stream = TokenStream(self.ctx, ids[reused:], self.sampler, self.max_tokens, history=self.ctx_ids,
+                             speculator=self.speculator)
         return self._reply(stream)
 
     def _reply(self, stream: TokenStream) -> Iterator[str]:

@@ -19,6 +19,7 @@ from typing import Callable, TextIO
 from ._startup import caused_by_interrupt
 from .cli_tools import run_bench, run_imatrix, run_info, run_perplexity, run_quantize  # noqa: F401  (run by name)
 from .sampling import SamplingParams
+from .speculative import DRAFT_MAX, MAX_DRAFT_MAX, check_draft_max
 
 HELP = """commands:
   /reset   forget the conversation (the system prompt stays)
@@ -85,6 +86,18 @@ def load_model(path: str | None, n_ctx: int | None = None, n_threads: int | None
     return Model(path, n_ctx=n_ctx, n_threads=n_threads, kv_type=cache_type(*cache_types))
 
 
+def load_draft(draft: str | None, model):
+    """--draft: None, "lookup", or a GGUF file loaded like the model (its context and threads) and
+    checked to share its vocabulary."""
+    if draft is None or draft == "lookup":
+        return draft
+    from .speculative import check_draft
+
+    d = load_model(draft, model.n_ctx, model.n_threads)
+    check_draft(model, d, 1)
+    return d
+
+
 def _write(out: TextIO, text: str) -> None:
     out.write(text)
     out.flush()
@@ -95,17 +108,31 @@ def _write(out: TextIO, text: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _check_draft_flags(draft: str | None, draft_max: int) -> None:
+    try:
+        check_draft_max(draft_max)
+    except ValueError:
+        raise CommandError(f"--draft-max must be between 1 and {MAX_DRAFT_MAX}, got {draft_max}") from None
+    if draft is not None and draft != "lookup" and not os.path.isfile(draft):
+        raise CommandError(f"--draft takes 'lookup' or a GGUF file: {draft}: no such file")
+
+
 def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling: dict | None = None,
                  stop=(), beams: int | None = None, n_ctx: int | None = None, n_threads: int | None = None,
-                 cache_types=(None, None), out: TextIO | None = None) -> int:
+                 draft: str | None = None, draft_max: int = DRAFT_MAX, cache_types=(None, None),
+                 out: TextIO | None = None) -> int:
     """Streams the completion of `prompt` to `out` (stdout), then a newline. max_tokens -1: until
-    the end of generation or the context is full. beams: beam search (prints the best)."""
+    the end of generation or the context is full. beams: beam search (prints the best). draft:
+    "lookup" or a draft model's file (speculative decoding, up to draft_max tokens a step)."""
     out = out or sys.stdout
     params = SamplingParams.from_options(sampling or {})  # checked before the model loads
     if max_tokens < -1:
         raise CommandError(f"-n must be >= -1 (-1: until the end), got {max_tokens}")
     if beams is not None and beams < 1:
         raise CommandError(f"--beams must be >= 1, got {beams}")
+    _check_draft_flags(draft, draft_max)
+    if beams is not None and draft is not None:
+        raise CommandError("--draft does not apply to beam search (--beams)")
     m = load_model(model, n_ctx, n_threads, cache_types)
     n = m.n_ctx if max_tokens == -1 else max_tokens
     if beams is not None:
@@ -119,7 +146,7 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
     ids = prompt_ids(m, prompt)
     if max_tokens == -1:
         n = max(0, m.n_ctx - len(ids) + 1)
-    for piece in generate_ids(m, ids, params, n, stop, stream=True):
+    for piece in generate_ids(m, ids, params, n, stop, True, load_draft(draft, m), draft_max):
         _write(out, piece)
     _write(out, "\n")
     return 0
@@ -132,16 +159,17 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
 
 def run_chat(model: str | None = None, system: str | None = None, max_tokens: int = -1,
              sampling: dict | None = None, n_ctx: int | None = None, n_threads: int | None = None,
-             cache_types=(None, None)) -> int:
+             draft: str | None = None, draft_max: int = DRAFT_MAX, cache_types=(None, None)) -> int:
     """The interactive chat on stdin/stdout (a terminal or a pipe)."""
     from .chat import ChatSession
 
     SamplingParams.from_options(sampling or {})  # checked before the model loads
     if max_tokens < -1:
         raise CommandError(f"-n must be >= -1 (-1: until the end of the turn), got {max_tokens}")
+    _check_draft_flags(draft, draft_max)
     m = load_model(model, n_ctx, n_threads, cache_types)
     session = ChatSession(m, system=system, max_tokens=m.n_ctx if max_tokens == -1 else max_tokens,
-                          **(sampling or {}))
+                          draft=load_draft(draft, m), draft_max=draft_max, **(sampling or {}))
     if sys.stdin.isatty():
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -162,8 +190,9 @@ def run_chat(model: str | None = None, system: str | None = None, max_tokens: in
 def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4,
               api_key: str | None = None, alias: str | None = None, cache_ram_mib: int = 1024,
               prefill_chunk: int = 128, n_ctx: int | None = None, n_threads: int | None = None,
-              cache_types=(None, None)) -> int:
-    """The HTTP server, until Ctrl-C."""
+              draft: str | None = None, draft_max: int = DRAFT_MAX, cache_types=(None, None)) -> int:
+    """The HTTP server, until Ctrl-C. draft: "lookup" or a draft model's file (speculative decoding
+    of every sequence)."""
     if not 0 <= port <= 65535:
         raise CommandError(f"--port must be in [0, 65535], got {port}")
     if parallel < 1:
@@ -174,6 +203,7 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
         raise CommandError(f"--prefill-chunk must be >= 1, got {prefill_chunk}")
     if api_key is not None and not api_key:
         raise CommandError("--api-key must not be empty")
+    _check_draft_flags(draft, draft_max)
     try:
         from .serve import _require, serve
 
@@ -181,6 +211,7 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
     except ImportError as e:
         raise CommandError(str(e)) from None
     m = load_model(model, n_ctx, n_threads, cache_types)
+    draft_model = load_draft(draft, m)
 
     def ready(url: str) -> None:
         print(f"pyengine serve: {os.path.basename(m.path)} on {url} (OpenAI API at {url}/v1, chat page at {url}/), "
@@ -190,7 +221,7 @@ def run_serve(model: str | None = None, host: str = "127.0.0.1", port: int = 808
 
     try:
         serve(m, host=host, port=port, ready=ready, parallel=parallel, api_key=api_key, alias=alias,
-              cache_bytes=cache_ram_mib << 20, prefill_chunk=prefill_chunk)
+              cache_bytes=cache_ram_mib << 20, prefill_chunk=prefill_chunk, draft=draft_model, draft_max=draft_max)
     except OSError as e:
         raise CommandError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return 0

@@ -1,5 +1,7 @@
 """Text generation: the prompt evaluated in one batch, then one token at a time through Context.eval,
-each chosen by the sampling chain (pyengine/sampling.py), until a stop condition.
+each chosen by the sampling chain (pyengine/sampling.py), until a stop condition. With a draft
+(pyengine/speculative.py) a step evaluates the last token and the drafted ones in one batch, and
+may give several tokens: the same tokens with temperature 0, the same distribution when sampling.
 
     generate(model, prompt, ...) -> Completion       # or an iterator of text pieces (stream=True)
     TokenStream(ctx, new_ids, sampler, ...)          # the loop itself, on a context the caller keeps
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .sampling import Sampler, SamplingParams
+from .speculative import DRAFT_MAX, Speculator, check_draft, speculator, verify
 
 if TYPE_CHECKING:
     from .model import Context, Model
@@ -182,21 +185,23 @@ class TokenStream:
     ctx holds `history` (the ids already evaluated into it, len == ctx.n_past); `new_ids` are
     evaluated in one batch, then tokens are sampled and evaluated one at a time. Iterating yields
     (token_id, text) for each generated token, text being what that token released (may be ""), and
-    one last (None, text) when text held back was released by the end. After (or during) iteration:
+    one last (None, text) when text held back was released by the end. With a speculator
+    (pyengine/speculative.py) a step evaluates the last token and a draft in one batch and may give
+    several tokens. After (or during) iteration:
 
         .tokens          generated ids (no end-of-generation token)
         .text            the text released so far (the completion's text when finished)
         .finish_reason   None while running, then "stop" or "length"
         .ids             the ids the context holds: ctx.n_past >= len(ids) at any moment (an
-                         interrupt between eval and bookkeeping leaves ctx one step ahead: truncate
-                         ctx to len(ids) after a KeyboardInterrupt)
-        .n_evaluated     tokens evaluated by this stream (new_ids and generated)
+                         interrupt between eval and bookkeeping, or a stop amid a draft, leaves ctx
+                         ahead: truncate ctx to len(ids) after a KeyboardInterrupt or close())
+        .n_evaluated     tokens evaluated by this stream (new_ids, generated and drafted)
 
     The last generated token is not evaluated (nothing needs its logits), nor is an end-of-generation
     token."""
 
     def __init__(self, ctx: Context, new_ids: Sequence[int], sampler: Sampler, max_tokens: int,
-                 stop: Sequence[str] = (), history: Sequence[int] = ()) -> None:
+                 stop: Sequence[str] = (), history: Sequence[int] = (), speculator: Speculator | None = None) -> None:
         if len(history) != ctx.n_past:
             raise ValueError(f"history has {len(history)} ids but the context holds {ctx.n_past}")
         if not new_ids:
@@ -206,6 +211,7 @@ class TokenStream:
         self.ctx = ctx
         self.new_ids = list(new_ids)
         self.sampler = sampler
+        self.speculator = speculator
         self.output = TextOutput(ctx.model.tokenizer, max_tokens, stop)
         self.ids = list(history)
         self.n_evaluated = 0
@@ -230,37 +236,64 @@ class TokenStream:
         out = self.output
         if out.finish_reason is not None:  # max_tokens 0
             return
-        ctx, ids, sample = self.ctx, self.ids, self.sampler
-        logits = ctx.eval(self.new_ids)
+        ctx, ids, sampler, speculator = self.ctx, self.ids, self.sampler, self.speculator
+        rows = [ctx.eval(self.new_ids)]  # the logits after ids, then after each token of `drafts`
         ids.extend(self.new_ids)
         self.n_evaluated += len(self.new_ids)
+        drafts: list[int] = []
+        qs: list = []
         while True:
-            token = sample(ids, logits)
-            piece = out.add(token, room=ctx.n_past < ctx.n_ctx)
-            if out.finish_reason is not None:
-                if token in out.eog:
-                    if piece:
-                        yield None, piece
+            taken = 0
+            for i, logits in enumerate(rows):
+                if i < len(drafts):
+                    token, accepted = verify(sampler, ids, logits, drafts[i], qs[i])
                 else:
+                    token, accepted = sampler(ids, logits), False
+                taken += accepted
+                piece = out.add(token, room=len(ids) < ctx.n_ctx)
+                if out.finish_reason is not None or not accepted:
+                    break
+                yield token, piece
+                ids.append(token)  # a draft taken: already evaluated
+            if drafts:
+                speculator.feedback(len(drafts), taken)
+                if ctx.n_past > len(ids):
+                    ctx.truncate(len(ids))
+            if out.finish_reason is not None:
+                if token not in out.eog:
                     yield token, piece
+                elif piece:
+                    yield None, piece
                 return
             yield token, piece
-            logits = ctx.eval((token,))
+            drafts, qs = [], []
+            if speculator is not None:
+                room = min(ctx.n_ctx - len(ids) - 1, out.max_tokens - len(out.tokens) - 1)
+                drafts, qs = speculator.propose([*ids, token], room)
+            if drafts:
+                rows = ctx.eval_all([token, *drafts])
+            else:
+                rows = [ctx.eval((token,))]
             ids.append(token)
-            self.n_evaluated += 1
+            self.n_evaluated += 1 + len(drafts)
 
 
-def generate(model: Model, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, **sampling):
+def generate(model: Model, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, draft=None,
+             draft_max: int = DRAFT_MAX, **sampling):
     """Generates from `prompt` (str, or a sequence of token ids) on a fresh context.
 
     sampling: SamplingParams' fields by name (temperature, top_k, top_p, min_p, repetition_penalty,
     repeat_last_n, frequency_penalty, presence_penalty, logit_bias, seed), each defaulting to
-    SamplingParams'. Returns a Completion, or with stream=True an iterator of text pieces whose
-    concatenation is the Completion's text for the same seed. Every argument is checked (ValueError)
-    before any model work, streaming or not. See sampling.py for the parameters' meaning and order."""
+    SamplingParams'. draft: None, "lookup" (n-grams of the prompt and the text so far) or a Model with
+    the same vocabulary, drafting up to draft_max tokens per step (speculative decoding: with
+    temperature 0 the same tokens as without). Returns a Completion, or with stream=True an iterator
+    of text pieces whose concatenation is the Completion's text for the same seed. Every argument is
+    checked (ValueError) before any model work, streaming or not. See sampling.py for the parameters'
+    meaning and order."""
     params = SamplingParams.from_options(sampling)
     check_options(model, params, max_tokens, stop, stream)
-    return generate_ids(model, prompt_ids(model, prompt), params, max_tokens, stop, stream)
+    check_draft(model, draft, draft_max)
+    return generate_ids(model, prompt_ids(model, prompt), params, max_tokens, stop, stream, draft, draft_max)
 
 
 def check_options(model: Model, params: SamplingParams, max_tokens, stop, stream) -> None:
@@ -273,9 +306,10 @@ def check_options(model: Model, params: SamplingParams, max_tokens, stop, stream
 
 
 def generate_ids(model: Model, ids: list[int], params: SamplingParams, max_tokens: int = 128, stop=(),
-                 stream: bool = False):
+                 stream: bool = False, draft=None, draft_max: int = DRAFT_MAX):
     """generate() on checked prompt ids (see prompt_ids) and parameters."""
     check_options(model, params, max_tokens, stop, stream)
+    check_draft(model, draft, draft_max)
     stop = check_stop(stop)
     sampler = Sampler(params, model.n_vocab)
     if len(ids) > model.n_ctx:
@@ -284,7 +318,8 @@ def generate_ids(model: Model, ids: list[int], params: SamplingParams, max_token
         return iter(()) if stream else Completion("", [], "length")
     # A context just big enough: allocating the whole n_ctx costs more than a short generation.
     ctx = model.context(min(model.n_ctx, len(ids) + max_tokens))
-    tokens = TokenStream(ctx, ids, sampler, max_tokens, stop)
+    tokens = TokenStream(ctx, ids, sampler, max_tokens, stop,
+                         speculator=speculator(model, draft, draft_max, params, ctx.n_ctx))
     if stream:
         return (piece for _, piece in tokens if piece)
     for _ in tokens:

@@ -22,6 +22,7 @@ from . import _core
 from .architectures import ModelConfig, read_config, tensor_table
 from .gguf import GGMLType, GGUFError, GGUFReader
 from .quants import thread_pool
+from .speculative import DRAFT_MAX
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, this)
@@ -171,13 +172,16 @@ class Model:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence."""
         return self.context().eval_all(ids)
 
-    def generate(self, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, **sampling):
+    def generate(self, prompt, max_tokens: int = 128, *, stop=(), stream: bool = False, draft=None,
+                 draft_max: int = DRAFT_MAX, **sampling):
         """Text from `prompt` (str or token ids): a Completion, or with stream=True an iterator of
-        text pieces. sampling: SamplingParams' fields (temperature 0 is greedy). See
-        pyengine.generate.generate."""
+        text pieces. sampling: SamplingParams' fields (temperature 0 is greedy). draft: None,
+        "lookup" or a Model with the same vocabulary (speculative decoding, up to draft_max tokens
+        per step). See pyengine.generate.generate."""
         from .generate import generate
 
-        return generate(self, prompt, max_tokens=max_tokens, stop=stop, stream=stream, **sampling)
+        return generate(self, prompt, max_tokens=max_tokens, stop=stop, stream=stream, draft=draft,
+                        draft_max=draft_max, **sampling)
 
     def chat(self, messages, **sampling):
         """The assistant's reply to messages ([{"role": ..., "content": ...}]) through the file's chat
@@ -195,6 +199,18 @@ class Model:
             if not isinstance(ctx, Context) or ctx.model is not self:
                 raise ValueError("every context must be one of this model's")
         return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [int(i) for i in ids])
+
+    def eval_batch(self, contexts: Sequence[Context], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Appends the tokens ids[i] to contexts[i] for every i in one batched forward call (the
+        server's speculative step: each sequence's last token and draft); for each context the float32
+        logits of each of its tokens, [len(ids[i]), n_vocab], bit-identical to contexts[i].eval_all.
+        Everything is checked first: on a ValueError no context changes."""
+        if len(contexts) != len(ids) or not contexts:
+            raise ValueError("eval_batch needs one list of token ids per context, and at least one context")
+        for ctx in contexts:
+            if not isinstance(ctx, Context) or ctx.model is not self:
+                raise ValueError("every context must be one of this model's")
+        return _core.Context.eval_batch(self._pool, [c._ctx for c in contexts], [[int(i) for i in x] for x in ids])
 
     def beam_search(self, prompt, num_beams: int = 4, max_tokens: int = 64, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, num_return_sequences: int = 1) -> list:

@@ -402,6 +402,34 @@ class Sampler:
         self._top_k = next((w for w in self.warpers if isinstance(w, TopK)), None)
 
     def __call__(self, ids: Sequence[int], logits: np.ndarray) -> int:
+        kept = self._chain(ids, logits)
+        if isinstance(kept, int):  # greedy
+            return kept
+        return self._draw(*kept)
+
+    def distribution(self, ids: Sequence[int], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What __call__ draws from: (the token ids the chain leaves, ascending; their float64
+        probabilities). Greedy: the argmax, with probability 1. Draws nothing from the generator."""
+        kept = self._chain(ids, logits)
+        if isinstance(kept, int):
+            return np.array([kept]), np.ones(1)
+        values, candidates = kept
+        weights = np.exp(values - values.max(), dtype=np.float64)
+        return (np.arange(values.size) if candidates is None else candidates), weights / weights.sum()
+
+    def pick(self, weights: np.ndarray) -> int:
+        """An index drawn in proportion to weights (float64, >= 0, the last one > 0), with one number
+        of the generator (none for a single weight): the first whose cumulative weight exceeds
+        u * total."""
+        if weights.size == 1:
+            return 0
+        cumulative = np.cumsum(weights)
+        choice = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return min(choice, weights.size - 1)  # rounding at the very top
+
+    def _chain(self, ids: Sequence[int], logits: np.ndarray) -> int | tuple[np.ndarray, np.ndarray | None]:
+        """The chain up to the draw: the greedy token, or (the logits left, in vocabulary order; their
+        vocabulary ids, None when all are left)."""
         for processor in self.processors:
             logits = processor(ids, logits)
         top = float(logits.max())  # NaN anywhere makes the max NaN
@@ -414,9 +442,9 @@ class Sampler:
         if self.params.greedy:
             return int(np.argmax(logits))
         if self._top_k is not None:
-            token = self._sample_top_k(ids, logits)
-            if token is not None:
-                return token
+            kept = self._top_k_chain(ids, logits)
+            if kept is not None:
+                return kept
         # The filters (top-k, top-p, min-p) shrink the candidates instead of writing -inf over the
         # whole vocabulary; the candidates stay in vocabulary order, so the draw does not depend on it.
         candidates = None  # vocabulary ids of the entries of `logits`; None: all of them
@@ -428,22 +456,17 @@ class Sampler:
             if keep.size < logits.size:
                 logits = logits[keep]
                 candidates = keep if candidates is None else candidates[keep]
-        return self._draw(logits, candidates)
+        return logits, candidates
 
     def _draw(self, logits: np.ndarray, candidates: np.ndarray | None) -> int:
         """One token from the softmax of logits (in vocabulary order), with one number of the rng
         (none when a single token is left)."""
-        if logits.size == 1:
-            choice = 0
-        else:
-            cumulative = np.cumsum(np.exp(logits - logits.max(), dtype=np.float64))
-            choice = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
-            choice = min(choice, logits.size - 1)  # rounding at the very top
+        choice = self.pick(np.exp(logits - logits.max(), dtype=np.float64))
         return int(choice if candidates is None else candidates[choice])
 
-    def _sample_top_k(self, ids: Sequence[int], logits: np.ndarray) -> int | None:
-        """The chain's temperature, top-k, top-p, min-p and draw, fused for speed into one sort of a
-        few hundred candidates; the same token as the chain (None in the rare case it must run).
+    def _top_k_chain(self, ids: Sequence[int], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chain's temperature, top-k, top-p and min-p, fused for speed into one sort of a few
+        hundred candidates: the same tokens and values as the chain (None in the rare case it must run).
 
         Right after a forward pass the caches hold weights, not Python or numpy, so every numpy
         call costs microseconds: this path makes half as many as the chain. A positive temperature
@@ -473,4 +496,4 @@ class Sampler:
         if params.min_p > 0.0:
             first = max(first, int(np.searchsorted(e, e.dtype.type(params.min_p), side="left")))
         kept = np.sort(order[first:])
-        return self._draw(values[kept], superset[kept])
+        return values[kept], superset[kept]

@@ -831,6 +831,13 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    def same_vocabulary(self, other: Tokenizer) -> bool:
+        """Whether other has the same tokens with the same ids, types and special tokens (another file
+        of the same model family: one can draft for the other)."""
+        a, b = self._vocab, other._vocab
+        return (a.model, a.tokens, a.bos_id, a.eos_id, a.eog_ids) == (b.model, b.tokens, b.bos_id, b.eos_id, b.eog_ids) \
+            and np.array_equal(a.types, b.types)
+
     @property
     def bos_id(self) -> int | None:
         return self._vocab.bos_id

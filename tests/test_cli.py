@@ -144,6 +144,15 @@ def test_generate_on_the_default_model_with_a_seed():
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.strip()
 
 
+def test_generate_with_a_draft(tiny_path):
+    expected = pyengine.Model(tiny_path, n_threads=1).generate("Hello", max_tokens=12, temperature=0).text
+    for draft in ("lookup", tiny_path):
+        proc = run("generate", "-m", tiny_path, "-p", "Hello", "-n", "12", "--temp", "0", "-t", "1", "--draft", draft,
+                   "--draft-max", "4")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.endswith(expected + "\n")
+
+
 def test_generate_beams(tiny_path):
     if not hasattr(pyengine.Model, "beam_search"):
         pytest.skip("Model.beam_search is not there yet")
@@ -169,6 +178,12 @@ def test_generate_beams(tiny_path):
     (["generate", "-m", "{tiny}"], "--prompt"),
     (["chat", "-m", "{tiny}", "--temp", "-0.5"], "temperature"),
     (["chat", "-m", "{tiny}", "--min-p", "2"], "min_p"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--draft-max", "0"], "--draft-max"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--draft", "/no/such/draft.gguf"], "--draft"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--draft", "lookup", "--beams", "2"], "--draft"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--draft", "{bad}"], "bad.gguf"),
+    (["chat", "-m", "{tiny}", "--draft-max", "65"], "--draft-max"),
+    (["serve", "-m", "{tiny}", "--draft", "/no/such/draft.gguf"], "--draft"),
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_input_is_one_line(tmp_path, tiny_path, args, message):

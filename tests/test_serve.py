@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ from pyengine.sampling import SamplingParams
 from pyengine.serve.engine import Done, Engine, Failed, Job, Token
 from serve_util import running_server
 from tiny_models import write_tiny_llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from recipes import smollm2  # noqa: E402
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -178,6 +183,38 @@ def test_logprobs_are_the_models(smol):
         top = [t for t, _ in event.logprobs.top]
         assert top == list(np.argsort(-log_p[step], kind="stable")[:3])
         assert top[0] == token  # greedy
+
+
+def test_drafts_give_the_same_text_beside_the_others(smol):
+    """Speculative decoding in the batch (each sequence's last token and draft in one call): greedy
+    jobs give exactly the tokens they give without drafts, and every job, sampled too, the same text
+    alone or beside seven others."""
+    draft_model = pyengine.Model(smollm2("q4_0"), n_ctx=1024, n_threads=2)
+    text = "the cat sat on the mat, the dog sat on the log, "
+    jobs = [dict(ids=smol.tokenize(p + " " + text * 2), seed=100 + i, max_tokens=14,
+                 temperature=0.9 if i % 3 == 2 else 0.0, stop=("xyz",) if i == 1 else ())
+            for i, p in enumerate(PROMPTS)]
+    plain = Engine(smol, parallel=8)
+    try:
+        expected = [listener.wait()[0] for listener in [submit(plain, **j)[0] for j in jobs]]
+    finally:
+        plain.close()
+    for draft, n in (("lookup", 8), (draft_model, 4)):  # a draft model drafts for one sequence at a time: slower
+        engine = Engine(smol, parallel=8, prefill_chunk=16, draft=draft, draft_max=6)
+        try:
+            together = [listener.wait()[0] for listener in [submit(engine, **j)[0] for j in jobs[:n]]]
+            alone = [submit(engine, **j)[0].wait()[0] for j in jobs[2:n:3]]
+            stats = engine.stats()
+        finally:
+            engine.close()
+        assert stats["draft_accepted"] > 0 and stats["draft_tokens"] > stats["draft_accepted"]
+        for j, a, b in zip(jobs, expected, together):
+            if j["temperature"] == 0:
+                assert a[:3] == b[:3]
+        for a, b in zip(alone, together[2::3]):
+            assert a[:3] == b[:3]
+        # the sequences' caches hold exactly their ids: a next turn reuses them
+        assert all(seq.ctx.n_past == len(seq.ids) for seq in engine.cache.idle.values())
 
 
 def test_a_job_that_cannot_sample_fails_alone(tmp_path):
@@ -436,9 +473,21 @@ def test_a_client_that_goes_away_stops_its_generation(server, smol, stream):
     assert after["cancelled"] == before["cancelled"] + 1 and after["finished"] == before["finished"]
 
 
+def test_a_server_that_drafts(smol):
+    text = "Roses are red, violets are blue, sugar is sweet, and so are you."
+    messages = [{"role": "user", "content": "Repeat exactly: " + text}]
+    with running_server("-c", "1024", "--parallel", "2", "-t", "2", "--draft", "lookup", "--draft-max", "6") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=DEADLINE)
+        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+        health = httpx.get(url + "/health").json()
+    assert r.choices[0].message.content == smol.chat(messages, max_tokens=24, temperature=0).text
+    assert health["draft_accepted"] > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--port", "70000"], "--port must be in [0, 65535]"),
     (["--parallel", "0"], "--parallel must be >= 1"),
+    (["--draft-max", "0"], "--draft-max must be between 1"),
     (["-m", "/no/such/model.gguf"], "/no/such/model.gguf"),
     (["--port", "x"], "invalid int value"),
 ])

@@ -284,31 +284,37 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
     return out;
 }
 
-// One token for each of several contexts of one model, in one forward call: logits (n, n_vocab).
-py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*>& contexts,
-                                  const std::vector<int64_t>& ids) {
-    if (contexts.empty() || contexts.size() != ids.size())
-        throw py::value_error("eval_sequences needs one token per context, and at least one context");
+// counts[i] tokens for each of several contexts of one model, in one forward call (the tokens of
+// context i after those of context i - 1 in `tokens`); logits of every token, (sum of counts, n_vocab).
+// Everything is checked before any evaluation: on an error no context changes.
+py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>& contexts,
+                                 const std::vector<int32_t>& tokens, const std::vector<int64_t>& counts) {
     const auto& model = contexts[0]->model;
     const ModelConfig& c = model->model->config();
     std::vector<KVCache*> caches;
-    std::vector<int32_t> tokens;
+    size_t first = 0;
     for (size_t i = 0; i < contexts.size(); i++) {
         if (!contexts[i]) throw py::value_error("context " + std::to_string(i) + " is None");
         if (contexts[i]->model != model) throw py::value_error("the contexts belong to different models");
         for (size_t j = 0; j < i; j++)
             if (contexts[j] == contexts[i]) throw py::value_error("a context appears twice");
-        if (ids[i] < 0 || ids[i] >= c.n_vocab)
-            throw py::value_error("token id " + std::to_string(ids[i]) + " is outside the vocabulary (" +
-                                  std::to_string(c.n_vocab) + " tokens)");
-        if (contexts[i]->cache.n_past() >= contexts[i]->cache.n_ctx())
-            throw py::value_error("context " + std::to_string(i) + " is full (" +
-                                  std::to_string(contexts[i]->cache.n_ctx()) + " tokens)");
+        if (counts[i] < 1) throw py::value_error("context " + std::to_string(i) + " has no tokens to evaluate");
+        for (size_t t = first; t < first + size_t(counts[i]); t++)
+            if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
+                throw py::value_error("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
+                                      std::to_string(c.n_vocab) + " tokens)");
+        first += size_t(counts[i]);
+        const KVCache& cache = contexts[i]->cache;
+        if (cache.n_past() >= cache.n_ctx())
+            throw py::value_error("context " + std::to_string(i) + " is full (" + std::to_string(cache.n_ctx()) +
+                                  " tokens)");
+        if (counts[i] > cache.n_ctx() - cache.n_past())
+            throw py::value_error("context " + std::to_string(i) + ": " + std::to_string(counts[i]) + " tokens after " +
+                                  std::to_string(cache.n_past()) + " do not fit the context of " +
+                                  std::to_string(cache.n_ctx()) + " tokens");
         caches.push_back(&contexts[i]->cache);
-        tokens.push_back(int32_t(ids[i]));
     }
-    const int64_t n = int64_t(contexts.size());
-    py::array_t<float> out({n, int64_t(c.n_vocab)});
+    py::array_t<float> out({int64_t(tokens.size()), int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
     std::unique_lock<std::mutex> lock(model->batch_mutex, std::try_to_lock);
     RunState own;  // the contexts' buffers stay untouched
@@ -316,12 +322,55 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
     state.interrupted = signal_check();
     try {
         py::gil_scoped_release release;
-        model->model->forward_sequences(tokens.data(), caches.data(), n, logits, state, pool);
+        model->model->forward_sequences(tokens.data(), caches.data(), counts.data(), int64_t(caches.size()), logits,
+                                        state, pool);
     } catch (const Interrupted&) {
         state.interrupted = nullptr;
         throw py::error_already_set();
     }
     state.interrupted = nullptr;
+    return out;
+}
+
+// One token for each of several contexts of one model, in one forward call: logits (n, n_vocab).
+py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*>& contexts,
+                                  const std::vector<int64_t>& ids) {
+    if (contexts.empty() || contexts.size() != ids.size())
+        throw py::value_error("eval_sequences needs one token per context, and at least one context");
+    std::vector<int32_t> tokens;
+    for (int64_t id : ids) {
+        if (id < INT32_MIN || id > INT32_MAX)
+            throw py::value_error("token id " + std::to_string(id) + " is outside the vocabulary");
+        tokens.push_back(int32_t(id));
+    }
+    return eval_contexts(pool, contexts, tokens, std::vector<int64_t>(contexts.size(), 1));
+}
+
+// Several tokens for each of several contexts of one model, in one forward call (speculative
+// decoding's verification of every sequence's draft): for each context, the logits of each of its
+// tokens, (len(ids[i]), n_vocab).
+std::vector<py::array_t<float>> eval_batch(ThreadPool& pool, const std::vector<PyContext*>& contexts,
+                                           const std::vector<std::vector<int64_t>>& ids) {
+    if (contexts.empty() || contexts.size() != ids.size())
+        throw py::value_error("eval_batch needs one list of token ids per context, and at least one context");
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> counts;
+    for (const auto& list : ids) {
+        for (int64_t id : list) {
+            if (id < INT32_MIN || id > INT32_MAX)
+                throw py::value_error("token id " + std::to_string(id) + " is outside the vocabulary");
+            tokens.push_back(int32_t(id));
+        }
+        counts.push_back(int64_t(list.size()));
+    }
+    py::array_t<float> all = eval_contexts(pool, contexts, tokens, counts);
+    const int64_t n_vocab = all.shape(1);
+    std::vector<py::array_t<float>> out;  // views of `all`, which they keep alive
+    float* rows = all.mutable_data();
+    for (int64_t count : counts) {
+        out.emplace_back(std::vector<int64_t>{count, n_vocab}, rows, all);
+        rows += count * n_vocab;
+    }
     return out;
 }
 
@@ -423,6 +472,7 @@ void register_model(py::module_& m) {
             }
         }, py::arg("n"))
         .def_static("eval_sequences", &eval_sequences, py::arg("pool"), py::arg("contexts"), py::arg("ids"))
+        .def_static("eval_batch", &eval_batch, py::arg("pool"), py::arg("contexts"), py::arg("ids"))
         .def("copy_from", [](PyContext& self, const PyContext& other) {
             if (self.model != other.model) throw py::value_error("contexts belong to different models");
             if (other.cache.n_past() > self.cache.n_ctx()) throw py::value_error("the source sequence does not fit");

@@ -8,6 +8,8 @@ page. Needs the optional extra: pip install "pyengine[serve]" (Starlette and uvi
 
 from __future__ import annotations
 
+from ..speculative import DRAFT_MAX
+
 __all__ = ["serve", "make_app"]
 
 
@@ -20,13 +22,16 @@ def _require() -> None:
 
 
 def make_app(model, parallel: int = 4, api_key: str | None = None, alias: str | None = None,
-             cache_bytes: int = 1 << 30, prefill_chunk: int = 128):
-    """The ASGI app for a loaded pyengine.Model, with its Engine (closed when the app shuts down)."""
+             cache_bytes: int = 1 << 30, prefill_chunk: int = 128, draft=None, draft_max: int = DRAFT_MAX):
+    """The ASGI app for a loaded pyengine.Model, with its Engine (closed when the app shuts down).
+    draft: None, "lookup" or a draft Model (speculative decoding of every sequence, up to draft_max
+    tokens a step)."""
     _require()
     from .api import create_app
     from .engine import Engine
 
-    engine = Engine(model, parallel=parallel, cache_bytes=cache_bytes, prefill_chunk=prefill_chunk)
+    engine = Engine(model, parallel=parallel, cache_bytes=cache_bytes, prefill_chunk=prefill_chunk, draft=draft,
+                    draft_max=draft_max)
     return create_app(model, engine, api_key=api_key, alias=alias)
 
 

@@ -12,7 +12,11 @@ The engine thread runs a loop of steps. Each step
      waited longest, so that a long prompt does not stall the others;
   3. evaluates the last sampled token of every generating sequence in one batched forward call
      (Model.eval_sequences, as the beam search does for its beams), then samples each one's next
-     token with the job's own Sampler.
+     token with the job's own Sampler. With a draft (Engine(draft="lookup" or a draft Model), see
+     pyengine/speculative.py) each sequence may add a draft of its next tokens, and the batch holds
+     every sequence's last token and draft (Model.eval_batch); each sequence takes the drafted
+     tokens its sampler agrees with, so a step may give it several tokens (with temperature 0
+     exactly those it gives without a draft).
 A job joins or leaves between steps. The logits of a sequence are bit-identical whatever else is in
 the batch (the determinism promise: batch rows never mix, threads split rows), and each job samples
 with its own seeded generator, so a request gives the same text alone or beside seven others.
@@ -46,6 +50,7 @@ import numpy as np
 from ..generate import TextOutput, keep_prefix, reusable_prefix
 from ..model import kv_cache_bytes
 from ..sampling import Sampler, SamplingError, SamplingParams
+from ..speculative import DRAFT_MAX, LookupDrafter, ModelDrafter, Speculator, check_draft, verify
 
 if TYPE_CHECKING:
     from ..model import Context, Model
@@ -193,6 +198,7 @@ class _Choice:
         self.next: int | None = None  # sampled, to be evaluated in the next step
         self.n_sampled = 0
         self.done = False
+        self.speculator: Speculator | None = None
 
 
 class _Active:
@@ -208,11 +214,15 @@ class _Active:
 
 
 class Engine:
-    def __init__(self, model: Model, parallel: int = 4, cache_bytes: int = 1 << 30, prefill_chunk: int = 128) -> None:
+    def __init__(self, model: Model, parallel: int = 4, cache_bytes: int = 1 << 30, prefill_chunk: int = 128,
+                 draft=None, draft_max: int = DRAFT_MAX) -> None:
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        check_draft(model, draft, draft_max)
+        self.draft, self.draft_max = draft, int(draft_max)
+        self._drafters: list[ModelDrafter] = []  # a draft model's drafters not in use (each holds a context)
         self.model = model
         self.parallel = parallel
         self.prefill_chunk = prefill_chunk
@@ -222,7 +232,8 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self.steps = 0
-        self.counts = {"finished": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0}
+        self.counts = {"finished": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0, "draft_tokens": 0,
+                       "draft_accepted": 0}
         self._thread = threading.Thread(target=self._run, name="pyengine-batch", daemon=True)
         self._thread.start()
 
@@ -330,7 +341,20 @@ class Engine:
         seqs = [a.seq] + [self._fork(a.seq) for _ in range(job.n - 1)]
         a.choices = [_Choice(i, s, job, model.n_vocab, model.n_ctx) for i, s in enumerate(seqs)]
         for c in a.choices:
-            self._sample(a, c, logits)
+            c.speculator = self._speculator(c.sampler.params)
+            self._sample(a, c, [logits])
+
+    def _speculator(self, params: SamplingParams) -> Speculator | None:
+        if self.draft is None:
+            return None
+        if isinstance(self.draft, str):
+            return Speculator(LookupDrafter(), self.draft_max)
+        if self._drafters:
+            drafter = self._drafters.pop()
+            drafter.use(params)
+        else:
+            drafter = ModelDrafter(self.draft, params, self.model.n_ctx)
+        return Speculator(drafter, self.draft_max)
 
     def _fork(self, seq: _Sequence) -> _Sequence:
         other = self.cache.fresh()
@@ -340,19 +364,42 @@ class Engine:
 
     def _decode(self, live: list[_Choice]) -> None:
         owner = {id(c): a for a in self._active for c in a.choices}
+        drafts: dict[int, tuple[list[int], list]] = {}
+        for c in live:
+            if c.speculator is not None:
+                self._guard(owner[id(c)], self._propose, c, drafts)
+        live = [c for c in live if not owner[id(c)].job.cancelled]  # a drafter's failure ends its job
+        if not live:
+            return
         try:
-            logits = self.model.eval_sequences([c.seq.ctx for c in live], [c.next for c in live])
+            if drafts:
+                rows = self.model.eval_batch([c.seq.ctx for c in live],
+                                             [[c.next, *drafts.get(id(c), ((), ()))[0]] for c in live])
+            else:
+                rows = self.model.eval_sequences([c.seq.ctx for c in live], [c.next for c in live])[:, None]
         except Exception as e:  # noqa: BLE001
             for a in {id(owner[id(c)]): owner[id(c)] for c in live}.values():
                 self._fail(a, f"internal error: {type(e).__name__}: {e}")
             return
-        for c, row in zip(live, logits):
+        for c, logits in zip(live, rows):
             c.seq.ids.append(c.next)
             a = owner[id(c)]
             if not a.job.cancelled:
-                self._guard(a, self._sample, a, c, row)
+                self._guard(a, self._sample, a, c, logits, *drafts.get(id(c), ((), ())))
+            ctx = c.seq.ctx
+            if ctx.n_past > len(c.seq.ids):  # drafted tokens not taken, or past the end
+                ctx.truncate(len(c.seq.ids))
 
-    def _sample(self, a: _Active, c: _Choice, logits: np.ndarray) -> None:
+    def _propose(self, c: _Choice, drafts: dict) -> None:
+        ids = c.seq.ids
+        room = min(c.seq.ctx.n_ctx - len(ids) - 1, c.max_tokens - c.n_sampled - 1)
+        tokens, qs = c.speculator.propose([*ids, c.next], room)
+        if tokens:
+            drafts[id(c)] = (tokens, qs)
+
+    def _sample(self, a: _Active, c: _Choice, rows, drafts=(), qs=()) -> None:
+        """Samples from each row of logits in turn (rows[i] follows drafts[:i]) until a draft is not
+        taken or the choice ends."""
         job = a.job
         if c.output is None:
             c.output = TextOutput(self.model.tokenizer, c.max_tokens, job.stop)
@@ -360,11 +407,30 @@ class Engine:
                 c.done = True
                 _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, 0)))
                 return
-        token = c.sampler(c.seq.ids, logits)
+        taken = 0
+        for i, logits in enumerate(rows):
+            if i < len(drafts):
+                token, accepted = verify(c.sampler, c.seq.ids, logits, drafts[i], qs[i])
+            else:
+                token, accepted = c.sampler(c.seq.ids, logits), False
+            taken += accepted
+            if not self._emit(a, c, token, logits):
+                break
+            if not accepted:
+                c.next = token
+                break
+            c.seq.ids.append(token)  # a draft taken: already evaluated
+        if drafts:
+            c.speculator.feedback(len(drafts), taken)
+            self.counts["draft_tokens"] += len(drafts)
+            self.counts["draft_accepted"] += taken
+
+    def _emit(self, a: _Active, c: _Choice, token: int, logits: np.ndarray) -> bool:
+        """Sends a sampled token (and Done when it ends the choice); whether the choice goes on."""
+        job = a.job
         c.n_sampled += 1
         self.counts["tokens_generated"] += 1
-        ctx = c.seq.ctx
-        text = c.output.add(token, room=ctx.n_past < ctx.n_ctx)
+        text = c.output.add(token, room=len(c.seq.ids) < c.seq.ctx.n_ctx)
         ended = c.output.finish_reason is not None
         eog = ended and token in c.output.eog
         logprobs = None
@@ -375,8 +441,7 @@ class Engine:
         if ended:
             c.done = True
             _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, c.n_sampled)))
-        else:
-            c.next = token
+        return not ended
 
     def _fail(self, a: _Active, message: str) -> None:
         if a in self._active:
@@ -387,6 +452,9 @@ class Engine:
 
     def _finish(self, a: _Active) -> None:
         self._active.remove(a)
+        for c in a.choices:
+            if c.speculator is not None and isinstance(c.speculator.drafter, ModelDrafter):
+                self._drafters.append(c.speculator.drafter)
         for seq in [a.seq] + [c.seq for c in a.choices[1:]]:
             self.cache.give_back(seq)
 
