@@ -2,7 +2,8 @@
 count, in one run: prompt and generation speed, and generation as a share of the memory roofline.
 
     python bench/vs_llamacpp.py [--models smollm2,tinyllama] [--formats q4_0,q8_0,q4_1] [--threads 1,2]
-                                [--reps 3] [--pp 512] [--tg 128] [--out bench/results/vs_llamacpp]
+                                [--reps 3] [--pp 512] [--tg 128] [--depth 0] [--cache-type f16]
+                                [--out bench/results/vs_llamacpp]
     python bench/vs_llamacpp.py --sweep [--models tinyllama --formats q4_0]   # pyengine alone, threads 1..2n
 
 Writes OUT.md, a markdown table (model, format, threads; pp and tg tokens/s of each engine and their
@@ -23,8 +24,11 @@ What is timed, each on a fresh sequence, through the Python API that each engine
   `llm.reset(); llm.eval(ids)` with n_batch = n_ubatch = 512, logits_all off. tokens/s = pp / time.
 - tg (generation), tg128 by default: one token evaluated untimed, then --tg random tokens evaluated
   one call each (`ctx.eval([id])`, `llm.eval([id])`): the per-token decode speed at a short depth,
-  sampling left out. tokens/s = tg / time.
-Both use an F16 KV cache, no flash attention, and the same n_ctx (at least 640).
+  sampling left out. tokens/s = tg / time. With --depth D (llama-bench's -d), D random tokens are
+  evaluated first (untimed) in the same sequence: generation deep in a context, where attention reads
+  D rows of keys and values per layer for every token.
+Both use an F16 KV cache and no flash attention, or with --cache-type q8_0 both a Q8_0 cache (llama.cpp
+then needs its flash attention, which is on), and the same n_ctx (at least 640).
 
 Method. Every cell (model, format, threads) loads both engines once, warms each up (a short prompt
 and a few tokens: pages in the weights, starts the threads) and checks that both give finite logits
@@ -109,8 +113,8 @@ def import_llama_cpp():
 class Ours:
     name = "pyengine"
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
-        self.model = pyengine.Model(path, n_ctx=n_ctx, n_threads=n_threads)
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, cache_type: str = "f16") -> None:
+        self.model = pyengine.Model(path, n_ctx=n_ctx, n_threads=n_threads, kv_type=cache_type)
         self.logits = None  # of the last eval
 
     def pp(self, ids: list[int]) -> float:
@@ -119,9 +123,9 @@ class Ours:
         self.logits = ctx.eval(ids)
         return time.perf_counter() - t0
 
-    def tg(self, first: int, ids: list[int]) -> float:
+    def tg(self, first: list[int], ids: list[int]) -> float:
         ctx = self.model.context()
-        ctx.eval([first])
+        ctx.eval(first)
         t0 = time.perf_counter()
         for i in ids:
             self.logits = ctx.eval([i])
@@ -134,10 +138,12 @@ class Ours:
 class Theirs:
     name = "llama.cpp"
 
-    def __init__(self, llama_cpp, path: Path, n_ctx: int, n_threads: int) -> None:
+    def __init__(self, llama_cpp, path: Path, n_ctx: int, n_threads: int, cache_type: str = "f16") -> None:
         self.llama_cpp = llama_cpp
+        kv = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}[cache_type]
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=n_threads,
-                                   n_threads_batch=n_threads, logits_all=False, verbose=False)
+                                   n_threads_batch=n_threads, logits_all=False, verbose=False, type_k=kv, type_v=kv,
+                                   flash_attn=cache_type != "f16")
 
     @property
     def logits(self) -> np.ndarray:
@@ -151,9 +157,9 @@ class Theirs:
         self.llm.eval(ids)
         return time.perf_counter() - t0
 
-    def tg(self, first: int, ids: list[int]) -> float:
+    def tg(self, first: list[int], ids: list[int]) -> float:
         self.llm.reset()
-        self.llm.eval([first])
+        self.llm.eval(first)
         t0 = time.perf_counter()
         for i in ids:
             self.llm.eval([i])
@@ -195,7 +201,7 @@ def warm_up(engine, ids: list[int]) -> np.ndarray:
     """A short prompt and a few tokens (pages the weights in, starts the threads); the prompt's logits."""
     engine.pp(ids)
     logits = np.array(engine.logits, dtype=np.float32)
-    engine.tg(ids[0], ids[1:1 + WARMUP_GEN])
+    engine.tg(ids[:1], ids[1:1 + WARMUP_GEN])
     if not np.isfinite(logits).all():
         raise RuntimeError(f"{engine.name} gave non-finite logits")
     return logits
@@ -220,9 +226,9 @@ def timed(fn, *args) -> float:
 
 def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
     """pp and tg of both engines on one file and thread count, alternating, best of args.reps."""
-    n_ctx = max(640, args.pp, args.tg + 1)
-    ours = Ours(path, n_ctx, n_threads)
-    theirs = Theirs(llama_cpp, path, n_ctx, n_threads)
+    n_ctx = max(640, args.pp, args.depth + args.tg + 1)
+    ours = Ours(path, n_ctx, n_threads, args.cache_type)
+    theirs = Theirs(llama_cpp, path, n_ctx, n_threads, args.cache_type)
     try:
         n_vocab = ours.model.n_vocab
         check_ids = rng.integers(0, n_vocab, WARMUP_PROMPT).tolist()
@@ -233,13 +239,13 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
         for rep in range(args.reps):
             order = (ours, theirs) if rep % 2 == 0 else (theirs, ours)
             pp_ids = rng.integers(0, n_vocab, args.pp).tolist() if args.pp else None
-            tg_ids = rng.integers(0, n_vocab, args.tg + 1).tolist() if args.tg else None
+            tg_ids = rng.integers(0, n_vocab, args.depth + args.tg + 1).tolist() if args.tg else None
             for e in order:
                 if pp_ids:
                     runs[e.name]["pp_s"].append(timed(e.pp, pp_ids))
             for e in order:
                 if tg_ids:
-                    runs[e.name]["tg_s"].append(timed(e.tg, tg_ids[0], tg_ids[1:]))
+                    runs[e.name]["tg_s"].append(timed(e.tg, tg_ids[:args.depth + 1], tg_ids[args.depth + 1:]))
     finally:
         free(ours, theirs)
 
@@ -253,8 +259,8 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
 
 def sweep(path: Path, threads: list[int], args, rng) -> list[dict]:
     """pyengine's pp and tg at each thread count; repetitions round-robin over the counts."""
-    n_ctx = max(args.pp, args.tg + 1, 1)
-    engines = {t: Ours(path, n_ctx, t) for t in threads}
+    n_ctx = max(args.pp, args.depth + args.tg + 1, 1)
+    engines = {t: Ours(path, n_ctx, t, args.cache_type) for t in threads}
     try:
         for e in engines.values():
             warm_up(e, rng.integers(0, e.model.n_vocab, WARMUP_PROMPT).tolist())
@@ -262,12 +268,12 @@ def sweep(path: Path, threads: list[int], args, rng) -> list[dict]:
         n_vocab = engines[threads[0]].model.n_vocab
         for _ in range(args.reps):
             pp_ids = rng.integers(0, n_vocab, args.pp).tolist() if args.pp else None
-            tg_ids = rng.integers(0, n_vocab, args.tg + 1).tolist() if args.tg else None
+            tg_ids = rng.integers(0, n_vocab, args.depth + args.tg + 1).tolist() if args.tg else None
             for t, e in engines.items():
                 if pp_ids:
                     runs[t]["pp_s"].append(timed(e.pp, pp_ids))
                 if tg_ids:
-                    runs[t]["tg_s"].append(timed(e.tg, tg_ids[0], tg_ids[1:]))
+                    runs[t]["tg_s"].append(timed(e.tg, tg_ids[:args.depth + 1], tg_ids[args.depth + 1:]))
     finally:
         free(*engines.values())
     return [{"threads": t, "pp": args.pp / min(r["pp_s"]) if r["pp_s"] else None,
@@ -326,10 +332,12 @@ def ratio(a, b) -> str:
 
 
 def compare_table(rows: list[dict], args) -> list[str]:
-    lines = ["", f"Best of {args.reps}, tokens/s; ratio = pyengine / llama.cpp; % roofline = tg tokens/s over "
-             "bandwidth / weight bytes per token (pyengine / llama.cpp).", "",
-             f"| model | format | threads | pp{args.pp} ours | pp{args.pp} llama.cpp | ratio | tg{args.tg} ours "
-             f"| tg{args.tg} llama.cpp | ratio | tg % roofline ours / llama.cpp |",
+    tg = f"tg{args.tg}" + (f" @ d{args.depth}" if args.depth else "")
+    lines = ["", f"Best of {args.reps}, tokens/s; {args.cache_type.upper()} KV cache; ratio = pyengine / llama.cpp; "
+             "% roofline = tg tokens/s over bandwidth / weight bytes per token (pyengine / llama.cpp"
+             + ("; at depth the KV cache read is not in the roofline" if args.depth else "") + ").", "",
+             f"| model | format | threads | pp{args.pp} ours | pp{args.pp} llama.cpp | ratio | {tg} ours "
+             f"| {tg} llama.cpp | ratio | tg % roofline ours / llama.cpp |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         roof = "-" if r["tg_ours"] is None else \
@@ -381,6 +389,9 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed runs per engine and test; the best counts")
     parser.add_argument("--pp", type=int, default=512, help="prompt tokens (0: no pp test)")
     parser.add_argument("--tg", type=int, default=128, help="generated tokens (0: no tg test)")
+    parser.add_argument("--depth", type=int, default=0, help="tokens in the KV cache before tg (llama-bench's -d)")
+    parser.add_argument("--cache-type", choices=["f16", "q8_0"], default="f16",
+                        help="KV cache type of both engines (q8_0: llama.cpp with flash attention)")
     parser.add_argument("--sweep", action="store_true",
                         help="pyengine alone at many thread counts on the first model and format")
     parser.add_argument("--seed", type=int, default=0, help="of the random token ids")
@@ -388,8 +399,8 @@ def main(argv=None) -> None:
                         help="OUT.md and OUT.json (default bench/results/vs_llamacpp, with --sweep "
                              "bench/results/vs_llamacpp_sweep)")
     args = parser.parse_args(argv)
-    if args.reps < 1 or args.pp < 0 or args.tg < 0 or not (args.pp or args.tg):
-        parser.error("--reps must be at least 1, --pp and --tg at least 0 and not both 0")
+    if args.reps < 1 or args.pp < 0 or args.tg < 0 or args.depth < 0 or not (args.pp or args.tg):
+        parser.error("--reps must be at least 1, --pp, --tg and --depth at least 0, --pp and --tg not both 0")
     if args.threads is not None and min(args.threads) < 1:
         parser.error("thread counts must be at least 1")
 
@@ -409,7 +420,8 @@ def main(argv=None) -> None:
              for f in (args.formats[:1] if args.sweep else args.formats)]
     bandwidth = {t: {"gb_s_before": read_bandwidth(t)} for t in threads}
 
-    results: dict = {"command": command, "machine": info, "pp": args.pp, "tg": args.tg, "reps": args.reps,
+    results: dict = {"command": command, "machine": info, "pp": args.pp, "tg": args.tg, "depth": args.depth,
+                     "cache_type": args.cache_type, "reps": args.reps,
                      "bandwidth": bandwidth}
     if args.sweep:
         model, fmt_name, path = cells[0]
