@@ -203,3 +203,13 @@ def test_attention_kernel_extreme_scores(rng, isa):
         out = _core.attend(isa, TYPE_IDS["f16"], q, k.view(np.uint8).ravel(), v.view(np.uint8).ravel(), n_pos, 0.125)
         assert np.all(np.isfinite(out))
         np.testing.assert_allclose(out, _attention64(q, k, v, 0.125), rtol=0, atol=5e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_peak_probe(isa):
+    """bench/int8_peak.py's probe: the SIMD tables time their multiply-add; the scalar one has none."""
+    rate = _core.int8_peak(isa, 100000)
+    assert (rate is None) if isa == "scalar" else rate > 1e8
+    if rate is not None:
+        with pytest.raises(ValueError, match="positive"):
+            _core.int8_peak(isa, 0)

@@ -64,6 +64,18 @@ void register_matmul(py::module_& m) {
         return k.pack[wtype] != nullptr && k.packed_dot[wtype] != nullptr;
     }, py::arg("wtype"), py::arg("isa") = "", "whether the ISA packs weights of this type at load time");
     m.def("pack_rows", []() { return kPackRows; });
+    m.def("int8_peak", [](const std::string& isa, int64_t iterations) -> py::object {
+        const Kernels& k = kernels_or_throw(isa);
+        if (!k.int8_peak) return py::none();
+        if (iterations <= 0) throw py::value_error("iterations must be positive");
+        double rate;
+        {
+            py::gil_scoped_release release;
+            rate = k.int8_peak(iterations);
+        }
+        return py::float_(rate);
+    }, py::arg("isa") = "", py::arg("iterations") = 100000000,
+       "int8 products per second of one thread at the ISA's multiply-add peak (None: no probe)");
     m.def("memory_read_bandwidth", [](ThreadPool& pool, int64_t megabytes, int repeats) {
         if (megabytes < 1 || megabytes > 65536 || repeats < 1) throw py::value_error("bad bandwidth probe size");
         py::gil_scoped_release release;

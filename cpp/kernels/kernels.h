@@ -84,6 +84,9 @@ struct Kernels {
     packed_dot_pair_fn packed_dot_pair[TYPE_COUNT];  // optional: one token, two groups
     bool packed_xsums[TYPE_COUNT];    // packed_dot needs the activations' block sums
     bool packed_xscales[TYPE_COUNT];  // packed_dot needs the activations' block scales as floats
+    // Optional: a probe of the ISA's int8 multiply-add peak for bench/ (the instruction the packed
+    // kernels are built on, independent chains, no loads): int8 products per second on one thread.
+    double (*int8_peak)(int64_t iterations);
 };
 
 // The scalar reference: never optimised, the oracle for every other path.
