@@ -1398,45 +1398,43 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
     }
 }
 
-void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
-    if (hd % 32 != 0 || hd > 512)
-        return ref::attend_f16(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
-    attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
-                    const auto* h = reinterpret_cast<const __m128i*>(row + 2 * size_t(c0));
-                    for (int k = 0; k < n; k++) v[k] = _mm256_cvtph_ps(_mm_loadu_si128(h + k));
-                });
-}
+// The cache types' rows for attend_rows: values c0 .. c0 + 8n - 1 of a row as n float vectors.
+struct F32Rows {
+    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
+        const auto* f = reinterpret_cast<const float*>(row) + c0;
+        for (int k = 0; k < n; k++) v[k] = _mm256_loadu_ps(f + 8 * k);
+    }
+};
 
-// Over a Q8_0 cache: convert reads a row's values c0 .. c0 + 8n - 1 (within one block: attend_rows
-// asks for 32 values from a multiple of 32, or 16 from a multiple of 16) as d * float(q).
-void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
-    if (hd % 32 != 0 || hd > 512)
-        return ref::attend_q8_0(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
-    attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
-                    const auto& block = reinterpret_cast<const block_q8_0*>(row)[c0 / QK];
-                    const __m256 d = _mm256_set1_ps(half_to_float(block.d));
-                    for (int k = 0; k < n; k++) {
-                        int64_t bytes;
-                        std::memcpy(&bytes, block.qs + c0 % QK + 8 * k, 8);
-                        const __m256i q32 = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes));
-                        v[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(q32));
-                    }
-                });
-}
+struct F16Rows {
+    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
+        const auto* h = reinterpret_cast<const __m128i*>(row + 2 * size_t(c0));
+        for (int k = 0; k < n; k++) v[k] = _mm256_cvtph_ps(_mm_loadu_si128(h + k));
+    }
+};
 
-void attend_f32(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
+// d * float(q), within one block: attend_rows asks for 32 values from a multiple of 32, or 16 from a
+// multiple of 16.
+struct Q8_0Rows {
+    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
+        const auto& block = reinterpret_cast<const block_q8_0*>(row)[c0 / QK];
+        const __m256 d = _mm256_set1_ps(half_to_float(block.d));
+        for (int k = 0; k < n; k++) {
+            int64_t bytes;
+            std::memcpy(&bytes, block.qs + c0 % QK + 8 * k, 8);
+            v[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes))));
+        }
+    }
+};
+
+// attend_rows over a cache of Rows, for head dimensions it takes; the reference for the others.
+template <attend_fn Reference, typename Rows>
+void attend_cache(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
+                  int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
     if (hd % 32 != 0 || hd > 512)
-        return ref::attend_f32(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
+        return Reference(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
     attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, max, sum, [](const uint8_t* row, int c0, int n, __m256* v) {
-                    const auto* f = reinterpret_cast<const float*>(row) + c0;
-                    for (int k = 0; k < n; k++) v[k] = _mm256_loadu_ps(f + 8 * k);
-                });
+                scale, scores, out, max, sum, Rows{});
 }
 
 // maddubs (32 u8 x s8 products, summed in pairs) on 10 independent chains: the packed kernels'
@@ -1507,9 +1505,9 @@ const Kernels* kernels_avx2() {
         k.from_float[TYPE_Q8_1] = quantize_row_q8_1;
         k.axpy[TYPE_F32] = axpy_f32;
         k.axpy[TYPE_F16] = axpy_f16;
-        k.attend[TYPE_F32] = attend_f32;
-        k.attend[TYPE_F16] = attend_f16;
-        k.attend[TYPE_Q8_0] = attend_q8_0;
+        k.attend[TYPE_F32] = attend_cache<ref::attend_f32, F32Rows>;
+        k.attend[TYPE_F16] = attend_cache<ref::attend_f16, F16Rows>;
+        k.attend[TYPE_Q8_0] = attend_cache<ref::attend_q8_0, Q8_0Rows>;
         k.int8_peak = int8_peak;
         add_avx2_kquant_kernels(k);
         return k;
