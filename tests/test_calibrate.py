@@ -154,6 +154,17 @@ def test_the_statistics_match_a_numpy_forward_pass(tmp_path):
     np.testing.assert_allclose(back.hessian("blk.0.attn_k.weight"), calib.hessian("blk.0.attn_k.weight"), rtol=1e-6)
 
 
+def strong_scales(n_layers, n_embd, seed=0):
+    """AWQ scales far from one (e^-1 .. e) for every norm and the matrices behind it."""
+    rng = np.random.default_rng(seed)
+    scales = {}
+    for i in range(n_layers):
+        for norm, matrices in (("attn_norm", ("attn_q", "attn_k", "attn_v")), ("ffn_norm", ("ffn_gate", "ffn_up"))):
+            s = np.exp(rng.uniform(-1, 1, n_embd)).astype(np.float32)
+            scales.update({f"blk.{i}.{n}.weight": s for n in (norm, *matrices)})
+    return scales
+
+
 def test_awq_search_on_inputs_with_large_columns():
     w, h, importance = correlated(64, 256, seed=2)
     mean_abs = np.sqrt(np.diag(h))  # what E|x| is proportional to for these Gaussian inputs
@@ -176,12 +187,7 @@ def test_awq_folds_into_the_norms_and_keeps_the_function(tmp_path):
     assert set(searched) == {f"blk.{i}.{n}.weight" for i in range(2) for n in
                              ("attn_norm", "attn_q", "attn_k", "attn_v", "ffn_norm", "ffn_gate", "ffn_up")}
     # scales far from one folded into a float model: the same function, other weights
-    rng = np.random.default_rng(0)
-    scales = {}
-    for name, s in searched.items():
-        layer_norm = name.split(".")[0] + "." + name.split(".")[1] + (
-            ".attn_norm" if "attn" in name else ".ffn_norm")
-        scales[name] = scales.setdefault(layer_norm, np.exp(rng.uniform(-1, 1, s.shape)).astype(np.float32))
+    scales = strong_scales(2, 256)
     folded = tmp_path / "folded.gguf"
     quantize_model(src, folded, "f32", awq=scales)
     with GGUFReader(src) as a, GGUFReader(folded) as b:
