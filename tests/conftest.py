@@ -23,8 +23,8 @@ def rng():
 # of .ci/run with PYENGINE_ISA forced would repeat them with the same outcome: each kernel path's
 # exactness is held there by the kernel, matmul, forward-pass, determinism and llama.cpp-golden tests.
 ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_sampling.py",
-                   "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py", "test_calibrate.py",
-                   "test_serve.py", "test_serve_load.py", "test_serve_page.py"}
+                   "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py",
+                   "test_calibrate.py", "test_serve.py", "test_serve_load.py", "test_serve_page.py"}
 
 
 def pytest_collection_modifyitems(config, items):
