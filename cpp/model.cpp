@@ -126,7 +126,7 @@ public:
     template <typename After>
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
         if (s_.observe)
-            for (const auto& p : products) s_.observe(*p.first, x_, n_tokens_, cols_);
+            for (const auto& p : products) s_.observe(*p.first, x_, n_tokens_, cols_, &p != products.begin());
         const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
         for (const auto& p : products) {
             if (type_traits(p.first->type)->vec_dot_type != vdt) {

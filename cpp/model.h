@@ -104,8 +104,10 @@ struct RunState {
     // the batch is not part of the sequence).
     std::function<bool()> interrupted;
     // Optional: told the input of every matrix product (before it runs, on the calling thread):
-    // n_tokens rows of cols floats, row-major. The importance matrix (imatrix) is gathered this way.
-    std::function<void(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols)> observe;
+    // n_tokens rows of cols floats, row-major; `shared`: the same input as the previous call's (another
+    // matrix of one product group, e.g. wk after wq). The importance matrix (imatrix) and the
+    // calibration statistics are gathered this way.
+    std::function<void(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols, bool shared)> observe;
     void reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
 };
 

@@ -103,20 +103,60 @@ def _read_text(path: str) -> str:
     return text
 
 
+def _chunk_bar(desc: str):
+    """progress(done, total) drawing a tqdm bar on a terminal (None elsewhere), and a function closing it."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="chunk", desc=desc)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress, bar.close
+
+
 def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None = None,
-                 token_embedding_type: str | None = None, pure: bool = False, imatrix: str | None = None) -> int:
+                 token_embedding_type: str | None = None, pure: bool = False, imatrix: str | None = None,
+                 calib: str | None = None, ctx_size: int = 512, chunks: int | None = None, gptq: bool = False,
+                 awq: bool = False, n_threads: int | None = None) -> int:
+    from .calibrate import BEST, calibrate
     from .imatrix import Imatrix
-    from .requantize import quantize_model
+    from .requantize import preset_by_name, quantize_model
 
     _existing(src)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be another file than the input")
+    if calib is not None and imatrix is not None:
+        raise ValueError("--calib computes its own importance matrix: give --calib or --imatrix, not both")
+    if (gptq or awq) and calib is None:
+        raise ValueError("--gptq and --awq calibrate on a text: give it with --calib TEXT")
+    if chunks is not None and chunks < 1:
+        raise ValueError(f"--chunks must be at least 1, got {chunks}")
+    if ctx_size < 16:
+        raise ValueError(f"-c must be at least 16 tokens, got {ctx_size}")
+    preset_by_name(type)  # an unknown type is refused before the calibration runs
     _check_writable(dst)
     importance = Imatrix.load(_existing(imatrix)) if imatrix is not None else None
+    calibration = None
+    if calib is not None:
+        from .cli import load_model
+
+        text = _read_text(calib)
+        if not (gptq or awq):
+            gptq, awq = "gptq" in BEST, "awq" in BEST
+        progress, close = _chunk_bar("calibrating")
+        try:
+            calibration = calibrate(load_model(src, ctx_size, n_threads), text, ctx_size, chunks,
+                                    datasets=[os.path.basename(calib)], progress=progress)
+        finally:
+            close()
     with _output_file(dst):
         report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
                                 token_embedding_type=token_embedding_type, progress=sys.stderr.isatty(),
-                                imatrix=importance)
+                                imatrix=importance, calibration=calibration, gptq=gptq, awq=awq)
         print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
               f"({report.output_bytes / report.input_bytes:.1%})")
         counts: dict[str, int] = {}
@@ -125,9 +165,16 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
         print("tensor types: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1])))
         if report.kept_higher:
             print("kept at higher precision: " + ", ".join(report.kept_higher))
-        if importance is not None:
-            print(f"importance-weighted: {len(report.weighted)} tensors (imatrix of {importance.chunk_count} chunks "
-                  f"of {importance.chunk_size} tokens)")
+        source = importance if importance is not None else calibration.imatrix if calibration is not None else None
+        if source is not None:
+            print(f"importance-weighted: {len(report.weighted)} tensors (imatrix of {source.chunk_count} chunks "
+                  f"of {source.chunk_size} tokens)")
+        if report.awq:
+            before, after = report.awq_error
+            print(f"AWQ: scales folded into {len(report.awq)} norms (output error of their matrices "
+                  f"{after / before if before else 1:.3f}x unscaled)")
+        if report.gptq:
+            print(f"GPTQ: {len(report.gptq)} tensors")
         for note in report.notes:
             print(f"note: {note}")
     return 0
@@ -228,22 +275,11 @@ def run_imatrix(model: str, file: str, output: str = "imatrix.gguf", ctx_size: i
         raise ValueError(f"--chunks must be at least 1, got {chunks}")
     _check_writable(output)
     m = load_model(model, max(ctx_size, 16), n_threads)
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(unit="chunk", desc="imatrix")
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    progress, close = _chunk_bar("imatrix")
     try:
         result = collect(m, text, ctx_size, chunks, datasets=[os.path.basename(file)], progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     with _output_file(output):
         result.save(output)
         print(f"{output}: {len(result.entries)} matrices, {result.chunk_count} chunks of {result.chunk_size} tokens")
@@ -280,9 +316,19 @@ def add_commands(commands) -> None:
     q.add_argument("--pure", action="store_true", help="every quantized 2-D tensor in TYPE's default type")
     q.add_argument("--imatrix", default=None, metavar="FILE",
                    help="an importance matrix (llama-imatrix's or pyengine imatrix's GGUF): weighted quantization")
+    q.add_argument("--calib", default=None, metavar="TEXT_FILE",
+                   help="calibrate on this text (runs IN over it) and quantize with pyengine's best method; "
+                        "--gptq, --awq choose the methods instead")
+    q.add_argument("--gptq", action="store_true", help="with --calib: GPTQ's error-compensated rounding")
+    q.add_argument("--awq", action="store_true",
+                   help="with --calib: AWQ's activation-aware column scales, folded into the input norms")
+    q.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N", help="calibration chunk size (512)")
+    q.add_argument("--chunks", type=int, default=None, metavar="N", help="at most N calibration chunks (all)")
+    q.add_argument("-t", "--threads", type=int, default=None)
     q.set_defaults(run=lambda a: ("run_quantize", {
         "src": a.src, "dst": a.dst, "type": a.type, "output_tensor_type": a.output_tensor_type,
-        "token_embedding_type": a.token_embedding_type, "pure": a.pure, "imatrix": a.imatrix}))
+        "token_embedding_type": a.token_embedding_type, "pure": a.pure, "imatrix": a.imatrix, "calib": a.calib,
+        "ctx_size": a.ctx_size, "chunks": a.chunks, "gptq": a.gptq, "awq": a.awq, "n_threads": a.threads}))
 
     im = commands.add_parser("imatrix", help="an importance matrix from calibration text, as llama-imatrix",
                              description="Runs the model over the text in chunks of -c tokens and writes, for "

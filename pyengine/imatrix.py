@@ -109,19 +109,27 @@ class Imatrix:
 
 
 def collect(model: Model, text: str, n_ctx: int = 512, n_chunks: int | None = None,
-            datasets: Sequence[str] = (), progress: Callable[[int, int], None] | None = None) -> Imatrix:
+            datasets: Sequence[str] = (), progress: Callable[[int, int], None] | None = None,
+            inputs: Callable[[list[tuple[str, np.ndarray]]], None] | None = None) -> Imatrix:
     """Runs `model` over `text` in chunks of n_ctx tokens (at most n_chunks) and gathers the imatrix.
-    progress(done, total) is called after each chunk."""
+    progress(done, total) is called after each chunk; inputs, when given, after each chunk too, with
+    the inputs of the layer matrices in that chunk (_core.InputRecorder.take: [(name, float32
+    (n_tokens, cols))], one array shared by the matrices that read the same input)."""
     from .perplexity import chunk_tokens
 
     if model.n_ctx < n_ctx:
         raise ValueError(f"the model's context ({model.n_ctx}) is shorter than the chunk size {n_ctx}")
     chunks = chunk_tokens(model, text, n_ctx, n_chunks)
     collector = _core.ImatrixCollector(model._core)
+    observers: list[_core.Observer] = [collector]
+    if inputs is not None:
+        observers.append(_core.InputRecorder(model._core))
     ctx = model.context(n_ctx)
     for i, chunk in enumerate(chunks):
         ctx.truncate(0)
-        ctx._ctx.eval(model._pool, ctx._ids(chunk), False, collector)
+        ctx._ctx.eval(model._pool, ctx._ids(chunk), False, observers)
+        if inputs is not None:
+            inputs(observers[1].take())
         if progress is not None:
             progress(i + 1, len(chunks))
     entries = {name: (sums, int(count)) for name, (sums, count) in collector.entries().items()}

@@ -48,6 +48,7 @@ import numpy as np
 
 from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, type_by_name
 from .imatrix import Imatrix, importance_for
+from .calibrate import AWQ_GROUPS, Calibration, awq_search, gptq_quantize, has_codes
 from .quants import dequantize, has_weighted_quantizer, quantize
 
 G = GGMLType
@@ -343,6 +344,10 @@ class QuantizeReport:
     types: dict[str, str] = field(default_factory=dict)  # tensor -> type name written
     kept_higher: list[str] = field(default_factory=list)  # tensors kept above the target type
     weighted: list[str] = field(default_factory=list)  # tensors quantized with the imatrix's importance
+    gptq: list[str] = field(default_factory=list)  # tensors rounded by GPTQ
+    awq: list[str] = field(default_factory=list)  # norms AWQ's scales were folded into
+    awq_error: tuple[float, float] = (0.0, 0.0)  # the scaled matrices' output error before and after AWQ
+    awq_scales: dict[str, np.ndarray] = field(default_factory=dict)  # {matrix or norm: s} as applied
     notes: list[str] = field(default_factory=list)
 
 
@@ -376,16 +381,59 @@ def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: 
     return chosen
 
 
+def _awq_scales(reader: GGUFReader, plan: Mapping[str, GGMLType], calibration: Calibration,
+                importance: Mapping[str, np.ndarray | None], report: QuantizeReport) -> dict[str, np.ndarray]:
+    """AWQ's column scales of each group of matrices behind a norm ({matrix or norm name: s}: a matrix
+    is written as W * s, the norm's weight as weight / s), each searched for the group's types."""
+    scales: dict[str, np.ndarray] = {}
+    before = after = 0.0
+    for norm_name, info in reader.tensors.items():
+        m = _LAYER.match(norm_name)
+        norm = norm_name[m.end() + 1:-len(".weight")] if m else None
+        if norm not in AWQ_GROUPS or info.type != G.F32 or len(info.shape) != 1:
+            continue
+        names = [f"blk.{m.group(1)}.{matrix}.weight" for matrix in AWQ_GROUPS[norm]]
+        names = [n for n in names if n in reader.tensors and calibration.hessian(n) is not None
+                 and plan[n] not in FLOAT_TYPES]
+        if not names:
+            continue
+        matrices = []
+        for n in names:
+            t = reader.tensors[n]
+            matrices.append((dequantize(np.asarray(t.data).reshape(-1), t.type.value,
+                                        (t.n_elements // t.shape[0], t.shape[0])), int(plan[n])))
+        s, err0, err1 = awq_search(matrices, calibration.hessian(names[0]), calibration.mean_abs(names[0]),
+                                   importance[names[0]])
+        before, after = before + err0, after + err1
+        for n in [norm_name, *names]:
+            scales[n] = s
+        report.awq.append(norm_name)
+    report.awq_error = (before, after)
+    return scales
+
+
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *, pure: bool = False,
                    output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-                   progress: bool = False, imatrix: Imatrix | None = None) -> QuantizeReport:
+                   progress: bool = False, imatrix: Imatrix | None = None, calibration: Calibration | None = None,
+                   gptq: bool = False, awq: bool | Mapping[str, np.ndarray] = False) -> QuantizeReport:
     """Writes `src` re-quantized to `type` (a preset: "q4_k_m", "Q8_0", "nf4", ...; see PRESETS) at
     `dst`, each tensor in the type choose_tensor_types gives; returns what was written.
 
     imatrix: an importance matrix (pyengine.imatrix.Imatrix, e.g. Imatrix.load of llama-imatrix's
     file): each tensor it has an entry for is quantized with the weighted search of its type (where
     the type has one: Q8_0 and the float types have none, as in llama.cpp), and the type choice takes
-    llama.cpp's imatrix rules. Tensors without an entry are quantized plainly, as llama-quantize does."""
+    llama.cpp's imatrix rules. Tensors without an entry are quantized plainly, as llama-quantize does.
+
+    calibration: pyengine.calibrate's statistics of a calibration text, whose imatrix serves as
+    `imatrix` (give one or the other); with it, awq scales the matrices behind each input norm (the
+    scales folded into the norm) and gptq rounds every layer matrix by GPTQ (pyengine/calibrate.py).
+    awq may also be the scales to apply ({matrix or norm name: s}, a report's awq_scales)."""
+    if calibration is not None:
+        if imatrix is not None:
+            raise ValueError("give an imatrix or a calibration, not both")
+        imatrix = calibration.imatrix
+    elif gptq or awq is True:
+        raise ValueError("GPTQ and AWQ need a calibration (the inputs' statistics, not only an imatrix)")
     preset = preset_by_name(type)
     output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
     embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
@@ -406,6 +454,11 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
             # counted in weights: one output matrix can take longer than all the norms together
             bar = tqdm(total=sum(info.n_elements for info in reader.tensors.values()), unit="w", unit_scale=True,
                        desc=f"quantizing to {preset.name}")
+        if awq is True:
+            report.awq_scales = _awq_scales(reader, plan, calibration, importance, report)
+        elif awq:
+            report.awq_scales = {name: np.asarray(s, np.float32) for name, s in awq.items()}
+        scales = report.awq_scales
         with GGUFWriter(dst, alignment=reader.alignment) as writer:
             for key, value in reader.metadata.items():
                 if key in ("general.alignment", "general.file_type", "general.quantization_version"):
@@ -420,14 +473,28 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                 new_type = plan[name]
                 cols = info.shape[0]
                 rows = info.n_elements // cols
-                if info.type == new_type:
+                s = scales.get(name)
+                hessian = calibration.hessian(name) if gptq and has_codes(new_type) else None
+                if info.type == new_type and s is None and hessian is None:
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
                     values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
                     weights = importance[name] if has_weighted_quantizer(new_type) else None
+                    if s is not None and len(info.shape) == 1:  # a norm: weight / s
+                        values = values / s
+                    elif s is not None:  # a matrix behind it: W * s, its input x / s
+                        values = values * s
+                        weights = None if weights is None else weights / s.astype(np.float64) ** 2
+                        hessian = None if hessian is None else hessian / np.outer(s, s)
                     if weights is not None:
                         report.weighted.append(name)
-                    data = values if new_type == G.F32 else quantize(values, int(new_type), imatrix=weights)
+                    if new_type == G.F32:
+                        data = values
+                    elif hessian is not None:
+                        data = gptq_quantize(values, int(new_type), hessian, weights)
+                        report.gptq.append(name)
+                    else:
+                        data = quantize(values, int(new_type), imatrix=weights)
                 if new_type == G.F32:
                     writer.add_tensor(name, data.view(np.float32).reshape(tuple(reversed(info.shape))))
                 else:

@@ -16,16 +16,18 @@ def rng():
 
 # Modules whose subject is not the kernel path: they run no kernels (tokenizers, the GGUF reader,
 # fetching, the sampling chain, the reference side of the architecture goldens, the quantizers given an
-# importance matrix and its file format), build and run their
-# own binaries whatever PYENGINE_ISA says (the native kernel tests: natively, through SIMDe and under
-# qemu), or drive the model as a user does (the chat session and templates, the command line, beam
-# search against transformers, the server, its load test and the chat page in a browser, speculative
-# decoding, whose exactness rests on the determinism that the forward-pass tests hold on every ISA). The passes
-# of .ci/run with PYENGINE_ISA forced would repeat them with the same outcome: each kernel path's
-# exactness is held there by the kernel, matmul, forward-pass, determinism and llama.cpp-golden tests.
+# importance matrix and its file format, calibrated quantization against its numpy references), build
+# and run their own binaries whatever PYENGINE_ISA says (the native kernel tests: natively, through
+# SIMDe and under qemu), or drive the model as a user does (the chat session and templates, the
+# command line, beam search against transformers, the server, its load test and the chat page in a
+# browser, speculative decoding, whose exactness rests on the determinism the forward-pass tests hold
+# on every ISA). The passes of .ci/run with PYENGINE_ISA forced would repeat them with the same
+# outcome: each kernel path's exactness is held there by the kernel, matmul, forward-pass,
+# determinism and llama.cpp-golden tests.
 ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_sampling.py",
                    "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py",
-                   "test_serve.py", "test_serve_load.py", "test_serve_page.py", "test_speculative.py"}
+                   "test_calibrate.py", "test_serve.py", "test_serve_load.py", "test_serve_page.py",
+                   "test_speculative.py"}
 
 
 def pytest_collection_modifyitems(config, items):

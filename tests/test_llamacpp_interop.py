@@ -56,3 +56,28 @@ def test_llamacpp_loads_our_file_and_quantizes_to_the_same_bytes(tmp_path, fmt):
     llm.eval(ids)
     ours_logits = pyengine.Model(ours, n_ctx=64).logits(ids)[-1]
     assert int(np.argmax(llm.scores[len(ids) - 1])) == int(np.argmax(ours_logits))
+
+
+def test_llamacpp_runs_a_calibrated_file_as_pyengine_does(tmp_path):
+    """AWQ's scales live in the norms and GPTQ's codes in the standard layouts: llama.cpp computes the
+    same function from the file as pyengine (to the two engines' usual difference on a quantized
+    model), with scales far from one (AWQ's search keeps them near one on this random model);
+    test_calibrate holds the folded model to the original in float."""
+    from pyengine.calibrate import calibrate
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_calibrate import WORDS, strong_scales
+    from tiny_models import write_tiny_llama
+
+    src = write_tiny_llama(tmp_path / "tiny.gguf", n_embd=256, n_ff=512, n_ctx_train=64)
+    model = pyengine.Model(src, n_ctx=64)
+    out = tmp_path / "calibrated.gguf"
+    report = quantize_model(src, out, "q4_k_m", calibration=calibrate(model, WORDS, n_ctx=32, n_chunks=3),
+                            gptq=True, awq=strong_scales(2, 256))
+    assert len(report.gptq) == 14
+    ids = model.tokenize(WORDS)[:24]
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    ours = pyengine.Model(out, n_ctx=64).logits(ids)
+    theirs = np.array(llm.scores[:len(ids)])
+    assert np.abs(theirs - ours).max() < 0.05 * np.abs(ours).max()

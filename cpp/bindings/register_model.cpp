@@ -218,23 +218,28 @@ std::function<bool()> signal_check() {
     };
 }
 
+// Something told the input of each named matrix product during an evaluation (RunState::observe):
+// only the layers' matrices (names starting "blk."), only products of at least 16 tokens
+// (llama-imatrix's rule: single-token decoding steps are not calibration text).
+struct Observer {
+    std::shared_ptr<PyModel> model;
+    virtual ~Observer() = default;
+    // name: the matrix's GGUF name; x: n_tokens rows of cols floats; shared: the previous call's input
+    virtual void observe(const std::string& name, const float* x, int64_t n_tokens, int64_t cols, bool shared) = 0;
+};
+
 // What llama.cpp's llama-imatrix gathers: for each weight matrix, the sum over the tokens of the
 // squares of its input, per column, and how many tokens (in float, in token order, as llama.cpp adds
-// them). Only products of at least 16 tokens count, and only the layers' matrices (llama-imatrix's
-// defaults: no output.weight).
-struct ImatrixCollector {
+// them).
+struct ImatrixCollector : Observer {
     struct Entry {
         std::vector<float> sums;
         int64_t count = 0;
     };
-    std::shared_ptr<PyModel> model;
     std::map<std::string, Entry> entries;
 
-    void observe(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols) {
-        if (n_tokens < 16) return;
-        const auto it = model->matrix_names.find(&w);
-        if (it == model->matrix_names.end() || it->second.rfind("blk.", 0) != 0) return;
-        Entry& e = entries[it->second];
+    void observe(const std::string& name, const float* x, int64_t n_tokens, int64_t cols, bool) override {
+        Entry& e = entries[name];
         if (e.sums.empty()) e.sums.assign(size_t(cols), 0.0f);
         for (int64_t t = 0; t < n_tokens; t++) {
             const float* row = x + t * cols;
@@ -244,11 +249,30 @@ struct ImatrixCollector {
     }
 };
 
+// The inputs themselves, for the calibration statistics that need more than per-column sums (GPTQ's
+// Hessian X^T X, AWQ's search), taken out after each evaluation. The matrices of one product group
+// (wq, wk, wv) share one copy.
+struct InputRecorder : Observer {
+    struct Input {
+        std::string name;  // the first matrix that read it
+        int64_t cols = 0;
+        std::vector<float> rows;
+    };
+    std::vector<Input> inputs;
+    std::vector<std::pair<std::string, size_t>> readers;  // (matrix name, index into inputs)
+
+    void observe(const std::string& name, const float* x, int64_t n_tokens, int64_t cols, bool shared) override {
+        if (!shared || inputs.empty() || readers.empty() || readers.back().second != inputs.size() - 1)
+            inputs.push_back(Input{name, cols, std::vector<float>(x, x + n_tokens * cols)});
+        readers.emplace_back(name, inputs.size() - 1);
+    }
+};
+
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
-                        bool logits_all, ImatrixCollector* collector) {
-    if (collector && collector->model != ctx.model)
-        throw py::value_error("the collector belongs to another model");
+                        bool logits_all, const std::vector<Observer*>& observers) {
+    for (const Observer* o : observers)
+        if (!o || o->model != ctx.model) throw py::value_error("an observer belongs to another model");
     const ModelConfig& c = ctx.model->model->config();
     const int64_t n = ids.size();
     if (n == 0) throw py::value_error("no tokens to evaluate");
@@ -264,9 +288,13 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
                                         : py::array_t<float>({int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
     ctx.state.interrupted = signal_check();
-    if (collector)
-        ctx.state.observe = [collector](const Matrix& w, const float* x, int64_t n_tokens, int64_t cols) {
-            collector->observe(w, x, n_tokens, cols);
+    if (!observers.empty())
+        ctx.state.observe = [&observers](const Matrix& w, const float* x, int64_t n_tokens, int64_t cols, bool shared) {
+            if (n_tokens < 16) return;
+            const auto& names = observers[0]->model->matrix_names;
+            const auto it = names.find(&w);
+            if (it == names.end() || it->second.rfind("blk.", 0) != 0) return;
+            for (Observer* o : observers) o->observe(it->second, x, n_tokens, cols, shared);
         };
     struct Reset {  // the hooks go with this call, however it ends
         RunState& s;
@@ -433,8 +461,9 @@ void register_model(py::module_& m) {
             "source no longer read")
         .def_property_readonly("packed_bytes", [](const PyModel& pm) { return pm.model->packed_bytes(); });
 
-    py::class_<ImatrixCollector>(m, "ImatrixCollector",
-                                 "sums of squared inputs per column of each layer matrix (llama-imatrix's)")
+    py::class_<Observer>(m, "Observer", "told the input of each layer matrix during Context.eval");
+    py::class_<ImatrixCollector, Observer>(m, "ImatrixCollector",
+                                           "sums of squared inputs per column of each layer matrix (llama-imatrix's)")
         .def(py::init([](std::shared_ptr<PyModel> model) {
                  auto c = new ImatrixCollector();
                  c->model = std::move(model);
@@ -450,6 +479,28 @@ void register_model(py::module_& m) {
             }
             return out;
         }, "{tensor name: (float32 sums [cols], token count)}");
+    py::class_<InputRecorder, Observer>(m, "InputRecorder", "the inputs of each layer matrix, as they were")
+        .def(py::init([](std::shared_ptr<PyModel> model) {
+                 auto r = new InputRecorder();
+                 r->model = std::move(model);
+                 return r;
+             }),
+             py::arg("model"))
+        .def("take", [](InputRecorder& r) {
+            std::vector<py::object> arrays;
+            for (auto& in : r.inputs) {
+                const int64_t n = int64_t(in.rows.size()) / in.cols;
+                py::array_t<float> a({n, in.cols});
+                std::copy(in.rows.begin(), in.rows.end(), a.mutable_data());
+                arrays.push_back(std::move(a));
+            }
+            py::list out;
+            for (const auto& [name, i] : r.readers) out.append(py::make_tuple(name, arrays[i]));
+            r.inputs.clear();
+            r.readers.clear();
+            return out;
+        }, "[(tensor name, float32 input (n_tokens, cols))] since the last take, in evaluation order; "
+           "the matrices of one product group share one array object");
     py::class_<PyContext>(m, "Context")
         .def(py::init([](std::shared_ptr<PyModel> model, int64_t n_ctx, uint32_t kv_type) {
                  if (n_ctx <= 0 || n_ctx > (int64_t(1) << 31))
@@ -460,7 +511,7 @@ void register_model(py::module_& m) {
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = uint32_t(TYPE_F16))
         .def("eval", &eval, py::arg("pool"), py::arg("ids"), py::arg("logits_all") = false,
-             py::arg("collector") = nullptr)
+             py::arg("observers") = std::vector<Observer*>{})
         .def_property_readonly("n_past", [](const PyContext& c) { return c.cache.n_past(); })
         .def_property_readonly("n_ctx", [](const PyContext& c) { return c.cache.n_ctx(); })
         .def_property_readonly("kv_bytes", [](const PyContext& c) { return c.cache.bytes(); })

@@ -6,6 +6,7 @@
 
 #include <pybind11/stl.h>
 
+#include "../quant/codes.h"
 #include "common.h"
 
 namespace pe::bindings {
@@ -65,6 +66,46 @@ FloatArray dequantize(const ByteArray& raw, uint32_t type, int64_t rows, int64_t
         py::gil_scoped_release release;
         for (int64_t r = 0; r < rows; r++) t.to_float(src + size_t(r) * row_bytes, dst + r * cols, cols);
     }
+    return out;
+}
+
+// The codes of a quantized matrix (rows, cols) with each weight's scale and offset (codes.h), checked
+// like dequantize's input; `what` names the call in errors.
+const TypeTraits& coded_type(uint32_t type, const ByteArray& raw, int64_t rows, int64_t cols, const char* what) {
+    const TypeTraits& t = traits_or_throw(type);
+    const int16_t* levels;
+    if (!code_levels(GGMLType(type), &levels)) throw py::value_error(std::string(what) + ": no codes for " + t.name);
+    if (rows < 0 || cols <= 0 || cols % t.block_size != 0)
+        throw py::value_error(std::string(what) + ": bad shape for " + t.name);
+    if (size_t(raw.size()) != checked_bytes(rows, row_size(GGMLType(type), cols), what))
+        throw py::value_error(std::string(what) + ": the bytes do not hold a " + t.name + " matrix of that shape");
+    return t;
+}
+
+py::tuple unpack_codes_of(const ByteArray& raw, uint32_t type, int64_t rows, int64_t cols) {
+    coded_type(type, raw, rows, cols, "unpack_codes");
+    const size_t row_bytes = row_size(GGMLType(type), cols);
+    py::array_t<uint8_t> codes({rows, cols});
+    FloatArray scale({rows, cols}), offset({rows, cols});
+    for (int64_t r = 0; r < rows; r++)
+        unpack_codes(GGMLType(type), raw.data() + size_t(r) * row_bytes, cols, codes.mutable_data() + r * cols,
+                     scale.mutable_data() + r * cols, offset.mutable_data() + r * cols);
+    return py::make_tuple(codes, scale, offset);
+}
+
+ByteArray pack_codes_into(const ByteArray& raw, uint32_t type, int64_t rows, int64_t cols, const ByteArray& codes) {
+    coded_type(type, raw, rows, cols, "pack_codes");
+    const int16_t* levels;
+    const int n_levels = code_levels(GGMLType(type), &levels);
+    if (codes.ndim() != 2 || codes.shape(0) != rows || codes.shape(1) != cols)
+        throw py::value_error("pack_codes: codes must be (rows, cols)");
+    const uint8_t* c = codes.data();
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (c[i] >= n_levels) throw py::value_error("pack_codes: a code is not below " + std::to_string(n_levels));
+    const size_t row_bytes = row_size(GGMLType(type), cols);
+    ByteArray out({rows, int64_t(row_bytes)});
+    std::copy(raw.data(), raw.data() + raw.size(), out.mutable_data());
+    for (int64_t r = 0; r < rows; r++) pack_codes(GGMLType(type), out.mutable_data() + size_t(r) * row_bytes, cols, c + r * cols);
     return out;
 }
 
@@ -136,6 +177,19 @@ void register_quants(py::module_& m) {
     }, "whether quantize takes an importance matrix for this type (llama.cpp's weighted search)");
     m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("imatrix") = py::none());
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
+    m.def("code_levels", [](uint32_t type) -> py::object {
+        const int16_t* levels;
+        traits_or_throw(type);
+        const int n = code_levels(GGMLType(type), &levels);
+        if (!n) return py::none();
+        py::array_t<int16_t> out(n);
+        std::copy(levels, levels + n, out.mutable_data());
+        return out;
+    }, "the level of each code of a block format (value = scale * level + offset), or None");
+    m.def("unpack_codes", &unpack_codes_of, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"),
+          "(codes uint8, scale float32, offset float32), each (rows, cols), of a quantized matrix");
+    m.def("pack_codes", &pack_codes_into, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"),
+          py::arg("codes"), "the matrix's bytes with its codes replaced, its scales kept");
     m.def("quantize_activation", &quantize_activation, py::arg("isa"), py::arg("x"), py::arg("type"));
     m.def("vec_dot", &vec_dot, py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("x"));
     m.def("attend", &attend, py::arg("isa"), py::arg("kv_type"), py::arg("q"), py::arg("keys"), py::arg("values"),
