@@ -31,9 +31,10 @@ void attend_by_rows(int hd, int n_q, const float* q, const void* vkeys, const vo
         }
         max_out[j] = max_score;
         sum_out[j] = sum;
+        const float inv_sum = float(1.0 / sum);
         float* o = out + size_t(j) * size_t(hd);
         std::fill(o, o + hd, 0.0f);
-        for (int64_t p = 0; p < n_pos; p++) Axpy(hd, s[p], values + size_t(p) * kv_stride, o);
+        for (int64_t p = 0; p < n_pos; p++) Axpy(hd, s[p] * inv_sum, values + size_t(p) * kv_stride, o);
     }
 }
 

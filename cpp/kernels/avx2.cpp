@@ -1298,7 +1298,7 @@ inline __m256 exp_nonpositive(__m256 x) {
 // - scores: key rows converted to float 4 at a time; each dot one 8-lane fused multiply-add chain
 //   over the row, then hsum, times scale;
 // - softmax: the maximum, exp_nonpositive(s - max), the sum in two 4-lane double accumulators over
-//   8-position steps (padded with zeros at the end), the weights left unnormalised (attend_fn);
+//   8-position steps (padded with zeros at the end), weights s * float(1 / sum);
 // - values: per 16-value chunk of the head, out = fma(weight_p, V_p, out) for p = 0, 1, ... with up to 4 heads'
 //   accumulators in registers.
 template <int NJ, typename Convert>
@@ -1382,6 +1382,9 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
         for (double part : parts) sum += part;
         max_out[j] = max_score;
         sum_out[j] = sum;
+        const __m256 inv = _mm256_set1_ps(float(1.0 / sum));
+        for (p = 0; p + 8 <= n_pos; p += 8) _mm256_storeu_ps(s + p, _mm256_mul_ps(_mm256_loadu_ps(s + p), inv));
+        for (; p < n_pos; p++) s[p] *= float(1.0 / sum);
     }
     for (int c0 = 0; c0 < hd; c0 += 16) {
         const auto convert16 = [&](const uint8_t* row, int c, __m256* v) { convert(row, c, 2, v); };

@@ -51,19 +51,20 @@ using vec_dot_tile_fn = void (*)(int n, const void* w, size_t w_stride, const vo
                                  size_t y_stride);
 
 // Attention of n_q query heads sharing one KV head (query j at q + j * hd), over positions
-// 0 .. n_pos-1 of the keys and values (row p at keys + p * kv_stride, hd values of the KV type), left
-// unnormalised so that runs of positions can be joined (attention_join): with s_p = scale * q_j . K_p,
-// max_j = max_p s_p, e_p = exp(s_p - max_j) in float, sum_j = sum_p e_p in double and
-// out_j = sum_p e_p V_p at out + j * hd. scores: n_q * n_pos floats of scratch. Each output depends
-// only on its own query and the cache, never on n_q.
+// 0 .. n_pos-1 of the keys and values (row p at keys + p * kv_stride, hd values of the KV type): with
+// s_p = scale * q_j . K_p, max_j = max_p s_p, e_p = exp(s_p - max_j) in float and sum_j = sum_p e_p
+// in double, out_j = sum_p (e_p * float(1 / sum_j)) V_p at out + j * hd, and max_j, sum_j for joining
+// runs of positions (attention_join). scores: n_q * n_pos floats of scratch. Each output depends only
+// on its own query and the cache, never on n_q.
 using attend_fn = void (*)(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                            int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
 
-// The softmax attention of one query head into dest (hd values), from the unnormalised results of
-// n_runs consecutive runs of its positions, joined in run order: run r's out at out + r * out_stride,
-// its max and sum at max[r * stat_stride], sum[r * stat_stride]; dest = sum_r exp(max_r - M) out_r /
-// sum_r exp(max_r - M) sum_r, M the largest max_r (one run: out_0 / sum_0). In reference.cpp, one
-// build for every ISA: the joined bits never depend on the kernel table.
+// The softmax attention of one query head into dest (hd values), from the results of n_runs
+// consecutive runs of its positions (attend_fn), joined in run order: run r's out at
+// out + r * out_stride, its max and sum at max[r * stat_stride], sum[r * stat_stride]; with
+// w_r = sum_r exp(max_r - M) (M the largest max_r, in double), dest = sum_r float(w_r / sum of w) out_r.
+// One run's weight is exactly 1: dest is its out, bit for bit. In reference.cpp, one build for every
+// ISA: the joined bits never depend on the kernel table.
 void attention_join(int hd, int n_runs, const float* out, size_t out_stride, const float* max, const double* sum,
                     size_t stat_stride, float* dest);
 

@@ -739,16 +739,18 @@ void attention_join(int hd, int n_runs, const float* out, size_t out_stride, con
                     size_t stat_stride, float* dest) {
     float m = max[0];
     for (int r = 1; r < n_runs; r++) m = std::max(m, max[size_t(r) * stat_stride]);
+    auto weight = [&](int r) {  // sum_r exp(max_r - M)
+        const size_t i = size_t(r) * stat_stride;
+        return sum[i] * double(std::exp(max[i] - m));
+    };
     double total = 0.0;
-    for (int r = 0; r < n_runs; r++) total += sum[size_t(r) * stat_stride] * double(std::exp(max[size_t(r) * stat_stride] - m));
+    for (int r = 0; r < n_runs; r++) total += weight(r);
     std::fill(dest, dest + hd, 0.0f);
     for (int r = 0; r < n_runs; r++) {
-        const float f = std::exp(max[size_t(r) * stat_stride] - m);
+        const float w = float(weight(r) / total);
         const float* o = out + size_t(r) * out_stride;
-        for (int i = 0; i < hd; i++) dest[i] += o[i] * f;
+        for (int i = 0; i < hd; i++) dest[i] += o[i] * w;
     }
-    const float inv = float(1.0 / total);
-    for (int i = 0; i < hd; i++) dest[i] *= inv;
 }
 
 namespace {
