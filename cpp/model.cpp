@@ -267,8 +267,9 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
     const int group = c.n_heads / c.n_kv_heads;  // query heads per KV head
     const float scale = c.attn_scale > 0.0f ? c.attn_scale : 1.0f / std::sqrt(float(hd));
     const int64_t n_ctx = int64_t(s.scores.size() / (size_t(pool.n_threads()) * size_t(group)));
-    // Tasks (token, KV head, run), token by token: token t's are first[t] .. first[t + 1] - 1, and its
-    // runs' results (group heads of hd values, a max and a sum each) are slots first[t] ... too.
+    // Tasks (token, KV head, run), token by token: token t's are first[t] .. first[t + 1] - 1, its KV
+    // heads' runs in order; task k writes its result (the group's heads, hd values and a max and a
+    // sum each) to slot k of attn_runs, run_max and run_sum.
     std::vector<int64_t> first(static_cast<size_t>(n_tokens) + 1, 0), spans(static_cast<size_t>(n_tokens));
     for (int64_t t = 0; t < n_tokens; t++) {
         spans[size_t(t)] = caches[t]->span(layer, positions[t]).n;  // the window or every position
