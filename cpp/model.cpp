@@ -270,10 +270,12 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
     // Tasks (token, KV head, run), token by token: token t's are first[t] .. first[t + 1] - 1, its KV
     // heads' runs in order; task k writes its result (the group's heads, hd values and a max and a
     // sum each) to slot k of attn_runs, run_max and run_sum.
-    std::vector<int64_t> first(static_cast<size_t>(n_tokens) + 1, 0), spans(static_cast<size_t>(n_tokens));
+    std::vector<int64_t> first(static_cast<size_t>(n_tokens) + 1, 0);
+    std::vector<KVCache::Span> spans;  // what each token attends to: the window or every position
+    spans.reserve(size_t(n_tokens));
     for (int64_t t = 0; t < n_tokens; t++) {
-        spans[size_t(t)] = caches[t]->span(layer, positions[t]).n;  // the window or every position
-        first[size_t(t) + 1] = first[size_t(t)] + c.n_kv_heads * attention_runs(spans[size_t(t)]);
+        spans.push_back(caches[t]->span(layer, positions[t]));
+        first[size_t(t) + 1] = first[size_t(t)] + c.n_kv_heads * attention_runs(spans.back().n);
     }
     const int64_t n_tasks = first[size_t(n_tokens)];
     const size_t slot = size_t(group) * size_t(hd);
@@ -289,12 +291,12 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
         int64_t t = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
         for (int64_t task = begin; task < end; task++) {
             while (task >= first[size_t(t) + 1]) t++;
-            const int64_t runs = attention_runs(spans[size_t(t)]), n = spans[size_t(t)];
+            const KVCache::Span& span = spans[size_t(t)];
+            const int64_t runs = attention_runs(span.n), n = span.n;
             const int kv_head = int((task - first[size_t(t)]) / runs);
             const int64_t r = (task - first[size_t(t)]) % runs;
             const int64_t p0 = r * n / runs, p1 = (r + 1) * n / runs;
             const KVCache& cache = *caches[t];
-            const KVCache::Span span = cache.span(layer, positions[t]);
             const size_t kv_off = row_size(cache.type(), int64_t(kv_head) * hd) + size_t(p0) * cache.row_bytes();
             const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * slot;
             kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
@@ -309,7 +311,7 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
         for (int64_t i = begin; i < end; i++) {
             const int64_t t = i / c.n_heads;
             const int head = int(i % c.n_heads), kv_head = head / group, j = head % group;
-            const int64_t runs = attention_runs(spans[size_t(t)]);
+            const int64_t runs = attention_runs(spans[size_t(t)].n);
             const int64_t task0 = first[size_t(t)] + kv_head * runs;
             attention_join(hd, int(runs), s.attn_runs.data() + task0 * slot + size_t(j) * size_t(hd), slot,
                            s.run_max.data() + task0 * group + j, s.run_sum.data() + task0 * group + j, size_t(group),
