@@ -16,7 +16,8 @@ def rng():
 
 # Modules whose subject is not the kernel path: they run no kernels (tokenizers, the GGUF reader,
 # fetching, the sampling chain, the reference side of the architecture goldens, the quantizers given an
-# importance matrix and its file format, calibrated quantization against its numpy references), build
+# importance matrix and its file format, calibrated quantization against its numpy references, the
+# quantizers' bytes against llama.cpp's and its loading our files), build
 # and run their own binaries whatever PYENGINE_ISA says (the native kernel tests: natively, through
 # SIMDe and under qemu), or drive the model as a user does (the chat session and templates, the
 # command line, beam search against transformers, the server, its load test and the chat page in a
@@ -27,7 +28,7 @@ def rng():
 ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_sampling.py",
                    "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py",
                    "test_calibrate.py", "test_serve.py", "test_serve_load.py", "test_serve_page.py",
-                   "test_speculative.py"}
+                   "test_speculative.py", "test_llamacpp_interop.py"}
 
 
 def pytest_collection_modifyitems(config, items):
