@@ -2,11 +2,11 @@
 gemma3, phi3): the slow, independent reference for pyengine's engine. Each architecture's recipe is
 written out here from the papers' and llama.cpp's definitions, not taken from pyengine's descriptions.
 
-It reads the file with gguf-py (not our reader), dequantizes with gguf.quants (not our kernels),
-and computes every step in float64 with exact RoPE angles. pyengine's own formats (NF4, NF4_DQ:
-type ids gguf-py does not know, so it cannot parse such a file) are dequantized here in numpy from
-the raw bytes, and a file holding them is read with pyengine's pure-Python reader (held against
-gguf-py on ggml's types in test_gguf), not by the C++ core. Two options make it see what the
+It reads the file with pyengine's pure-Python reader (held against gguf-py on ggml's types in
+test_gguf; gguf-py's own reader takes 4-25 s over a real vocabulary), dequantizes with gguf.quants
+(not our kernels), and computes every step in float64 with exact RoPE angles. pyengine's own formats
+(NF4, NF4_DQ: type ids gguf-py does not know) are dequantized here in numpy from the raw bytes, not
+by the C++ core. Two options make it see what the
 engine sees, so that differences shrink to float rounding:
 - quantize_activations: each matmul input with a quantized weight goes through a round trip of the
   activation format that llama.cpp and pyengine multiply the weight's type with (ACTIVATION): Q8_0
