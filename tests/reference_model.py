@@ -6,8 +6,8 @@ It reads the file with pyengine's pure-Python reader (held against gguf-py on gg
 test_gguf; gguf-py's own reader takes 4-25 s over a real vocabulary), dequantizes with gguf.quants
 (not our kernels), and computes every step in float64 with exact RoPE angles. pyengine's own formats
 (NF4, NF4_DQ: type ids gguf-py does not know) are dequantized here in numpy from the raw bytes, not
-by the C++ core. Two options make it see what the
-engine sees, so that differences shrink to float rounding:
+by the C++ core. Two options make it see what the engine sees, so that differences shrink to float
+rounding:
 - quantize_activations: each matmul input with a quantized weight goes through a round trip of the
   activation format that llama.cpp and pyengine multiply the weight's type with (ACTIVATION): Q8_0
   (per 32-block absmax / 127, fp16 scale), Q8_1 (Q8_0's values, plus s = fp16(d * sum(q)) that the
