@@ -141,7 +141,7 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 
 
 @pytest.mark.skipif(bool(os.environ.get("PYENGINE_ISA")),
-                    reason="run on the default kernels only: 40 chunks of 512 tokens take ~20 minutes on the scalar "
+                    reason="run on the default kernels only: 20 chunks of 512 tokens take ~10 minutes on the scalar "
                            "reference, whose logits test_presets_match_llamacpp checks on every ISA")
 @pytest.mark.parametrize("fmt", PRESETS)
 def test_preset_perplexity_within_1_percent_of_llamacpp(models, fmt):

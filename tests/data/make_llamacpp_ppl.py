@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "models"))
 
 PRESETS = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m")
 N_CTX = 512
-N_CHUNKS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+N_CHUNKS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 
 
