@@ -47,8 +47,9 @@ AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
 NEON_KQUANT_FLAGS = ["-ffp-contract=off"]
 # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers (as in CMakeLists.txt), and
 # that SIMDe's 64-byte vector types passed by value have another ABI without -mavx512f (-Wpsabi;
-# harmless here, see cpp/tests/simde_avx512.h).
-AVX512_SIMDE_FLAGS = ["-DPE_SIMDE", "-Wno-uninitialized", "-Wno-maybe-uninitialized", "-Wno-psabi"]
+# harmless here, see cpp/tests/simde_avx512.h). No contraction, as in CMakeLists.txt.
+AVX512_SIMDE_FLAGS = ["-DPE_SIMDE", "-ffp-contract=off", "-Wno-uninitialized", "-Wno-maybe-uninitialized",
+                      "-Wno-psabi"]
 NEON_MARCH = {"dotprod": "armv8.2-a+dotprod", "baseline": "armv8-a"}
 NEON_TARGET = {"dotprod": "aarch64+dotprod", "baseline": "aarch64 (no dotprod)"}
 

@@ -23,7 +23,8 @@
 // -DPE_SIMDE), kernels_neon, or kernels_scalar (the reference against itself: a check of this test).
 //
 // What is checked:
-// - the table has every entry, and (unless it is the scalar table) its own vec_dot functions;
+// - the table has every entry, and (unless it is the scalar table) its own vec_dot functions for
+//   every weight type (AVX-512's K-quant-era dots included) and, AVX2 and NEON, its own Q8_K quantizer;
 // - from_float for Q8_0, Q8_1 and F32 gives the same bytes as the scalar quantizer, on random,
 //   all-zero, all-equal, one-outlier, huge (fp16 scale at or past 65504), tiny (fp16 scale subnormal
 //   or zero) and exact-tie (x / d = k + 0.5) blocks;
@@ -570,15 +571,16 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
     }
     for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F32})
         record(g, k.from_float[t] != nullptr, format("from_float[%s] missing", type_traits(t)->name));
-    // The K-quant-era formats: present in every table; the AVX2 and NEON tables have their own (the
-    // others take the scalar ones for now).
-    const bool own_exact = std::strcmp(k.isa, "avx2") == 0 || std::strcmp(k.isa, "neon") == 0;
+    // The K-quant-era formats: present in every table, and every SIMD table has its own dots. The Q8_K
+    // quantizer is the AVX2 and NEON tables' own; the AVX-512 table takes AVX2's (or, through SIMDe,
+    // the scalar one).
     for (GGMLType t : kExactDotTypes) {
         record(g, k.vec_dot[t] != nullptr, format("vec_dot[%s] missing", type_traits(t)->name));
-        if (own_exact)
+        if (!is_scalar)
             record(g, k.vec_dot[t] != s.vec_dot[t], format("vec_dot[%s] is the scalar one", type_traits(t)->name));
     }
-    if (own_exact) record(g, k.from_float[TYPE_Q8_K] != s.from_float[TYPE_Q8_K], "from_float[q8_k] is the scalar one");
+    if (std::strcmp(k.isa, "avx2") == 0 || std::strcmp(k.isa, "neon") == 0)
+        record(g, k.from_float[TYPE_Q8_K] != s.from_float[TYPE_Q8_K], "from_float[q8_k] is the scalar one");
     for (GGMLType t : {TYPE_F32, TYPE_F16, TYPE_Q8_0}) {
         record(g, k.axpy[t] != nullptr, format("axpy[%s] missing", type_traits(t)->name));
         record(g, k.attend[t] != nullptr, format("attend[%s] missing", type_traits(t)->name));

@@ -21,9 +21,12 @@
 
 #include "../quant/fp16.h"
 
-// The mask type: SIMDe names it simde__mmask16 and aliases only the 32- and 64-bit ones.
+// The mask types: SIMDe names them simde__mmask16 and simde__mmask64 and aliases neither.
 #if !defined(SIMDE_X86_AVX512F_NATIVE)
 typedef simde__mmask16 __mmask16;
+#endif
+#if !defined(SIMDE_X86_AVX512BW_NATIVE)
+typedef simde__mmask64 __mmask64;
 #endif
 
 // int32 -> float, 16 lanes, rounded to nearest even like vcvtdq2ps: two 8-lane conversions.
@@ -41,4 +44,14 @@ static inline simde__m512 pe_shim_mm512_cvtepi32_ps(simde__m512i a) {
 static inline float pe_shim_cvtsh_ss(uint16_t h) { return pe::fp16_to_fp32(h); }
 #if !defined(_cvtsh_ss)
 #define _cvtsh_ss(h) pe_shim_cvtsh_ss(h)
+#endif
+
+// int32 shift right arithmetic, 16 lanes: two 8-lane shifts.
+static inline simde__m512i pe_shim_mm512_srai_epi32(simde__m512i a, int imm8) {
+    const simde__m256i lo = simde_mm256_srai_epi32(simde_mm512_castsi512_si256(a), imm8);
+    const simde__m256i hi = simde_mm256_srai_epi32(simde_mm512_extracti64x4_epi64(a, 1), imm8);
+    return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
+#if !defined(_mm512_srai_epi32)
+#define _mm512_srai_epi32(a, imm8) pe_shim_mm512_srai_epi32(a, imm8)
 #endif
