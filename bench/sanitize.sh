@@ -6,6 +6,8 @@
 #   bench/sanitize.sh                     # the native-code tests (the default list below)
 #   bench/sanitize.sh tests/              # the whole suite, or any pytest arguments
 #   PYTHON=/path/to/python bench/sanitize.sh
+#   bench/sanitize.sh --build-only        # build the core only: .ci/run starts this early,
+#                                         # in the background, and runs the tests at the end
 #
 # The core is built in build/sanitize (RelWithDebInfo: -O2 -g) and staged with the package's Python
 # files in build/sanitize/site, which goes first on PYTHONPATH; the Python used must have pyengine's
@@ -24,6 +26,9 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYENGINE_SANITIZE=ON \
   -DPYENGINE_WERROR=ON -Dpybind11_DIR="$pybind11_dir" -DPython_EXECUTABLE="$(command -v "$PYTHON")" >/dev/null
 cmake --build "$BUILD"
+if [ "${1:-}" = "--build-only" ]; then
+  exit 0
+fi
 
 rm -rf "$SITE"
 mkdir -p "$SITE/pyengine"
