@@ -3,6 +3,7 @@
 #include "quant/fp16.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -120,35 +121,65 @@ public:
         return a_;
     }
 
-    // Every product y_j = W_j x in one pool run (one synchronisation for all), each thread taking
-    // its rows of each matrix in turn, then running after(i, n_threads). Products whose weights want
-    // different activation formats (a file mixing types) take a run each.
+    // Every product y_j = W_j x in one pool run (one synchronisation for all), then after(r0, r1)
+    // once rows [r0, r1) of every product are done, by the thread that did them (after: products of
+    // one row count and packing). Short batches split each product's rows evenly between the
+    // threads; prompts (kChunkTokens or more tokens) cut the rows into chunks of kChunkRows that the
+    // threads take in turn, so that a thread slowed down by other load on the machine holds the
+    // others up by one chunk, not by half of every product. A row's outputs are the same bits
+    // whichever thread computes them. Products whose weights want different activation formats (a
+    // file mixing types) take a run each.
     template <typename After>
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
         if (s_.observe)
             for (const auto& p : products) s_.observe(*p.first, x_, n_tokens_, cols_, &p != products.begin());
         const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
+        const int64_t rows = products.begin()->first->rows;
         for (const auto& p : products) {
             if (type_traits(p.first->type)->vec_dot_type != vdt) {
                 for (const auto& [w, y] : products) matmul_prepared(k_, *w, prepare(*w), y, pool_);
-                pool_.run(after);
+                pool_.run([&](int i, int n_threads) {
+                    int64_t r0, r1;
+                    matmul_split(*products.begin()->first, i, n_threads, r0, r1);
+                    after(r0, r1);
+                });
                 return;
             }
         }
         for (const auto& p : products) prepare(*p.first);
         const Activations& a = a_;
-        pool_.run([&](int i, int n_threads) {
-            for (const auto& [w, y] : products) {
+        if (n_tokens_ < kChunkTokens || pool_.n_threads() == 1) {
+            pool_.run([&](int i, int n_threads) {
+                for (const auto& [w, y] : products) {
+                    int64_t r0, r1;
+                    matmul_split(*w, i, n_threads, r0, r1);
+                    matmul_rows(k_, *w, a, y, r0, r1);
+                }
                 int64_t r0, r1;
-                matmul_split(*w, i, n_threads, r0, r1);
-                matmul_rows(k_, *w, a, y, r0, r1);
+                matmul_split(*products.begin()->first, i, n_threads, r0, r1);
+                after(r0, r1);
+            });
+            return;
+        }
+        int64_t max_rows = 0;
+        for (const auto& p : products) max_rows = std::max(max_rows, p.first->rows);
+        const int64_t n_chunks = (max_rows + kChunkRows - 1) / kChunkRows;
+        std::atomic<int64_t> next{0};
+        pool_.run([&](int, int) {
+            for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;) {
+                const int64_t r0 = c * kChunkRows;
+                for (const auto& [w, y] : products)
+                    if (r0 < w->rows) matmul_rows(k_, *w, a, y, r0, std::min(r0 + kChunkRows, w->rows));
+                if (r0 < rows) after(r0, std::min(r0 + kChunkRows, rows));
             }
-            after(i, n_threads);
         });
     }
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products) {
-        multiply(products, [](int, int) {});
+        multiply(products, [](int64_t, int64_t) {});
     }
+
+    static constexpr int64_t kChunkTokens = 32;
+    static constexpr int64_t kChunkRows = 8 * kPackRows;  // 64 rows of 512 tokens: ~1 ms of work
 
 private:
     const Kernels& k_;
@@ -473,11 +504,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
             }
         };
         if ((L.w_gate.packed != nullptr) == (L.w_up.packed != nullptr)) {
-            input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, [&](int i, int n_threads) {
-                int64_t r0, r1;
-                matmul_split(L.w_gate, i, n_threads, r0, r1);
-                gated(r0, r1);
-            });
+            input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}}, gated);
         } else {
             input.multiply({{&L.w_gate, s.gate.data()}, {&L.w_up, s.up.data()}});
             pool.run([&](int i, int n_threads) {

@@ -21,6 +21,8 @@ SHAPES = [
 # K-quants and IQ4_XS: rows of 256-value super-blocks (n_embd and n_ff multiples of 256)
 K_SHAPE = dict(n_heads=4, n_kv_heads=2, n_embd=256, n_ff=512)
 PROMPT = [1, 5, 77, 200, 3, 9, 9, 250, 17, 42, 0, 299, 128]
+# A prompt long enough (32 tokens or more) for the threads to take the products' rows in chunks
+LONG_PROMPT = [(37 * i + 11) % 300 for i in range(40)]
 
 # Quantized models by name: the type of every matrix, or a mix. q4_0 keeps a Q8_0 token_embd (a
 # file of two types); q4_k_m is what llama.cpp's Q4_K_M preset writes for these shapes
@@ -133,6 +135,14 @@ def assert_bit_identical_across_batches_chunks_prefixes_and_threads(path, kv_typ
     ctx = m.context()
     one_by_one = np.stack([ctx.eval([t]) for t in PROMPT])
     np.testing.assert_array_equal(one_by_one, base)
+    # prompts: rows in chunks taken by whichever thread is free, against one thread and short batches
+    long_base = Model(path, n_threads=1, kv_type=kv_type).logits(LONG_PROMPT)
+    np.testing.assert_array_equal(m.logits(LONG_PROMPT), long_base)
+    with threads_warning(3):
+        np.testing.assert_array_equal(Model(path, n_threads=3, kv_type=kv_type).logits(LONG_PROMPT), long_base)
+    ctx = m.context()
+    np.testing.assert_array_equal(np.concatenate([ctx.eval_all(LONG_PROMPT[s:s + 8]) for s in range(0, 40, 8)]),
+                                  long_base)
     ctx = m.context()
     chunks, start = [], 0
     for size in (3, 1, 5, 4):

@@ -152,26 +152,27 @@ void tile_q4_1_q8_1(int n, const void* vw, size_t w_stride, const void* vx, size
 
 // ---- Packed weights: 8 rows interleaved, one row per vector lane ----
 //
-// A packed group holds block i of 8 rows together. Its 128 nibble bytes are four runs of 32:
-// bytes 0-7 of rows 0-3, bytes 0-7 of rows 4-7, bytes 8-15 of rows 0-3, bytes 8-15 of rows 4-7. One
-// 32-byte load thus holds 8 bytes of 4 rows; against 8 activation bytes broadcast to the 4 quarters,
-// maddubs + madd give each row two int32 partial sums, and one hadd of the rows-0-3 and rows-4-7
-// vectors leaves one exact integer dot per lane, the lanes holding rows 0 1 4 5 2 3 6 7 (kLaneRow).
-// The scales are stored in that lane order, and the accumulators are put back in row order once, at
-// the end. Every output then takes the scalar reference's operations, in its order: exact integer
-// block dots, the block's float(isum) * (d_w * d_x) (+ m * s for Q4_1) added to the sum block by
-// block. So packed results are bit-identical to ref::vec_dot_* on the unpacked row.
+// A packed group holds block i of 8 rows together, in runs of 32 bytes: run k holds bytes 4k .. 4k+3
+// of rows 0..7, row r in the 32-bit lane r. One 32-byte load thus holds 4 bytes of every row; against
+// 4 activation bytes broadcast to the 8 lanes, maddubs leaves each row two int16 pair sums in its
+// lane, and the madd that widens them one int32: the rows' exact integer dots come out in row order,
+// with no horizontal step. Every output then takes the scalar reference's operations, in its order:
+// exact integer block dots, the block's float(isum) * (d_w * d_x) (+ m * s for Q4_1, Q5_1) added to the
+// sum block by block. So packed results are bit-identical to ref::vec_dot_* on the unpacked row.
+//
+// The super-block formats further down (Q4_K ...) keep runs of 8 bytes of 4 rows: two int32 per row,
+// joined by one hadd per super-block, which leaves the lanes holding rows 0 1 4 5 2 3 6 7 (kLaneRow).
 constexpr int kLaneRow[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
 struct block_q4_0x8 {
-    uint16_t d[8];  // scales, in kLaneRow order
+    uint16_t d[8];  // scales, rows 0..7
     uint8_t qs[128];
 };
 static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "packing must not change the size");
 
 struct block_q4_1x8 {
-    uint16_t d[8];  // scales, in kLaneRow order
-    uint16_t m[8];  // minimums, in kLaneRow order
+    uint16_t d[8];  // scales, rows 0..7
+    uint16_t m[8];  // minimums, rows 0..7
     uint8_t qs[128];
 };
 static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "packing must not change the size");
@@ -181,37 +182,31 @@ inline const Block& row_block(const uint8_t* w, size_t stride, int row, int i) {
     return reinterpret_cast<const Block*>(w + size_t(row) * stride)[i];
 }
 
-template <typename Block>
-inline void interleave_nibbles(const uint8_t* w, size_t stride, int i, uint8_t* qs) {
-    for (int half = 0; half < 2; half++)      // bytes 0-7, then 8-15 of each row
-        for (int group = 0; group < 2; group++)  // rows 0-3, then 4-7
-            for (int j = 0; j < 4; j++)
-                std::memcpy(qs + (half * 2 + group) * 32 + j * 8,
-                            row_block<Block>(w, stride, group * 4 + j, i).qs + half * 8, 8);
-}
+template <typename T, typename = void>
+struct HasMin : std::false_type {};
+template <typename T>
+struct HasMin<T, std::void_t<decltype(T::m)>> : std::true_type {};
 
-void pack_q4_0(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_q4_0x8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q4_0>(w, stride, kLaneRow[l], i).d;
-        interleave_nibbles<block_q4_0>(w, stride, i, o[i].qs);
+// Block i of 8 rows into a packed block: the scales (and minimums) in row order, the quant bytes in
+// runs of 32 (run k: bytes 4k .. 4k+3 of row r at 4r).
+template <typename Block, typename Packed>
+inline void pack_rows(const uint8_t* w, size_t stride, int i, Packed& o) {
+    for (int r = 0; r < 8; r++) {
+        const Block& b = row_block<Block>(w, stride, r, i);
+        o.d[r] = b.d;
+        if constexpr (HasMin<Packed>::value) o.m[r] = b.m;
+        for (int k = 0; k < int(sizeof(b.qs)) / 4; k++) std::memcpy(o.qs + 32 * k + 4 * r, b.qs + 4 * k, 4);
     }
 }
 
-void pack_q4_1(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_q4_1x8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) {
-            o[i].d[l] = row_block<block_q4_1>(w, stride, kLaneRow[l], i).d;
-            o[i].m[l] = row_block<block_q4_1>(w, stride, kLaneRow[l], i).m;
-        }
-        interleave_nibbles<block_q4_1>(w, stride, i, o[i].qs);
-    }
+template <typename Block, typename Packed>
+void pack_blocks(int n, const void* vw, size_t stride, void* out) {
+    for (int i = 0; i < n / QK; i++)
+        pack_rows<Block>(static_cast<const uint8_t*>(vw), stride, i, static_cast<Packed*>(out)[i]);
 }
 
-// The 8 nibble vectors of a packed group's block: u[2k] low nibbles, u[2k+1] high nibbles of run k.
+// The 8 nibble vectors of a packed group's block: u[2k] low nibbles (weights 4k + j of each row),
+// u[2k+1] high nibbles (weights 16 + 4k + j) of run k.
 inline void unpack_group(const uint8_t* qs, __m256i (&u)[8]) {
     const __m256i mask = _mm256_set1_epi8(0x0f);
     for (int k = 0; k < 4; k++) {
@@ -221,23 +216,45 @@ inline void unpack_group(const uint8_t* qs, __m256i (&u)[8]) {
     }
 }
 
+inline __m256i broadcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
 inline __m256i broadcast8(const int8_t* p) {
     int64_t v;
     std::memcpy(&v, p, 8);
     return _mm256_set1_epi64x(v);
 }
 
-// Exact integer dots of the 8 unpacked rows (0..15) with 32 int8 activations, lanes in kLaneRow
-// order. In run k = 2 * half + group, the low nibbles are weights 8*half .. 8*half+7 and the high
-// ones weights 16 + 8*half ...; int16 partial sums stay below 4 * 2 * 15 * 127 = 15240.
+// Unpacked vector m against its 4 activation bytes (those of unpack_group's weights), int16 pairs.
+inline __m256i mul_nibbles(const __m256i (&u)[8], const int8_t* y, int m) {
+    return _mm256_maddubs_epi16(u[m], broadcast4(y + 4 * (m / 2) + 16 * (m % 2)));
+}
+
+// int16 sum of the pair sums of unpacked vectors m0 .. m0+3 (levels 0..31: below 4 * 2 * 31 * 128).
+inline __m256i sum4_nibbles(const __m256i (&u)[8], const int8_t* y, int m0) {
+    return _mm256_add_epi16(_mm256_add_epi16(mul_nibbles(u, y, m0), mul_nibbles(u, y, m0 + 1)),
+                            _mm256_add_epi16(mul_nibbles(u, y, m0 + 2), mul_nibbles(u, y, m0 + 3)));
+}
+
+// Exact integer dots of the 8 rows' levels 0..15 with 32 int8 activations: the 8 maddubs add up in
+// int16 below 8 * 2 * 15 * 128 = 30720, widened once.
 inline __m256i dot_group(const __m256i (&u)[8], const int8_t* y) {
-    const __m256i y0 = broadcast8(y), y1 = broadcast8(y + 8), y2 = broadcast8(y + 16), y3 = broadcast8(y + 24);
-    const __m256i rows03 = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[0], y0), _mm256_maddubs_epi16(u[1], y2)),
-                                            _mm256_add_epi16(_mm256_maddubs_epi16(u[4], y1), _mm256_maddubs_epi16(u[5], y3)));
-    const __m256i rows47 = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[2], y0), _mm256_maddubs_epi16(u[3], y2)),
-                                            _mm256_add_epi16(_mm256_maddubs_epi16(u[6], y1), _mm256_maddubs_epi16(u[7], y3)));
+    return _mm256_madd_epi16(_mm256_add_epi16(sum4_nibbles(u, y, 0), sum4_nibbles(u, y, 4)), _mm256_set1_epi16(1));
+}
+
+// The same for levels 0..31 (Q5_0, Q5_1): two int16 sums of 4, each widened.
+inline __m256i dot_group5(const __m256i (&u)[8], const int8_t* y) {
     const __m256i ones = _mm256_set1_epi16(1);
-    return _mm256_hadd_epi32(_mm256_madd_epi16(rows03, ones), _mm256_madd_epi16(rows47, ones));
+    return _mm256_add_epi32(_mm256_madd_epi16(sum4_nibbles(u, y, 0), ones), _mm256_madd_epi16(sum4_nibbles(u, y, 4), ones));
+}
+
+// Signed levels q (magnitudes aq) against 4 activation bytes: |q| times y with q's sign (the sign
+// trick of dot_i8), each pair sum (up to 2 * 128 * 127) widened to int32 at once.
+inline __m256i dot_signed(__m256i q, __m256i aq, const int8_t* y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(broadcast4(y), q)), _mm256_set1_epi16(1));
 }
 
 // Lanes in kLaneRow order -> rows 0..7 (the permutation is its own inverse).
@@ -246,28 +263,17 @@ inline void store_rows(float* y, __m256 acc) {
 }
 
 struct block_q8_0x8 {
-    uint16_t d[8];  // scales, in kLaneRow order
-    int8_t qs[256];  // runs of 32: bytes 8c .. 8c+7 of rows 0-3, then of rows 4-7, for c = 0 .. 3
+    uint16_t d[8];  // scales, rows 0..7
+    int8_t qs[256];  // runs of 32: bytes 4k .. 4k+3 of rows 0..7, for k = 0 .. 7
 };
 static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "packing must not change the size");
 
-void pack_q8_0(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_q8_0x8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q8_0>(w, stride, kLaneRow[l], i).d;
-        for (int c = 0; c < 4; c++)
-            for (int group = 0; group < 2; group++)
-                for (int j = 0; j < 4; j++)
-                    std::memcpy(o[i].qs + (c * 2 + group) * 32 + j * 8,
-                                row_block<block_q8_0>(w, stride, group * 4 + j, i).qs + c * 8, 8);
-    }
-}
-
-// The three packed formats as steps of one loop: Unpacked is what load() makes of a packed block
-// (shared by every token of a pass), term() the float vector that one activation block adds to the
-// 8 lane accumulators: float(isum) * (d_w * d_x), plus m * s for Q4_1, exactly the reference's.
+// The packed formats as steps of one loop: Unpacked is what load() makes of a packed block (shared
+// by every token of a pass), term() the float vector that one activation block adds to the 8 lane
+// accumulators: float(isum) * (d_w * d_x), plus m * s for Q4_1, exactly the reference's. kRowOrder:
+// the lanes are rows 0..7 (else kLaneRow's order); kXSums: term() reads the activation block's sum.
 struct PackedQ4_0 {
+    static constexpr bool kRowOrder = true, kXSums = true;
     using Block = block_q4_0x8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -289,6 +295,7 @@ struct PackedQ4_0 {
 };
 
 struct PackedQ4_1 {
+    static constexpr bool kRowOrder = true, kXSums = false;
     using Block = block_q4_1x8;
     using XBlock = block_q8_1;
     struct Unpacked {
@@ -309,9 +316,8 @@ struct PackedQ4_1 {
     }
 };
 
-// Signed weights: |w| times y with w's sign (the sign trick of dot_i8; |y| <= 127). Products of two
-// int8 can reach 2 * 127 * 128 in an int16 pair, so each maddubs goes to int32 at once.
 struct PackedQ8_0 {
+    static constexpr bool kRowOrder = true, kXSums = false;
     using Block = block_q8_0x8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -322,77 +328,53 @@ struct PackedQ8_0 {
         return {w.qs, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)))};
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-        for (int k = 0; k < 8; k++) {  // run k = 2 * chunk + group
-            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k));
-            const __m256i yk = broadcast8(x.qs + 8 * (k / 2));
-            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(yk, wv));
-            rows[k % 2] = _mm256_add_epi32(rows[k % 2], _mm256_madd_epi16(p, ones));
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int k = 0; k < 8; k++) {
+            const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k));
+            isum[k % 2] = _mm256_add_epi32(isum[k % 2], dot_signed(q, _mm256_sign_epi8(q, q), x.qs + 4 * k));
         }
-        const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
         const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
     }
 };
 
 // ---- Q5_0, Q5_1: the nibbles packed as Q4_0's, and the fifth bits as one 32-byte vector per block:
 // bit m of its byte p is the fifth bit of the weight at byte p of unpack_group's vector u[m], so
-// one shift and one mask per vector move it to bit 4 (levels 0..31). In dot_group the int16 partial
-// sums then stay below 4 * 2 * 31 * 127 = 31496 < 32767. Q5_0's level is q - 16: as for Q4_0 the
-// offset's part is subtracted from the exact integer sum, 16 * (sum of the activation block).
+// one shift and one mask per vector move it to bit 4 (levels 0..31; dot_group5). Q5_0's level is
+// q - 16: as for Q4_0 the offset's part is subtracted from the exact integer sum, 16 * (sum of the
+// activation block).
 struct block_q5_0x8 {
-    uint16_t d[8];    // scales, in kLaneRow order
+    uint16_t d[8];    // scales, rows 0..7
     uint8_t qh[32];   // fifth bits, as above
     uint8_t qs[128];  // nibbles, as block_q4_0x8's
 };
 static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "packing must not change the size");
 
 struct block_q5_1x8 {
-    uint16_t d[8];  // scales, in kLaneRow order
-    uint16_t m[8];  // minimums, in kLaneRow order
+    uint16_t d[8];  // scales, rows 0..7
+    uint16_t m[8];  // minimums, rows 0..7
     uint8_t qh[32];
     uint8_t qs[128];
 };
 static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "packing must not change the size");
 
-// The fifth bits of block i of 8 rows, laid out for unpack_group's vectors: vector m = 2k + s holds
-// run k = 2 * half + group (rows 4 group .. 4 group + 3, bytes 8 half .. 8 half + 7 of each) with
-// s = 0 the low nibbles (weights 8 half + b) and s = 1 the high ones (weights 16 + 8 half + b).
-template <typename Block>
-inline void interleave_high_bits(const uint8_t* w, size_t stride, int i, uint8_t* qh) {
-    std::memset(qh, 0, 32);
-    for (int m = 0; m < 8; m++) {
-        const int k = m / 2, s = m % 2, half = k / 2, group = k % 2;
+// Block i of 8 rows: pack_rows, and the fifth bits laid out for unpack_group's vectors: bit m of byte
+// p belongs to row p / 4, weight 4 (m / 2) + p % 4 (+ 16 for odd m, the high nibbles).
+template <typename Block, typename Packed>
+void pack_blocks5(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    for (int i = 0; i < n / QK; i++) {
+        Packed& o = static_cast<Packed*>(out)[i];
+        pack_rows<Block>(w, stride, i, o);
+        std::memset(o.qh, 0, sizeof(o.qh));
         for (int p = 0; p < 32; p++) {
             uint32_t bits;
-            std::memcpy(&bits, row_block<Block>(w, stride, 4 * group + p / 8, i).qh, 4);
-            const int weight = 8 * half + p % 8 + 16 * s;
-            qh[p] = uint8_t(qh[p] | (((bits >> weight) & 1u) << m));
+            std::memcpy(&bits, row_block<Block>(w, stride, p / 4, i).qh, 4);
+            for (int m = 0; m < 8; m++) {
+                const int weight = 4 * (m / 2) + p % 4 + 16 * (m % 2);
+                o.qh[p] = uint8_t(o.qh[p] | ((bits >> weight) & 1u) << m);
+            }
         }
-    }
-}
-
-void pack_q5_0(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_q5_0x8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q5_0>(w, stride, kLaneRow[l], i).d;
-        interleave_high_bits<block_q5_0>(w, stride, i, o[i].qh);
-        interleave_nibbles<block_q5_0>(w, stride, i, o[i].qs);
-    }
-}
-
-void pack_q5_1(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_q5_1x8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) {
-            o[i].d[l] = row_block<block_q5_1>(w, stride, kLaneRow[l], i).d;
-            o[i].m[l] = row_block<block_q5_1>(w, stride, kLaneRow[l], i).m;
-        }
-        interleave_high_bits<block_q5_1>(w, stride, i, o[i].qh);
-        interleave_nibbles<block_q5_1>(w, stride, i, o[i].qs);
     }
 }
 
@@ -419,6 +401,7 @@ inline void unpack_group5(const uint8_t* qs, const uint8_t* qh, __m256i (&u)[8])
 }
 
 struct PackedQ5_0 {
+    static constexpr bool kRowOrder = true, kXSums = true;
     using Block = block_q5_0x8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -433,13 +416,14 @@ struct PackedQ5_0 {
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 16) y = sum q y - 16 sum y, exactly
-        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
+        const __m256i isum = _mm256_sub_epi32(dot_group5(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
         const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
     }
 };
 
 struct PackedQ5_1 {
+    static constexpr bool kRowOrder = true, kXSums = false;
     using Block = block_q5_1x8;
     using XBlock = block_q8_1;
     struct Unpacked {
@@ -455,29 +439,21 @@ struct PackedQ5_1 {
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
         const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
+        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group5(w.u, x.qs)), d),
                              _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
 };
 
 // ---- IQ4_NL: the nibbles packed as Q4_0's; load() looks the int8 levels up (pshufb on the 16 levels
-// in both 128-bit lanes), and the levels (-127 .. 113) take the signed-weight path of PackedQ8_0.
+// in both 128-bit lanes), and the levels (-127 .. 113) take the signed path of PackedQ8_0.
 struct block_iq4_nlx8 {
-    uint16_t d[8];  // scales, in kLaneRow order
+    uint16_t d[8];  // scales, rows 0..7
     uint8_t qs[128];
 };
 static_assert(sizeof(block_iq4_nlx8) == 8 * sizeof(block_iq4_nl), "packing must not change the size");
 
-void pack_iq4_nl(int n, const void* vw, size_t stride, void* out) {
-    const auto* w = static_cast<const uint8_t*>(vw);
-    auto* o = static_cast<block_iq4_nlx8*>(out);
-    for (int i = 0; i < n / QK; i++) {
-        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_iq4_nl>(w, stride, kLaneRow[l], i).d;
-        interleave_nibbles<block_iq4_nl>(w, stride, i, o[i].qs);
-    }
-}
-
 struct PackedIQ4_NL {
+    static constexpr bool kRowOrder = true, kXSums = false;
     using Block = block_iq4_nlx8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -498,18 +474,11 @@ struct PackedIQ4_NL {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
-        // Vector m = 2k + s: run k = 2 half + group against activation bytes 8 half + 16 s ...
-        const __m256i y[4] = {broadcast8(x.qs), broadcast8(x.qs + 8), broadcast8(x.qs + 16), broadcast8(x.qs + 24)};
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256i rows[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-        for (int m = 0; m < 8; m++) {
-            const int k = m / 2, half = k / 2, group = k % 2, s = m % 2;
-            const __m256i p = _mm256_maddubs_epi16(w.aq[m], _mm256_sign_epi8(y[half + 2 * s], w.q[m]));
-            rows[group] = _mm256_add_epi32(rows[group], _mm256_madd_epi16(p, ones));
-        }
-        const __m256i isum = _mm256_hadd_epi32(rows[0], rows[1]);
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int m = 0; m < 8; m++)  // unpack_group's vector m against its activation bytes
+            isum[m % 2] = _mm256_add_epi32(isum[m % 2], dot_signed(w.q[m], w.aq[m], x.qs + 4 * (m / 2) + 16 * (m % 2)));
         const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
     }
 };
 
@@ -588,6 +557,7 @@ inline __m256i quarter_pick16(int base) {
 
 struct PackedQ4_K {
     static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
     using Block = block_q4_Kx8;
     using XBlock = block_q8_K;
     struct Unpacked {
@@ -722,6 +692,7 @@ inline __m256i quarter_pick16_high(int base) {
 
 struct PackedQ6_K {
     static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
     using Block = block_q6_Kx8;
     using XBlock = block_q8_K;
     struct Unpacked {
@@ -847,6 +818,7 @@ void pack_iq4_xs(int n, const void* vw, size_t stride, void* out) {
 
 struct PackedIQ4_XS {
     static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
     using Block = block_iq4_xsx8;
     using XBlock = block_q8_K;
     struct Unpacked {
@@ -959,6 +931,7 @@ void pack_q5_K(int n, const void* vw, size_t stride, void* out) {
 
 struct PackedQ5_K {
     static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
     using Block = block_q5_Kx8;
     using XBlock = block_q8_K;
     using Unpacked = PackedQ4_K::Unpacked;  // qs points at the block: the fifth bits at its qh
@@ -1014,6 +987,13 @@ constexpr int block_size() {
     return BlockSize<F>::value;
 }
 
+// The 8 lane accumulators of a packed format to rows 0..7 of y.
+template <typename F>
+inline void store_lanes(float* y, __m256 acc) {
+    if constexpr (F::kRowOrder) _mm256_storeu_ps(y, acc);
+    else store_rows(y, acc);
+}
+
 // Whether a packed format reads its activations' block scales as floats (Activations::block_scales):
 // the formats paired with Q8_0 and Q8_1, whose fp16 scales prepare_activations converts once.
 template <typename F>
@@ -1039,18 +1019,19 @@ void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y
     for (int c = 0; c < NT; c++) {
         const int64_t t = t0 + c;
         xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t) * x.row_bytes);
-        sums[c] = x.block_sums ? x.block_sums + t * x.n_blocks : nullptr;
+        sums[c] = F::kXSums ? x.block_sums + t * x.n_blocks : nullptr;
         scales[c] = reads_xscales<F>() ? x.block_scales + 2 * t * x.n_blocks : nullptr;
     }
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
         const typename F::Unpacked u = F::load(w[i]);
+#pragma GCC unroll 8  // the tokens' pointers and accumulators then stay in registers
         for (int c = 0; c < NT; c++)
-            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], sums[c] ? sums[c][i] : 0,
+            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[c][i] : 0,
                                                    reads_xscales<F>() ? scales[c] + 2 * i : nullptr));
     }
-    for (int c = 0; c < NT; c++) store_rows(y + c * y_stride, acc[c]);
+    for (int c = 0; c < NT; c++) store_lanes<F>(y + c * y_stride, acc[c]);
 }
 
 template <typename F>
@@ -1079,17 +1060,17 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations&
     const auto* wa = static_cast<const typename F::Block*>(vwa);
     const auto* wb = static_cast<const typename F::Block*>(vwb);
     const auto* xb = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0) * x.row_bytes);
-    const int32_t* sums = x.block_sums ? x.block_sums + t0 * x.n_blocks : nullptr;
+    const int32_t* sums = F::kXSums ? x.block_sums + t0 * x.n_blocks : nullptr;
     const float* scales = reads_xscales<F>() ? x.block_scales + 2 * t0 * x.n_blocks : nullptr;
     __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
-        const int32_t xsum = sums ? sums[i] : 0;
+        const int32_t xsum = F::kXSums ? sums[i] : 0;
         const float* xs = reads_xscales<F>() ? scales + 2 * i : nullptr;
         acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
         acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
     }
-    store_rows(ya, acc_a);
-    store_rows(yb, acc_b);
+    store_lanes<F>(ya, acc_a);
+    store_lanes<F>(yb, acc_b);
 }
 
 float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
@@ -1499,11 +1480,11 @@ double int8_peak(int64_t iterations) {
 // One row per packed format: its pack function, the packed kernels built from its steps, and whether
 // they need the activations' block sums (formats with a zero point folded into them).
 template <typename Format>
-void add_packed(Kernels& k, GGMLType type, pack_fn pack, bool xsums = false) {
+void add_packed(Kernels& k, GGMLType type, pack_fn pack) {
     k.pack[type] = pack;
     k.packed_dot[type] = packed_dot<Format>;
     k.packed_dot_pair[type] = packed_dot_pair<Format>;
-    k.packed_xsums[type] = xsums;
+    k.packed_xsums[type] = Format::kXSums;
     k.packed_xscales[type] = reads_xscales<Format>();
 }
 
@@ -1519,12 +1500,12 @@ const Kernels* kernels_avx2() {
         k.vec_dot_tile[TYPE_Q4_0] = tile_q4_0_q8_0;
         k.vec_dot_tile[TYPE_Q8_0] = tile_q8_0_q8_0;
         k.vec_dot_tile[TYPE_Q4_1] = tile_q4_1_q8_1;
-        add_packed<PackedQ4_0>(k, TYPE_Q4_0, pack_q4_0, true);
-        add_packed<PackedQ4_1>(k, TYPE_Q4_1, pack_q4_1);
-        add_packed<PackedQ8_0>(k, TYPE_Q8_0, pack_q8_0);
-        add_packed<PackedQ5_0>(k, TYPE_Q5_0, pack_q5_0, true);
-        add_packed<PackedQ5_1>(k, TYPE_Q5_1, pack_q5_1);
-        add_packed<PackedIQ4_NL>(k, TYPE_IQ4_NL, pack_iq4_nl);
+        add_packed<PackedQ4_0>(k, TYPE_Q4_0, pack_blocks<block_q4_0, block_q4_0x8>);
+        add_packed<PackedQ4_1>(k, TYPE_Q4_1, pack_blocks<block_q4_1, block_q4_1x8>);
+        add_packed<PackedQ8_0>(k, TYPE_Q8_0, pack_blocks<block_q8_0, block_q8_0x8>);
+        add_packed<PackedQ5_0>(k, TYPE_Q5_0, pack_blocks5<block_q5_0, block_q5_0x8>);
+        add_packed<PackedQ5_1>(k, TYPE_Q5_1, pack_blocks5<block_q5_1, block_q5_1x8>);
+        add_packed<PackedIQ4_NL>(k, TYPE_IQ4_NL, pack_blocks<block_iq4_nl, block_iq4_nlx8>);
         add_packed<PackedQ4_K>(k, TYPE_Q4_K, pack_q4_K);
         add_packed<PackedQ6_K>(k, TYPE_Q6_K, pack_q6_K);
         add_packed<PackedQ5_K>(k, TYPE_Q5_K, pack_q5_K);
