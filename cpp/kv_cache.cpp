@@ -50,15 +50,19 @@ size_t KVCache::bytes_for(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type
     return 2 * rows * row;
 }
 
-KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, GGMLType type, const std::vector<int>& windows)
-    : n_layers_(n_layers), n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type), row_bytes_(cache_row_bytes(kv_dim, type)) {
-    if (n_layers <= 0 || n_ctx <= 0) throw std::invalid_argument("KV cache dimensions must be positive");
+KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, int n_heads, GGMLType type, const std::vector<int>& windows)
+    : n_layers_(n_layers), n_ctx_(n_ctx), kv_dim_(kv_dim), n_heads_(n_heads),
+      head_dim_(n_heads > 0 && kv_dim % n_heads == 0 ? kv_dim / n_heads : 0), type_(type) {
+    if (n_layers <= 0 || n_ctx <= 0 || head_dim_ <= 0)
+        throw std::invalid_argument("KV cache dimensions must be positive (and kv_dim a multiple of the heads)");
+    row_bytes_ = cache_row_bytes(head_dim_, type);
     size_t rows = 0;
     layers_ = plan(n_layers, n_ctx, windows, rows);
-    if (rows > SIZE_MAX / row_bytes())
+    const size_t all_heads = row_bytes_ * size_t(n_heads);
+    if (rows > SIZE_MAX / all_heads)
         throw std::invalid_argument("a KV cache of " + std::to_string(n_ctx) + " positions does not fit in memory");
-    k_.assign(rows * row_bytes(), 0);
-    v_.assign(rows * row_bytes(), 0);
+    k_.assign(rows * all_heads, 0);
+    v_.assign(rows * all_heads, 0);
 }
 
 void KVCache::truncate(int64_t n) {
@@ -76,7 +80,8 @@ void KVCache::truncate(int64_t n) {
 }
 
 void KVCache::copy_from(const KVCache& other) {
-    if (other.n_layers_ != n_layers_ || other.kv_dim_ != kv_dim_ || other.type_ != type_ || other.n_past_ > n_ctx_)
+    if (other.n_layers_ != n_layers_ || other.kv_dim_ != kv_dim_ || other.n_heads_ != n_heads_ ||
+        other.type_ != type_ || other.n_past_ > n_ctx_)
         throw std::invalid_argument("KV caches differ in shape or type");
     for (int l = 0; l < n_layers_; l++) {
         const Layer& mine = layers_[size_t(l)];
@@ -84,9 +89,12 @@ void KVCache::copy_from(const KVCache& other) {
         if (mine.window != theirs.window) throw std::invalid_argument("KV caches differ in their sliding windows");
         if (mine.ring != theirs.ring)  // their n_ctx differ and one keeps a ring
             throw std::invalid_argument("KV caches differ in shape (one holds a sliding-window ring)");
-        const size_t used = size_t(mine.ring ? mine.rows : other.n_past_) * row_bytes();
-        std::memcpy(k_.data() + mine.offset * row_bytes(), other.k_.data() + theirs.offset * row_bytes(), used);
-        std::memcpy(v_.data() + mine.offset * row_bytes(), other.v_.data() + theirs.offset * row_bytes(), used);
+        const size_t used = size_t(mine.ring ? mine.rows : other.n_past_) * row_bytes_;
+        for (int h = 0; h < n_heads_; h++) {
+            const size_t to = head_offset(mine, h), from = other.head_offset(theirs, h);
+            std::memcpy(k_.data() + to, other.k_.data() + from, used);
+            std::memcpy(v_.data() + to, other.v_.data() + from, used);
+        }
     }
     n_past_ = other.n_past_;
 }
@@ -94,23 +102,26 @@ void KVCache::copy_from(const KVCache& other) {
 void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v) {
     const Layer& L = layers_[size_t(layer)];
     auto put = [&](int64_t row, const float* kr, const float* vr) {
-        uint8_t* kd = k_.data() + (L.offset + size_t(row)) * row_bytes();
-        uint8_t* vd = v_.data() + (L.offset + size_t(row)) * row_bytes();
-        if (type_ == TYPE_F32) {
-            std::memcpy(kd, kr, size_t(kv_dim_) * 4);
-            std::memcpy(vd, vr, size_t(kv_dim_) * 4);
-            return;
-        }
-        if (type_ == TYPE_Q8_0) {  // llama.cpp's bytes: the reference quantizer
-            ref::quantize_row_q8_0(kr, kd, kv_dim_);
-            ref::quantize_row_q8_0(vr, vd, kv_dim_);
-            return;
-        }
-        auto* kh = reinterpret_cast<uint16_t*>(kd);
-        auto* vh = reinterpret_cast<uint16_t*>(vd);
-        for (int i = 0; i < kv_dim_; i++) {
-            kh[i] = fp32_to_fp16(kr[i]);
-            vh[i] = fp32_to_fp16(vr[i]);
+        for (int h = 0; h < n_heads_; h++) {
+            const size_t off = head_offset(L, h) + size_t(row) * row_bytes_;
+            uint8_t* kd = k_.data() + off;
+            uint8_t* vd = v_.data() + off;
+            const float* kh = kr + size_t(h) * size_t(head_dim_);
+            const float* vh = vr + size_t(h) * size_t(head_dim_);
+            if (type_ == TYPE_F32) {
+                std::memcpy(kd, kh, size_t(head_dim_) * 4);
+                std::memcpy(vd, vh, size_t(head_dim_) * 4);
+            } else if (type_ == TYPE_Q8_0) {  // llama.cpp's bytes: the reference quantizer, block by block
+                ref::quantize_row_q8_0(kh, kd, head_dim_);
+                ref::quantize_row_q8_0(vh, vd, head_dim_);
+            } else {
+                auto* k16 = reinterpret_cast<uint16_t*>(kd);
+                auto* v16 = reinterpret_cast<uint16_t*>(vd);
+                for (int i = 0; i < head_dim_; i++) {
+                    k16[i] = fp32_to_fp16(kh[i]);
+                    v16[i] = fp32_to_fp16(vh[i]);
+                }
+            }
         }
     };
     for (int64_t t = 0; t < n_tokens; t++) {
@@ -131,8 +142,8 @@ KVCache::Span KVCache::span(int layer, int64_t pos) const {
     const int64_t n = L.window ? std::min<int64_t>(pos + 1, L.window) : pos + 1;
     const int64_t first = pos + 1 - n;
     const int64_t row = L.ring ? first % L.ring : first;
-    const size_t off = (L.offset + size_t(row)) * row_bytes();
-    return Span{k_.data() + off, v_.data() + off, n};
+    const size_t off = head_offset(L, 0) + size_t(row) * row_bytes_;
+    return Span{k_.data() + off, v_.data() + off, n, size_t(L.rows) * row_bytes_};
 }
 
 }  // namespace pe

@@ -328,7 +328,7 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
             const int64_t r = (task - first[size_t(t)]) % runs;
             const int64_t p0 = r * n / runs, p1 = (r + 1) * n / runs;
             const KVCache& cache = *caches[t];
-            const size_t kv_off = row_size(cache.type(), int64_t(kv_head) * hd) + size_t(p0) * cache.row_bytes();
+            const size_t kv_off = size_t(kv_head) * span.head_stride + size_t(p0) * cache.row_bytes();
             const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * slot;
             kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
                                           cache.row_bytes(), p1 - p0, scale, scores, s.attn_runs.data() + task * slot,

@@ -38,8 +38,8 @@ struct PyContext {
     RunState state;
     PyContext(std::shared_ptr<PyModel> m, int64_t n_ctx, GGMLType kv_type)
         : model(std::move(m)),
-          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(), checked(kv_type, *model),
-                model->model->config().windows) {}
+          cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(),
+                model->model->config().n_kv_heads, checked(kv_type, *model), model->model->config().windows) {}
     // A quantized cache's blocks must not straddle two heads (the attention reads one head's slice).
     static GGMLType checked(GGMLType kv_type, const PyModel& m) {
         const TypeTraits* t = type_traits(kv_type);
