@@ -229,9 +229,10 @@ def _sse(data: Any) -> bytes:
 
 
 class _Mailbox:
-    """Events from the engine's thread to one event loop, one wake-up for all that arrive before the
-    loop runs: a decoding step of 8 requests then costs one call_soon_threadsafe (a write to the
-    loop's self-pipe), not 8. Each queue gets its events in the order they were posted."""
+    """Events from the engine's thread to one event loop: held until the engine's step ends
+    (Job.flush), then delivered with one wake-up of the loop, so a decoding step of 8 requests costs
+    one call_soon_threadsafe (a write to the loop's self-pipe), not 8. Each queue gets its events in
+    the order they were posted."""
 
     _boxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -248,16 +249,16 @@ class _Mailbox:
         return box
 
     def post(self, put: Callable, item: Any) -> None:
+        if self.loop.is_closed():
+            raise RuntimeError("the event loop is closed")  # the engine then cancels the job
         with self.lock:
             self.pending.append((put, item))
-            if len(self.pending) > 1:
-                return  # a wake-up is on its way
-        try:
-            self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the loop is closed: nobody will deliver; say so to every poster
-            with self.lock:
-                self.pending.clear()
-            raise
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.pending:
+                return
+        self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self.lock:
@@ -278,6 +279,7 @@ class _Run:
         self.n_open = 0
         for k, job in enumerate(jobs):
             job.emit = (lambda event, k=k: box.post(put, (k, event)))
+            job.flush = box.flush
             self.n_open += job.n
         try:
             for job in jobs:

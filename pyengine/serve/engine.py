@@ -106,6 +106,9 @@ class Job:
     stop: tuple[str, ...] = ()
     n: int = 1
     top_logprobs: int | None = None
+    # Called once after each engine step in which the job's events were emitted: emit may hold events
+    # until then (one wake-up of a listener's event loop per step, not per token).
+    flush: Callable[[], None] | None = None
     cancelled: bool = field(default=False, init=False)
 
 
@@ -289,10 +292,12 @@ class Engine:
                 self._finish(a)
             self._admit()
             self._step()
+            _flush()
         for a in list(self._active):
             self._fail(a, "the server is shutting down")
         for job in self._waiting:
             _send(job, Failed("the server is shutting down"))
+        _flush()
 
     def _in_use(self) -> int:
         return sum(len(a.choices) or a.job.n for a in self._active)
@@ -459,6 +464,9 @@ class Engine:
             self.cache.give_back(seq)
 
 
+_to_flush = threading.local()  # per engine thread: the flush callbacks of the step's events
+
+
 def _send(job: Job, event: Event) -> None:
     if job.cancelled:
         return
@@ -466,3 +474,23 @@ def _send(job: Job, event: Event) -> None:
         job.emit(event)
     except Exception:  # the listener is gone (its event loop closed): nobody waits for this job
         job.cancelled = True
+        return
+    if job.flush is not None:
+        pending = getattr(_to_flush, "calls", None)
+        if pending is None:
+            pending = _to_flush.calls = {}
+        pending[job.flush] = None  # an ordered set: equal callbacks (one listener's) run once
+
+
+def _flush() -> None:
+    """Runs the flush callbacks of the events sent since the last call, each once."""
+    pending = getattr(_to_flush, "calls", None)
+    if not pending:
+        return
+    calls = list(pending)
+    pending.clear()
+    for flush in calls:
+        try:
+            flush()
+        except Exception:  # noqa: BLE001  (a listener gone; its jobs are cancelled by the next send)
+            pass
