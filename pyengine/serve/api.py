@@ -237,7 +237,7 @@ class _Mailbox:
     _boxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)  # not a strong one: _boxes holds its loops weakly
         self.lock = threading.Lock()
         self.pending: list[tuple[Callable, Any]] = []
 
@@ -249,7 +249,8 @@ class _Mailbox:
         return box
 
     def post(self, put: Callable, item: Any) -> None:
-        if self.loop.is_closed():
+        loop = self._loop()
+        if loop is None or loop.is_closed():
             raise RuntimeError("the event loop is closed")  # the engine then cancels the job
         with self.lock:
             self.pending.append((put, item))
@@ -258,7 +259,10 @@ class _Mailbox:
         with self.lock:
             if not self.pending:
                 return
-        self.loop.call_soon_threadsafe(self._deliver)
+        loop = self._loop()
+        if loop is None:
+            raise RuntimeError("the event loop is gone")
+        loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self.lock:

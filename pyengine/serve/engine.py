@@ -235,6 +235,7 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self.steps = 0
+        self._flushes: dict[Callable[[], None], None] = {}  # of the events sent since the last _flush
         self.counts = {"finished": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0, "draft_tokens": 0,
                        "draft_accepted": 0}
         self._thread = threading.Thread(target=self._run, name="pyengine-batch", daemon=True)
@@ -292,12 +293,12 @@ class Engine:
                 self._finish(a)
             self._admit()
             self._step()
-            _flush()
+            self._flush()
         for a in list(self._active):
             self._fail(a, "the server is shutting down")
         for job in self._waiting:
-            _send(job, Failed("the server is shutting down"))
-        _flush()
+            self._send(job, Failed("the server is shutting down"))
+        self._flush()
 
     def _in_use(self) -> int:
         return sum(len(a.choices) or a.job.n for a in self._active)
@@ -410,7 +411,7 @@ class Engine:
             c.output = TextOutput(self.model.tokenizer, c.max_tokens, job.stop)
             if c.output.finish_reason is not None:  # max_tokens 0: the prompt read, nothing to generate
                 c.done = True
-                _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, 0)))
+                self._send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, 0)))
                 return
         taken = 0
         for i, logits in enumerate(rows):
@@ -442,18 +443,39 @@ class Engine:
         if job.top_logprobs is not None and not eog:
             logprobs = _logprobs(logits, token, job.top_logprobs)
         if not eog or text:
-            _send(job, Token(c.index, None if eog else token, text, logprobs))
+            self._send(job, Token(c.index, None if eog else token, text, logprobs))
         if ended:
             c.done = True
-            _send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, c.n_sampled)))
+            self._send(job, Done(c.index, c.output.finish_reason, Usage(len(job.ids), a.n_cached, c.n_sampled)))
         return not ended
 
     def _fail(self, a: _Active, message: str) -> None:
         if a in self._active:
-            _send(a.job, Failed(message))
+            self._send(a.job, Failed(message))
             self.counts["failed"] += 1
             a.job.cancelled = True  # nothing more is sent, nothing more is sampled
             self._finish(a)
+
+    def _send(self, job: Job, event: Event) -> None:
+        if job.cancelled:
+            return
+        try:
+            job.emit(event)
+        except Exception:  # the listener is gone (its event loop closed): nobody waits for this job
+            job.cancelled = True
+            return
+        if job.flush is not None:
+            self._flushes[job.flush] = None  # an ordered set: equal callbacks (one listener's) run once
+
+    def _flush(self) -> None:
+        """Runs the flush callbacks of the events sent since the last call, each once."""
+        calls = list(self._flushes)
+        self._flushes.clear()
+        for flush in calls:
+            try:
+                flush()
+            except Exception:  # noqa: BLE001  (a listener gone; its jobs are cancelled by the next send)
+                pass
 
     def _finish(self, a: _Active) -> None:
         self._active.remove(a)
@@ -462,35 +484,3 @@ class Engine:
                 self._drafters.append(c.speculator.drafter)
         for seq in [a.seq] + [c.seq for c in a.choices[1:]]:
             self.cache.give_back(seq)
-
-
-_to_flush = threading.local()  # per engine thread: the flush callbacks of the step's events
-
-
-def _send(job: Job, event: Event) -> None:
-    if job.cancelled:
-        return
-    try:
-        job.emit(event)
-    except Exception:  # the listener is gone (its event loop closed): nobody waits for this job
-        job.cancelled = True
-        return
-    if job.flush is not None:
-        pending = getattr(_to_flush, "calls", None)
-        if pending is None:
-            pending = _to_flush.calls = {}
-        pending[job.flush] = None  # an ordered set: equal callbacks (one listener's) run once
-
-
-def _flush() -> None:
-    """Runs the flush callbacks of the events sent since the last call, each once."""
-    pending = getattr(_to_flush, "calls", None)
-    if not pending:
-        return
-    calls = list(pending)
-    pending.clear()
-    for flush in calls:
-        try:
-            flush()
-        except Exception:  # noqa: BLE001  (a listener gone; its jobs are cancelled by the next send)
-            pass
