@@ -216,6 +216,10 @@ inline void unpack_group(const uint8_t* qs, __m256i (&u)[8]) {
     }
 }
 
+// The first of the 4 weights (and activation bytes) behind unpack_group's vector m in each row:
+// 4k for the low nibbles of run k = m / 2, 16 + 4k for its high ones.
+constexpr int nibble_weight(int m) { return 4 * (m / 2) + 16 * (m % 2); }
+
 inline __m256i broadcast4(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, 4);
@@ -230,7 +234,7 @@ inline __m256i broadcast8(const int8_t* p) {
 
 // Unpacked vector m against its 4 activation bytes (those of unpack_group's weights), int16 pairs.
 inline __m256i mul_nibbles(const __m256i (&u)[8], const int8_t* y, int m) {
-    return _mm256_maddubs_epi16(u[m], broadcast4(y + 4 * (m / 2) + 16 * (m % 2)));
+    return _mm256_maddubs_epi16(u[m], broadcast4(y + nibble_weight(m)));
 }
 
 // int16 sum of the pair sums of unpacked vectors m0 .. m0+3 (levels 0..31: below 4 * 2 * 31 * 128).
@@ -359,7 +363,7 @@ struct block_q5_1x8 {
 static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "packing must not change the size");
 
 // Block i of 8 rows: pack_rows, and the fifth bits laid out for unpack_group's vectors: bit m of byte
-// p belongs to row p / 4, weight 4 (m / 2) + p % 4 (+ 16 for odd m, the high nibbles).
+// p belongs to row p / 4, weight nibble_weight(m) + p % 4.
 template <typename Block, typename Packed>
 void pack_blocks5(int n, const void* vw, size_t stride, void* out) {
     const auto* w = static_cast<const uint8_t*>(vw);
@@ -370,10 +374,7 @@ void pack_blocks5(int n, const void* vw, size_t stride, void* out) {
         for (int p = 0; p < 32; p++) {
             uint32_t bits;
             std::memcpy(&bits, row_block<Block>(w, stride, p / 4, i).qh, 4);
-            for (int m = 0; m < 8; m++) {
-                const int weight = 4 * (m / 2) + p % 4 + 16 * (m % 2);
-                o.qh[p] = uint8_t(o.qh[p] | ((bits >> weight) & 1u) << m);
-            }
+            for (int m = 0; m < 8; m++) o.qh[p] = uint8_t(o.qh[p] | ((bits >> (nibble_weight(m) + p % 4)) & 1u) << m);
         }
     }
 }
@@ -476,7 +477,7 @@ struct PackedIQ4_NL {
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
         __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int m = 0; m < 8; m++)  // unpack_group's vector m against its activation bytes
-            isum[m % 2] = _mm256_add_epi32(isum[m % 2], dot_signed(w.q[m], w.aq[m], x.qs + 4 * (m / 2) + 16 * (m % 2)));
+            isum[m % 2] = _mm256_add_epi32(isum[m % 2], dot_signed(w.q[m], w.aq[m], x.qs + nibble_weight(m)));
         const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
     }
