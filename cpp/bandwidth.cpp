@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <memory>
 #include <vector>
+
+#include "huge_buffer.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -50,9 +51,10 @@ __attribute__((target("avx2"))) uint64_t sum_words_avx2(const uint64_t* p, size_
 
 double read_bandwidth(ThreadPool& pool, size_t bytes, int repeats) {
     const size_t n = bytes / sizeof(uint64_t);
-    // 64-byte aligned, so each thread's slice starts on a cache line (slices are multiples of 16 words).
-    std::unique_ptr<uint64_t[]> owner(new uint64_t[n + 8]);
-    uint64_t* buffer = owner.get() + ((64 - reinterpret_cast<uintptr_t>(owner.get()) % 64) % 64) / 8;
+    // Memory of the kind the packed matrices live in (page-aligned, huge pages where offered), so each
+    // thread's slice starts on a cache line (slices are multiples of 16 words).
+    HugeBuffer owner(n * sizeof(uint64_t));
+    auto* buffer = reinterpret_cast<uint64_t*>(owner.data());
     for (size_t i = 0; i < n; i++) buffer[i] = i * 0x9E3779B97F4A7C15ull;
     uint64_t (*sum)(const uint64_t*, size_t) = sum_words;
 #if defined(__x86_64__) || defined(_M_X64)

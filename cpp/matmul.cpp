@@ -49,10 +49,10 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
 
 }  // namespace
 
-bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, ThreadPool& pool) {
+bool pack_matrix(const Kernels& k, Matrix& w, HugeBuffer& storage, ThreadPool& pool) {
     if (!k.pack[w.type] || !k.packed_dot[w.type] || w.rows % kPackRows != 0) return false;
     const size_t row_bytes = row_size(w.type, w.cols);
-    storage.resize(row_bytes * size_t(w.rows));
+    storage = HugeBuffer(row_bytes * size_t(w.rows));
     const auto* src = static_cast<const uint8_t*>(w.data);
     uint8_t* dst = storage.data();
     pool.run([&](int i, int n_threads) {

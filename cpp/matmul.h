@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "huge_buffer.h"
 #include "kernels/kernels.h"
 #include "threadpool.h"
 
@@ -26,7 +27,7 @@ struct Matrix {
 // it, when the ISA has packed kernels for w's type and w.rows is a multiple of kPackRows; returns
 // whether it did. The original data stays valid (and is still what w.data points at). Threads split
 // the row groups.
-bool pack_matrix(const Kernels& k, Matrix& w, std::vector<uint8_t>& storage, ThreadPool& pool);
+bool pack_matrix(const Kernels& k, Matrix& w, HugeBuffer& storage, ThreadPool& pool);
 
 // What a product's packed kernel reads beside the activations' blocks.
 struct PackedExtras {

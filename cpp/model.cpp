@@ -262,7 +262,7 @@ void Model::pack(ThreadPool& pool, const std::function<void(const void*, size_t)
     const char* pack_env = std::getenv("PYENGINE_PACK");
     if (!packed_.empty() || (pack_env && std::string(pack_env) == "0")) return;
     auto pack_one = [&](Matrix& m) {
-        std::vector<uint8_t> storage;
+        HugeBuffer storage;
         if (!pack_matrix(kernels_, m, storage, pool)) return;
         packed_.push_back(std::move(storage));
         // The mapped pages go back to the page cache; a tied output matrix is also the token

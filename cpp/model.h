@@ -167,7 +167,7 @@ private:
 
     ModelConfig config_;
     ModelWeights w_;
-    std::vector<std::vector<uint8_t>> packed_;  // the matrices repacked for the ISA's packed kernels
+    std::vector<HugeBuffer> packed_;  // the matrices repacked for the ISA's packed kernels
     const Kernels& kernels_;
 };
 

@@ -29,7 +29,7 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     const int64_t n_tokens = x.shape(0);
     FloatArray y({n_tokens, rows});
     Matrix m{GGMLType(wtype), w.data(), rows, cols};
-    std::vector<uint8_t> storage;
+    HugeBuffer storage;
     if (packed && !pack_matrix(k, m, storage, pool))
         throw py::value_error(std::string("the ") + k.isa + " kernels cannot pack " + t.name + " rows in groups of " +
                               std::to_string(kPackRows) + " (rows: " + std::to_string(rows) + ")");
