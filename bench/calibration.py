@@ -16,6 +16,8 @@ next-token distributions, top-1 agreement with it, perplexity. Columns:
   imatrix        pyengine quantize --imatrix with pyengine's imatrix (the same bytes llama-quantize
                  writes given that imatrix)
   gptq, awq, awq+gptq   pyengine quantize --calib with --gptq, --awq, both
+  +outliers      and --outliers: the matrices where the importance's outlier channels make the most
+                 error a type up, within 1% of the file (not in the default --methods)
 
 Everything made is kept in --workdir (the calibration statistics, llama.cpp's imatrix, each
 quantized file) and reused by a later run; --fresh starts over. Writes bench/results/calibration.md
@@ -50,13 +52,16 @@ METHODS = {  # column -> quantize_model options (None: llama.cpp's binaries)
     "gptq": {"calibration": True, "gptq": True},
     "awq": {"calibration": True, "awq": True},
     "awq+gptq": {"calibration": True, "awq": True, "gptq": True},
+    # the outlier channels' tensors a type up, within 1% of the file (quantize --outliers)
+    "imatrix+outliers": {"calibration": True, "outliers": 0.01},
+    "awq+gptq+outliers": {"calibration": True, "awq": True, "gptq": True, "outliers": 0.01},
 }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if "outliers" not in m))
     parser.add_argument("--chunks", type=int, default=8, help="evaluation chunks of 512 tokens")
     parser.add_argument("--calib-chunks", type=int, default=None, help="calibration chunks (default: all)")
     parser.add_argument("--llama-bin", default="/work/llbuild/bin", help="llama-imatrix and llama-quantize")
@@ -126,14 +131,15 @@ def table(rows: list[dict], calib_chunks: int, eval_chunks: int) -> str:
     base_ppl = rows[0]["base_ppl"] if rows else float("nan")
     lines = [f"SmolLM2-135M-Instruct against its F32 model (PPL {base_ppl:.3f}): calibrated on the second half of "
              f"WikiText-2 test ({calib_chunks} chunks of 512), evaluated on its first {eval_chunks} chunks of 512.",
-             "KLD ratio: mean KLD / llama.cpp-with-imatrix's at the same preset.", "",
-             "| preset | method | size MB | mean KLD | KLD ratio | top-1 % | PPL |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "KLD ratio: mean KLD / llama.cpp-with-imatrix's at the same preset; size ratio: file size / its.", "",
+             "| preset | method | size MB | size ratio | mean KLD | KLD ratio | top-1 % | PPL |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     by_key = {(r["preset"], r["method"]): r for r in rows}
     for r in rows:
         ref = by_key.get((r["preset"], "llama.cpp"))
         ratio = f"{r['kld'] / ref['kld']:.3f}" if ref else "-"
-        lines.append(f"| {r['preset']} | {r['method']} | {r['bytes'] / 1e6:.2f} | {r['kld']:.5f} | {ratio} | "
+        size_ratio = f"{r['bytes'] / ref['bytes']:.4f}" if ref else "-"
+        lines.append(f"| {r['preset']} | {r['method']} | {r['bytes'] / 1e6:.2f} | {size_ratio} | {r['kld']:.5f} | {ratio} | "
                      f"{100 * r['top1']:.2f} | {r['ppl']:.3f} |")
     return "\n".join(lines) + "\n"
 

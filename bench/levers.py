@@ -2,6 +2,7 @@
 
     python bench/levers.py                 # builds the commits below (once) under /tmp/pyengine-levers
     python bench/levers.py --rounds 3
+    python bench/levers.py --commits 7ae25b1,72360bf --cells matvec --rounds 6   # any builds, tg cells
 
 Each commit is checked out as a git worktree and its native core built there (cmake + ninja); then
 every cell (model, threads) runs every build in a fresh process, in alternating order round by round,
@@ -36,7 +37,8 @@ ids = np.random.default_rng(0).integers(0, m.n_vocab, max(pp, tg) + 1).tolist()
 m.context().eval(ids[:8])
 best_pp = best_tg = 0.0
 for _ in range(reps):
-    ctx = m.context(); t0 = time.perf_counter(); ctx.eval(ids[:pp]); best_pp = max(best_pp, pp / (time.perf_counter() - t0))
+    if pp:
+        ctx = m.context(); t0 = time.perf_counter(); ctx.eval(ids[:pp]); best_pp = max(best_pp, pp / (time.perf_counter() - t0))
     ctx = m.context(); ctx.eval(ids[:1]); t0 = time.perf_counter()
     for i in range(tg): ctx.eval([ids[i + 1]])
     best_tg = max(best_tg, tg / (time.perf_counter() - t0))
@@ -64,8 +66,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", default="/tmp/pyengine-levers")
     ap.add_argument("--python", default=sys.executable, help="a Python without an editable pyengine")
+    ap.add_argument("--commits", default=None, help="comma-separated commits to compare instead of LEVERS "
+                                                     "(labelled by their subjects)")
+    ap.add_argument("--cells", choices=["levers", "matvec"], default="levers",
+                    help="levers: SmolLM2 Q4_0 pp512/tg128 and the 1.1B Q4_0 pp128/tg32; matvec: generation "
+                         "alone (tg64), the 1.1B Q4_K_M and Q4_0 and SmolLM2 Q4_0, 1 and 2 threads")
     args = ap.parse_args()
     from recipes import smollm2, synthetic_tinyllama
+
+    global LEVERS
+    if args.commits:
+        LEVERS = [(c, subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%s", c], check=True,
+                                     capture_output=True, text=True).stdout.strip()[:60])
+                  for c in args.commits.split(",")]
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -74,6 +87,10 @@ def main() -> None:
     script.write_text(RUN_ONE)
     cells = [(smollm2("q4_0"), "SmolLM2 Q4_0", 1, 512, 128, 2), (smollm2("q4_0"), "SmolLM2 Q4_0", 2, 512, 128, 2),
              (synthetic_tinyllama("q4_0"), "1.1B Q4_0", 2, 128, 32, 1)]
+    if args.cells == "matvec":
+        cells = [(path, name, t, 0, 64, 2) for path, name in
+                 ((synthetic_tinyllama("q4_k_m"), "1.1B Q4_K_M"), (synthetic_tinyllama("q4_0"), "1.1B Q4_0"),
+                  (smollm2("q4_0"), "SmolLM2 Q4_0")) for t in (1, 2)]
     best: dict = {}
     for r in range(args.rounds):
         for path, name, t, pp, tg, reps in cells:
@@ -88,13 +105,15 @@ def main() -> None:
                 old = best.get(key, (0.0, 0.0))
                 best[key] = (max(old[0], d["pp"]), max(old[1], d["tg"]))
                 print(f"{name} t={t} {c}: pp{pp} {d['pp']:.1f} tg{tg} {d['tg']:.1f}", file=sys.stderr, flush=True)
-    print(f"`python bench/levers.py --rounds {args.rounds}`: best of {args.rounds} rounds, tokens/s\n")
+    options = (f" --commits {args.commits}" if args.commits else "") + (f" --cells {args.cells}" if args.cells != "levers" else "")
+    print(f"`python bench/levers.py{options} --rounds {args.rounds}`: best of {args.rounds} rounds, tokens/s\n")
     print("| model | threads | build | pp | tg |")
     print("| --- | ---: | --- | ---: | ---: |")
     for path, name, t, pp, tg, reps in cells:
         for c, label in LEVERS:
             v = best[(name, t, c)]
-            print(f"| {name} | {t} | {label} ({c}) | {v[0]:.1f} (pp{pp}) | {v[1]:.1f} (tg{tg}) |")
+            pp_cell = f"{v[0]:.1f} (pp{pp})" if pp else "-"
+            print(f"| {name} | {t} | {label} ({c}) | {pp_cell} | {v[1]:.1f} (tg{tg}) |")
 
 
 if __name__ == "__main__":

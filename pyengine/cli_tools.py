@@ -121,7 +121,7 @@ def _chunk_bar(desc: str):
 def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None = None,
                  token_embedding_type: str | None = None, pure: bool = False, imatrix: str | None = None,
                  calib: str | None = None, ctx_size: int = 512, chunks: int | None = None, gptq: bool = False,
-                 awq: bool = False, n_threads: int | None = None) -> int:
+                 awq: bool = False, outliers: float | None = None, n_threads: int | None = None) -> int:
     from .calibrate import BEST, calibrate
     from .imatrix import Imatrix
     from .requantize import preset_by_name, quantize_model
@@ -133,6 +133,10 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
         raise ValueError("--calib computes its own importance matrix: give --calib or --imatrix, not both")
     if (gptq or awq) and calib is None:
         raise ValueError("--gptq and --awq calibrate on a text: give it with --calib TEXT")
+    if outliers is not None and calib is None and imatrix is None:
+        raise ValueError("--outliers finds the outlier channels in an importance matrix: give --calib or --imatrix")
+    if outliers is not None and not 0 < outliers <= 10:
+        raise ValueError(f"--outliers is a percentage of the file, above 0 and at most 10, not {outliers:g}")
     if chunks is not None and chunks < 1:
         raise ValueError(f"--chunks must be at least 1, got {chunks}")
     if ctx_size < 16:
@@ -156,7 +160,8 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
     with _output_file(dst):
         report = quantize_model(src, dst, type, pure=pure, output_tensor_type=output_tensor_type,
                                 token_embedding_type=token_embedding_type, progress=sys.stderr.isatty(),
-                                imatrix=importance, calibration=calibration, gptq=gptq, awq=awq)
+                                imatrix=importance, calibration=calibration, gptq=gptq, awq=awq,
+                                outliers=(outliers or 0) / 100)
         print(f"{src}: {report.input_bytes / 1e6:.2f} MB -> {dst}: {report.output_bytes / 1e6:.2f} MB "
               f"({report.output_bytes / report.input_bytes:.1%})")
         counts: dict[str, int] = {}
@@ -175,6 +180,9 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
                   f"{after / before if before else 1:.3f}x unscaled)")
         if report.gptq:
             print(f"GPTQ: {len(report.gptq)} tensors")
+        if outliers is not None:
+            print(f"outliers: {len(report.promoted)} matrices a type up"
+                  + (": " + ", ".join(report.promoted) if report.promoted else ""))
         for note in report.notes:
             print(f"note: {note}")
     return 0
@@ -322,13 +330,17 @@ def add_commands(commands) -> None:
     q.add_argument("--gptq", action="store_true", help="with --calib: GPTQ's error-compensated rounding")
     q.add_argument("--awq", action="store_true",
                    help="with --calib: AWQ's activation-aware column scales, folded into the input norms")
+    q.add_argument("--outliers", type=float, nargs="?", const=1.0, default=None, metavar="PERCENT",
+                   help="with --calib or --imatrix: the matrices where the outlier channels (by importance) make "
+                        "the most error take a type up, within PERCENT of the file (1)")
     q.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N", help="calibration chunk size (512)")
     q.add_argument("--chunks", type=int, default=None, metavar="N", help="at most N calibration chunks (all)")
     q.add_argument("-t", "--threads", type=int, default=None)
     q.set_defaults(run=lambda a: ("run_quantize", {
         "src": a.src, "dst": a.dst, "type": a.type, "output_tensor_type": a.output_tensor_type,
         "token_embedding_type": a.token_embedding_type, "pure": a.pure, "imatrix": a.imatrix, "calib": a.calib,
-        "ctx_size": a.ctx_size, "chunks": a.chunks, "gptq": a.gptq, "awq": a.awq, "n_threads": a.threads}))
+        "ctx_size": a.ctx_size, "chunks": a.chunks, "gptq": a.gptq, "awq": a.awq, "outliers": a.outliers,
+        "n_threads": a.threads}))
 
     im = commands.add_parser("imatrix", help="an importance matrix from calibration text, as llama-imatrix",
                              description="Runs the model over the text in chunks of -c tokens and writes, for "

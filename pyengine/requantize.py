@@ -39,6 +39,7 @@ complete.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -348,6 +349,7 @@ class QuantizeReport:
     awq: list[str] = field(default_factory=list)  # norms AWQ's scales were folded into
     awq_error: tuple[float, float] = (0.0, 0.0)  # the scaled matrices' output error before and after AWQ
     awq_scales: dict[str, np.ndarray] = field(default_factory=dict)  # {matrix or norm: s} as applied
+    promoted: list[str] = field(default_factory=list)  # "name (q4_k -> q5_k)", in order: outliers' extra bits
     notes: list[str] = field(default_factory=list)
 
 
@@ -379,6 +381,78 @@ def plan_types(tensors: Sequence[tuple[str, Sequence[int], GGMLType]], hparams: 
             raise ValueError(f"{name}: rows of {cols} are not a multiple of the {_label(new)} block "
                              f"({block_size(new)})")
     return chosen
+
+
+# One step up for a promotion (quantize_model's outliers): the next type of the ladder whose block
+# divides the same rows (every K type's 256 is a multiple of Q8_0's 32; the 32-blocks go to Q8_0).
+PROMOTION = {G.Q2_K: G.Q3_K, G.Q3_K: G.Q4_K, G.Q4_K: G.Q5_K, G.Q5_K: G.Q6_K, G.Q6_K: G.Q8_0,
+             G.IQ4_XS: G.Q5_K, G.IQ4_NL: G.Q8_0, G.Q4_0: G.Q8_0, G.Q4_1: G.Q8_0, G.Q5_0: G.Q8_0,
+             G.Q5_1: G.Q8_0}
+
+
+def _tensor_bytes(ggml_type: GGMLType, n_elements: int) -> int:
+    traits = TYPE_TRAITS[ggml_type]
+    return n_elements // traits.block_size * traits.type_size
+
+
+def _outlier_promotions(reader: GGUFReader, plan: dict[str, GGMLType], importance: Mapping[str, np.ndarray | None],
+                        budget: float, report: QuantizeReport) -> None:
+    """The seeds' channel separation ("the channels where outliers concentrate, kept at higher
+    precision") at the granularity a GGUF file has, the tensor. Each matrix's error is weighted by its
+    input columns' importance h (the calibration's mean squared activation per column, in which the
+    outlier channels dominate) and taken relative to its output's energy: sum h (W - Q(W))^2 /
+    sum h W^2, i.e. E|(W - Q(W)) x|^2 / E|W x|^2 over the calibration's x (columns independent), with
+    Q the weighted quantizer of the type. Matrices move up PROMOTION's ladder a step at a time, the
+    largest error reduction per added byte first, while the added bytes stay within `budget` (a
+    fraction) of the planned file. Updates `plan` in place; matrices without importance (token_embd)
+    keep their type."""
+
+    def values_of(name: str) -> np.ndarray:
+        info = reader.tensors[name]
+        return dequantize(np.asarray(info.data).reshape(-1), info.type.value, (info.n_elements // info.shape[0],
+                                                                               info.shape[0]))
+
+    def errors(name: str, types: Sequence[GGMLType]) -> list[float]:
+        w, h = values_of(name), importance[name].astype(np.float64)
+        energy = float((w.astype(np.float64) ** 2 @ h).sum()) or 1.0
+        out = []
+        for t in types:
+            weights = importance[name] if has_weighted_quantizer(t) else None  # as quantize_model below
+            q = dequantize(quantize(w, int(t), imatrix=weights), int(t), w.shape)
+            out.append(float(((w - q).astype(np.float64) ** 2 @ h).sum()) / energy)
+        return out
+
+    sizes = [_tensor_bytes(plan[n], i.n_elements) if plan[n] in TYPE_TRAITS else i.nbytes
+             for n, i in reader.tensors.items()]
+    allowance = budget * sum(sizes)
+    heap = []  # (-error reduction per added byte, name, from, to, added bytes, error at `to`)
+
+    def push(name: str, current: GGMLType, err: float | None) -> None:
+        up, info = PROMOTION.get(current), reader.tensors[name]
+        if up is None or not _can_write(up) or info.shape[0] % block_size(up) != 0:
+            return
+        cost = _tensor_bytes(up, info.n_elements) - _tensor_bytes(current, info.n_elements)
+        if not 0 < cost <= allowance:
+            return
+        if err is None:
+            err, err_up = errors(name, [current, up])
+        else:
+            (err_up,) = errors(name, [up])
+        if err_up < err:
+            heapq.heappush(heap, (-(err - err_up) / cost, name, current, up, cost, err_up))
+
+    for name, info in reader.tensors.items():
+        if len(info.shape) == 2 and importance.get(name) is not None and plan[name] in PROMOTION:
+            push(name, plan[name], None)
+    spent = 0
+    while heap:
+        _, name, current, up, cost, err_up = heapq.heappop(heap)
+        if spent + cost > allowance:
+            continue
+        plan[name] = up
+        spent += cost
+        report.promoted.append(f"{name} ({_label(current)} -> {_label(up)})")
+        push(name, up, err_up)
 
 
 def _awq_scales(reader: GGUFReader, plan: Mapping[str, GGMLType], calibration: Calibration,
@@ -415,7 +489,8 @@ def _awq_scales(reader: GGUFReader, plan: Mapping[str, GGMLType], calibration: C
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *, pure: bool = False,
                    output_tensor_type: str | None = None, token_embedding_type: str | None = None,
                    progress: bool = False, imatrix: Imatrix | None = None, calibration: Calibration | None = None,
-                   gptq: bool = False, awq: bool | Mapping[str, np.ndarray] = False) -> QuantizeReport:
+                   gptq: bool = False, awq: bool | Mapping[str, np.ndarray] = False,
+                   outliers: float = 0.0) -> QuantizeReport:
     """Writes `src` re-quantized to `type` (a preset: "q4_k_m", "Q8_0", "nf4", ...; see PRESETS) at
     `dst`, each tensor in the type choose_tensor_types gives; returns what was written.
 
@@ -427,13 +502,21 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
     calibration: pyengine.calibrate's statistics of a calibration text, whose imatrix serves as
     `imatrix` (give one or the other); with it, awq scales the matrices behind each input norm (the
     scales folded into the norm) and gptq rounds every layer matrix by GPTQ (pyengine/calibrate.py).
-    awq may also be the scales to apply ({matrix or norm name: s}, a report's awq_scales)."""
+    awq may also be the scales to apply ({matrix or norm name: s}, a report's awq_scales).
+
+    outliers: a fraction of the file (0.01: 1%) that the matrices where the importance's outlier
+    channels make the most error may take in extra bits, a type up each (_outlier_promotions; needs
+    an imatrix or a calibration)."""
     if calibration is not None:
         if imatrix is not None:
             raise ValueError("give an imatrix or a calibration, not both")
         imatrix = calibration.imatrix
     elif gptq or awq is True:
         raise ValueError("GPTQ and AWQ need a calibration (the inputs' statistics, not only an imatrix)")
+    if outliers and imatrix is None:
+        raise ValueError("outliers are found in an importance matrix or a calibration: give one")
+    if not 0 <= outliers < 1:
+        raise ValueError(f"outliers is a fraction of the file, 0 <= outliers < 1, not {outliers}")
     preset = preset_by_name(type)
     output_type = tensor_type_by_name(output_tensor_type) if output_tensor_type else None
     embedding_type = tensor_type_by_name(token_embedding_type) if token_embedding_type else None
@@ -454,6 +537,8 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
             # counted in weights: one output matrix can take longer than all the norms together
             bar = tqdm(total=sum(info.n_elements for info in reader.tensors.values()), unit="w", unit_scale=True,
                        desc=f"quantizing to {preset.name}")
+        if outliers:
+            _outlier_promotions(reader, plan, importance, outliers, report)
         if awq is True:
             report.awq_scales = _awq_scales(reader, plan, calibration, importance, report)
         elif awq:

@@ -15,6 +15,7 @@ import pyengine.perplexity
 from pyengine import _core
 from pyengine.calibrate import GRAM_STRIDE, _gptq, awq_search, calibrate, gptq_quantize, output_error
 from pyengine.gguf import GGMLType, GGUFReader
+from pyengine.imatrix import Imatrix
 from pyengine.requantize import quantize_model
 from reference_model import ReferenceModel
 from tiny_models import write_tiny_llama
@@ -217,5 +218,68 @@ def test_quantize_calib_command(tmp_path):
                          (["--calib", str(text), "--imatrix", str(model)], "not both"),
                          (["--calib", "/no/such"], "no such file"),
                          (["--calib", str(text), "--chunks", "0"], "at least 1")):
+        r = subprocess.run(run + bad, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def relative_error(w, type, h):
+    q = pyengine.dequantize(pyengine.quantize(w, int(type), imatrix=None if type == G.Q8_0 else h), int(type), w.shape)
+    return float(((w - q).astype(np.float64) ** 2 @ h).sum() / ((w.astype(np.float64) ** 2) @ h).sum())
+
+
+def test_outliers_raise_the_matrices_with_the_most_error_per_byte_within_the_budget(tmp_path):
+    """quantize --outliers: blk.1.ffn_up gets outlier input channels (8 columns of 256 with 400x the
+    importance) and outlier weights in them; the matrices go a type up in the order of their relative
+    importance-weighted error reduction per added byte (checked here in numpy), and the file grows by
+    at most the budget."""
+    src = write_tiny_llama(tmp_path / "tiny.gguf", n_embd=256, n_ff=512, n_ctx_train=64)
+    rng = np.random.default_rng(7)
+    with GGUFReader(src) as r:
+        info = r.tensors["blk.1.ffn_up.weight"]
+        offset, w = info.offset, np.array(info.data)
+        weights = {n: np.array(t.data) for n, t in r.tensors.items() if len(t.shape) == 2 and n != "token_embd.weight"}
+    channels = rng.choice(256, 8, replace=False)
+    w[:, channels] *= 8
+    weights["blk.1.ffn_up.weight"] = w
+    with open(src, "r+b") as f:
+        f.seek(offset)
+        f.write(w.astype(np.float32).tobytes())
+    importance = {n: rng.uniform(0.5, 2, v.shape[1]).astype(np.float32) for n, v in weights.items()}
+    importance["blk.1.ffn_up.weight"][channels] *= 400
+    imatrix = Imatrix({n: (h * 10, 10) for n, h in importance.items()}, chunk_count=1, chunk_size=10)
+    plain = quantize_model(src, tmp_path / "plain.gguf", "q4_k_m", imatrix=imatrix)
+    budget = 0.02
+    report = quantize_model(src, tmp_path / "outliers.gguf", "q4_k_m", imatrix=imatrix, outliers=budget)
+    assert report.promoted and plain.output_bytes < report.output_bytes <= plain.output_bytes * (1 + budget)
+    # the first step: the largest error reduction per added byte over every matrix's first step
+    up = {"q4_k": G.Q5_K, "q5_k": G.Q6_K, "q6_k": G.Q8_0}
+    gains = {}
+    def nbytes(v, type):
+        _, block, size = pyengine.quants.type_info(int(type))
+        return v.size // block * size
+
+    for name, v in weights.items():
+        t, t_up = G[plain.types[name].upper()], up[plain.types[name]]
+        h = importance[name]
+        gains[name] = ((relative_error(v, t, h) - relative_error(v, t_up, h))
+                       / (nbytes(v, t_up) - nbytes(v, t)))
+    first = max(gains, key=gains.get)
+    assert report.promoted[0] == f"{first} ({plain.types[first]} -> {up[plain.types[first]].name.lower()})"
+    promoted = {e.split(" (")[0]: e.split(" -> ")[1].rstrip(")") for e in report.promoted}
+    assert {n: report.types[n] for n in promoted} == promoted  # the last step of each
+    assert {n: t for n, t in report.types.items() if n not in promoted} == \
+        {n: t for n, t in plain.types.items() if n not in promoted}
+    with pytest.raises(ValueError, match="importance matrix or a calibration"):
+        quantize_model(src, tmp_path / "x.gguf", "q4_k_m", outliers=0.01)
+    # the command: --imatrix FILE --outliers PERCENT, the same file
+    imatrix.save(tmp_path / "imatrix.gguf")
+    run = [sys.executable, "-m", "pyengine", "quantize", str(src), str(tmp_path / "cli.gguf"), "q4_k_m"]
+    r = subprocess.run(run + ["--imatrix", str(tmp_path / "imatrix.gguf"), "--outliers", "2"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"outliers: {len(report.promoted)} matrices a type up: {report.promoted[0]}" in r.stdout
+    assert (tmp_path / "cli.gguf").read_bytes() == (tmp_path / "outliers.gguf").read_bytes()
+    for bad, message in ((["--outliers"], "give --calib or --imatrix"),
+                         (["--imatrix", str(tmp_path / "imatrix.gguf"), "--outliers", "50"], "at most 10")):
         r = subprocess.run(run + bad, capture_output=True, text=True, cwd=tmp_path, timeout=600)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

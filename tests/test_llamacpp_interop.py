@@ -59,7 +59,8 @@ def test_llamacpp_loads_our_file_and_quantizes_to_the_same_bytes(tmp_path, fmt):
 
 
 def test_llamacpp_runs_a_calibrated_file_as_pyengine_does(tmp_path):
-    """AWQ's scales live in the norms and GPTQ's codes in the standard layouts: llama.cpp computes the
+    """AWQ's scales live in the norms, GPTQ's codes in the standard layouts and --outliers' promotions
+    in llama.cpp's own types: llama.cpp computes the
     same function from the file as pyengine (to the two engines' usual difference on a quantized
     model), with scales far from one (AWQ's search keeps them near one on this random model);
     test_calibrate holds the folded model to the original in float."""
@@ -73,8 +74,8 @@ def test_llamacpp_runs_a_calibrated_file_as_pyengine_does(tmp_path):
     model = pyengine.Model(src, n_ctx=64)
     out = tmp_path / "calibrated.gguf"
     report = quantize_model(src, out, "q4_k_m", calibration=calibrate(model, WORDS, n_ctx=32, n_chunks=3),
-                            gptq=True, awq=strong_scales(2, 256))
-    assert len(report.gptq) == 14
+                            gptq=True, awq=strong_scales(2, 256), outliers=0.05)
+    assert len(report.gptq) == 14 and report.promoted
     ids = model.tokenize(WORDS)[:24]
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False)
     llm.eval(ids)

@@ -1056,9 +1056,11 @@ void packed_dot(int n, const void* w, const Activations& x, int64_t t0, int n_to
 inline void prefetch_line(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
 
 // How far ahead of the block it reads packed_dot_pair asks for each stream's lines. The hardware
-// prefetchers alone left a 1.1B Q4_K_M generation ~15% slower at 1 thread and ~20% at 2 (they lag
-// behind two streams that the kernel's own work interleaves, and restart at every 4 KB page); 256,
-// 512 and 768 bytes measured alike, 1024 and more lost some of the gain.
+// prefetchers alone fall behind two streams that the kernel's own work interleaves: requesting a
+// block's worth of lines this far ahead made a 1.1B Q4_K_M generation ~10% faster at 1 thread and
+// ~14% at 2 (one process, switched on and off, medians of 20 bursts; with the matrices in huge pages
+// +16% / +23%). 256, 512 and 768 bytes measured alike; 1024 and 2048 gained less. (An earlier
+// attempt, without huge pages, had lost 15%: bench/results/levers.md.)
 constexpr size_t kPrefetchBytes = 512;
 
 // One token against two packed groups at once: two weight streams in flight, which is what lets one
