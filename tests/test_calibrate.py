@@ -228,10 +228,11 @@ def relative_error(w, type, h):
 
 
 def test_outliers_raise_the_matrices_with_the_most_error_per_byte_within_the_budget(tmp_path):
-    """quantize --outliers: blk.1.ffn_up gets outlier input channels (8 columns of 256 with 400x the
-    importance) and outlier weights in them; the matrices go a type up in the order of their relative
-    importance-weighted error reduction per added byte (checked here in numpy), and the file grows by
-    at most the budget."""
+    """quantize --outliers: the matrices go a type up in the order of their relative importance-weighted
+    error reduction per added byte (checked here in numpy), and the file grows by at most the budget.
+    blk.1.ffn_up gets outlier input channels (8 columns of 256 with 400x the importance, 8x the
+    weights): the measure must hold with them too (the weighted quantizer fits those columns, which
+    carry nearly all of its output, so its relative error is small and it is not what goes up first)."""
     src = write_tiny_llama(tmp_path / "tiny.gguf", n_embd=256, n_ff=512, n_ctx_train=64)
     rng = np.random.default_rng(7)
     with GGUFReader(src) as r:
@@ -253,17 +254,19 @@ def test_outliers_raise_the_matrices_with_the_most_error_per_byte_within_the_bud
     assert report.promoted and plain.output_bytes < report.output_bytes <= plain.output_bytes * (1 + budget)
     # the first step: the largest error reduction per added byte over every matrix's first step
     up = {"q4_k": G.Q5_K, "q5_k": G.Q6_K, "q6_k": G.Q8_0}
-    gains = {}
+
     def nbytes(v, type):
         _, block, size = pyengine.quants.type_info(int(type))
         return v.size // block * size
 
+    gains = {}
     for name, v in weights.items():
         t, t_up = G[plain.types[name].upper()], up[plain.types[name]]
         h = importance[name]
         gains[name] = ((relative_error(v, t, h) - relative_error(v, t_up, h))
                        / (nbytes(v, t_up) - nbytes(v, t)))
     first = max(gains, key=gains.get)
+    assert first != "blk.1.ffn_up.weight"
     assert report.promoted[0] == f"{first} ({plain.types[first]} -> {up[plain.types[first]].name.lower()})"
     promoted = {e.split(" (")[0]: e.split(" -> ")[1].rstrip(")") for e in report.promoted}
     assert {n: report.types[n] for n in promoted} == promoted  # the last step of each
