@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, type_by_name
+from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, tensor_nbytes, type_by_name
 from .imatrix import Imatrix, importance_for
 from .calibrate import AWQ_GROUPS, Calibration, awq_search, gptq_quantize, has_codes
 from .quants import dequantize, has_weighted_quantizer, quantize
@@ -390,9 +390,10 @@ PROMOTION = {G.Q2_K: G.Q3_K, G.Q3_K: G.Q4_K, G.Q4_K: G.Q5_K, G.Q5_K: G.Q6_K, G.Q
              G.Q5_1: G.Q8_0}
 
 
-def _tensor_bytes(ggml_type: GGMLType, n_elements: int) -> int:
-    traits = TYPE_TRAITS[ggml_type]
-    return n_elements // traits.block_size * traits.type_size
+def _weights(ggml_type: GGMLType, importance: np.ndarray | None) -> np.ndarray | None:
+    """The importance a tensor of this type is quantized with: its type's weighted search, where it
+    has one (Q8_0 and the float types have none, as in llama.cpp)."""
+    return importance if has_weighted_quantizer(ggml_type) else None
 
 
 def _outlier_promotions(reader: GGUFReader, plan: dict[str, GGMLType], importance: Mapping[str, np.ndarray | None],
@@ -417,21 +418,18 @@ def _outlier_promotions(reader: GGUFReader, plan: dict[str, GGMLType], importanc
         energy = float((w.astype(np.float64) ** 2 @ h).sum()) or 1.0
         out = []
         for t in types:
-            weights = importance[name] if has_weighted_quantizer(t) else None  # as quantize_model below
-            q = dequantize(quantize(w, int(t), imatrix=weights), int(t), w.shape)
+            q = dequantize(quantize(w, int(t), imatrix=_weights(t, importance[name])), int(t), w.shape)
             out.append(float(((w - q).astype(np.float64) ** 2 @ h).sum()) / energy)
         return out
 
-    sizes = [_tensor_bytes(plan[n], i.n_elements) if plan[n] in TYPE_TRAITS else i.nbytes
-             for n, i in reader.tensors.items()]
-    allowance = budget * sum(sizes)
+    allowance = budget * sum(tensor_nbytes(i.shape, plan[n]) for n, i in reader.tensors.items())
     heap = []  # (-error reduction per added byte, name, from, to, added bytes, error at `to`)
 
     def push(name: str, current: GGMLType, err: float | None) -> None:
         up, info = PROMOTION.get(current), reader.tensors[name]
         if up is None or not _can_write(up) or info.shape[0] % block_size(up) != 0:
             return
-        cost = _tensor_bytes(up, info.n_elements) - _tensor_bytes(current, info.n_elements)
+        cost = tensor_nbytes(info.shape, up) - tensor_nbytes(info.shape, current)
         if not 0 < cost <= allowance:
             return
         if err is None:
@@ -564,7 +562,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
                     values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
-                    weights = importance[name] if has_weighted_quantizer(new_type) else None
+                    weights = _weights(new_type, importance[name])
                     if s is not None and len(info.shape) == 1:  # a norm: weight / s
                         values = values / s
                     elif s is not None:  # a matrix behind it: W * s, its input x / s
