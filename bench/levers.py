@@ -74,15 +74,15 @@ def main() -> None:
     args = ap.parse_args()
     from recipes import smollm2, synthetic_tinyllama
 
-    global LEVERS
+    levers = LEVERS
     if args.commits:
-        LEVERS = [(c, subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%s", c], check=True,
+        levers = [(c, subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%s", c], check=True,
                                      capture_output=True, text=True).stdout.strip()[:60])
                   for c in args.commits.split(",")]
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    trees = {c: build(c, work) for c, _ in LEVERS}
+    trees = {c: build(c, work) for c, _ in levers}
     script = work / "run_one.py"
     script.write_text(RUN_ONE)
     cells = [(smollm2("q4_0"), "SmolLM2 Q4_0", 1, 512, 128, 2), (smollm2("q4_0"), "SmolLM2 Q4_0", 2, 512, 128, 2),
@@ -94,7 +94,7 @@ def main() -> None:
     best: dict = {}
     for r in range(args.rounds):
         for path, name, t, pp, tg, reps in cells:
-            for c, _ in (LEVERS if r % 2 == 0 else LEVERS[::-1]):
+            for c, _ in (levers if r % 2 == 0 else levers[::-1]):
                 env = dict(os.environ, PYTHONPATH=str(trees[c]))
                 out = subprocess.run([args.python, str(script), str(path), str(t), str(pp), str(tg), str(reps)],
                                      env=env, cwd="/tmp", capture_output=True, text=True, check=True)
@@ -110,7 +110,7 @@ def main() -> None:
     print("| model | threads | build | pp | tg |")
     print("| --- | ---: | --- | ---: | ---: |")
     for path, name, t, pp, tg, reps in cells:
-        for c, label in LEVERS:
+        for c, label in levers:
             v = best[(name, t, c)]
             pp_cell = f"{v[0]:.1f} (pp{pp})" if pp else "-"
             print(f"| {name} | {t} | {label} ({c}) | {pp_cell} | {v[1]:.1f} (tg{tg}) |")
