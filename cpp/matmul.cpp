@@ -13,8 +13,6 @@ constexpr int64_t kRowTile = 16;
 // Packed groups of kPackRows rows per tile: 4 groups of a 2048-wide Q4_0 matrix are 37 KB, in L2
 // while every token of the batch passes over them.
 constexpr int64_t kGroupTile = 4;
-// Below this many tokens per thread, converting the activations is cheaper on one thread.
-constexpr int64_t kParallelQuantizeTokens = 8;
 
 void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1) {
     const packed_dot_fn dot = k.packed_dot[w.type];
@@ -99,40 +97,31 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
     float* scales_out = extras.scales ? buffers.scales.data() : nullptr;
     const int64_t n_blocks = a.n_blocks;
     const size_t row_bytes = a.row_bytes;
-    auto task = [&](int i, int n_threads) {
-        int64_t t0, t1;
-        split_range(n_tokens, i, n_threads, t0, t1);
-        for (int64_t t = t0; t < t1; t++) {
-            const uint8_t* row = dst + size_t(t) * row_bytes;
-            convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
-            if (sums_out) {  // the int8 sums, for packed kernels that subtract a zero point
-                const auto* blocks = reinterpret_cast<const block_q8_0*>(row);
-                for (int64_t b = 0; b < n_blocks; b++) {
-                    int32_t s = 0;
-                    for (int j = 0; j < QK; j++) s += blocks[b].qs[j];
-                    sums_out[t * n_blocks + b] = s;
-                }
+    parallel_for(pool, n_tokens, [&](int64_t t) {
+        const uint8_t* row = dst + size_t(t) * row_bytes;
+        convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
+        if (sums_out) {  // the int8 sums, for packed kernels that subtract a zero point
+            const auto* blocks = reinterpret_cast<const block_q8_0*>(row);
+            for (int64_t b = 0; b < n_blocks; b++) {
+                int32_t s = 0;
+                for (int j = 0; j < QK; j++) s += blocks[b].qs[j];
+                sums_out[t * n_blocks + b] = s;
             }
-            if (scales_out) {  // the fp16 scales as floats, converted here once for every row group
-                float* out = scales_out + 2 * t * n_blocks;
-                for (int64_t b = 0; b < n_blocks; b++) {
-                    if (xtype == TYPE_Q8_1) {
-                        const auto& block = reinterpret_cast<const block_q8_1*>(row)[b];
-                        out[2 * b] = fp16_to_fp32(block.d);
-                        out[2 * b + 1] = fp16_to_fp32(block.s);
-                    } else {
-                        out[2 * b] = fp16_to_fp32(reinterpret_cast<const block_q8_0*>(row)[b].d);
-                        out[2 * b + 1] = 0.0f;
-                    }
+        }
+        if (scales_out) {  // the fp16 scales as floats, converted here once for every row group
+            float* out = scales_out + 2 * t * n_blocks;
+            for (int64_t b = 0; b < n_blocks; b++) {
+                if (xtype == TYPE_Q8_1) {
+                    const auto& block = reinterpret_cast<const block_q8_1*>(row)[b];
+                    out[2 * b] = fp16_to_fp32(block.d);
+                    out[2 * b + 1] = fp16_to_fp32(block.s);
+                } else {
+                    out[2 * b] = fp16_to_fp32(reinterpret_cast<const block_q8_0*>(row)[b].d);
+                    out[2 * b + 1] = 0.0f;
                 }
             }
         }
-    };
-    if (n_tokens >= kParallelQuantizeTokens * pool.n_threads()) {
-        pool.run(task);
-    } else {
-        task(0, 1);
-    }
+    });
     a.data = buffers.blocks.data();
     a.block_sums = sums_out;
     a.block_scales = scales_out;

@@ -45,7 +45,7 @@ struct ActivationBuffers {
 
 // Converts n_tokens rows of cols floats for multiplying weights of `weight_type`: into its
 // vec_dot_type (float activations are used as they are), with the block sums and scales that
-// `extras` asks for. Threaded over tokens for large batches.
+// `extras` asks for. Threaded over tokens (parallel_for).
 Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
                                 PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool);
 

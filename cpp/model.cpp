@@ -443,12 +443,12 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
     // x[t] += y[t] for every token, after the RMS norm `post_norm` of y[t] where there is one.
     auto add_to_residual = [&](float* y, const float* post_norm) {
-        for (int64_t t = 0; t < n_tokens; t++) {
+        parallel_for(pool, n_tokens, [&](int64_t t) {
             float* yt = y + t * E;
             if (post_norm) rms_norm(yt, post_norm, yt, int(E), c.rms_eps);
             float* xt = s.x.data() + t * E;
             for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
-        }
+        });
     };
 
     SharedInput input(kernels_, s, pool);
@@ -458,8 +458,8 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
         // Attention block: x += post_norm(wo · attention(rope(norm(wq · xn + bq)), rope(norm(wk · xn + bk)),
         // wv · xn + bv)), the biases, head norms and post norm where the architecture has them.
-        for (int64_t t = 0; t < n_tokens; t++)
-            rms_norm(s.x.data() + t * E, L.attn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
+        parallel_for(pool, n_tokens,
+                     [&](int64_t t) { rms_norm(s.x.data() + t * E, L.attn_norm, s.xn.data() + t * E, int(E), c.rms_eps); });
         input.set(s.xn.data(), n_tokens, E);
         input.multiply({{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}});
         if (L.bq) add_bias(s.q.data(), L.bq, n_tokens, c.q_dim());
@@ -470,14 +470,16 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
             norm_heads(s.k.data(), L.k_norm, n_tokens, c.n_kv_heads, c.head_dim, c.rms_eps);
         }
         const float* angles = local_base && c.window(l) ? s.rope_local.data() : s.rope.data();
-        for (int64_t t = 0; t < n_tokens; t++) {
+        // Each token's keys and values go to rows of their own (a ring holds a micro-batch's positions
+        // in distinct slots), so the tokens are independent.
+        parallel_for(pool, n_tokens, [&](int64_t t) {
             const float* cs = angles + t * c.n_rot;
             for (int h = 0; h < c.n_heads; h++)
                 rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
             for (int h = 0; h < c.n_kv_heads; h++)
                 rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
             caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
-        }
+        });
         check_interrupt();
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
@@ -486,8 +488,8 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
         // Feed-forward block: x += post_norm(w_down · (act(w_gate · xn) * (w_up · xn))), act SiLU or GELU.
         check_interrupt();
-        for (int64_t t = 0; t < n_tokens; t++)
-            rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps);
+        parallel_for(pool, n_tokens,
+                     [&](int64_t t) { rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps); });
         input.set(s.xn.data(), n_tokens, E);
         // act(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
         // products' run when each thread's gate rows are its up rows (the same split).

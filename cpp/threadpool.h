@@ -64,6 +64,25 @@ inline void split_range(int64_t n, int i, int n_threads, int64_t& begin, int64_t
     end = begin + per + (i < extra ? 1 : 0);
 }
 
+// fn(t) for every t in [0, n): split between the pool's threads in contiguous runs (split_range) when
+// each thread gets at least kMinItemsPerThread, else all on the calling thread. For the per-token work
+// between the matrix products (norms, RoPE and the KV store, the activations' quantization), which
+// the other threads used to wait out: on 2 threads, 8 sequences of SmolLM2-135M decoded together
+// spent ~4% less time per step, and its 256-token prompts ~15% less.
+constexpr int64_t kMinItemsPerThread = 2;
+template <typename F>
+void parallel_for(ThreadPool& pool, int64_t n, F&& fn) {
+    if (pool.n_threads() == 1 || n < kMinItemsPerThread * pool.n_threads()) {
+        for (int64_t t = 0; t < n; t++) fn(t);
+        return;
+    }
+    pool.run([&](int i, int n_threads) {
+        int64_t begin, end;
+        split_range(n, i, n_threads, begin, end);
+        for (int64_t t = begin; t < end; t++) fn(t);
+    });
+}
+
 // Physical performance cores this process may use (SMT siblings and efficiency cores not counted),
 // at least 1.
 int default_n_threads();
