@@ -1079,6 +1079,14 @@ static_assert(kPackTokens == 8, "packed_dot splits kPackTokens activations into 
 // A prefetch the compiler keeps: GCC deletes loops whose only statements are _mm_prefetch calls.
 inline void prefetch_line(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
 
+// Requests the lines of one block's worth of memory `ahead` bytes past block b (past a group's end
+// they land in the next group, or nowhere: a prefetch does not fault).
+template <typename Block>
+inline void prefetch_block(const Block* b, size_t ahead) {
+    const auto* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(b) + ahead);
+    for (size_t o = 0; o < sizeof(Block); o += 64) prefetch_line(p + o);
+}
+
 // How far ahead of the block it works on packed_nt asks for the group's lines. A few tokens at once
 // (sequences decoded together, bench/serve.py) still read every weight from memory, and the hardware
 // prefetcher alone leaves the kernel waiting: 8 sequences of SmolLM2-135M Q4_1 spent ~9% less time per
@@ -1102,8 +1110,7 @@ void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
-        const auto* ahead = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + i) + kPrefetchBytesBatch);
-        for (size_t b = 0; b < sizeof(typename F::Block); b += 64) prefetch_line(ahead + b);
+        prefetch_block(w + i, kPrefetchBytesBatch);
         const typename F::Unpacked u = F::load(w[i]);
 #pragma GCC unroll 8  // the tokens' pointers and accumulators then stay in registers
         for (int c = 0; c < NT; c++)
@@ -1155,14 +1162,8 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations&
     for (int i = 0; i < n / block_size<F>(); i++) {
         const int32_t xsum = F::kXSums ? sums[i] : 0;
         const float* xs = reads_xscales<F>() ? scales + 2 * i : nullptr;
-        // One block's worth of lines, kPrefetchBytes ahead in each stream (past a group's end they
-        // land in the next group, or nowhere: a prefetch does not fault).
-        const auto* pa = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(wa + i) + kPrefetchBytes);
-        const auto* pb = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(wb + i) + kPrefetchBytes);
-        for (size_t b = 0; b < sizeof(typename F::Block); b += 64) {
-            prefetch_line(pa + b);
-            prefetch_line(pb + b);
-        }
+        prefetch_block(wa + i, kPrefetchBytes);  // one block's worth of lines ahead in each stream
+        prefetch_block(wb + i, kPrefetchBytes);
         acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
         acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
     }
