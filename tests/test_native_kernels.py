@@ -6,8 +6,9 @@ flags), with -Wall -Wextra -Werror:
 
 - scalar against itself: a check of the harness, on any host;
 - AVX2 natively (reference.cpp + avx2.cpp + avx2_kquants.cpp), on an x86-64 CPU with AVX2, FMA and F16C;
-- AVX-512 through SIMDe (avx512.cpp with -DPE_SIMDE), on any CPU: the SIMDe headers stand in for
-  the instructions;
+- AVX-512 through SIMDe (avx512.cpp and avx512_packed.cpp with -DPE_SIMDE), on any CPU: the SIMDe
+  headers stand in for the instructions; and natively (with the AVX2 units it takes entries from),
+  on a CPU with AVX-512 F, BW, VL and VNNI;
 - NEON cross-compiled for arm64 (reference.cpp + neon.cpp + neon_kquants.cpp, linked statically) and run under
   qemu-aarch64, twice: with the dot-product extension (sdot) and without it (the smull fallback).
   On an arm64 host it is built and run natively instead.
@@ -42,6 +43,10 @@ REFERENCE_UNITS = [(REFERENCE, REFERENCE_FLAGS), (CPP / "quant" / "quantize_kqua
 
 COMMON_FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off"]
+# As CMakeLists.txt builds avx512.cpp and avx512_packed.cpp (GCC 12 warns about the _mm512_undefined_*
+# values inside its own headers).
+AVX512_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-Wno-uninitialized",
+                             "-Wno-maybe-uninitialized"]
 # As in CMakeLists.txt: the NEON K-quant unit repeats the reference's separate multiplies and adds, which
 # GCC would fuse on arm64 by default.
 NEON_KQUANT_FLAGS = ["-ffp-contract=off"]
@@ -179,8 +184,28 @@ def test_avx512_table_through_simde(tmp_path_factory):
         missing("SIMDe headers not found (simde/x86/avx512.h; Debian: libsimde-dev, or set PE_SIMDE_INCLUDE)")
     out = tmp_path_factory.mktemp("kernel_test_avx512_simde")
     flags = AVX512_SIMDE_FLAGS + ["-I" + include]  # -I of a system directory is a no-op, as it should be
-    binary = build(out, cxx, "kernels_avx512_simde", REFERENCE_UNITS + [(CPP / "kernels" / "avx512.cpp", flags)])
+    units = [(CPP / "kernels" / "avx512.cpp", flags), (CPP / "kernels" / "avx512_packed.cpp", flags)]
+    binary = build(out, cxx, "kernels_avx512_simde", REFERENCE_UNITS + units)
     run_kernel_test([binary], NATIVE_TRIALS)
+
+
+def test_avx512_table(tmp_path_factory):
+    """The AVX-512 table as the package builds it (its VNNI packed kernels, and what it takes from the
+    AVX2 table), natively, where the CPU has AVX-512 F, BW, VL and VNNI; elsewhere SIMDe's build above
+    stands in."""
+    if not IS_X86_64:
+        pytest.skip(f"the AVX-512 kernels are x86-64 only (this machine is {platform.machine()})")
+    absent = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"} - cpu_flags()
+    if absent:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(absent))}")
+    cxx = native_compiler()
+    out = tmp_path_factory.mktemp("kernel_test_avx512")
+    units = REFERENCE_UNITS + [(CPP / "kernels" / "avx2.cpp", AVX2_FLAGS),
+                                (CPP / "kernels" / "avx2_kquants.cpp", AVX2_FLAGS),
+                                (CPP / "kernels" / "avx512.cpp", AVX512_FLAGS),
+                                (CPP / "kernels" / "avx512_packed.cpp", AVX512_FLAGS)]
+    binary = build(out, cxx, "kernels_avx512", units)
+    run_kernel_test([binary], NATIVE_TRIALS, expect_target="x86-64")
 
 
 @pytest.mark.parametrize("variant", ["dotprod", "baseline"])

@@ -3,7 +3,11 @@
 // live in an anonymous namespace, so no copy built with AVX2 flags can be picked for other code.
 #pragma once
 
+#if defined(PE_SIMDE)  // avx2_packed.h in the kernel test's portable build
+#include "../tests/simde_avx512.h"
+#else
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 

@@ -3,10 +3,11 @@
 // into int32 lanes in one instruction) on 64 weights per 512-bit register. Here is a vec_dot for every
 // weight type: Q4_0, Q4_1, Q8_0, NF4, NF4_DQ, F32, F16 and BF16 with their float steps in vector lanes
 // (within a tolerance of the scalar reference), and Q5_0, Q5_1, IQ4_NL and the K-quants Q2_K .. Q6_K,
-// IQ4_XS bit-identical to it (see their section below). Everything else is taken from the AVX2 table,
-// which every AVX-512 CPU can run: the activation quantizers, axpy, attention and the packed kernels
-// (pack / packed_dot, bit-identical to the scalar reference, so they agree bit for bit with the
-// bit-identical vec_dots here).
+// IQ4_XS bit-identical to it (see their section below). The packed kernels (pack / packed_dot, what a
+// Model's matrices run on) are avx2_packed.h's, built with VNNI in avx512_packed.cpp: bit-identical to
+// the scalar reference, so they agree bit for bit with the bit-identical vec_dots here. Everything
+// else is taken from the AVX2 table, which every AVX-512 CPU can run: the activation quantizers, axpy
+// and attention.
 //
 // With PE_SIMDE defined, this file builds against SIMDe's portable versions of the intrinsics
 // (tests/test_native_kernels.py: the kernel test checks this code on machines without AVX-512).
@@ -623,12 +624,14 @@ const Kernels* kernels_avx512() {
 #if defined(PE_SIMDE)
         Kernels k = *kernels_scalar();
         k.isa = "avx512-simde";
+        add_avx512_packed_kernels(k);  // avx512_packed.cpp, built with PE_SIMDE as well
 #else
         Kernels k = *kernels_avx2();
         k.isa = "avx512";
         // AVX2's tiles repeat AVX2's vec_dot operations, not these: a tile must match its table's
         // vec_dot bit for bit, so none is inherited.
         for (auto& tile : k.vec_dot_tile) tile = nullptr;
+        add_avx512_packed_kernels(k);
 #endif
         k.vec_dot[TYPE_Q4_0] = vec_dot_q4_0_q8_0;
         k.vec_dot[TYPE_Q4_1] = vec_dot_q4_1_q8_1;

@@ -167,6 +167,9 @@ const Kernels* kernels_neon();
 // Sets the AVX2 entries of the K-quant, Q5_0, Q5_1 and IQ4_NL dots and the Q8_K quantizer
 // (avx2_kquants.cpp; a no-op off x86-64). Called by kernels_avx2() only.
 void add_avx2_kquant_kernels(Kernels& k);
+// The packed kernels (pack, packed_dot, packed_dot_pair) built with AVX-512 VL and VNNI
+// (avx512_packed.cpp; a no-op off x86-64). Called by kernels_avx512() only.
+void add_avx512_packed_kernels(Kernels& k);
 // The same for the NEON table (neon_kquants.cpp; a no-op off arm64). Called by kernels_neon() only.
 void add_neon_kquant_kernels(Kernels& k);
 

@@ -19,8 +19,10 @@
 // As in the CMake build, only the ISA's own unit gets the ISA flags: reference.cpp compiled with
 // -mfma would have its a * b + c contracted into fused multiply-adds and stop being the same oracle.
 //
-// PE_TEST_TABLE names the table function: kernels_avx2, kernels_avx512_simde (avx512.cpp built with
-// -DPE_SIMDE), kernels_neon, or kernels_scalar (the reference against itself: a check of this test).
+// PE_TEST_TABLE names the table function: kernels_avx2, kernels_avx512 (avx2.cpp, avx2_kquants.cpp,
+// avx512.cpp and avx512_packed.cpp, each with its CMake flags), kernels_avx512_simde (avx512.cpp and
+// avx512_packed.cpp built with -DPE_SIMDE), kernels_neon, or kernels_scalar (the reference against
+// itself: a check of this test).
 //
 // What is checked:
 // - the table has every entry, and (unless it is the scalar table) its own vec_dot functions for
@@ -45,6 +47,10 @@
 //   bytes and adversarial blocks: zero, largest (+-65504) and subnormal fp16 scales, dmin = 0,
 //   sub-block scales at their largest and smallest (6-bit 63, Q6_K's int8 127 and -128), levels all
 //   at one extreme or mixed extremes (nibbles 0 / 15, Q3_K's hmask 0 / 0xff), one outlier block;
+// - the packed kernels (pack, then packed_dot for passes of 1 .. kPackTokens tokens, and
+//   packed_dot_pair), of every type the table packs, are BIT-IDENTICAL to the scalar vec_dot of each
+//   row and token, on the weight kinds above (an outlier block among random ones included), rows of
+//   1 to 9 blocks, and activations of mixed kinds with the block sums and scales matmul.cpp makes;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
 // - attend (the query heads of one KV head over an F32 / F16 / Q8_0 cache) agrees with the scalar one
 //   (its inputs are plain vectors, not placed before the unmapped page below).
@@ -94,7 +100,7 @@ const Kernels* kernels_avx512_simde();  // avx512.cpp built with -DPE_SIMDE
 }  // namespace pe
 
 #ifndef PE_TEST_TABLE
-#error "define PE_TEST_TABLE: kernels_avx2, kernels_avx512_simde, kernels_neon or kernels_scalar"
+#error "define PE_TEST_TABLE: kernels_avx2, kernels_avx512, kernels_avx512_simde, kernels_neon or kernels_scalar"
 #endif
 #define PE_STRINGIFY2(x) #x
 #define PE_STRINGIFY(x) PE_STRINGIFY2(x)
@@ -842,6 +848,125 @@ void check_exact_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
 }
 
 // ---------------------------------------------------------------------------------------------
+// Packed weights (pack, then packed_dot and packed_dot_pair: what a Model's matrices run on): every
+// output bit-identical to the scalar vec_dot of its row and token, for passes of 1 .. kPackTokens
+// tokens and for the two-group kernel, on the weight kinds above (fill_weight_block's for Q4_0, Q4_1
+// and Q8_0, the exact layouts' for the others, an outlier block among random ones) and mixed
+// activations. The activations' block sums and float scales are made as matmul.cpp's
+// prepare_activations makes them.
+
+// Block b of row r of a packed type: one of the weight kinds, by index (the last index: random blocks
+// with one block of the largest scales and extreme levels).
+void fill_packed_weights(GGMLType type, int kind, uint8_t* row, int nb, Rng& rng) {
+    const size_t size = type_traits(type)->type_size;
+    const ExactLayout* L = nullptr;
+    for (const ExactLayout& e : kExactLayouts)
+        if (e.type == type) L = &e;
+    for (int b = 0; b < nb; b++) {
+        if (L) fill_exact_block(*L, kXws[kind], row + size_t(b) * size, rng);
+        else fill_weight_block(type, kWts[kind], row + size_t(b) * size, rng);
+    }
+}
+
+int packed_weight_kinds(GGMLType type) {
+    for (const ExactLayout& e : kExactLayouts)
+        if (e.type == type) return int(sizeof(kXws) / sizeof(kXws[0]));
+    return int(sizeof(kWts) / sizeof(kWts[0]));
+}
+
+const char* packed_kind_name(GGMLType type, int kind) {
+    for (const ExactLayout& e : kExactLayouts)
+        if (e.type == type) return xw_name(kXws[kind]);
+    return wt_name(kWts[kind]);
+}
+
+void check_packed(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    for (int t = 0; t < int(TYPE_COUNT); t++) {
+        if (!k.pack[t]) continue;
+        const auto type = GGMLType(t);
+        const TypeTraits* tt = type_traits(type);
+        const GGMLType act = tt->vec_dot_type;
+        const TypeTraits* at = type_traits(act);
+        Group& g = group(format("packed %s x %s", tt->name, at->name));
+        record(g, k.packed_dot[t] != nullptr, format("packed_dot[%s] missing", tt->name));
+        if (!k.packed_dot[t]) continue;
+        const int block_counts[] = {1, 2, 3, 9};  // of 32 or 256 weights
+        for (int trial = 0; trial < trials; trial++)
+            for (int kind = 0; kind < packed_weight_kinds(type); kind++)
+                for (int nb : block_counts) {
+                    const int n = nb * tt->block_size;
+                    const size_t row_bytes = size_t(nb) * tt->type_size;
+                    // two groups of kPackRows rows, unpacked and packed
+                    std::vector<uint8_t> w(2 * kPackRows * row_bytes), packed(w.size());
+                    for (int r = 0; r < 2 * kPackRows; r++) fill_packed_weights(type, kind, w.data() + r * row_bytes, nb, rng);
+                    for (int gi = 0; gi < 2; gi++)
+                        k.pack[t](n, w.data() + gi * kPackRows * row_bytes, row_bytes,
+                                  packed.data() + gi * kPackRows * row_bytes);
+                    // kPackTokens activations of mixed kinds, quantized by the scalar table
+                    const int n_blocks = n / at->block_size;
+                    const size_t x_bytes = row_size(act, n);
+                    std::vector<uint8_t> xq(kPackTokens * x_bytes);
+                    std::vector<int32_t> sums(size_t(kPackTokens) * n_blocks);
+                    std::vector<float> scales(2 * size_t(kPackTokens) * n_blocks);
+                    for (int c = 0; c < kPackTokens; c++) {
+                        const std::vector<float> x = make_act_row(kDotActs[rng.below(int(sizeof(kDotActs) / sizeof(kDotActs[0])))], n / QK, rng);
+                        s.from_float[act](x.data(), xq.data() + c * x_bytes, n);
+                        for (int b = 0; b < n_blocks; b++) {
+                            const uint8_t* blk = xq.data() + c * x_bytes + size_t(b) * at->type_size;
+                            const size_t i = size_t(c) * n_blocks + b;
+                            if (act == TYPE_Q8_0) {
+                                const auto* q = reinterpret_cast<const block_q8_0*>(blk);
+                                sums[i] = 0;
+                                for (int j = 0; j < QK; j++) sums[i] += q->qs[j];
+                                scales[2 * i] = fp16_to_fp32(q->d);
+                                scales[2 * i + 1] = 0.0f;
+                            } else if (act == TYPE_Q8_1) {
+                                const auto* q = reinterpret_cast<const block_q8_1*>(blk);
+                                scales[2 * i] = fp16_to_fp32(q->d);
+                                scales[2 * i + 1] = fp16_to_fp32(q->s);
+                            }
+                        }
+                    }
+                    Activations xa;
+                    xa.data = xq.data();
+                    xa.row_bytes = x_bytes;
+                    xa.n_tokens = kPackTokens;
+                    xa.n_blocks = n_blocks;
+                    xa.block_sums = k.packed_xsums[t] ? sums.data() : nullptr;
+                    xa.block_scales = k.packed_xscales[t] ? scales.data() : nullptr;
+                    const std::string what = format("weights %s, %d blocks", packed_kind_name(type, kind), nb);
+                    set_case(g, what);
+                    // the packed groups end at the guard page
+                    const auto* pw = static_cast<const uint8_t*>(buf.weights.put(packed));
+                    auto want = [&](int row, int c) { return s.vec_dot[t](n, w.data() + row * row_bytes, xq.data() + c * x_bytes); };
+                    std::vector<float> y(size_t(kPackTokens) * kPackRows);
+                    for (int nt = 1; nt <= kPackTokens; nt++) {
+                        const int t0 = kPackTokens - nt;  // the last nt tokens
+                        k.packed_dot[t](n, pw + kPackRows * row_bytes, xa, t0, nt, y.data(), kPackRows);
+                        for (int c = 0; c < nt; c++)
+                            for (int r = 0; r < kPackRows; r++) {
+                                const float got = y[size_t(c) * kPackRows + r], ref = want(kPackRows + r, t0 + c);
+                                record(g, same_float_bits(got, ref),
+                                       format("%s: packed_dot of %d tokens, token %d row %d: %.9g (0x%08x), scalar %.9g (0x%08x)",
+                                              what.c_str(), nt, c, r, double(got), f32_bits(got), double(ref), f32_bits(ref)));
+                            }
+                    }
+                    if (!k.packed_dot_pair[t]) continue;
+                    const int c = rng.below(kPackTokens);
+                    float ya[kPackRows], yb[kPackRows];
+                    k.packed_dot_pair[t](n, pw, pw + kPackRows * row_bytes, xa, c, ya, yb);
+                    for (int r = 0; r < kPackRows; r++)
+                        for (int gi = 0; gi < 2; gi++) {
+                            const float got = gi ? yb[r] : ya[r], ref = want(gi * kPackRows + r, c);
+                            record(g, same_float_bits(got, ref),
+                                   format("%s: packed_dot_pair, group %d row %d: %.9g (0x%08x), scalar %.9g (0x%08x)",
+                                          what.c_str(), gi, r, double(got), f32_bits(got), double(ref), f32_bits(ref)));
+                        }
+                }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // NF4 and NF4_DQ weights (64-weight blocks; 256-weight super-blocks of four with 8-bit scale codes)
 // against Q8_0 activations, two activation blocks per 64-block.
 
@@ -1330,6 +1455,7 @@ int main(int argc, char** argv) {
     check_quant_dots(*table, *scalar, buf, rng, trials);
     check_exact_dots(*table, *scalar, buf, rng, trials);
     check_nf4_dots(*table, *scalar, buf, rng, trials);
+    check_packed(*table, *scalar, buf, rng, trials);
     check_float_dots(*table, *scalar, buf, rng, trials);
     check_axpy(*table, *scalar, buf, rng, trials);
     check_attend(*table, *scalar, rng, trials);

@@ -1,0 +1,1230 @@
+// The packed kernels of the x86 tables: the layouts (8 rows interleaved block by block), their pack
+// functions, each format's load() and term() steps and the loops that drive them (packed_nt,
+// packed_dot, packed_dot_pair). One source, built twice: by avx2.cpp with the AVX2 flags, and by
+// avx512_packed.cpp with AVX-512 VL and VNNI as well, where the integer dots take vpdpbusd (one
+// instruction for maddubs, the int16 pair sums and their widening) and the compiler has 32 vector
+// registers. The integer sums are exact either way and the float steps are the same, so both builds
+// give the scalar reference's bits. Include only from a unit built with (at least) -mavx2 -mfma
+// -mf16c, or with PE_SIMDE (the kernel test's portable build of avx512_packed.cpp): like
+// avx2_common.h, everything here is in an anonymous namespace.
+#pragma once
+
+#if defined(PE_SIMDE)
+#include "../tests/simde_avx512.h"
+#else
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <type_traits>
+
+#include "../quant/blocks.h"
+#include "avx2_common.h"
+#include "kernels.h"
+
+// PE_PACKED_VNNI: the unit's integer dots take VNNI (set by avx512_packed.cpp before it includes this).
+#if !defined(PE_PACKED_VNNI)
+#define PE_PACKED_VNNI 0
+#endif
+
+namespace pe {
+namespace {
+
+// ---- Packed weights: 8 rows interleaved, one row per vector lane ----
+//
+// A packed group holds block i of 8 rows together, in runs of 32 bytes: run k holds bytes 4k .. 4k+3
+// of rows 0..7, row r in the 32-bit lane r. One 32-byte load thus holds 4 bytes of every row; against
+// 4 activation bytes broadcast to the 8 lanes, maddubs leaves each row two int16 pair sums in its
+// lane, and the madd that widens them one int32: the rows' exact integer dots come out in row order,
+// with no horizontal step. Every output then takes the scalar reference's operations, in its order:
+// exact integer block dots, the block's float(isum) * (d_w * d_x) (+ m * s for Q4_1, Q5_1) added to the
+// sum block by block. So packed results are bit-identical to ref::vec_dot_* on the unpacked row.
+//
+// The super-block formats further down (Q4_K ...) keep runs of 8 bytes of 4 rows: two int32 per row,
+// joined by one hadd per super-block, which leaves the lanes holding rows 0 1 4 5 2 3 6 7 (kLaneRow).
+constexpr int kLaneRow[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+struct block_q4_0x8 {
+    uint16_t d[8];  // scales, rows 0..7
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "packing must not change the size");
+
+struct block_q4_1x8 {
+    uint16_t d[8];  // scales, rows 0..7
+    uint16_t m[8];  // minimums, rows 0..7
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "packing must not change the size");
+
+template <typename Block>
+inline const Block& row_block(const uint8_t* w, size_t stride, int row, int i) {
+    return reinterpret_cast<const Block*>(w + size_t(row) * stride)[i];
+}
+
+template <typename T, typename = void>
+struct HasMin : std::false_type {};
+template <typename T>
+struct HasMin<T, std::void_t<decltype(T::m)>> : std::true_type {};
+
+// Block i of 8 rows into a packed block: the scales (and minimums) in row order, the quant bytes in
+// runs of 32 (run k: bytes 4k .. 4k+3 of row r at 4r).
+template <typename Block, typename Packed>
+inline void pack_rows(const uint8_t* w, size_t stride, int i, Packed& o) {
+    for (int r = 0; r < 8; r++) {
+        const Block& b = row_block<Block>(w, stride, r, i);
+        o.d[r] = b.d;
+        if constexpr (HasMin<Packed>::value) o.m[r] = b.m;
+        for (int k = 0; k < int(sizeof(b.qs)) / 4; k++) std::memcpy(o.qs + 32 * k + 4 * r, b.qs + 4 * k, 4);
+    }
+}
+
+template <typename Block, typename Packed>
+void pack_blocks(int n, const void* vw, size_t stride, void* out) {
+    for (int i = 0; i < n / QK; i++)
+        pack_rows<Block>(static_cast<const uint8_t*>(vw), stride, i, static_cast<Packed*>(out)[i]);
+}
+
+// The 8 nibble vectors of a packed group's block: u[2k] low nibbles (weights 4k + j of each row),
+// u[2k+1] high nibbles (weights 16 + 4k + j) of run k.
+inline void unpack_group(const uint8_t* qs, __m256i (&u)[8]) {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (int k = 0; k < 4; k++) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
+        u[2 * k] = _mm256_and_si256(v, mask);
+        u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    }
+}
+
+// The first of the 4 weights (and activation bytes) behind unpack_group's vector m in each row:
+// 4k for the low nibbles of run k = m / 2, 16 + 4k for its high ones.
+constexpr int nibble_weight(int m) { return 4 * (m / 2) + 16 * (m % 2); }
+
+inline __m256i broadcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+inline __m256i broadcast8(const int8_t* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return _mm256_set1_epi64x(v);
+}
+
+// Unpacked vector m against its 4 activation bytes (those of unpack_group's weights), int16 pairs.
+inline __m256i mul_nibbles(const __m256i (&u)[8], const int8_t* y, int m) {
+    return _mm256_maddubs_epi16(u[m], broadcast4(y + nibble_weight(m)));
+}
+
+// int16 sum of the pair sums of unpacked vectors m0 .. m0+3 (levels 0..31: below 4 * 2 * 31 * 128).
+inline __m256i sum4_nibbles(const __m256i (&u)[8], const int8_t* y, int m0) {
+    return _mm256_add_epi16(_mm256_add_epi16(mul_nibbles(u, y, m0), mul_nibbles(u, y, m0 + 1)),
+                            _mm256_add_epi16(mul_nibbles(u, y, m0 + 2), mul_nibbles(u, y, m0 + 3)));
+}
+
+// acc + the int32 lane sums of u's unsigned bytes times y's signed ones (4 products a lane), exact
+// while each pair of products fits int16 (u <= 127 or |y| small enough: every caller's levels and
+// activations do). VNNI: one vpdpbusd, which never saturates.
+inline __m256i dot_u8_acc(__m256i acc, __m256i u, __m256i y) {
+#if PE_PACKED_VNNI
+    return _mm256_dpbusd_epi32(acc, u, y);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc + madd(a, b): the int16 products summed in pairs into int32 lanes (VNNI: vpdpwssd).
+inline __m256i madd_acc(__m256i acc, __m256i a, __m256i b) {
+#if PE_PACKED_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// Exact integer dots of the 8 rows' levels (0..15 for Q4_0, Q4_1; 0..31 for Q5_0, Q5_1) with 32 int8
+// activations. AVX2: the 8 maddubs add up in int16 (levels 0..15: below 8 * 2 * 15 * 128 = 30720),
+// widened once, or for levels 0..31 in two sums of 4 (below 4 * 2 * 31 * 128), each widened. VNNI:
+// two chains of four vpdpbusd.
+inline __m256i dot_group(const __m256i (&u)[8], const int8_t* y) {
+#if PE_PACKED_VNNI
+    __m256i a = _mm256_setzero_si256(), b = a;
+    for (int m = 0; m < 8; m += 2) {
+        a = _mm256_dpbusd_epi32(a, u[m], broadcast4(y + nibble_weight(m)));
+        b = _mm256_dpbusd_epi32(b, u[m + 1], broadcast4(y + nibble_weight(m + 1)));
+    }
+    return _mm256_add_epi32(a, b);
+#else
+    return _mm256_madd_epi16(_mm256_add_epi16(sum4_nibbles(u, y, 0), sum4_nibbles(u, y, 4)), _mm256_set1_epi16(1));
+#endif
+}
+
+inline __m256i dot_group5(const __m256i (&u)[8], const int8_t* y) {
+#if PE_PACKED_VNNI
+    return dot_group(u, y);
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    return _mm256_add_epi32(_mm256_madd_epi16(sum4_nibbles(u, y, 0), ones), _mm256_madd_epi16(sum4_nibbles(u, y, 4), ones));
+#endif
+}
+
+// acc + signed levels q (magnitudes aq) against 4 activation bytes: |q| times y with q's sign (the
+// sign trick of dot_i8), each pair sum (up to 2 * 128 * 127) widened to int32 at once.
+inline __m256i dot_signed(__m256i acc, __m256i q, __m256i aq, const int8_t* y) {
+    return dot_u8_acc(acc, aq, _mm256_sign_epi8(broadcast4(y), q));
+}
+
+// Lanes in kLaneRow order -> rows 0..7 (the permutation is its own inverse).
+inline void store_rows(float* y, __m256 acc) {
+    _mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+
+struct block_q8_0x8 {
+    uint16_t d[8];  // scales, rows 0..7
+    int8_t qs[256];  // runs of 32: bytes 4k .. 4k+3 of rows 0..7, for k = 0 .. 7
+};
+static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "packing must not change the size");
+
+// The packed formats as steps of one loop: Unpacked is what load() makes of a packed block (shared
+// by every token of a pass), term() the float vector that one activation block adds to the 8 lane
+// accumulators: float(isum) * (d_w * d_x), plus m * s for Q4_1, exactly the reference's. kRowOrder:
+// the lanes are rows 0..7 (else kLaneRow's order); kXSums: term() reads the activation block's sum.
+struct PackedQ4_0 {
+    static constexpr bool kRowOrder = true, kXSums = true;
+    using Block = block_q4_0x8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
+        // sum (q - 8) y = sum q y - 8 sum y, exactly
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(8 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+struct PackedQ4_1 {
+    static constexpr bool kRowOrder = true, kXSums = false;
+    using Block = block_q4_1x8;
+    using XBlock = block_q8_1;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d, m;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
+                             _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
+    }
+};
+
+// VNNI: the weights + 128 (q ^ 0x80: 0..255) as unsigned bytes, whose products with the activations
+// vpdpbusd sums without saturation, and 128 * (sum of the activation block) subtracted from the exact
+// integer sum, as Q4_0 does with its 8 (so the activation sums are read). AVX2's maddubs would
+// saturate such pairs (2 * 255 * 127 > 32767): it keeps the sign trick.
+struct PackedQ8_0 {
+    static constexpr bool kRowOrder = true, kXSums = PE_PACKED_VNNI;
+    using Block = block_q8_0x8;
+    using XBlock = block_q8_0;
+#if PE_PACKED_VNNI
+    struct Unpacked {
+        __m256i u[8];  // run k: weights 4k .. 4k+3 of each row, + 128
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        for (int k = 0; k < 8; k++)
+            p.u[k] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k)),
+                                      _mm256_set1_epi8(char(0x80)));
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
+        __m256i a = _mm256_setzero_si256(), b = a;
+        for (int k = 0; k < 8; k += 2) {
+            a = _mm256_dpbusd_epi32(a, w.u[k], broadcast4(x.qs + 4 * k));
+            b = _mm256_dpbusd_epi32(b, w.u[k + 1], broadcast4(x.qs + 4 * k + 4));
+        }
+        // sum (u - 128) y = sum u y - 128 sum y, exactly
+        const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(128 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+#else
+    struct Unpacked {
+        const int8_t* qs;  // 8 vectors: loaded again per token (L1), fewer registers held
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        return {w.qs, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)))};
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int k = 0; k < 8; k++) {
+            const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k));
+            isum[k % 2] = dot_signed(isum[k % 2], q, _mm256_sign_epi8(q, q), x.qs + 4 * k);
+        }
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
+    }
+#endif
+};
+
+// ---- Q5_0, Q5_1: the nibbles packed as Q4_0's, and the fifth bits as one 32-byte vector per block:
+// bit m of its byte p is the fifth bit of the weight at byte p of unpack_group's vector u[m], so
+// one shift and one mask per vector move it to bit 4 (levels 0..31; dot_group5). Q5_0's level is
+// q - 16: as for Q4_0 the offset's part is subtracted from the exact integer sum, 16 * (sum of the
+// activation block).
+struct block_q5_0x8 {
+    uint16_t d[8];    // scales, rows 0..7
+    uint8_t qh[32];   // fifth bits, as above
+    uint8_t qs[128];  // nibbles, as block_q4_0x8's
+};
+static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "packing must not change the size");
+
+struct block_q5_1x8 {
+    uint16_t d[8];  // scales, rows 0..7
+    uint16_t m[8];  // minimums, rows 0..7
+    uint8_t qh[32];
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "packing must not change the size");
+
+// Block i of 8 rows: pack_rows, and the fifth bits laid out for unpack_group's vectors: bit m of byte
+// p belongs to row p / 4, weight nibble_weight(m) + p % 4.
+template <typename Block, typename Packed>
+void pack_blocks5(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    for (int i = 0; i < n / QK; i++) {
+        Packed& o = static_cast<Packed*>(out)[i];
+        pack_rows<Block>(w, stride, i, o);
+        std::memset(o.qh, 0, sizeof(o.qh));
+        for (int p = 0; p < 32; p++) {
+            uint32_t bits;
+            std::memcpy(&bits, row_block<Block>(w, stride, p / 4, i).qh, 4);
+            for (int m = 0; m < 8; m++) o.qh[p] = uint8_t(o.qh[p] | ((bits >> (nibble_weight(m) + p % 4)) & 1u) << m);
+        }
+    }
+}
+
+// Bit m of every byte of v, moved to bit 4, the others cleared (a 16-bit shift keeps each byte's
+// bit 4 from the same byte, both positions being in 0..7).
+template <int m>
+inline __m256i bit_to_4(__m256i v) {
+    const __m256i moved = m <= 4 ? _mm256_slli_epi16(v, 4 - m) : _mm256_srli_epi16(v, m - 4);
+    return _mm256_and_si256(moved, _mm256_set1_epi8(0x10));
+}
+
+// unpack_group's 8 nibble vectors with their fifth bits: levels 0..31.
+inline void unpack_group5(const uint8_t* qs, const uint8_t* qh, __m256i (&u)[8]) {
+    unpack_group(qs, u);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+    u[0] = _mm256_or_si256(u[0], bit_to_4<0>(h));
+    u[1] = _mm256_or_si256(u[1], bit_to_4<1>(h));
+    u[2] = _mm256_or_si256(u[2], bit_to_4<2>(h));
+    u[3] = _mm256_or_si256(u[3], bit_to_4<3>(h));
+    u[4] = _mm256_or_si256(u[4], bit_to_4<4>(h));
+    u[5] = _mm256_or_si256(u[5], bit_to_4<5>(h));
+    u[6] = _mm256_or_si256(u[6], bit_to_4<6>(h));
+    u[7] = _mm256_or_si256(u[7], bit_to_4<7>(h));
+}
+
+struct PackedQ5_0 {
+    static constexpr bool kRowOrder = true, kXSums = true;
+    using Block = block_q5_0x8;
+    using XBlock = block_q8_0;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group5(w.qs, w.qh, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
+        // sum (q - 16) y = sum q y - 16 sum y, exactly
+        const __m256i isum = _mm256_sub_epi32(dot_group5(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+};
+
+struct PackedQ5_1 {
+    static constexpr bool kRowOrder = true, kXSums = false;
+    using Block = block_q5_1x8;
+    using XBlock = block_q8_1;
+    struct Unpacked {
+        __m256i u[8];
+        __m256 d, m;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group5(w.qs, w.qh, p.u);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.m)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group5(w.u, x.qs)), d),
+                             _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
+    }
+};
+
+// ---- IQ4_NL: the nibbles packed as Q4_0's; load() looks the int8 levels up (pshufb on the 16 levels
+// in both 128-bit lanes), and the levels (-127 .. 113) take the signed path of PackedQ8_0.
+struct block_iq4_nlx8 {
+    uint16_t d[8];  // scales, rows 0..7
+    uint8_t qs[128];
+};
+static_assert(sizeof(block_iq4_nlx8) == 8 * sizeof(block_iq4_nl), "packing must not change the size");
+
+struct PackedIQ4_NL {
+    // VNNI: the levels + 128 (1..241) as unsigned bytes against the activations, minus 128 * (sum of the
+    // activation block), as PackedQ8_0's; AVX2: the signed levels with the sign trick.
+    static constexpr bool kRowOrder = true, kXSums = PE_PACKED_VNNI;
+    using Block = block_iq4_nlx8;
+    using XBlock = block_q8_0;
+#if PE_PACKED_VNNI
+    struct Unpacked {
+        __m256i u[8];  // unpack_group's vectors, as levels + 128
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.u);
+        const __m256i table = _mm256_xor_si256(
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues))),
+            _mm256_set1_epi8(char(0x80)));
+        for (int m = 0; m < 8; m++) p.u[m] = _mm256_shuffle_epi8(table, p.u[m]);
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(128 * xsum));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+    }
+#else
+    struct Unpacked {
+        __m256i q[8];   // the signed levels of unpack_group's vectors
+        __m256i aq[8];  // their magnitudes: the sign trick's weight half, once per block, not per token
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        unpack_group(w.qs, p.q);
+        const __m256i table =
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+        for (int m = 0; m < 8; m++) {
+            p.q[m] = _mm256_shuffle_epi8(table, p.q[m]);
+            p.aq[m] = _mm256_sign_epi8(p.q[m], p.q[m]);
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int m = 0; m < 8; m++)  // unpack_group's vector m against its activation bytes
+            isum[m % 2] = dot_signed(isum[m % 2], w.q[m], w.aq[m], x.qs + nibble_weight(m));
+        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
+    }
+#endif
+};
+
+// ---- Q4_K: 8 rows' super-blocks interleaved. Per lane (row) the exact integer sums of the reference,
+// isum = sum_j sc_j * (sum of q * y over sub-block j) and msum = sum_j m_j * (sum of y over it), then
+// its float step (d * dx) * float(isum) - (dmin * dx) * float(msum) on 8 lanes (ref::k_superblock_term's
+// operations, no FMA), added to the lane's sum super-block by super-block: bit-identical to
+// ref::vec_dot_q4_K_q8_K on the unpacked row.
+//
+// The nibbles: per 32-byte chunk h of every row (weights 64h + l in the low nibbles: sub-block 2h;
+// 64h + 32 + l in the high ones: sub-block 2h + 1), runs of 32 bytes: bytes 8c .. 8c+7 of rows 0-3,
+// then of rows 4-7, for c = 0 .. 3 (as block_q8_0x8's). Four maddubs of one sub-block add up in int16
+// below 4 * 2 * 15 * 127 = 15240; the madd that widens them multiplies by the sub-block's scale.
+// The 6-bit scales and minimums (64 each) are stored as 64 bytes' low nibbles (32 bytes) and high
+// two bits (16 bytes), in the order that one pshufb makes the madd multipliers of: byte b of the
+// 32-byte vector of sub-blocks 4v .. 4v+3 (128-bit lane L = b / 16) is sub-block 4v + (b % 16) / 4
+// of row kLaneRow[4 L + b % 4].
+struct block_q4_Kx8 {
+    uint16_t d[8];     // in kLaneRow order
+    uint16_t dmin[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t m_lo[32], m_hi[16];
+    uint8_t qs[1024];
+};
+static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "packing must not change the size");
+
+// 64 six-bit values v[0..63] -> lo (v[b] & 15 | (v[b + 32] & 15) << 4) and hi (bits 4-5 of v[b],
+// v[b + 16], v[b + 32], v[b + 48] in bits 0-1, 2-3, 4-5, 6-7 of byte b).
+inline void pack6(const uint8_t (&v)[64], uint8_t* lo, uint8_t* hi) {
+    for (int b = 0; b < 32; b++) lo[b] = uint8_t((v[b] & 15) | (v[b + 32] & 15) << 4);
+    for (int b = 0; b < 16; b++)
+        hi[b] = uint8_t((v[b] >> 4) | (v[b + 16] >> 4) << 2 | (v[b + 32] >> 4) << 4 | (v[b + 48] >> 4) << 6);
+}
+
+// The inverse: the 64 bytes as two vectors (values 0..31, 32..63).
+inline void unpack6(const uint8_t* lo, const uint8_t* hi, __m256i (&v)[2]) {
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+    const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    const __m256i h0 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m2);
+    const __m256i h1 = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m2);
+    v[0] = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_slli_epi16(h0, 4));
+    v[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4), _mm256_slli_epi16(h1, 4));
+}
+
+void pack_q4_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q4_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t sc[64], mn[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const int row = kLaneRow[4 * lane + b % 4];
+            get_scale_min_k4(j, row_block<block_q4_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        pack6(mn, o[i].m_lo, o[i].m_hi);
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q4_K>(w, stride, kLaneRow[l], i).d;
+            o[i].dmin[l] = row_block<block_q4_K>(w, stride, kLaneRow[l], i).dmin;
+        }
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++)
+                for (int group = 0; group < 2; group++)
+                    for (int j = 0; j < 4; j++)
+                        std::memcpy(o[i].qs + 256 * h + (c * 2 + group) * 32 + j * 8,
+                                    row_block<block_q4_K>(w, stride, group * 4 + j, i).qs + 32 * h + 8 * c, 8);
+    }
+}
+
+// pshufb control picking, per 64-bit quarter Q of each 128-bit lane, byte `base + Q` as 4 int16.
+inline __m256i quarter_pick16(int base) {
+    const auto q = [](int b) { return int64_t(0x8000800080008000ull | (uint64_t(b) * 0x0001000100010001ull)); };
+    return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
+}
+
+struct PackedQ4_KBatch;
+
+struct PackedQ4_K {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    using Batch = PackedQ4_KBatch;  // for passes of several tokens
+    using Block = block_q4_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        const uint8_t* qs;
+        __m256i sc03[8], sc47[8];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        __m256i m[4];              // int32 lane l: the int16 pair (m_2v, m_2v+1) of row kLaneRow[l]
+        __m256 d, dmin;
+    };
+    // Any block with Q4_K's d, dmin, sc_lo/hi, m_lo/hi and qs (block_q4_Kx8, block_q5_Kx8).
+    template <typename B = Block>
+    static Unpacked load(const B& w) {
+        Unpacked p;
+        p.qs = w.qs;
+        __m256i sc[2], mn[2];
+        unpack6(w.sc_lo, w.sc_hi, sc);
+        unpack6(w.m_lo, w.m_hi, mn);
+        for (int j = 0; j < 8; j++) {
+            p.sc03[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4)));
+            p.sc47[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2));
+        }
+        for (int v = 0; v < 4; v++) {
+            // int32 element e of each lane: bytes (2v % 4) * 4 + e and (2v % 4 + 1) * 4 + e, as int16
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80),
+                                              char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80),
+                                              char(a + 3), char(0x80), char(b + 3), char(0x80));
+            p.m[v] = _mm256_shuffle_epi8(mn[v / 2], _mm256_broadcastsi128_si256(ctl));
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        const __m256i mask = _mm256_set1_epi8(0x0f);
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+            for (int c = 0; c < 4; c++) {
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 256 * h + 64 * c));
+                const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 256 * h + 64 * c + 32));
+                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(_mm256_and_si256(r0, mask), ylo));
+                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(_mm256_and_si256(r1, mask), ylo));
+                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), mask), yhi));
+                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), mask), yhi));
+            }
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[2 * h]), hi03, w.sc03[2 * h + 1]);
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[2 * h]), hi47, w.sc47[2 * h + 1]);
+        }
+        return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
+    }
+    // The minimums' msum and the float step, from the lanes' exact isum (kLaneRow order).
+    static __m256 finish(const Unpacked& w, const XBlock& x, __m256i isum) {
+        // ys_j = bsums[2j] + bsums[2j + 1] (|.| <= 4064: exact in int16); pair v in int32 element v
+        const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
+        const __m256i ys2 = _mm256_broadcastsi128_si256(ys);
+        __m256i msum = _mm256_madd_epi16(w.m[0], _mm256_shuffle_epi32(ys2, 0x00));
+        msum = madd_acc(msum, w.m[1], _mm256_shuffle_epi32(ys2, 0x55));
+        msum = madd_acc(msum, w.m[2], _mm256_shuffle_epi32(ys2, 0xaa));
+        msum = madd_acc(msum, w.m[3], _mm256_shuffle_epi32(ys2, 0xff));
+        const __m256 dx = _mm256_set1_ps(x.d);
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(w.dmin, dx), _mm256_cvtepi32_ps(msum)));
+    }
+};
+
+// Q4_K for a pass of several tokens: load() splits the super-block's nibbles once, into L1 (64
+// vectors), and every token's term() reads them; the one-token term() splits them as it goes, in
+// registers. The same integer sums and float step: the same bits.
+struct PackedQ4_KBatch {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    static constexpr int kMaxTokens = 8;
+    using Block = block_q4_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        PackedQ4_K::Unpacked scales;
+        __m256i u[16][4];  // the run pair at qs + 64 (4h + c): rows 0-3, 4-7 low nibbles, rows 0-3, 4-7 high
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.scales = PackedQ4_K::load(w);
+        const __m256i mask = _mm256_set1_epi8(0x0f);
+        for (int hc = 0; hc < 16; hc++) {
+            const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * hc));
+            const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * hc + 32));
+            p.u[hc][0] = _mm256_and_si256(r0, mask);
+            p.u[hc][1] = _mm256_and_si256(r1, mask);
+            p.u[hc][2] = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask);
+            p.u[hc][3] = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
+        }
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+            for (int c = 0; c < 4; c++) {
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                const __m256i(&u)[4] = w.u[4 * h + c];
+                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u[0], ylo));
+                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u[1], ylo));
+                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u[2], yhi));
+                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
+            }
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.scales.sc03[2 * h]), hi03, w.scales.sc03[2 * h + 1]);
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.scales.sc47[2 * h]), hi47, w.scales.sc47[2 * h + 1]);
+        }
+        return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(acc03, acc47));
+    }
+};
+
+// ---- Q6_K: 8 rows' super-blocks re-laid at load time. The 6-bit levels u (0..63; the weight is
+// u - 32) are split as Q4_K's nibbles: chunk h of 64 weights, the low 4 bits of weights 64h + l in
+// the low nibbles and of 64h + 32 + l in the high ones, runs of 32 bytes: bytes 8c .. 8c+7 of rows
+// 0-3 (group 0) and of rows 4-7 (group 1); after each such pair of runs, 32 bytes of the top two bits:
+// byte p holds those of group 0's low and high nibble weights in bits 0-1, 2-3 and group 1's in
+// bits 4-5, 6-7. Sub-blocks are 16 weights, so two maddubs add up in int16 (below 2 * 2 * 63 * 127
+// = 32004); the widening madd multiplies by the signed scale. Per lane isum = sum_j sc_j * (u . y)_j
+// - 32 * sum_j sc_j * bsums_j, exact, then ref::k_superblock_term's (d * dx) * float(isum) -
+// (0 * dx) * float(0), as the reference calls it: bit-identical to ref::vec_dot_q6_K_q8_K.
+// The 16 scales per row are stored as Q4_K's scale bytes: vector v (sub-blocks 4v .. 4v+3) byte b is
+// sub-block 4v + (b % 16) / 4 of row kLaneRow[4 (b / 16) + b % 4].
+struct block_q6_Kx8 {
+    uint16_t d[8];  // in kLaneRow order
+    int8_t sc[128];
+    uint8_t q[16][96];  // per (h, c): group 0's nibbles, group 1's, the top bits
+};
+static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "packing must not change the size");
+
+void pack_q6_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q6_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_q6_K& b = row_block<block_q6_K>(w, stride, r, i);
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t* ql = b.ql + 64 * h;
+                    const uint8_t qh = b.qh[32 * h + l];
+                    u[r][128 * h + l] = uint8_t((ql[l] & 0x0f) | ((qh >> 0) & 3) << 4);
+                    u[r][128 * h + l + 32] = uint8_t((ql[l + 32] & 0x0f) | ((qh >> 2) & 3) << 4);
+                    u[r][128 * h + l + 64] = uint8_t((ql[l] >> 4) | ((qh >> 4) & 3) << 4);
+                    u[r][128 * h + l + 96] = uint8_t((ql[l + 32] >> 4) | ((qh >> 6) & 3) << 4);
+                }
+        }
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_q6_K>(w, stride, kLaneRow[l], i).d;
+        for (int b = 0; b < 128; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            o[i].sc[b] = row_block<block_q6_K>(w, stride, kLaneRow[4 * lane + b % 4], i).scales[j];
+        }
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                uint8_t* dst = o[i].q[4 * h + c];
+                for (int p = 0; p < 32; p++) {
+                    uint8_t top = 0;
+                    for (int group = 0; group < 2; group++) {
+                        const int r = 4 * group + p / 8, l = 64 * h + 8 * c + p % 8;
+                        dst[32 * group + p] = uint8_t((u[r][l] & 0x0f) | (u[r][l + 32] & 0x0f) << 4);
+                        top = uint8_t(top | (u[r][l] >> 4) << (4 * group) | (u[r][l + 32] >> 4) << (4 * group + 2));
+                    }
+                    dst[64 + p] = top;
+                }
+            }
+    }
+}
+
+// pshufb control putting, per 64-bit quarter Q of each 128-bit lane, byte `base + Q` in the high byte
+// of 4 int16 (an arithmetic shift by 8 then sign-extends it).
+inline __m256i quarter_pick16_high(int base) {
+    const auto q = [](int b) { return int64_t(0x0080008000800080ull | (uint64_t(b) * 0x0100010001000100ull)); };
+    return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
+}
+
+struct PackedQ6_KBatch;
+
+struct PackedQ6_K {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    using Batch = PackedQ6_KBatch;  // for passes of several tokens
+    using Block = block_q6_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        const uint8_t (*q)[96];
+        __m256i sc03[16], sc47[16];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        __m256i s[8];                // int32 lane l: the int16 pair (sc_2v, sc_2v+1) of row kLaneRow[l]
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.q = w.q;
+        __m256i sc[4];
+        for (int v = 0; v < 4; v++) sc[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sc + 32 * v));
+        for (int j = 0; j < 16; j++) {
+            p.sc03[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4))), 8);
+            p.sc47[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4) + 2)), 8);
+        }
+        for (int v = 0; v < 8; v++) {
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(0x80), char(a), char(0x80), char(b), char(0x80), char(a + 1),
+                                              char(0x80), char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2),
+                                              char(0x80), char(a + 3), char(0x80), char(b + 3));
+            p.s[v] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[v / 2], _mm256_broadcastsi128_si256(ctl)), 8);
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    // The 6-bit levels of run pair (h, c) into u: rows 0-3 and 4-7, low and high nibble weights
+    // (u0lo, u0hi, u1lo, u1hi).
+    static void levels(const Unpacked& w, int h, int c, __m256i (&u)[4]) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+        const uint8_t* q = w.q[4 * h + c];
+        const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+        const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32));
+        const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64));
+        u[0] = _mm256_or_si256(_mm256_and_si256(r0, m4), _mm256_and_si256(_mm256_slli_epi16(t, 4), m2));
+        u[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r0, 4), m4), _mm256_and_si256(_mm256_slli_epi16(t, 2), m2));
+        u[2] = _mm256_or_si256(_mm256_and_si256(r1, m4), _mm256_and_si256(t, m2));
+        u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(t, 2), m2));
+    }
+    // Out of line: inlined into packed_dot_pair's two streams (GCC 12), this made a 1.1B Q4_K_M
+    // generation (its output matrix Q6_K) ~20% slower.
+    __attribute__((noinline)) static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        return dot<1>(w, x, [&w](int h, int c, __m256i (&u)[4]) { levels(w, h, c, u); });
+    }
+    // term() with the levels of (h, c) from level(h, c, u), the scaled sums of each row half added up
+    // in kChains accumulators (1 or 4).
+    template <int kChains, typename LevelsOf>
+    static __m256 dot(const Unpacked& w, const XBlock& x, LevelsOf level) {
+        __m256i acc03[kChains], acc47[kChains];
+        for (int a = 0; a < kChains; a++) acc03[a] = acc47[a] = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            for (int cc = 0; cc < 2; cc++) {  // c = 2cc, 2cc + 1: sub-blocks 4h + cc (low) and 4h + 2 + cc (high)
+                __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
+                    const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                    __m256i u[4];
+                    level(h, c, u);
+                    lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u[0], ylo));
+                    hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u[1], yhi));
+                    lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u[2], ylo));
+                    hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
+                }
+                acc03[2 * cc % kChains] = madd_acc(acc03[2 * cc % kChains], lo03, w.sc03[4 * h + cc]);
+                acc03[(2 * cc + 1) % kChains] = madd_acc(acc03[(2 * cc + 1) % kChains], hi03, w.sc03[4 * h + 2 + cc]);
+                acc47[2 * cc % kChains] = madd_acc(acc47[2 * cc % kChains], lo47, w.sc47[4 * h + cc]);
+                acc47[(2 * cc + 1) % kChains] = madd_acc(acc47[(2 * cc + 1) % kChains], hi47, w.sc47[4 * h + 2 + cc]);
+            }
+        }
+        for (int a = 1; a < kChains; a++) {
+            acc03[0] = _mm256_add_epi32(acc03[0], acc03[a]);
+            acc47[0] = _mm256_add_epi32(acc47[0], acc47[a]);
+        }
+        const __m256i dot = _mm256_hadd_epi32(acc03[0], acc47[0]);
+        // offset_l = sum_j sc_j bsums_j: pair v of bsums (int32 element v) against s[v]
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        __m256i off = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++)
+            off = madd_acc(off, w.s[v], _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(v)));
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(off, 5));
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
+// Q6_K for a pass of several tokens: load() rebuilds the levels of the whole super-block once, into
+// L1, and every token's term() reads them (the one-token kernels rebuild them as they go, in
+// registers). The same integer sums and float step: the same bits. A prompt's kernel loop (passes
+// over a cache-resident tile) ran ~1.8x faster: 8-token passes of this against 4-token ones of Q6_K.
+struct PackedQ6_KBatch {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    static constexpr int kMaxTokens = 8;
+    // VNNI's madd_acc (vpdpwssd) chains the scaled sums: 4 accumulators ran this loop ~30% faster there
+    // (cache-resident, 8 tokens), and ~20% slower in the AVX2 build, whose madd_acc is an add.
+    static constexpr int kChains = PE_PACKED_VNNI ? 4 : 1;
+    using Block = block_q6_Kx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        PackedQ6_K::Unpacked scales;
+        __m256i u[16][4];  // the levels of (h, c) at 4h + c
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.scales = PackedQ6_K::load(w);
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) PackedQ6_K::levels(p.scales, h, c, p.u[4 * h + c]);
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        return PackedQ6_K::dot<kChains>(w.scales, x, [&w](int h, int c, __m256i (&u)[4]) {
+            for (int k = 0; k < 4; k++) u[k] = w.u[4 * h + c][k];
+        });
+    }
+};
+
+// ---- IQ4_XS: Q4_K's super-block layout (the index nibbles of chunk h in runs of 32 bytes: bytes
+// 8c .. 8c+7 of rows 0-3, then of rows 4-7; weights 64h + l in the low nibbles, 64h + 32 + l in the
+// high ones) and its 6-bit scale bytes (pack6, in the order quarter_pick16 reads them), ls (0..63)
+// where the weight's scale is ls - 32. load() looks the levels (-127 .. 113) up once per super-block
+// into L1, with their magnitudes, for every token of the pass; the signed path of IQ4_NL then gives
+// int16 pairs below 2 * 127 * 127, each widened at once by the madd that multiplies it by its
+// sub-block's scale ls - 32. isum per lane is exact (< 8 * 32 * 32 * 127 * 127 < 2^31), and the float
+// step is ref::k_superblock_term's with dmin = 0 and msum = 0, as the reference calls it (Q6_K's).
+struct block_iq4_xsx8 {
+    uint16_t d[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t qs[1024];
+};
+static_assert(sizeof(block_iq4_xsx8) == 8 * sizeof(block_iq4_xs), "packing must not change the size");
+
+// Super-block i's 256 weights of the 8 rows, in Q4_K's packed nibble order, from per-row 4-bit
+// values u[row][weight].
+inline void interleave_k_nibbles(const uint8_t (&u)[8][QK_K], uint8_t* qs) {
+    for (int h = 0; h < 4; h++)
+        for (int c = 0; c < 4; c++)
+            for (int group = 0; group < 2; group++)
+                for (int j = 0; j < 4; j++)
+                    for (int b = 0; b < 8; b++) {
+                        const uint8_t* r = u[4 * group + j];
+                        qs[256 * h + (c * 2 + group) * 32 + j * 8 + b] =
+                            uint8_t(r[64 * h + 8 * c + b] | r[64 * h + 32 + 8 * c + b] << 4);
+                    }
+}
+
+void pack_iq4_xs(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_iq4_xsx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_iq4_xs& b = row_block<block_iq4_xs>(w, stride, r, i);
+            for (int j = 0; j < 8; j++)
+                for (int l = 0; l < 16; l++) {
+                    u[r][32 * j + l] = b.qs[16 * j + l] & 0x0f;
+                    u[r][32 * j + 16 + l] = b.qs[16 * j + l] >> 4;
+                }
+        }
+        uint8_t sc[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const block_iq4_xs& blk = row_block<block_iq4_xs>(w, stride, kLaneRow[4 * lane + b % 4], i);
+            sc[b] = uint8_t(((blk.scales_l[j / 2] >> (4 * (j % 2))) & 0x0f) | ((blk.scales_h >> (2 * j)) & 3) << 4);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        for (int l = 0; l < 8; l++) o[i].d[l] = row_block<block_iq4_xs>(w, stride, kLaneRow[l], i).d;
+        interleave_k_nibbles(u, o[i].qs);
+    }
+}
+
+struct PackedIQ4_XS {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    static constexpr int kMaxTokens = 8;  // its unpacked block is in L1 (the levels of 8 rows)
+    using Block = block_iq4_xsx8;
+    using XBlock = block_q8_K;
+    struct Unpacked {
+        // per (h, c): the levels of lo03, lo47, hi03, hi47 (rows 0-3 / 4-7, low / high nibbles)
+        __m256i q[64], aq[64];
+        __m256i sc03[8], sc47[8];  // madd multipliers ls - 32 of sub-block j, as PackedQ4_K's
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        __m256i sc[2];
+        unpack6(w.sc_lo, w.sc_hi, sc);
+        const __m256i off = _mm256_set1_epi16(32);
+        for (int j = 0; j < 8; j++) {
+            p.sc03[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4))), off);
+            p.sc47[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2)), off);
+        }
+        const __m256i table =
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));
+        const __m256i mask = _mm256_set1_epi8(0x0f);
+        for (int k = 0; k < 16; k++) {
+            const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * k));
+            const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * k + 32));
+            const __m256i nib[4] = {_mm256_and_si256(r0, mask), _mm256_and_si256(r1, mask),
+                                    _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask),
+                                    _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask)};
+            for (int t = 0; t < 4; t++) {
+                const __m256i q = _mm256_shuffle_epi8(table, nib[t]);
+                p.q[4 * k + t] = q;
+                p.aq[4 * k + t] = _mm256_sign_epi8(q, q);
+            }
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        const auto dot = [&w](int v, __m256i y, __m256i sc) {
+            return _mm256_madd_epi16(_mm256_maddubs_epi16(w.aq[v], _mm256_sign_epi8(y, w.q[v])), sc);
+        };
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                const int v = 4 * (4 * h + c);
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(dot(v, ylo, w.sc03[2 * h]), dot(v + 2, yhi, w.sc03[2 * h + 1])));
+                acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(dot(v + 1, ylo, w.sc47[2 * h]), dot(v + 3, yhi, w.sc47[2 * h + 1])));
+            }
+        const __m256i isum = _mm256_hadd_epi32(acc03, acc47);
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+};
+
+// ---- Q5_K: Q4_K's packed layout (d, dmin, the 6-bit scales and minimums, the nibbles) plus the fifth
+// bits: for the run pair (h, c) (rows 0-3, rows 4-7 of bytes 8c .. 8c+7 of chunk h), byte p of
+// qh[2h + c / 2] holds in bits 4 (c % 2) + 0, 1, 2, 3 the fifth bits of the weights behind byte p's
+// low nibble of rows 0-3, its high nibble, the low and the high nibble of rows 4-7. Levels 0..31:
+// four maddubs of a sub-block add up in int16 below 4 * 2 * 31 * 127 = 31496; then Q4_K's term.
+struct block_q5_Kx8 {
+    uint16_t d[8];     // in kLaneRow order
+    uint16_t dmin[8];  // in kLaneRow order
+    uint8_t sc_lo[32], sc_hi[16];
+    uint8_t m_lo[32], m_hi[16];
+    uint8_t qh[8][32];
+    uint8_t qs[1024];  // right after qh: term() reads both from Unpacked::qs
+};
+static_assert(offsetof(block_q5_Kx8, qs) == offsetof(block_q5_Kx8, qh) + 256, "qs follows qh");
+static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "packing must not change the size");
+
+void pack_q5_K(int n, const void* vw, size_t stride, void* out) {
+    const auto* w = static_cast<const uint8_t*>(vw);
+    auto* o = static_cast<block_q5_Kx8*>(out);
+    for (int i = 0; i < n / QK_K; i++) {
+        uint8_t u[8][QK_K], lo[8][QK_K];
+        for (int r = 0; r < 8; r++) {
+            const block_q5_K& b = row_block<block_q5_K>(w, stride, r, i);
+            for (int h = 0; h < 4; h++)
+                for (int l = 0; l < 32; l++) {
+                    u[r][64 * h + l] = uint8_t((b.qs[32 * h + l] & 0x0f) | ((b.qh[l] >> (2 * h)) & 1) << 4);
+                    u[r][64 * h + 32 + l] = uint8_t((b.qs[32 * h + l] >> 4) | ((b.qh[l] >> (2 * h + 1)) & 1) << 4);
+                }
+            for (int l = 0; l < QK_K; l++) lo[r][l] = u[r][l] & 0x0f;
+        }
+        uint8_t sc[64], mn[64];
+        for (int b = 0; b < 64; b++) {
+            const int v = b / 32, lane = (b % 32) / 16, j = 4 * v + (b % 16) / 4;
+            const int row = kLaneRow[4 * lane + b % 4];
+            get_scale_min_k4(j, row_block<block_q5_K>(w, stride, row, i).scales, &sc[b], &mn[b]);
+        }
+        pack6(sc, o[i].sc_lo, o[i].sc_hi);
+        pack6(mn, o[i].m_lo, o[i].m_hi);
+        for (int l = 0; l < 8; l++) {
+            o[i].d[l] = row_block<block_q5_K>(w, stride, kLaneRow[l], i).d;
+            o[i].dmin[l] = row_block<block_q5_K>(w, stride, kLaneRow[l], i).dmin;
+        }
+        interleave_k_nibbles(lo, o[i].qs);
+        std::memset(o[i].qh, 0, sizeof(o[i].qh));
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++)
+                for (int p = 0; p < 32; p++) {
+                    const int l = 64 * h + 8 * c + p % 8, base = 4 * (c % 2);
+                    const uint8_t* r0 = u[p / 8];
+                    const uint8_t* r1 = u[4 + p / 8];
+                    o[i].qh[2 * h + c / 2][p] |= uint8_t((r0[l] >> 4) << base | (r0[l + 32] >> 4) << (base + 1) |
+                                                         (r1[l] >> 4) << (base + 2) | (r1[l + 32] >> 4) << (base + 3));
+                }
+    }
+}
+
+struct PackedQ5_K {
+    static constexpr int kBlock = QK_K;
+    static constexpr bool kRowOrder = false, kXSums = false;
+    using Block = block_q5_Kx8;
+    using XBlock = block_q8_K;
+    using Unpacked = PackedQ4_K::Unpacked;  // qs points at the block: the fifth bits at its qh
+    static Unpacked load(const Block& w) {
+        Unpacked p = PackedQ4_K::load(w);
+        p.qs = w.qh[0];  // qh, then qs, 256 bytes on
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        const __m256i mask = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+        const uint8_t* qh = w.qs;
+        const uint8_t* qs = w.qs + 256;
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h++) {
+            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
+            for (int c = 0; c < 4; c++) {
+                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
+                const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 256 * h + 64 * c));
+                const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 256 * h + 64 * c + 32));
+                __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + 32 * (2 * h + c / 2)));
+                if (c % 2) t = _mm256_srli_epi16(t, 4);  // bits 4..7 of each byte to 0..3 (only those are used)
+                const __m256i u0lo = _mm256_or_si256(_mm256_and_si256(r0, mask), _mm256_and_si256(_mm256_slli_epi16(t, 4), b4));
+                const __m256i u0hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r0, 4), mask),
+                                                     _mm256_and_si256(_mm256_slli_epi16(t, 3), b4));
+                const __m256i u1lo = _mm256_or_si256(_mm256_and_si256(r1, mask), _mm256_and_si256(_mm256_slli_epi16(t, 2), b4));
+                const __m256i u1hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), mask),
+                                                     _mm256_and_si256(_mm256_slli_epi16(t, 1), b4));
+                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u0lo, ylo));
+                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u1lo, ylo));
+                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u0hi, yhi));
+                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u1hi, yhi));
+            }
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[2 * h]), hi03, w.sc03[2 * h + 1]);
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[2 * h]), hi47, w.sc47[2 * h + 1]);
+        }
+        return PackedQ4_K::finish(w, x, _mm256_hadd_epi32(acc03, acc47));
+    }
+};
+
+// Weights per block of a packed format: QK, or the format's kBlock (256 for the super-blocks).
+template <typename F, typename = void>
+struct BlockSize {
+    static constexpr int value = QK;
+};
+template <typename F>
+struct BlockSize<F, std::void_t<decltype(F::kBlock)>> {
+    static constexpr int value = F::kBlock;
+};
+template <typename F>
+constexpr int block_size() {
+    return BlockSize<F>::value;
+}
+
+// The 8 lane accumulators of a packed format to rows 0..7 of y.
+template <typename F>
+inline void store_lanes(float* y, __m256 acc) {
+    if constexpr (F::kRowOrder) _mm256_storeu_ps(y, acc);
+    else store_rows(y, acc);
+}
+
+// Whether a packed format reads its activations' block scales as floats (Activations::block_scales):
+// the formats paired with Q8_0 and Q8_1, whose fp16 scales prepare_activations converts once.
+template <typename F>
+constexpr bool reads_xscales() {
+    return std::is_same_v<typename F::XBlock, block_q8_0> || std::is_same_v<typename F::XBlock, block_q8_1>;
+}
+
+// Activations one packed_nt pass takes at most: F::kMaxTokens where the format says, else 8 for the
+// 32-blocks, whose unpacked block leaves registers for 8 accumulators, and 4 for the super-blocks.
+// Where a super-block's unpacked state is in memory anyway, 8 tokens share each load(): a prompt's
+// kernel loop (8-token passes over a cache-resident tile, against 4-token ones) ran ~10% faster for
+// Q4_K and ~27% for IQ4_XS; Q5_K's gained nothing. (Q4_K's passes now take PackedQ4_KBatch, whose
+// nibbles are split once per super-block: ~8% more, AVX2 and VNNI alike.)
+template <typename F, typename = void>
+struct MaxTokens {
+    static constexpr int value = block_size<F>() == QK ? 8 : 4;
+};
+template <typename F>
+struct MaxTokens<F, std::void_t<decltype(F::kMaxTokens)>> {
+    static constexpr int value = F::kMaxTokens;
+};
+template <typename F>
+constexpr int max_tokens() {
+    return MaxTokens<F>::value;
+}
+
+// The format of a pass of several tokens: F::Batch where F names one (the same bits, with more of a
+// block's unpacking done once for all the tokens), else F.
+template <typename F, typename = void>
+struct BatchOf {
+    using type = F;
+};
+template <typename F>
+struct BatchOf<F, std::void_t<typename F::Batch>> {
+    using type = typename F::Batch;
+};
+static_assert(kPackTokens == 8, "packed_dot splits kPackTokens activations into passes of max_tokens");
+
+// A prefetch the compiler keeps: GCC deletes loops whose only statements are _mm_prefetch calls.
+inline void prefetch_line(const void* p) {
+#if defined(__x86_64__) || defined(_M_X64)
+    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else  // the SIMDe build of the kernel test on another CPU
+    __builtin_prefetch(p);
+#endif
+}
+
+// Requests the lines of one block's worth of memory `ahead` bytes past block b (past a group's end
+// they land in the next group, or nowhere: a prefetch does not fault).
+template <typename Block>
+inline void prefetch_block(const Block* b, size_t ahead) {
+    const auto* p = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(b) + ahead);
+    for (size_t o = 0; o < sizeof(Block); o += 64) prefetch_line(p + o);
+}
+
+// How far ahead of the block it works on packed_nt asks for the group's lines. A few tokens at once
+// (sequences decoded together, bench/serve.py) still read every weight from memory, and the hardware
+// prefetcher alone leaves the kernel waiting: 8 sequences of SmolLM2-135M Q4_1 spent ~9% less time per
+// step with it (one process, switched on and off, medians of 40 rounds); 768 to 2048 bytes measured
+// alike, 512 gained less. A prompt's later passes over a tile find the lines in cache already.
+constexpr size_t kPrefetchBytesBatch = 1024;
+
+// NT activations (t0 .. t0 + NT - 1 of x) against one packed group: each block unpacked once for all.
+template <typename F, int NT>
+void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y, size_t y_stride) {
+    const auto* w = static_cast<const typename F::Block*>(vw);
+    const typename F::XBlock* xb[NT];
+    const int32_t* sums[NT];
+    const float* scales[NT];
+    for (int c = 0; c < NT; c++) {
+        const int64_t t = t0 + c;
+        xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t) * x.row_bytes);
+        sums[c] = F::kXSums ? x.block_sums + t * x.n_blocks : nullptr;
+        scales[c] = reads_xscales<F>() ? x.block_scales + 2 * t * x.n_blocks : nullptr;
+    }
+    __m256 acc[NT];
+    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / block_size<F>(); i++) {
+        prefetch_block(w + i, kPrefetchBytesBatch);
+        const typename F::Unpacked u = F::load(w[i]);
+#pragma GCC unroll 8  // the tokens' pointers and accumulators then stay in registers
+        for (int c = 0; c < NT; c++)
+            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[c][i] : 0,
+                                                   reads_xscales<F>() ? scales[c] + 2 * i : nullptr));
+    }
+    for (int c = 0; c < NT; c++) store_lanes<F>(y + c * y_stride, acc[c]);
+}
+
+template <typename F>
+void packed_dot(int n, const void* w, const Activations& x, int64_t t0, int n_tokens, float* y, size_t y_stride) {
+    using B = typename BatchOf<F>::type;
+    static_assert(std::is_same_v<typename B::Block, typename F::Block>, "a batch format reads the same blocks");
+    for (int c = 0; c < n_tokens; c += max_tokens<B>()) {
+        float* yc = y + size_t(c) * y_stride;
+        switch (std::min(n_tokens - c, max_tokens<B>())) {
+            case 1: packed_nt<F, 1>(n, w, x, t0 + c, yc, y_stride); break;
+            case 2: packed_nt<B, 2>(n, w, x, t0 + c, yc, y_stride); break;
+            case 3: packed_nt<B, 3>(n, w, x, t0 + c, yc, y_stride); break;
+            case 4: packed_nt<B, 4>(n, w, x, t0 + c, yc, y_stride); break;
+            case 5: packed_nt<B, std::min(5, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
+            case 6: packed_nt<B, std::min(6, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
+            case 7: packed_nt<B, std::min(7, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
+            default: packed_nt<B, std::min(8, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
+        }
+    }
+}
+
+// How far ahead of the block it reads packed_dot_pair asks for each stream's lines. The hardware
+// prefetchers alone fall behind two streams that the kernel's own work interleaves: requesting a
+// block's worth of lines this far ahead made a 1.1B Q4_K_M generation ~10% faster at 1 thread and
+// ~14% at 2 (one process, switched on and off, medians of 20 bursts; with the matrices in huge pages
+// +16% / +23%). 256, 512 and 768 bytes measured alike; 1024 and 2048 gained less. (An earlier
+// attempt, without huge pages, had lost 15%: bench/results/levers.md.)
+constexpr size_t kPrefetchBytes = 512;
+
+// One token against two packed groups at once: two weight streams in flight, which is what lets one
+// core's matrix-vector product approach the memory bandwidth (one stream leaves it at ~70%). Each
+// group takes exactly packed_nt<F, 1>'s operations.
+template <typename F>
+void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations& x, int64_t t0, float* ya,
+                     float* yb) {
+    const auto* wa = static_cast<const typename F::Block*>(vwa);
+    const auto* wb = static_cast<const typename F::Block*>(vwb);
+    const auto* xb = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0) * x.row_bytes);
+    const int32_t* sums = F::kXSums ? x.block_sums + t0 * x.n_blocks : nullptr;
+    const float* scales = reads_xscales<F>() ? x.block_scales + 2 * t0 * x.n_blocks : nullptr;
+    __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
+    for (int i = 0; i < n / block_size<F>(); i++) {
+        const int32_t xsum = F::kXSums ? sums[i] : 0;
+        const float* xs = reads_xscales<F>() ? scales + 2 * i : nullptr;
+        prefetch_block(wa + i, kPrefetchBytes);  // one block's worth of lines ahead in each stream
+        prefetch_block(wb + i, kPrefetchBytes);
+        acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
+        acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
+    }
+    store_lanes<F>(ya, acc_a);
+    store_lanes<F>(yb, acc_b);
+}
+
+// One row per packed format: its pack function, the packed kernels built from its steps, and whether
+// they need the activations' block sums (formats with a zero point folded into them).
+template <typename Format>
+void add_packed(Kernels& k, GGMLType type, pack_fn pack) {
+    k.pack[type] = pack;
+    k.packed_dot[type] = packed_dot<Format>;
+    k.packed_dot_pair[type] = packed_dot_pair<Format>;
+    k.packed_xsums[type] = Format::kXSums;
+    k.packed_xscales[type] = reads_xscales<Format>();
+}
+
+// Every packed format's row, for a table built from this unit's flags.
+inline void add_packed_kernels(Kernels& k) {
+    add_packed<PackedQ4_0>(k, TYPE_Q4_0, pack_blocks<block_q4_0, block_q4_0x8>);
+    add_packed<PackedQ4_1>(k, TYPE_Q4_1, pack_blocks<block_q4_1, block_q4_1x8>);
+    add_packed<PackedQ8_0>(k, TYPE_Q8_0, pack_blocks<block_q8_0, block_q8_0x8>);
+    add_packed<PackedQ5_0>(k, TYPE_Q5_0, pack_blocks5<block_q5_0, block_q5_0x8>);
+    add_packed<PackedQ5_1>(k, TYPE_Q5_1, pack_blocks5<block_q5_1, block_q5_1x8>);
+    add_packed<PackedIQ4_NL>(k, TYPE_IQ4_NL, pack_blocks<block_iq4_nl, block_iq4_nlx8>);
+    add_packed<PackedQ4_K>(k, TYPE_Q4_K, pack_q4_K);
+    add_packed<PackedQ6_K>(k, TYPE_Q6_K, pack_q6_K);
+    add_packed<PackedQ5_K>(k, TYPE_Q5_K, pack_q5_K);
+    add_packed<PackedIQ4_XS>(k, TYPE_IQ4_XS, pack_iq4_xs);
+}
+
+}  // namespace
+}  // namespace pe
