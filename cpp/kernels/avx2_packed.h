@@ -608,6 +608,47 @@ struct PackedQ4_KBatch {
     static constexpr int kMaxTokens = 8;
     using Block = block_q4_Kx8;
     using XBlock = block_q8_K;
+#if PE_PACKED_VNNI
+    // VNNI build (AVX-512): 512-bit vectors, each holding a run pair whole, rows 0-3 in the lower
+    // half and rows 4-7 in the upper one, against the same 8 activation bytes in every 64-bit
+    // quarter: half the instructions of the 256-bit steps, the same int16 sums and int32 lanes.
+    struct Unpacked {
+        PackedQ4_K::Unpacked scales;
+        __m512i u[16][2];  // the run pair at qs + 64 (4h + c): its low nibbles, its high nibbles
+        __m512i sc[8];     // sub-block j's madd multipliers: PackedQ4_K's sc03[j] | sc47[j]
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.scales = PackedQ4_K::load(w);
+        const __m512i mask = _mm512_set1_epi8(0x0f);
+        for (int hc = 0; hc < 16; hc++) {
+            const __m512i r = _mm512_loadu_si512(w.qs + 64 * hc);
+            p.u[hc][0] = _mm512_and_si512(r, mask);
+            p.u[hc][1] = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
+        }
+        for (int j = 0; j < 8; j++)
+            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(p.scales.sc03[j]), p.scales.sc47[j], 1);
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m512i acc_lo = _mm512_setzero_si512(), acc_hi = acc_lo;
+        for (int h = 0; h < 4; h++) {
+            __m512i lo = _mm512_setzero_si512(), hi = lo;
+            for (int c = 0; c < 4; c++) {
+                int64_t ylo, yhi;
+                std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
+                std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
+                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], _mm512_set1_epi64(ylo)));
+                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], _mm512_set1_epi64(yhi)));
+            }
+            acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, w.sc[2 * h]);
+            acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, w.sc[2 * h + 1]);
+        }
+        const __m512i acc = _mm512_add_epi32(acc_lo, acc_hi);
+        return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(_mm512_castsi512_si256(acc),
+                                                                 _mm512_extracti64x4_epi64(acc, 1)));
+    }
+#else
     struct Unpacked {
         PackedQ4_K::Unpacked scales;
         __m256i u[16][4];  // the run pair at qs + 64 (4h + c): rows 0-3, 4-7 low nibbles, rows 0-3, 4-7 high
@@ -643,6 +684,7 @@ struct PackedQ4_KBatch {
         }
         return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(acc03, acc47));
     }
+#endif
 };
 
 // ---- Q6_K: 8 rows' super-blocks re-laid at load time. The 6-bit levels u (0..63; the weight is
@@ -757,14 +799,12 @@ struct PackedQ6_K {
     // Out of line: inlined into packed_dot_pair's two streams (GCC 12), this made a 1.1B Q4_K_M
     // generation (its output matrix Q6_K) ~20% slower.
     __attribute__((noinline)) static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        return dot<1>(w, x, [&w](int h, int c, __m256i (&u)[4]) { levels(w, h, c, u); });
+        return dot(w, x, [&w](int h, int c, __m256i (&u)[4]) { levels(w, h, c, u); });
     }
-    // term() with the levels of (h, c) from level(h, c, u), the scaled sums of each row half added up
-    // in kChains accumulators (1 or 4).
-    template <int kChains, typename LevelsOf>
+    // term() with the levels of (h, c) from level(h, c, u).
+    template <typename LevelsOf>
     static __m256 dot(const Unpacked& w, const XBlock& x, LevelsOf level) {
-        __m256i acc03[kChains], acc47[kChains];
-        for (int a = 0; a < kChains; a++) acc03[a] = acc47[a] = _mm256_setzero_si256();
+        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
         for (int h = 0; h < 4; h++) {
             for (int cc = 0; cc < 2; cc++) {  // c = 2cc, 2cc + 1: sub-blocks 4h + cc (low) and 4h + 2 + cc (high)
                 __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
@@ -777,17 +817,14 @@ struct PackedQ6_K {
                     lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u[2], ylo));
                     hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
                 }
-                acc03[2 * cc % kChains] = madd_acc(acc03[2 * cc % kChains], lo03, w.sc03[4 * h + cc]);
-                acc03[(2 * cc + 1) % kChains] = madd_acc(acc03[(2 * cc + 1) % kChains], hi03, w.sc03[4 * h + 2 + cc]);
-                acc47[2 * cc % kChains] = madd_acc(acc47[2 * cc % kChains], lo47, w.sc47[4 * h + cc]);
-                acc47[(2 * cc + 1) % kChains] = madd_acc(acc47[(2 * cc + 1) % kChains], hi47, w.sc47[4 * h + 2 + cc]);
+                acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[4 * h + cc]), hi03, w.sc03[4 * h + 2 + cc]);
+                acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[4 * h + cc]), hi47, w.sc47[4 * h + 2 + cc]);
             }
         }
-        for (int a = 1; a < kChains; a++) {
-            acc03[0] = _mm256_add_epi32(acc03[0], acc03[a]);
-            acc47[0] = _mm256_add_epi32(acc47[0], acc47[a]);
-        }
-        const __m256i dot = _mm256_hadd_epi32(acc03[0], acc47[0]);
+        return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
+    }
+    // The levels' offset and the float step, from the lanes' exact dot (kLaneRow order).
+    static __m256 finish(const Unpacked& w, const XBlock& x, __m256i dot) {
         // offset_l = sum_j sc_j bsums_j: pair v of bsums (int32 element v) against s[v]
         const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
         __m256i off = _mm256_setzero_si256();
@@ -808,11 +845,51 @@ struct PackedQ6_KBatch {
     static constexpr int kBlock = QK_K;
     static constexpr bool kRowOrder = false, kXSums = false;
     static constexpr int kMaxTokens = 8;
-    // VNNI's madd_acc (vpdpwssd) chains the scaled sums: 4 accumulators ran this loop ~30% faster there
-    // (cache-resident, 8 tokens), and ~20% slower in the AVX2 build, whose madd_acc is an add.
-    static constexpr int kChains = PE_PACKED_VNNI ? 4 : 1;
     using Block = block_q6_Kx8;
     using XBlock = block_q8_K;
+#if PE_PACKED_VNNI
+    // VNNI build (AVX-512): as PackedQ4_KBatch's, 512-bit vectors holding a run pair's levels whole
+    // (rows 0-3 | rows 4-7), four accumulators: the same int16 sums and int32 lanes.
+    struct Unpacked {
+        PackedQ6_K::Unpacked scales;
+        __m512i u[16][2];  // the levels of (h, c) at 4h + c: low nibble weights, high nibble weights
+        __m512i sc[16];    // sub-block j's madd multipliers: PackedQ6_K's sc03[j] | sc47[j]
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        p.scales = PackedQ6_K::load(w);
+        for (int h = 0; h < 4; h++)
+            for (int c = 0; c < 4; c++) {
+                __m256i u[4];
+                PackedQ6_K::levels(p.scales, h, c, u);
+                p.u[4 * h + c][0] = _mm512_inserti64x4(_mm512_castsi256_si512(u[0]), u[2], 1);
+                p.u[4 * h + c][1] = _mm512_inserti64x4(_mm512_castsi256_si512(u[1]), u[3], 1);
+            }
+        for (int j = 0; j < 16; j++)
+            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(p.scales.sc03[j]), p.scales.sc47[j], 1);
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m512i acc[4];
+        for (auto& a : acc) a = _mm512_setzero_si512();
+        for (int h = 0; h < 4; h++)
+            for (int cc = 0; cc < 2; cc++) {  // sub-blocks 4h + cc (low weights) and 4h + 2 + cc (high)
+                __m512i lo = _mm512_setzero_si512(), hi = lo;
+                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
+                    int64_t ylo, yhi;
+                    std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
+                    std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
+                    lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], _mm512_set1_epi64(ylo)));
+                    hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], _mm512_set1_epi64(yhi)));
+                }
+                acc[2 * cc] = _mm512_dpwssd_epi32(acc[2 * cc], lo, w.sc[4 * h + cc]);
+                acc[2 * cc + 1] = _mm512_dpwssd_epi32(acc[2 * cc + 1], hi, w.sc[4 * h + 2 + cc]);
+            }
+        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+        return PackedQ6_K::finish(w.scales, x, _mm256_hadd_epi32(_mm512_castsi512_si256(sum),
+                                                                 _mm512_extracti64x4_epi64(sum, 1)));
+    }
+#else
     struct Unpacked {
         PackedQ6_K::Unpacked scales;
         __m256i u[16][4];  // the levels of (h, c) at 4h + c
@@ -825,10 +902,11 @@ struct PackedQ6_KBatch {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        return PackedQ6_K::dot<kChains>(w.scales, x, [&w](int h, int c, __m256i (&u)[4]) {
+        return PackedQ6_K::dot(w.scales, x, [&w](int h, int c, __m256i (&u)[4]) {
             for (int k = 0; k < 4; k++) u[k] = w.u[4 * h + c][k];
         });
     }
+#endif
 };
 
 // ---- IQ4_XS: Q4_K's super-block layout (the index nibbles of chunk h in runs of 32 bytes: bytes
@@ -891,6 +969,77 @@ struct PackedIQ4_XS {
     static constexpr int kMaxTokens = 8;  // its unpacked block is in L1 (the levels of 8 rows)
     using Block = block_iq4_xsx8;
     using XBlock = block_q8_K;
+#if PE_PACKED_VNNI
+    // VNNI build (AVX-512): the levels + 128 (1..241) as unsigned bytes, 512-bit vectors holding a
+    // run pair whole (rows 0-3 | rows 4-7) against the same 8 activation bytes in every quarter;
+    // vpdpbusd sums a sub-block's products in int32 (no saturation), one vpmulld applies its scale,
+    // and the offset's part, 128 * sum_j sc_j * (sum of y over sub-block j), comes from Q8_K's bsums
+    // (as PackedQ4_K's minimums): isum = sum_j sc_j * (sum of q * y), the same exact integer.
+    struct Unpacked {
+        __m512i u[32];   // per (h, c) at 2 (4h + c): the low nibbles' levels + 128, the high ones'
+        __m512i sc[8];   // sub-block j's scale ls - 32 as int32, a row per quarter: rows 0-3 | rows 4-7
+        __m256i s[4];    // int32 lane l: the int16 pair (ls - 32 of sub-blocks 2v, 2v + 1) of row kLaneRow[l]
+        __m256 d;
+    };
+    static Unpacked load(const Block& w) {
+        Unpacked p;
+        __m256i sc[2];
+        unpack6(w.sc_lo, w.sc_hi, sc);
+        const __m256i off = _mm256_set1_epi16(32);
+        for (int j = 0; j < 8; j++) {  // the int16 pairs (s, s) times (1, 0): s in int32
+            const __m256i s03 = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4))), off);
+            const __m256i s47 = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2)), off);
+            const __m256i one = _mm256_set1_epi32(1);
+            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_madd_epi16(s03, one)), _mm256_madd_epi16(s47, one), 1);
+        }
+        for (int v = 0; v < 4; v++) {  // as PackedQ4_K::load's minimums
+            const int a = (2 * v) % 4 * 4, b = a + 4;
+            const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80),
+                                              char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80),
+                                              char(a + 3), char(0x80), char(b + 3), char(0x80));
+            p.s[v] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[v / 2], _mm256_broadcastsi128_si256(ctl)), off);
+        }
+        const __m512i table = _mm512_xor_si512(
+            _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues))),
+            _mm512_set1_epi8(char(0x80)));
+        const __m512i mask = _mm512_set1_epi8(0x0f);
+        for (int k = 0; k < 16; k++) {
+            const __m512i r = _mm512_loadu_si512(w.qs + 64 * k);
+            p.u[2 * k] = _mm512_shuffle_epi8(table, _mm512_and_si512(r, mask));
+            p.u[2 * k + 1] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(r, 4), mask));
+        }
+        p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
+        return p;
+    }
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int h = 0; h < 4; h++) {
+            __m512i lo = _mm512_setzero_si512(), hi = lo;  // sub-blocks 2h and 2h + 1, unscaled
+            for (int c = 0; c < 4; c++) {
+                int64_t ylo, yhi;
+                std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
+                std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
+                lo = _mm512_dpbusd_epi32(lo, w.u[2 * (4 * h + c)], _mm512_set1_epi64(ylo));
+                hi = _mm512_dpbusd_epi32(hi, w.u[2 * (4 * h + c) + 1], _mm512_set1_epi64(yhi));
+            }
+            acc = _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_mullo_epi32(lo, w.sc[2 * h]),
+                                                         _mm512_mullo_epi32(hi, w.sc[2 * h + 1])));
+        }
+        const __m256i dot = _mm256_hadd_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+        // the offset: sum_j sc_j * ys_j, ys_j = bsums[2j] + bsums[2j + 1] (pair v in int32 element v)
+        const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
+        const __m256i ys2 = _mm256_broadcastsi128_si256(ys);
+        __m256i offs = _mm256_madd_epi16(w.s[0], _mm256_shuffle_epi32(ys2, 0x00));
+        offs = _mm256_dpwssd_epi32(offs, w.s[1], _mm256_shuffle_epi32(ys2, 0x55));
+        offs = _mm256_dpwssd_epi32(offs, w.s[2], _mm256_shuffle_epi32(ys2, 0xaa));
+        offs = _mm256_dpwssd_epi32(offs, w.s[3], _mm256_shuffle_epi32(ys2, 0xff));
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(offs, 7));
+        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
+                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+    }
+#else
     struct Unpacked {
         // per (h, c): the levels of lo03, lo47, hi03, hi47 (rows 0-3 / 4-7, low / high nibbles)
         __m256i q[64], aq[64];
@@ -941,6 +1090,7 @@ struct PackedIQ4_XS {
         return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
                              _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
     }
+#endif
 };
 
 // ---- Q5_K: Q4_K's packed layout (d, dmin, the 6-bit scales and minimums, the nibbles) plus the fifth
