@@ -526,6 +526,37 @@ inline __m256i quarter_pick16(int base) {
     return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
 }
 
+// The int16 pairs of sub-blocks 2v and 2v + 1 of every row, from unpack6's vector of sub-blocks
+// 4(v / 2) .. 4(v / 2) + 3: int32 lane l holds (value of 2v, value of 2v + 1) of row kLaneRow[l]
+// (int32 element e of each 128-bit lane: bytes (2v % 4) * 4 + e and (2v % 4 + 1) * 4 + e).
+inline __m256i sub_block_pairs(__m256i v6, int v) {
+    const int a = (2 * v) % 4 * 4, b = a + 4;
+    const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80), char(b + 1),
+                                      char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80), char(a + 3),
+                                      char(0x80), char(b + 3), char(0x80));
+    return _mm256_shuffle_epi8(v6, _mm256_broadcastsi128_si256(ctl));
+}
+
+// Per lane sum_j c_j * ys_j over the 8 sub-blocks of 32, ys_j = bsums[2j] + bsums[2j + 1] (|.| <=
+// 4064: exact in int16), with c's pairs as sub_block_pairs leaves them (pair v in pairs[v]).
+inline __m256i dot_sub_block_sums(const __m256i (&pairs)[4], const block_q8_K& x) {
+    const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
+                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
+    const __m256i ys2 = _mm256_broadcastsi128_si256(ys);  // pair v in int32 element v
+    __m256i sum = _mm256_madd_epi16(pairs[0], _mm256_shuffle_epi32(ys2, 0x00));
+    sum = madd_acc(sum, pairs[1], _mm256_shuffle_epi32(ys2, 0x55));
+    sum = madd_acc(sum, pairs[2], _mm256_shuffle_epi32(ys2, 0xaa));
+    return madd_acc(sum, pairs[3], _mm256_shuffle_epi32(ys2, 0xff));
+}
+
+// ref::k_superblock_term's float step for the formats without minimums (Q6_K, IQ4_XS), as the
+// reference calls it: (d * dx) * float(isum) - (0 * dx) * float(0), on 8 lanes.
+inline __m256 k_term_no_min(__m256 d, const block_q8_K& x, __m256i isum) {
+    const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
+    return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum)),
+                         _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+}
+
 struct PackedQ4_KBatch;
 
 struct PackedQ4_K {
@@ -552,14 +583,7 @@ struct PackedQ4_K {
             p.sc03[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4)));
             p.sc47[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2));
         }
-        for (int v = 0; v < 4; v++) {
-            // int32 element e of each lane: bytes (2v % 4) * 4 + e and (2v % 4 + 1) * 4 + e, as int16
-            const int a = (2 * v) % 4 * 4, b = a + 4;
-            const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80),
-                                              char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80),
-                                              char(a + 3), char(0x80), char(b + 3), char(0x80));
-            p.m[v] = _mm256_shuffle_epi8(mn[v / 2], _mm256_broadcastsi128_si256(ctl));
-        }
+        for (int v = 0; v < 4; v++) p.m[v] = sub_block_pairs(mn[v / 2], v);
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
         return p;
@@ -585,14 +609,7 @@ struct PackedQ4_K {
     }
     // The minimums' msum and the float step, from the lanes' exact isum (kLaneRow order).
     static __m256 finish(const Unpacked& w, const XBlock& x, __m256i isum) {
-        // ys_j = bsums[2j] + bsums[2j + 1] (|.| <= 4064: exact in int16); pair v in int32 element v
-        const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
-                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
-        const __m256i ys2 = _mm256_broadcastsi128_si256(ys);
-        __m256i msum = _mm256_madd_epi16(w.m[0], _mm256_shuffle_epi32(ys2, 0x00));
-        msum = madd_acc(msum, w.m[1], _mm256_shuffle_epi32(ys2, 0x55));
-        msum = madd_acc(msum, w.m[2], _mm256_shuffle_epi32(ys2, 0xaa));
-        msum = madd_acc(msum, w.m[3], _mm256_shuffle_epi32(ys2, 0xff));
+        const __m256i msum = dot_sub_block_sums(w.m, x);
         const __m256 dx = _mm256_set1_ps(x.d);
         return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
                              _mm256_mul_ps(_mm256_mul_ps(w.dmin, dx), _mm256_cvtepi32_ps(msum)));
@@ -830,10 +847,7 @@ struct PackedQ6_K {
         __m256i off = _mm256_setzero_si256();
         for (int v = 0; v < 8; v++)
             off = madd_acc(off, w.s[v], _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(v)));
-        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(off, 5));
-        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
-        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
-                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+        return k_term_no_min(w.d, x, _mm256_sub_epi32(dot, _mm256_slli_epi32(off, 5)));
     }
 };
 
@@ -992,13 +1006,7 @@ struct PackedIQ4_XS {
             const __m256i one = _mm256_set1_epi32(1);
             p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_madd_epi16(s03, one)), _mm256_madd_epi16(s47, one), 1);
         }
-        for (int v = 0; v < 4; v++) {  // as PackedQ4_K::load's minimums
-            const int a = (2 * v) % 4 * 4, b = a + 4;
-            const __m128i ctl = _mm_setr_epi8(char(a), char(0x80), char(b), char(0x80), char(a + 1), char(0x80),
-                                              char(b + 1), char(0x80), char(a + 2), char(0x80), char(b + 2), char(0x80),
-                                              char(a + 3), char(0x80), char(b + 3), char(0x80));
-            p.s[v] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[v / 2], _mm256_broadcastsi128_si256(ctl)), off);
-        }
+        for (int v = 0; v < 4; v++) p.s[v] = _mm256_sub_epi16(sub_block_pairs(sc[v / 2], v), off);
         const __m512i table = _mm512_xor_si512(
             _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues))),
             _mm512_set1_epi8(char(0x80)));
@@ -1026,18 +1034,9 @@ struct PackedIQ4_XS {
                                                          _mm512_mullo_epi32(hi, w.sc[2 * h + 1])));
         }
         const __m256i dot = _mm256_hadd_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-        // the offset: sum_j sc_j * ys_j, ys_j = bsums[2j] + bsums[2j + 1] (pair v in int32 element v)
-        const __m128i ys = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
-                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
-        const __m256i ys2 = _mm256_broadcastsi128_si256(ys);
-        __m256i offs = _mm256_madd_epi16(w.s[0], _mm256_shuffle_epi32(ys2, 0x00));
-        offs = _mm256_dpwssd_epi32(offs, w.s[1], _mm256_shuffle_epi32(ys2, 0x55));
-        offs = _mm256_dpwssd_epi32(offs, w.s[2], _mm256_shuffle_epi32(ys2, 0xaa));
-        offs = _mm256_dpwssd_epi32(offs, w.s[3], _mm256_shuffle_epi32(ys2, 0xff));
-        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(offs, 7));
-        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
-        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
-                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+        // minus the offset's part, 128 * sum_j sc_j * ys_j
+        const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(dot_sub_block_sums(w.s, x), 7));
+        return k_term_no_min(w.d, x, isum);
     }
 #else
     struct Unpacked {
@@ -1085,10 +1084,7 @@ struct PackedIQ4_XS {
                 acc03 = _mm256_add_epi32(acc03, _mm256_add_epi32(dot(v, ylo, w.sc03[2 * h]), dot(v + 2, yhi, w.sc03[2 * h + 1])));
                 acc47 = _mm256_add_epi32(acc47, _mm256_add_epi32(dot(v + 1, ylo, w.sc47[2 * h]), dot(v + 3, yhi, w.sc47[2 * h + 1])));
             }
-        const __m256i isum = _mm256_hadd_epi32(acc03, acc47);
-        const __m256 dx = _mm256_set1_ps(x.d), zero = _mm256_setzero_ps();
-        return _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(w.d, dx), _mm256_cvtepi32_ps(isum)),
-                             _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
+        return k_term_no_min(w.d, x, _mm256_hadd_epi32(acc03, acc47));
     }
 #endif
 };
