@@ -87,7 +87,8 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
     // packed_xscales are set for the types paired with them alone.
     if ((extras.sums && xtype != TYPE_Q8_0) || (extras.scales && xtype != TYPE_Q8_0 && xtype != TYPE_Q8_1))
         throw std::logic_error("packed kernels asked for block sums or scales that their activations lack");
-    const size_t n_values = size_t(n_tokens * a.n_blocks);
+    // block_sums and block_scales: whole passes of kPackTokens (packed_extra_index)
+    const size_t n_values = size_t((n_tokens + kPackTokens - 1) / kPackTokens * kPackTokens * a.n_blocks);
     if (buffers.blocks.size() < a.row_bytes * size_t(n_tokens)) buffers.blocks.resize(a.row_bytes * size_t(n_tokens));
     if (extras.sums && buffers.sums.size() < n_values) buffers.sums.resize(n_values);
     if (extras.scales && buffers.scales.size() < 2 * n_values) buffers.scales.resize(2 * n_values);
@@ -105,19 +106,19 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
             for (int64_t b = 0; b < n_blocks; b++) {
                 int32_t s = 0;
                 for (int j = 0; j < QK; j++) s += blocks[b].qs[j];
-                sums_out[t * n_blocks + b] = s;
+                sums_out[packed_extra_index(t, b, n_blocks, n_tokens)] = s;
             }
         }
         if (scales_out) {  // the fp16 scales as floats, converted here once for every row group
-            float* out = scales_out + 2 * t * n_blocks;
             for (int64_t b = 0; b < n_blocks; b++) {
+                float* out = scales_out + 2 * packed_extra_index(t, b, n_blocks, n_tokens);
                 if (xtype == TYPE_Q8_1) {
                     const auto& block = reinterpret_cast<const block_q8_1*>(row)[b];
-                    out[2 * b] = fp16_to_fp32(block.d);
-                    out[2 * b + 1] = fp16_to_fp32(block.s);
+                    out[0] = fp16_to_fp32(block.d);
+                    out[1] = fp16_to_fp32(block.s);
                 } else {
-                    out[2 * b] = fp16_to_fp32(reinterpret_cast<const block_q8_0*>(row)[b].d);
-                    out[2 * b + 1] = 0.0f;
+                    out[0] = fp16_to_fp32(reinterpret_cast<const block_q8_0*>(row)[b].d);
+                    out[1] = 0.0f;
                 }
             }
         }

@@ -1275,14 +1275,13 @@ template <typename F, int NT>
 void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y, size_t y_stride) {
     const auto* w = static_cast<const typename F::Block*>(vw);
     const typename F::XBlock* xb[NT];
-    const int32_t* sums[NT];
-    const float* scales[NT];
-    for (int c = 0; c < NT; c++) {
-        const int64_t t = t0 + c;
-        xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t) * x.row_bytes);
-        sums[c] = F::kXSums ? x.block_sums + t * x.n_blocks : nullptr;
-        scales[c] = reads_xscales<F>() ? x.block_scales + 2 * t * x.n_blocks : nullptr;
-    }
+    for (int c = 0; c < NT; c++)
+        xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0 + c) * x.row_bytes);
+    // the pass's tokens side by side per block (packed_extra_index): token c at c, block i stride * i on
+    const size_t extra = packed_extra_index(t0, 0, x.n_blocks, x.n_tokens);
+    const int64_t stride = packed_extra_stride(x.n_tokens);
+    const int32_t* sums = F::kXSums ? x.block_sums + extra : nullptr;
+    const float* scales = reads_xscales<F>() ? x.block_scales + 2 * extra : nullptr;
     __m256 acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
@@ -1290,8 +1289,8 @@ void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y
         const typename F::Unpacked u = F::load(w[i]);
 #pragma GCC unroll 8  // the tokens' pointers and accumulators then stay in registers
         for (int c = 0; c < NT; c++)
-            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[c][i] : 0,
-                                                   reads_xscales<F>() ? scales[c] + 2 * i : nullptr));
+            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[stride * i + c] : 0,
+                                                   reads_xscales<F>() ? scales + 2 * (stride * i + c) : nullptr));
     }
     for (int c = 0; c < NT; c++) store_lanes<F>(y + c * y_stride, acc[c]);
 }
@@ -1332,12 +1331,14 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations&
     const auto* wa = static_cast<const typename F::Block*>(vwa);
     const auto* wb = static_cast<const typename F::Block*>(vwb);
     const auto* xb = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0) * x.row_bytes);
-    const int32_t* sums = F::kXSums ? x.block_sums + t0 * x.n_blocks : nullptr;
-    const float* scales = reads_xscales<F>() ? x.block_scales + 2 * t0 * x.n_blocks : nullptr;
+    const size_t extra = packed_extra_index(t0, 0, x.n_blocks, x.n_tokens);
+    const int64_t stride = packed_extra_stride(x.n_tokens);
+    const int32_t* sums = F::kXSums ? x.block_sums + extra : nullptr;
+    const float* scales = reads_xscales<F>() ? x.block_scales + 2 * extra : nullptr;
     __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     for (int i = 0; i < n / block_size<F>(); i++) {
-        const int32_t xsum = F::kXSums ? sums[i] : 0;
-        const float* xs = reads_xscales<F>() ? scales + 2 * i : nullptr;
+        const int32_t xsum = F::kXSums ? sums[stride * i] : 0;
+        const float* xs = reads_xscales<F>() ? scales + 2 * stride * i : nullptr;
         prefetch_block(wa + i, kPrefetchBytes);  // one block's worth of lines ahead in each stream
         prefetch_block(wb + i, kPrefetchBytes);
         acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));

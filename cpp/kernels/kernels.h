@@ -22,20 +22,32 @@ struct Activations {
     size_t row_bytes = 0;
     int64_t n_tokens = 0;
     int64_t n_blocks = 0;  // blocks per row
-    // For the packed kernels, per token t and block b at t * n_blocks + b, or none: the int8 sums of
-    // Q8_0 blocks (the formats whose packed_xsums is set), and the blocks' fp16 scales as floats,
-    // d and s at 2 * (t * n_blocks + b) (s: Q8_1's; 0 for Q8_0), converted once for every row group.
+    // For the packed kernels, per token t and block b at packed_extra_index(t, b, n_blocks, n_tokens),
+    // or none: the int8 sums of Q8_0 blocks (the formats whose packed_xsums is set), and the blocks'
+    // fp16 scales as floats, d and s at twice that index (s: Q8_1's; 0 for Q8_0), converted once for
+    // every row group.
     const int32_t* block_sums = nullptr;
     const float* block_scales = nullptr;
 };
+
+// Where token t's value for block b is in Activations::block_sums (twice that in block_scales), of
+// n_tokens: the tokens of a pass (kPackTokens from a multiple of it, or all n_tokens if fewer) side
+// by side for each block, so that a pass finds them at fixed offsets from one pointer instead of
+// one pointer a token; block b + 1 is packed_extra_stride(n_tokens) on.
+inline int64_t packed_extra_stride(int64_t n_tokens) { return n_tokens < kPackTokens ? n_tokens : kPackTokens; }
+inline size_t packed_extra_index(int64_t t, int64_t b, int64_t n_blocks, int64_t n_tokens) {
+    const int64_t g = packed_extra_stride(n_tokens);
+    return size_t(((t / g) * n_blocks + b) * g + t % g);
+}
 
 // Packs rows 0 .. kPackRows-1 (row r at w + r * w_stride, n values each) into out: kPackRows rows'
 // bytes, same size, a layout private to the ISA's packed_dot.
 using pack_fn = void (*)(int n, const void* w, size_t w_stride, void* out);
 
 // y[c * y_stride + r] = row r of the packed group . activation t0 + c of x, for r < kPackRows,
-// c < n_tokens (1 .. kPackTokens), with x's block sums where packed_xsums is set and its block
-// scales where packed_xscales is. Every output is bit-identical to the scalar reference's vec_dot on
+// c < n_tokens (1 .. kPackTokens, within one pass: t0 % kPackTokens + n_tokens <= kPackTokens),
+// with x's block sums where packed_xsums is set and its block scales where packed_xscales is.
+// Every output is bit-identical to the scalar reference's vec_dot on
 // the unpacked row (same operations in the same order), whatever n_tokens is.
 using packed_dot_fn = void (*)(int n, const void* packed, const Activations& x, int64_t t0, int n_tokens, float* y,
                                size_t y_stride);

@@ -906,14 +906,14 @@ void check_packed(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, in
                     const int n_blocks = n / at->block_size;
                     const size_t x_bytes = row_size(act, n);
                     std::vector<uint8_t> xq(kPackTokens * x_bytes);
-                    std::vector<int32_t> sums(size_t(kPackTokens) * n_blocks);
+                    std::vector<int32_t> sums(size_t(kPackTokens) * n_blocks);  // packed_extra_index's layout
                     std::vector<float> scales(2 * size_t(kPackTokens) * n_blocks);
                     for (int c = 0; c < kPackTokens; c++) {
                         const std::vector<float> x = make_act_row(kDotActs[rng.below(int(sizeof(kDotActs) / sizeof(kDotActs[0])))], n / QK, rng);
                         s.from_float[act](x.data(), xq.data() + c * x_bytes, n);
                         for (int b = 0; b < n_blocks; b++) {
                             const uint8_t* blk = xq.data() + c * x_bytes + size_t(b) * at->type_size;
-                            const size_t i = size_t(c) * n_blocks + b;
+                            const size_t i = packed_extra_index(c, b, n_blocks, kPackTokens);
                             if (act == TYPE_Q8_0) {
                                 const auto* q = reinterpret_cast<const block_q8_0*>(blk);
                                 sums[i] = 0;
