@@ -125,9 +125,9 @@ inline __m256i sum4_nibbles(const __m256i (&u)[8], const int8_t* y, int m0) {
                             _mm256_add_epi16(mul_nibbles(u, y, m0 + 2), mul_nibbles(u, y, m0 + 3)));
 }
 
-// acc + the int32 lane sums of u's unsigned bytes times y's signed ones (4 products a lane), exact
-// while each pair of products fits int16 (u <= 127 or |y| small enough: every caller's levels and
-// activations do). VNNI: one vpdpbusd, which never saturates.
+// acc + the int32 lane sums of u's unsigned bytes times y's signed ones (4 products a lane). AVX2's
+// maddubs saturates each pair of products to int16, so there the callers keep pairs below 2^15
+// (sign-trick magnitudes <= 128 against |y| <= 127); VNNI's vpdpbusd never saturates.
 inline __m256i dot_u8_acc(__m256i acc, __m256i u, __m256i y) {
 #if PE_PACKED_VNNI
     return _mm256_dpbusd_epi32(acc, u, y);
