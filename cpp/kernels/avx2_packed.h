@@ -1319,8 +1319,12 @@ void packed_dot(int n, const void* w, const Activations& x, int64_t t0, int n_to
 // block's worth of lines this far ahead made a 1.1B Q4_K_M generation ~10% faster at 1 thread and
 // ~14% at 2 (one process, switched on and off, medians of 20 bursts; with the matrices in huge pages
 // +16% / +23%). 256, 512 and 768 bytes measured alike; 1024 and 2048 gained less. (An earlier
-// attempt, without huge pages, had lost 15%: bench/results/levers.md.)
-constexpr size_t kPrefetchBytes = 512;
+// attempt, without huge pages, had lost 15%: bench/results/levers.md.) That was the AVX2 table on a
+// Zen 3 reading ~13 GB/s a core. The AVX-512 table was measured on a Zen 5 reading ~40 GB/s a core,
+// where lines must be asked for further ahead: 1.1B Q4_0 generation 37-40 -> 41-49 tok/s at 1 thread
+// and 49-56 -> 60-75 at 2 with 2048 bytes (4096 alike), Q4_K_M 43-46 -> 43-48 and 50-53 -> 54-56
+// (three fresh processes of each build, alternating).
+constexpr size_t kPrefetchBytes = PE_PACKED_VNNI ? 2048 : 512;
 
 // One token against two packed groups at once: two weight streams in flight, which is what lets one
 // core's matrix-vector product approach the memory bandwidth (one stream leaves it at ~70%). Each
