@@ -33,9 +33,10 @@ struct Activations {
 // Where token t's value for block b is in Activations::block_sums (twice that in block_scales), of
 // n_tokens: the tokens of a pass (kPackTokens from a multiple of it, or all n_tokens if fewer) side
 // by side for each block, so that a pass finds them at fixed offsets from one pointer instead of
-// one pointer a token; block b + 1 is packed_extra_stride(n_tokens) on.
-inline int64_t packed_extra_stride(int64_t n_tokens) { return n_tokens < kPackTokens ? n_tokens : kPackTokens; }
-inline size_t packed_extra_index(int64_t t, int64_t b, int64_t n_blocks, int64_t n_tokens) {
+// one pointer a token; block b + 1 is packed_extra_stride(n_tokens) on. `static`, as fp16.h's
+// helpers: units built with ISA flags include this, and no copy of theirs may serve other code.
+static inline int64_t packed_extra_stride(int64_t n_tokens) { return n_tokens < kPackTokens ? n_tokens : kPackTokens; }
+static inline size_t packed_extra_index(int64_t t, int64_t b, int64_t n_blocks, int64_t n_tokens) {
     const int64_t g = packed_extra_stride(n_tokens);
     return size_t(((t / g) * n_blocks + b) * g + t % g);
 }
