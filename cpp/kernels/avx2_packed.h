@@ -114,6 +114,26 @@ inline __m256i broadcast8(const int8_t* p) {
     return _mm256_set1_epi64x(v);
 }
 
+#if PE_PACKED_VNNI
+// The 8 bytes at p in every 64-bit quarter of a 512-bit vector (broadcast8, twice as wide).
+inline __m512i broadcast8_512(const int8_t* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return _mm512_set1_epi64(v);
+}
+
+// Two 256-bit vectors as one 512-bit vector: rows 0-3's in the lower half, rows 4-7's in the upper.
+inline __m512i join512(__m256i rows03, __m256i rows47) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(rows03), rows47, 1);
+}
+
+// A 512-bit vector of int32 lanes, two per row (rows 0-3 | rows 4-7), joined by one hadd: each row's
+// sum in kLaneRow order, as the 256-bit steps' hadd of acc03 and acc47 leaves it.
+inline __m256i hadd_halves(__m512i acc) {
+    return _mm256_hadd_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+#endif
+
 // Unpacked vector m against its 4 activation bytes (those of unpack_group's weights), int16 pairs.
 inline __m256i mul_nibbles(const __m256i (&u)[8], const int8_t* y, int m) {
     return _mm256_maddubs_epi16(u[m], broadcast4(y + nibble_weight(m)));
@@ -182,6 +202,11 @@ inline void store_rows(float* y, __m256 acc) {
     _mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
 }
 
+// A 32-block's float step on the 8 lanes, the reference's: float(isum) * (d_w * d_x), d_x at xs.
+inline __m256 block_term(__m256i isum, __m256 d, const float* xs) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_broadcast_ss(xs)));
+}
+
 struct block_q8_0x8 {
     uint16_t d[8];  // scales, rows 0..7
     int8_t qs[256];  // runs of 32: bytes 4k .. 4k+3 of rows 0..7, for k = 0 .. 7
@@ -209,8 +234,7 @@ struct PackedQ4_0 {
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 8) y = sum q y - 8 sum y, exactly
         const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(8 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return block_term(isum, w.d, xs);
     }
 };
 
@@ -230,8 +254,7 @@ struct PackedQ4_1 {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group(w.u, x.qs)), d),
+        return _mm256_add_ps(block_term(dot_group(w.u, x.qs), w.d, xs),
                              _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
 };
@@ -265,8 +288,7 @@ struct PackedQ8_0 {
         }
         // sum (u - 128) y = sum u y - 128 sum y, exactly
         const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(128 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return block_term(isum, w.d, xs);
     }
 #else
     struct Unpacked {
@@ -282,8 +304,7 @@ struct PackedQ8_0 {
             const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * k));
             isum[k % 2] = dot_signed(isum[k % 2], q, _mm256_sign_epi8(q, q), x.qs + 4 * k);
         }
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
+        return block_term(_mm256_add_epi32(isum[0], isum[1]), w.d, xs);
     }
 #endif
 };
@@ -364,8 +385,7 @@ struct PackedQ5_0 {
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 16) y = sum q y - 16 sum y, exactly
         const __m256i isum = _mm256_sub_epi32(dot_group5(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return block_term(isum, w.d, xs);
     }
 };
 
@@ -385,8 +405,7 @@ struct PackedQ5_1 {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float* xs) {
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot_group5(w.u, x.qs)), d),
+        return _mm256_add_ps(block_term(dot_group5(w.u, x.qs), w.d, xs),
                              _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
 };
@@ -422,8 +441,7 @@ struct PackedIQ4_NL {
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(128 * xsum));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+        return block_term(isum, w.d, xs);
     }
 #else
     struct Unpacked {
@@ -447,8 +465,7 @@ struct PackedIQ4_NL {
         __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int m = 0; m < 8; m++)  // unpack_group's vector m against its activation bytes
             isum[m % 2] = dot_signed(isum[m % 2], w.q[m], w.aq[m], x.qs + nibble_weight(m));
-        const __m256 d = _mm256_mul_ps(w.d, _mm256_broadcast_ss(xs));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])), d);
+        return block_term(_mm256_add_epi32(isum[0], isum[1]), w.d, xs);
     }
 #endif
 };
@@ -644,7 +661,7 @@ struct PackedQ4_KBatch {
             p.u[hc][1] = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
         }
         for (int j = 0; j < 8; j++)
-            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(p.scales.sc03[j]), p.scales.sc47[j], 1);
+            p.sc[j] = join512(p.scales.sc03[j], p.scales.sc47[j]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
@@ -652,18 +669,16 @@ struct PackedQ4_KBatch {
         for (int h = 0; h < 4; h++) {
             __m512i lo = _mm512_setzero_si512(), hi = lo;
             for (int c = 0; c < 4; c++) {
-                int64_t ylo, yhi;
-                std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
-                std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
-                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], _mm512_set1_epi64(ylo)));
-                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], _mm512_set1_epi64(yhi)));
+                const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
+                const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
+                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], ylo));
+                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], yhi));
             }
             acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, w.sc[2 * h]);
             acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, w.sc[2 * h + 1]);
         }
         const __m512i acc = _mm512_add_epi32(acc_lo, acc_hi);
-        return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(_mm512_castsi512_si256(acc),
-                                                                 _mm512_extracti64x4_epi64(acc, 1)));
+        return PackedQ4_K::finish(w.scales, x, hadd_halves(acc));
     }
 #else
     struct Unpacked {
@@ -876,11 +891,11 @@ struct PackedQ6_KBatch {
             for (int c = 0; c < 4; c++) {
                 __m256i u[4];
                 PackedQ6_K::levels(p.scales, h, c, u);
-                p.u[4 * h + c][0] = _mm512_inserti64x4(_mm512_castsi256_si512(u[0]), u[2], 1);
-                p.u[4 * h + c][1] = _mm512_inserti64x4(_mm512_castsi256_si512(u[1]), u[3], 1);
+                p.u[4 * h + c][0] = join512(u[0], u[2]);
+                p.u[4 * h + c][1] = join512(u[1], u[3]);
             }
         for (int j = 0; j < 16; j++)
-            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(p.scales.sc03[j]), p.scales.sc47[j], 1);
+            p.sc[j] = join512(p.scales.sc03[j], p.scales.sc47[j]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
@@ -890,18 +905,16 @@ struct PackedQ6_KBatch {
             for (int cc = 0; cc < 2; cc++) {  // sub-blocks 4h + cc (low weights) and 4h + 2 + cc (high)
                 __m512i lo = _mm512_setzero_si512(), hi = lo;
                 for (int c = 2 * cc; c < 2 * cc + 2; c++) {
-                    int64_t ylo, yhi;
-                    std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
-                    std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
-                    lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], _mm512_set1_epi64(ylo)));
-                    hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], _mm512_set1_epi64(yhi)));
+                    const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
+                    const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
+                    lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], ylo));
+                    hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], yhi));
                 }
                 acc[2 * cc] = _mm512_dpwssd_epi32(acc[2 * cc], lo, w.sc[4 * h + cc]);
                 acc[2 * cc + 1] = _mm512_dpwssd_epi32(acc[2 * cc + 1], hi, w.sc[4 * h + 2 + cc]);
             }
         const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-        return PackedQ6_K::finish(w.scales, x, _mm256_hadd_epi32(_mm512_castsi512_si256(sum),
-                                                                 _mm512_extracti64x4_epi64(sum, 1)));
+        return PackedQ6_K::finish(w.scales, x, hadd_halves(sum));
     }
 #else
     struct Unpacked {
@@ -983,6 +996,12 @@ struct PackedIQ4_XS {
     static constexpr int kMaxTokens = 8;  // its unpacked block is in L1 (the levels of 8 rows)
     using Block = block_iq4_xsx8;
     using XBlock = block_q8_K;
+    // The madd multipliers ls - 32 of sub-block j, from unpack6's scales: rows 0-3 (half 0) or 4-7
+    // (half 1), a row per quarter, as PackedQ4_K's.
+    static __m256i scales(const __m256i (&sc)[2], int j, int half) {
+        return _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2 * half)),
+                                _mm256_set1_epi16(32));
+    }
 #if PE_PACKED_VNNI
     // VNNI build (AVX-512): the levels + 128 (1..241) as unsigned bytes, 512-bit vectors holding a
     // run pair whole (rows 0-3 | rows 4-7) against the same 8 activation bytes in every quarter;
@@ -999,14 +1018,10 @@ struct PackedIQ4_XS {
         Unpacked p;
         __m256i sc[2];
         unpack6(w.sc_lo, w.sc_hi, sc);
-        const __m256i off = _mm256_set1_epi16(32);
-        for (int j = 0; j < 8; j++) {  // the int16 pairs (s, s) times (1, 0): s in int32
-            const __m256i s03 = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4))), off);
-            const __m256i s47 = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2)), off);
-            const __m256i one = _mm256_set1_epi32(1);
-            p.sc[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_madd_epi16(s03, one)), _mm256_madd_epi16(s47, one), 1);
-        }
-        for (int v = 0; v < 4; v++) p.s[v] = _mm256_sub_epi16(sub_block_pairs(sc[v / 2], v), off);
+        const __m256i one = _mm256_set1_epi32(1);
+        for (int j = 0; j < 8; j++)  // the int16 pairs (s, s) times (1, 0): s in int32
+            p.sc[j] = join512(_mm256_madd_epi16(scales(sc, j, 0), one), _mm256_madd_epi16(scales(sc, j, 1), one));
+        for (int v = 0; v < 4; v++) p.s[v] = _mm256_sub_epi16(sub_block_pairs(sc[v / 2], v), _mm256_set1_epi16(32));
         const __m512i table = _mm512_xor_si512(
             _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues))),
             _mm512_set1_epi8(char(0x80)));
@@ -1024,16 +1039,15 @@ struct PackedIQ4_XS {
         for (int h = 0; h < 4; h++) {
             __m512i lo = _mm512_setzero_si512(), hi = lo;  // sub-blocks 2h and 2h + 1, unscaled
             for (int c = 0; c < 4; c++) {
-                int64_t ylo, yhi;
-                std::memcpy(&ylo, x.qs + 64 * h + 8 * c, 8);
-                std::memcpy(&yhi, x.qs + 64 * h + 32 + 8 * c, 8);
-                lo = _mm512_dpbusd_epi32(lo, w.u[2 * (4 * h + c)], _mm512_set1_epi64(ylo));
-                hi = _mm512_dpbusd_epi32(hi, w.u[2 * (4 * h + c) + 1], _mm512_set1_epi64(yhi));
+                const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
+                const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
+                lo = _mm512_dpbusd_epi32(lo, w.u[2 * (4 * h + c)], ylo);
+                hi = _mm512_dpbusd_epi32(hi, w.u[2 * (4 * h + c) + 1], yhi);
             }
             acc = _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_mullo_epi32(lo, w.sc[2 * h]),
                                                          _mm512_mullo_epi32(hi, w.sc[2 * h + 1])));
         }
-        const __m256i dot = _mm256_hadd_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+        const __m256i dot = hadd_halves(acc);
         // minus the offset's part, 128 * sum_j sc_j * ys_j
         const __m256i isum = _mm256_sub_epi32(dot, _mm256_slli_epi32(dot_sub_block_sums(w.s, x), 7));
         return k_term_no_min(w.d, x, isum);
@@ -1049,10 +1063,9 @@ struct PackedIQ4_XS {
         Unpacked p;
         __m256i sc[2];
         unpack6(w.sc_lo, w.sc_hi, sc);
-        const __m256i off = _mm256_set1_epi16(32);
         for (int j = 0; j < 8; j++) {
-            p.sc03[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4))), off);
-            p.sc47[j] = _mm256_sub_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2)), off);
+            p.sc03[j] = scales(sc, j, 0);
+            p.sc47[j] = scales(sc, j, 1);
         }
         const __m256i table =
             _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues)));

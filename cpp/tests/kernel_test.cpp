@@ -49,8 +49,8 @@
 //   at one extreme or mixed extremes (nibbles 0 / 15, Q3_K's hmask 0 / 0xff), one outlier block;
 // - the packed kernels (pack, then packed_dot for passes of 1 .. kPackTokens tokens, and
 //   packed_dot_pair), of every type the table packs, are BIT-IDENTICAL to the scalar vec_dot of each
-//   row and token, on the weight kinds above (an outlier block among random ones included), rows of
-//   1 to 9 blocks, and activations of mixed kinds with the block sums and scales matmul.cpp makes;
+//   row and token, on the weight kinds above (the mixed kind drawing a kind per block), rows of 1 to
+//   9 blocks, and activations of mixed kinds with the block sums and scales matmul.cpp makes;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
 // - attend (the query heads of one KV head over an F32 / F16 / Q8_0 cache) agrees with the scalar one
 //   (its inputs are plain vectors, not placed before the unmapped page below).
@@ -89,6 +89,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -851,118 +852,135 @@ void check_exact_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
 // Packed weights (pack, then packed_dot and packed_dot_pair: what a Model's matrices run on): every
 // output bit-identical to the scalar vec_dot of its row and token, for passes of 1 .. kPackTokens
 // tokens and for the two-group kernel, on the weight kinds above (fill_weight_block's for Q4_0, Q4_1
-// and Q8_0, the exact layouts' for the others, an outlier block among random ones) and mixed
-// activations. The activations' block sums and float scales are made as matmul.cpp's
-// prepare_activations makes them.
+// and Q8_0, the exact layouts' for the others; their "mixed" kind draws a kind per block) and
+// activations of mixed kinds, whose block sums and float scales are laid out as matmul.cpp's
+// prepare_activations lays them out.
 
-// Block b of row r of a packed type: one of the weight kinds, by index (the last index: random blocks
-// with one block of the largest scales and extreme levels).
+// The exact layout of a type, or nullptr (Q4_0, Q4_1, Q8_0: fill_weight_block's types).
+const ExactLayout* exact_layout(GGMLType type) {
+    for (const ExactLayout& e : kExactLayouts)
+        if (e.type == type) return &e;
+    return nullptr;
+}
+
+// The weight kinds of a packed type: the exact layouts' (Xw) or fill_weight_block's (Wt), by index.
+int packed_weight_kinds(GGMLType type) { return exact_layout(type) ? int(std::size(kXws)) : int(std::size(kWts)); }
+
+const char* packed_kind_name(GGMLType type, int kind) {
+    return exact_layout(type) ? xw_name(kXws[kind]) : wt_name(kWts[kind]);
+}
+
+// The nb blocks of a row, of weight kind `kind`.
 void fill_packed_weights(GGMLType type, int kind, uint8_t* row, int nb, Rng& rng) {
     const size_t size = type_traits(type)->type_size;
-    const ExactLayout* L = nullptr;
-    for (const ExactLayout& e : kExactLayouts)
-        if (e.type == type) L = &e;
+    const ExactLayout* L = exact_layout(type);
     for (int b = 0; b < nb; b++) {
         if (L) fill_exact_block(*L, kXws[kind], row + size_t(b) * size, rng);
         else fill_weight_block(type, kWts[kind], row + size_t(b) * size, rng);
     }
 }
 
-int packed_weight_kinds(GGMLType type) {
-    for (const ExactLayout& e : kExactLayouts)
-        if (e.type == type) return int(sizeof(kXws) / sizeof(kXws[0]));
-    return int(sizeof(kWts) / sizeof(kWts[0]));
-}
+// kPackTokens activation rows of n values, of mixed kinds, quantized to `act` by the scalar table,
+// with their Q8_0 block sums and Q8_0 / Q8_1 scales at packed_extra_index (one pass of kPackTokens).
+struct PackedActivations {
+    size_t row_bytes = 0;
+    int n_blocks = 0;
+    std::vector<uint8_t> rows;
+    std::vector<int32_t> sums;
+    std::vector<float> scales;
 
-const char* packed_kind_name(GGMLType type, int kind) {
-    for (const ExactLayout& e : kExactLayouts)
-        if (e.type == type) return xw_name(kXws[kind]);
-    return wt_name(kWts[kind]);
-}
+    PackedActivations(const Kernels& s, GGMLType act, int n, Rng& rng) {
+        const TypeTraits* at = type_traits(act);
+        row_bytes = row_size(act, n);
+        n_blocks = n / at->block_size;
+        rows.resize(kPackTokens * row_bytes);
+        sums.resize(size_t(kPackTokens) * n_blocks);
+        scales.resize(2 * sums.size());
+        for (int c = 0; c < kPackTokens; c++) {
+            const std::vector<float> x = make_act_row(kDotActs[rng.below(int(std::size(kDotActs)))], n / QK, rng);
+            s.from_float[act](x.data(), rows.data() + c * row_bytes, n);
+            for (int b = 0; b < n_blocks; b++) {
+                const uint8_t* blk = rows.data() + c * row_bytes + size_t(b) * at->type_size;
+                const size_t i = packed_extra_index(c, b, n_blocks, kPackTokens);
+                if (act == TYPE_Q8_0) {
+                    const auto* q = reinterpret_cast<const block_q8_0*>(blk);
+                    sums[i] = 0;
+                    for (int j = 0; j < QK; j++) sums[i] += q->qs[j];
+                    scales[2 * i] = fp16_to_fp32(q->d);
+                    scales[2 * i + 1] = 0.0f;
+                } else if (act == TYPE_Q8_1) {
+                    const auto* q = reinterpret_cast<const block_q8_1*>(blk);
+                    scales[2 * i] = fp16_to_fp32(q->d);
+                    scales[2 * i + 1] = fp16_to_fp32(q->s);
+                }
+            }
+        }
+    }
+    const uint8_t* row(int c) const { return rows.data() + c * row_bytes; }
+    // What packed kernels of `type` in table k are given.
+    Activations view(const Kernels& k, GGMLType type) const {
+        Activations a;
+        a.data = rows.data();
+        a.row_bytes = row_bytes;
+        a.n_tokens = kPackTokens;
+        a.n_blocks = n_blocks;
+        a.block_sums = k.packed_xsums[type] ? sums.data() : nullptr;
+        a.block_scales = k.packed_xscales[type] ? scales.data() : nullptr;
+        return a;
+    }
+};
 
 void check_packed(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    const int block_counts[] = {1, 2, 3, 9};  // of 32 or 256 weights
     for (int t = 0; t < int(TYPE_COUNT); t++) {
         if (!k.pack[t]) continue;
         const auto type = GGMLType(t);
         const TypeTraits* tt = type_traits(type);
-        const GGMLType act = tt->vec_dot_type;
-        const TypeTraits* at = type_traits(act);
-        Group& g = group(format("packed %s x %s", tt->name, at->name));
+        Group& g = group(format("packed %s x %s", tt->name, type_traits(tt->vec_dot_type)->name));
         record(g, k.packed_dot[t] != nullptr, format("packed_dot[%s] missing", tt->name));
         if (!k.packed_dot[t]) continue;
-        const int block_counts[] = {1, 2, 3, 9};  // of 32 or 256 weights
+        // Two groups of kPackRows rows of nb blocks, of weight kind `kind`, against one pass.
+        auto one = [&](int kind, int nb) {
+            const int n = nb * tt->block_size;
+            const size_t row_bytes = size_t(nb) * tt->type_size;
+            std::vector<uint8_t> w(2 * kPackRows * row_bytes), packed(w.size());
+            for (int r = 0; r < 2 * kPackRows; r++)
+                fill_packed_weights(type, kind, w.data() + r * row_bytes, nb, rng);
+            for (int gi = 0; gi < 2; gi++)
+                k.pack[t](n, w.data() + gi * kPackRows * row_bytes, row_bytes,
+                          packed.data() + gi * kPackRows * row_bytes);
+            const PackedActivations acts(s, tt->vec_dot_type, n, rng);
+            const Activations xa = acts.view(k, type);
+            const std::string what = format("weights %s, %d blocks", packed_kind_name(type, kind), nb);
+            set_case(g, what);
+            const auto* pw = static_cast<const uint8_t*>(buf.weights.put(packed));  // ends at the guard page
+            auto check = [&](float got, int row, int c, const std::string& where) {
+                const float want = s.vec_dot[t](n, w.data() + row * row_bytes, acts.row(c));
+                record(g, same_float_bits(got, want),
+                       format("%s: %s: %.9g (0x%08x), scalar %.9g (0x%08x)", what.c_str(), where.c_str(), double(got),
+                              f32_bits(got), double(want), f32_bits(want)));
+            };
+            float y[kPackTokens * kPackRows];
+            for (int nt = 1; nt <= kPackTokens; nt++) {
+                const int t0 = kPackTokens - nt;  // the last nt tokens
+                k.packed_dot[t](n, pw + kPackRows * row_bytes, xa, t0, nt, y, kPackRows);
+                for (int c = 0; c < nt; c++)
+                    for (int r = 0; r < kPackRows; r++)
+                        check(y[c * kPackRows + r], kPackRows + r, t0 + c,
+                              format("packed_dot of %d tokens, token %d row %d", nt, c, r));
+            }
+            if (!k.packed_dot_pair[t]) return;
+            const int c = rng.below(kPackTokens);
+            float ya[kPackRows], yb[kPackRows];
+            k.packed_dot_pair[t](n, pw, pw + kPackRows * row_bytes, xa, c, ya, yb);
+            for (int r = 0; r < kPackRows; r++) {
+                check(ya[r], r, c, format("packed_dot_pair, group 0 row %d", r));
+                check(yb[r], kPackRows + r, c, format("packed_dot_pair, group 1 row %d", r));
+            }
+        };
         for (int trial = 0; trial < trials; trial++)
             for (int kind = 0; kind < packed_weight_kinds(type); kind++)
-                for (int nb : block_counts) {
-                    const int n = nb * tt->block_size;
-                    const size_t row_bytes = size_t(nb) * tt->type_size;
-                    // two groups of kPackRows rows, unpacked and packed
-                    std::vector<uint8_t> w(2 * kPackRows * row_bytes), packed(w.size());
-                    for (int r = 0; r < 2 * kPackRows; r++) fill_packed_weights(type, kind, w.data() + r * row_bytes, nb, rng);
-                    for (int gi = 0; gi < 2; gi++)
-                        k.pack[t](n, w.data() + gi * kPackRows * row_bytes, row_bytes,
-                                  packed.data() + gi * kPackRows * row_bytes);
-                    // kPackTokens activations of mixed kinds, quantized by the scalar table
-                    const int n_blocks = n / at->block_size;
-                    const size_t x_bytes = row_size(act, n);
-                    std::vector<uint8_t> xq(kPackTokens * x_bytes);
-                    std::vector<int32_t> sums(size_t(kPackTokens) * n_blocks);  // packed_extra_index's layout
-                    std::vector<float> scales(2 * size_t(kPackTokens) * n_blocks);
-                    for (int c = 0; c < kPackTokens; c++) {
-                        const std::vector<float> x = make_act_row(kDotActs[rng.below(int(sizeof(kDotActs) / sizeof(kDotActs[0])))], n / QK, rng);
-                        s.from_float[act](x.data(), xq.data() + c * x_bytes, n);
-                        for (int b = 0; b < n_blocks; b++) {
-                            const uint8_t* blk = xq.data() + c * x_bytes + size_t(b) * at->type_size;
-                            const size_t i = packed_extra_index(c, b, n_blocks, kPackTokens);
-                            if (act == TYPE_Q8_0) {
-                                const auto* q = reinterpret_cast<const block_q8_0*>(blk);
-                                sums[i] = 0;
-                                for (int j = 0; j < QK; j++) sums[i] += q->qs[j];
-                                scales[2 * i] = fp16_to_fp32(q->d);
-                                scales[2 * i + 1] = 0.0f;
-                            } else if (act == TYPE_Q8_1) {
-                                const auto* q = reinterpret_cast<const block_q8_1*>(blk);
-                                scales[2 * i] = fp16_to_fp32(q->d);
-                                scales[2 * i + 1] = fp16_to_fp32(q->s);
-                            }
-                        }
-                    }
-                    Activations xa;
-                    xa.data = xq.data();
-                    xa.row_bytes = x_bytes;
-                    xa.n_tokens = kPackTokens;
-                    xa.n_blocks = n_blocks;
-                    xa.block_sums = k.packed_xsums[t] ? sums.data() : nullptr;
-                    xa.block_scales = k.packed_xscales[t] ? scales.data() : nullptr;
-                    const std::string what = format("weights %s, %d blocks", packed_kind_name(type, kind), nb);
-                    set_case(g, what);
-                    // the packed groups end at the guard page
-                    const auto* pw = static_cast<const uint8_t*>(buf.weights.put(packed));
-                    auto want = [&](int row, int c) { return s.vec_dot[t](n, w.data() + row * row_bytes, xq.data() + c * x_bytes); };
-                    std::vector<float> y(size_t(kPackTokens) * kPackRows);
-                    for (int nt = 1; nt <= kPackTokens; nt++) {
-                        const int t0 = kPackTokens - nt;  // the last nt tokens
-                        k.packed_dot[t](n, pw + kPackRows * row_bytes, xa, t0, nt, y.data(), kPackRows);
-                        for (int c = 0; c < nt; c++)
-                            for (int r = 0; r < kPackRows; r++) {
-                                const float got = y[size_t(c) * kPackRows + r], ref = want(kPackRows + r, t0 + c);
-                                record(g, same_float_bits(got, ref),
-                                       format("%s: packed_dot of %d tokens, token %d row %d: %.9g (0x%08x), scalar %.9g (0x%08x)",
-                                              what.c_str(), nt, c, r, double(got), f32_bits(got), double(ref), f32_bits(ref)));
-                            }
-                    }
-                    if (!k.packed_dot_pair[t]) continue;
-                    const int c = rng.below(kPackTokens);
-                    float ya[kPackRows], yb[kPackRows];
-                    k.packed_dot_pair[t](n, pw, pw + kPackRows * row_bytes, xa, c, ya, yb);
-                    for (int r = 0; r < kPackRows; r++)
-                        for (int gi = 0; gi < 2; gi++) {
-                            const float got = gi ? yb[r] : ya[r], ref = want(gi * kPackRows + r, c);
-                            record(g, same_float_bits(got, ref),
-                                   format("%s: packed_dot_pair, group %d row %d: %.9g (0x%08x), scalar %.9g (0x%08x)",
-                                          what.c_str(), gi, r, double(got), f32_bits(got), double(ref), f32_bits(ref)));
-                        }
-                }
+                for (int nb : block_counts) one(kind, nb);
     }
 }
 
