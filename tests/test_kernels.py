@@ -193,6 +193,23 @@ def test_attention_kernel(rng, isa, kv, hd, n_q, n_pos):
         np.testing.assert_array_equal(alone[0], out[j])
 
 
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs a CPU with AVX-512")
+@pytest.mark.parametrize("kv", ["f16", "f32", "q8_0"])
+def test_attention_avx512_is_avx2_bit_for_bit(rng, kv):
+    """The AVX-512 attention runs AVX2's arithmetic on 16 lanes (two keys' 8-lane chains in one
+    register, the softmax sum in the same 8 double lanes): the same bits, so a model's logits do not
+    depend on which of the two tables runs it."""
+    for hd in (32, 64, 96, 128, 256):
+        for n_pos in (1, 3, 4, 5, 8, 15, 16, 17, 33, 100, 300):
+            n_q = int(rng.integers(1, 6))
+            q = rng.standard_normal((n_q, hd)).astype(np.float32)
+            (k_raw, _), (v_raw, _) = (_cache_rows(rng.standard_normal((n_pos, hd)).astype(np.float32) * s, kv)
+                                      for s in (2, 1))
+            args = (TYPE_IDS[kv], q, k_raw, v_raw, n_pos, 1 / np.sqrt(hd))
+            np.testing.assert_array_equal(_core.attend("avx512", *args), _core.attend("avx2", *args),
+                                          err_msg=f"hd {hd}, {n_pos} positions, {n_q} heads")
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_attention_kernel_extreme_scores(rng, isa):
     """Scores far apart (softmax weights that underflow to 0) and all equal (uniform weights)."""

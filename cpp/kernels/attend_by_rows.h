@@ -1,6 +1,6 @@
 // Attention built from a table's own row kernels: one vec_dot per key row, one axpy per value row.
-// The reference table uses it with the scalar kernels, NEON with its own (the AVX2 table has a
-// kernel of its own that converts each cache row once for all the heads that share it). Each unit
+// The reference table uses it with the scalar kernels, NEON with its own (the AVX2 and AVX-512 tables
+// have attend_lanes.h, which converts each cache row once for all the heads that share it). Each unit
 // instantiates it with its own functions, which have internal linkage in the SIMD units, so no
 // instantiation compiled for one ISA can be picked by the linker for another.
 #pragma once

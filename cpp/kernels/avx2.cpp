@@ -20,13 +20,6 @@
 namespace pe {
 namespace {
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 // Sum of products of signed bytes, as 8 int32 lanes. x may hold -128 (weights from a file); y comes
 // from our own activation quantizer, so |y| <= 127 and the sign trick cannot overflow.
 inline __m256i dot_i8(__m256i x, __m256i y) {
@@ -333,199 +326,79 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
     for (; i < n; i++) y[i] = std::fma(a, half_to_float(x[i]), y[i]);
 }
 
-// exp(x) for x <= 0 on 8 lanes (softmax after taking the maximum out): Cody-Waite reduction to
-// r = x - n ln2 with |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (max error ~1 ulp), times
-// 2^n built in the exponent bits. Below -87 (2^n would leave the normal range) the result is 0.
-inline __m256 exp_nonpositive(__m256 x) {
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    const __m256 e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    const __m256 result = _mm256_mul_ps(e, _mm256_castsi256_ps(pow2n));
-    return _mm256_and_ps(result, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
-}
-
-// Attention for head dimensions that are a multiple of 32 (others take the reference), with the
-// same structure and the same operations per output whatever n_q is:
-// - scores: key rows converted to float 4 at a time; each dot one 8-lane fused multiply-add chain
-//   over the row, then hsum, times scale;
-// - softmax: the maximum, exp_nonpositive(s - max), the sum in two 4-lane double accumulators over
-//   8-position steps (padded with zeros at the end), weights s * float(1 / sum);
-// - values: per 16-value chunk of the head, out = fma(weight_p, V_p, out) for p = 0, 1, ... with up to 4 heads'
-//   accumulators in registers.
-template <int NJ, typename Convert>
-void accumulate_values(int64_t n_pos, const uint8_t* values, size_t kv_stride, int c0, const float* w, size_t w_stride,
-                       float* out, int hd, Convert convert16) {
-    __m256 o[NJ][2];
-    for (int j = 0; j < NJ; j++) o[j][0] = o[j][1] = _mm256_setzero_ps();
-    for (int64_t p = 0; p < n_pos; p++) {
-        __m256 v[2];
-        convert16(values + size_t(p) * kv_stride, c0, v);
-        for (int j = 0; j < NJ; j++) {
-            const __m256 a = _mm256_broadcast_ss(w + size_t(j) * w_stride + size_t(p));
-            o[j][0] = _mm256_fmadd_ps(a, v[0], o[j][0]);
-            o[j][1] = _mm256_fmadd_ps(a, v[1], o[j][1]);
-        }
+// AVX2's lanes for attend_lanes.h.
+struct L8 {
+    using V = __m256;
+    static constexpr int W = 8;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V set1(float a) { return _mm256_set1_ps(a); }
+    static V load(const float* p) { return _mm256_load_ps(p); }
+    static V loadu(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, V v) { _mm256_store_ps(p, v); }
+    static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static V max(V a, V b) { return _mm256_max_ps(a, b); }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+    static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+    static V pow2(V n) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
     }
-    for (int j = 0; j < NJ; j++)
-        for (int k = 0; k < 2; k++) _mm256_storeu_ps(out + size_t(j) * size_t(hd) + c0 + 8 * k, o[j][k]);
-}
-
-// convert(row, c0, n, v): values c0 .. c0 + 8n - 1 of a cache row as n float vectors; head_bytes: the
-// bytes of the head in a row.
-//
-// One head's rows are kv_stride apart (all KV heads of a position share a row), a stream the hardware
-// prefetchers follow poorly: deep in a context the first load of every key row waited on memory
-// (SmolLM2 at depth 4096 read its cache at ~2 GB/s on one thread). So the keys and values
-// kPrefetchAhead positions ahead are requested while the scores are computed, and the values phase
-// finds its rows in the cache too: SmolLM2 Q4_0 generating at depth 4096 went from 16 to 25 tokens/s
-// on one thread, 31 to 43 on two (a tg loop, the two builds run back to back).
-constexpr int64_t kPrefetchAhead = 16;
-
-template <typename Convert>
-void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uint8_t* values, size_t kv_stride,
-                 int64_t n_pos, float scale, float* scores, float* out, float* max_out, double* sum_out,
-                 Convert convert, size_t head_bytes) {
-    alignas(32) float kbuf[4][512];
-    auto prefetch_rows = [&](int64_t p) {  // positions p .. p + 3, those that exist
-        for (int64_t k = p; k < std::min(p + 4, n_pos); k++) {
-            const char* key = reinterpret_cast<const char*>(keys + size_t(k) * kv_stride);
-            const char* value = reinterpret_cast<const char*>(values + size_t(k) * kv_stride);
-            for (size_t b = 0; b < head_bytes; b += 64) {
-                prefetch_line(key + b);
-                prefetch_line(value + b);
+    static V zero_below(V v, V x, float limit) { return _mm256_and_ps(v, _mm256_cmp_ps(x, set1(limit), _CMP_GE_OQ)); }
+    static float hmax(V v) {
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    }
+    static V from_f16(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+    static V from_i8(const int8_t* p) {
+        int64_t bytes;
+        std::memcpy(&bytes, p, 8);
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes)));
+    }
+    // Keys one after the other, 512 floats apart; the scores one 8-lane chain per key, four in flight.
+    static void store_key(float* kbuf, int k, int i, V v) { _mm256_store_ps(kbuf + 512 * k + i, v); }
+    static int scores(const float* kbuf, const float* qj, int, int hd, float scale, float* s, size_t, int np) {
+        if (np == 4) {
+            V acc[4] = {zero(), zero(), zero(), zero()};
+            for (int i = 0; i < hd; i += 8) {
+                const V qv = loadu(qj + i);
+                for (int k = 0; k < 4; k++) acc[k] = fmadd(load(kbuf + 512 * k + i), qv, acc[k]);
             }
-            prefetch_line(key + head_bytes - 1);  // the last line, where the head does not start on one
-            prefetch_line(value + head_bytes - 1);
+            for (int k = 0; k < 4; k++) s[k] = hsum(acc[k]) * scale;
+        } else {
+            for (int k = 0; k < np; k++) {
+                V acc = zero();
+                for (int i = 0; i < hd; i += 8) acc = fmadd(load(kbuf + 512 * k + i), loadu(qj + i), acc);
+                s[k] = hsum(acc) * scale;
+            }
         }
+        return 1;
+    }
+    struct Sum {
+        __m256d lo, hi;  // lanes 0-3 and 4-7
     };
-    for (int64_t p = 0; p < std::min(kPrefetchAhead, n_pos); p += 4) prefetch_rows(p);
-    auto dot = [hd](const float* k, const float* qj) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int i = 0; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_load_ps(k + i), _mm256_loadu_ps(qj + i), acc);
-        return acc;
-    };
-    for (int64_t p0 = 0; p0 < n_pos; p0 += 4) {
-        const int np = int(std::min<int64_t>(4, n_pos - p0));
-        if (p0 + kPrefetchAhead < n_pos) prefetch_rows(p0 + kPrefetchAhead);
-        for (int k = 0; k < np; k++)
-            for (int c0 = 0; c0 < hd; c0 += 32) {
-                __m256 v[4];
-                convert(keys + size_t(p0 + k) * kv_stride, c0, 4, v);
-                for (int m = 0; m < 4; m++) _mm256_store_ps(kbuf[k] + c0 + 8 * m, v[m]);
-            }
-        for (int j = 0; j < n_q; j++) {
-            const float* qj = q + size_t(j) * size_t(hd);
-            float* s = scores + size_t(j) * size_t(n_pos) + size_t(p0);
-            if (np == 4) {  // four independent chains in flight
-                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                for (int i = 0; i < hd; i += 8) {
-                    const __m256 qv = _mm256_loadu_ps(qj + i);
-                    for (int k = 0; k < 4; k++) acc[k] = _mm256_fmadd_ps(_mm256_load_ps(kbuf[k] + i), qv, acc[k]);
-                }
-                for (int k = 0; k < 4; k++) s[k] = hsum(acc[k]) * scale;
-            } else {
-                for (int k = 0; k < np; k++) s[k] = hsum(dot(kbuf[k], qj)) * scale;
-            }
-        }
+    static Sum sum_zero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+    static void add_sum(Sum& sum, V e) {
+        sum.lo = _mm256_add_pd(sum.lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        sum.hi = _mm256_add_pd(sum.hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
     }
-    for (int j = 0; j < n_q; j++) {
-        float* s = scores + size_t(j) * size_t(n_pos);
-        __m256 vmax = _mm256_set1_ps(-INFINITY);
-        int64_t p = 0;
-        for (; p + 8 <= n_pos; p += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + p));
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, vmax);
-        float max_score = lanes[0];
-        for (int l = 1; l < 8; l++) max_score = std::max(max_score, lanes[l]);
-        for (; p < n_pos; p++) max_score = std::max(max_score, s[p]);
-        const __m256 vm = _mm256_set1_ps(max_score);
-        __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
-        for (p = 0; p < n_pos; p += 8) {
-            const int n = int(std::min<int64_t>(8, n_pos - p));
-            alignas(32) float buf[8];
-            for (int l = 0; l < 8; l++) buf[l] = l < n ? s[p + l] : -INFINITY;  // exp(-inf) = 0
-            const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(buf), vm));
-            _mm256_store_ps(buf, e);
-            for (int l = 0; l < n; l++) s[p + l] = buf[l];
-            sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-            sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-        }
-        alignas(32) double parts[8];
-        _mm256_store_pd(parts, sum_lo);
-        _mm256_store_pd(parts + 4, sum_hi);
-        double sum = 0.0;
-        for (double part : parts) sum += part;
-        max_out[j] = max_score;
-        sum_out[j] = sum;
-        const __m256 inv = _mm256_set1_ps(float(1.0 / sum));
-        for (p = 0; p + 8 <= n_pos; p += 8) _mm256_storeu_ps(s + p, _mm256_mul_ps(_mm256_loadu_ps(s + p), inv));
-        for (; p < n_pos; p++) s[p] *= float(1.0 / sum);
-    }
-    for (int c0 = 0; c0 < hd; c0 += 16) {
-        const auto convert16 = [&](const uint8_t* row, int c, __m256* v) { convert(row, c, 2, v); };
-        for (int j = 0; j < n_q; j += 4) {
-            const float* w = scores + size_t(j) * size_t(n_pos);
-            float* o = out + size_t(j) * size_t(hd);
-            switch (std::min(4, n_q - j)) {
-                case 1: accumulate_values<1>(n_pos, values, kv_stride, c0, w, size_t(n_pos), o, hd, convert16); break;
-                case 2: accumulate_values<2>(n_pos, values, kv_stride, c0, w, size_t(n_pos), o, hd, convert16); break;
-                case 3: accumulate_values<3>(n_pos, values, kv_stride, c0, w, size_t(n_pos), o, hd, convert16); break;
-                default: accumulate_values<4>(n_pos, values, kv_stride, c0, w, size_t(n_pos), o, hd, convert16); break;
-            }
-        }
-    }
-}
-
-// The cache types' rows for attend_rows: values c0 .. c0 + 8n - 1 of a row as n float vectors.
-struct F32Rows {
-    static size_t bytes(int hd) { return 4 * size_t(hd); }
-    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
-        const auto* f = reinterpret_cast<const float*>(row) + c0;
-        for (int k = 0; k < n; k++) v[k] = _mm256_loadu_ps(f + 8 * k);
+    static void sum_lanes(const Sum& sum, double* lanes) {
+        _mm256_storeu_pd(lanes, sum.lo);
+        _mm256_storeu_pd(lanes + 4, sum.hi);
     }
 };
 
-struct F16Rows {
-    static size_t bytes(int hd) { return 2 * size_t(hd); }
-    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
-        const auto* h = reinterpret_cast<const __m128i*>(row + 2 * size_t(c0));
-        for (int k = 0; k < n; k++) v[k] = _mm256_cvtph_ps(_mm_loadu_si128(h + k));
-    }
-};
+}  // namespace
+}  // namespace pe
 
-// d * float(q), within one block: attend_rows asks for 32 values from a multiple of 32, or 16 from a
-// multiple of 16.
-struct Q8_0Rows {
-    static size_t bytes(int hd) { return size_t(hd / QK) * sizeof(block_q8_0); }
-    void operator()(const uint8_t* row, int c0, int n, __m256* v) const {
-        const auto& block = reinterpret_cast<const block_q8_0*>(row)[c0 / QK];
-        const __m256 d = _mm256_set1_ps(half_to_float(block.d));
-        for (int k = 0; k < n; k++) {
-            int64_t bytes;
-            std::memcpy(&bytes, block.qs + c0 % QK + 8 * k, 8);
-            v[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes))));
-        }
-    }
-};
+#include "attend_lanes.h"
 
-// attend_rows over a cache of Rows, for head dimensions it takes; the reference for the others.
-template <attend_fn Reference, typename Rows>
-void attend_cache(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
-                  int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum) {
-    if (hd % 32 != 0 || hd > 512)
-        return Reference(hd, n_q, q, keys, values, kv_stride, n_pos, scale, scores, out, max, sum);
-    attend_rows(hd, n_q, q, static_cast<const uint8_t*>(keys), static_cast<const uint8_t*>(values), kv_stride, n_pos,
-                scale, scores, out, max, sum, Rows{}, Rows::bytes(hd));
-}
+namespace pe {
+namespace {
 
 // maddubs (32 u8 x s8 products, summed in pairs) on 10 independent chains: the packed kernels'
 // multiply-add at its peak rate, no loads. Products per second of the CPU time the loop took (so
@@ -575,9 +448,7 @@ const Kernels* kernels_avx2() {
         k.from_float[TYPE_Q8_1] = quantize_row_q8_1;
         k.axpy[TYPE_F32] = axpy_f32;
         k.axpy[TYPE_F16] = axpy_f16;
-        k.attend[TYPE_F32] = attend_cache<ref::attend_f32, F32Rows>;
-        k.attend[TYPE_F16] = attend_cache<ref::attend_f16, F16Rows>;
-        k.attend[TYPE_Q8_0] = attend_cache<ref::attend_q8_0, Q8_0Rows>;
+        add_attention_kernels<L8>(k);
         k.int8_peak = int8_peak;
         add_avx2_kquant_kernels(k);
         return k;

@@ -1259,15 +1259,6 @@ struct BatchOf<F, std::void_t<typename F::Batch>> {
 };
 static_assert(kPackTokens == 8, "packed_dot splits kPackTokens activations into passes of max_tokens");
 
-// A prefetch the compiler keeps: GCC deletes loops whose only statements are _mm_prefetch calls.
-inline void prefetch_line(const void* p) {
-#if defined(__x86_64__) || defined(_M_X64)
-    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
-#else  // the SIMDe build of the kernel test on another CPU
-    __builtin_prefetch(p);
-#endif
-}
-
 // Requests the lines of one block's worth of memory `ahead` bytes past block b (past a group's end
 // they land in the next group, or nowhere: a prefetch does not fault).
 template <typename Block>

@@ -6,8 +6,8 @@
 // IQ4_XS bit-identical to it (see their section below). The packed kernels (pack / packed_dot, what a
 // Model's matrices run on) are avx2_packed.h's, built with VNNI in avx512_packed.cpp: bit-identical to
 // the scalar reference, so they agree bit for bit with the bit-identical vec_dots here. Everything
-// else is taken from the AVX2 table, which every AVX-512 CPU can run: the activation quantizers, axpy
-// and attention.
+// else is taken from the AVX2 table, which every AVX-512 CPU can run: the activation quantizers and
+// axpy. Attention is attend_lanes.h's on 16 lanes, bit-identical to AVX2's (the same arithmetic).
 //
 // With PE_SIMDE defined, this file builds against SIMDe's portable versions of the intrinsics
 // (tests/test_native_kernels.py: the kernel test checks this code on machines without AVX-512).
@@ -24,26 +24,14 @@
 #include <cstring>
 
 #include "../quant/fp16.h"
+#include "avx2_common.h"
 
 namespace pe {
 namespace {
 
-inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 inline float hsum512(__m512 v) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    return hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
-}
-
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+    return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
 }
 
 inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
@@ -87,7 +75,7 @@ float vec_dot_q4_0_q8_0(int n, const void* vw, const void* vx) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d));
         tail = _mm256_mul_ps(d, _mm256_cvtepi32_ps(dot_i8_256(q, load32(x[i].qs))));
     }
-    return hsum512(acc) + hsum256(tail);
+    return hsum512(acc) + hsum(tail);
 }
 
 float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
@@ -112,7 +100,7 @@ float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
         tail = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(isum));
         mins += _cvtsh_ss(w[i].m) * _cvtsh_ss(x[i].s);
     }
-    return hsum512(acc) + hsum256(tail) + mins;
+    return hsum512(acc) + hsum(tail) + mins;
 }
 
 float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
@@ -133,7 +121,7 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d));
         tail = _mm256_mul_ps(d, _mm256_cvtepi32_ps(dot_i8_256(load32(w[i].qs), load32(x[i].qs))));
     }
-    return hsum512(acc) + hsum256(tail);
+    return hsum512(acc) + hsum(tail);
 }
 
 // NF4: one 64-block fills a 512-bit register, its low nibbles (weights 0..31, against activation
@@ -611,7 +599,98 @@ float vec_dot_iq4_xs_q8_K(int n, const void* vw, const void* vx) {
     return sum;
 }
 
+// AVX-512's lanes for attend_lanes.h.
+struct L16 {
+    using V = __m512;
+    static constexpr int W = 16;
+    static V zero() { return _mm512_setzero_ps(); }
+    static V set1(float a) { return _mm512_set1_ps(a); }
+    static V load(const float* p) { return _mm512_load_ps(p); }
+    static V loadu(const float* p) { return _mm512_loadu_ps(p); }
+    static void store(float* p, V v) { _mm512_store_ps(p, v); }
+    static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
+    static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
+    static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+    static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+    static V max(V a, V b) { return _mm512_max_ps(a, b); }
+    static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+    static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+    static V pow2(V n) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+    }
+    static V zero_below(V v, V x, float limit) {
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, set1(limit), _CMP_GE_OQ), v);
+    }
+    static float hmax(V v) { return _mm512_reduce_max_ps(v); }
+    static V from_f16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+    static V from_i8(const int8_t* p) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    }
+    // Keys in pairs (0, 1) and (2, 3), 1024 floats apart, interleaved by 8 values: a register holds
+    // values i .. i + 7 of both keys of a pair, and each half runs L8's chain for its key. Two queries
+    // at a time (four chains in flight); the sums across lanes take hsum's tree, four keys at once.
+    static void store_key(float* kbuf, int k, int i, V v) {  // i: a multiple of 16
+        float* at = kbuf + 1024 * (k / 2) + 2 * i + 8 * (k % 2);
+        _mm256_store_ps(at, _mm512_castps512_ps256(v));
+        _mm256_store_ps(at + 16, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    }
+    static void store_scores(V acc01, V acc23, float scale, float* s, int np) {
+        // 128-bit lanes: key 0's halves | key 1's | key 2's | key 3's; lo + hi, as hsum
+        V x = add(_mm512_shuffle_f32x4(acc01, acc23, _MM_SHUFFLE(2, 0, 2, 0)),
+                  _mm512_shuffle_f32x4(acc01, acc23, _MM_SHUFFLE(3, 1, 3, 1)));
+        x = add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)));                  // + movehl
+        x = mul(add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 3, 1, 1))), set1(scale));  // + movehdup
+        const __m512i first_lanes = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+        const __m128 four = _mm512_castps512_ps128(_mm512_permutexvar_ps(first_lanes, x));
+        if (np == 4) {
+            _mm_storeu_ps(s, four);
+        } else {
+            alignas(16) float kept[4];
+            _mm_store_ps(kept, four);
+            for (int k = 0; k < np; k++) s[k] = kept[k];
+        }
+    }
+    template <int N>
+    static void scores_of(const float* kbuf, const float* q, int hd, float scale, float* s, size_t s_stride, int np) {
+        V acc[N][2];
+        for (int j = 0; j < N; j++) acc[j][0] = acc[j][1] = zero();
+        for (int i = 0; i < hd; i += 8) {
+            const V k01 = load(kbuf + 2 * i), k23 = load(kbuf + 1024 + 2 * i);
+            for (int j = 0; j < N; j++) {
+                const V qv = _mm512_castpd_ps(
+                    _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(q + size_t(j) * size_t(hd) + i))));
+                acc[j][0] = fmadd(k01, qv, acc[j][0]);
+                acc[j][1] = fmadd(k23, qv, acc[j][1]);
+            }
+        }
+        for (int j = 0; j < N; j++) store_scores(acc[j][0], acc[j][1], scale, s + size_t(j) * s_stride, np);
+    }
+    static int scores(const float* kbuf, const float* q, int n_q, int hd, float scale, float* s, size_t s_stride,
+                      int np) {
+        if (n_q >= 2) {
+            scores_of<2>(kbuf, q, hd, scale, s, s_stride, np);
+            return 2;
+        }
+        scores_of<1>(kbuf, q, hd, scale, s, s_stride, np);
+        return 1;
+    }
+    using Sum = __m512d;  // lanes 0-7
+    static Sum sum_zero() { return _mm512_setzero_pd(); }
+    static void add_sum(Sum& sum, V e) {  // positions 0-7 of the step, then 8-15
+        sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    static void sum_lanes(const Sum& sum, double* lanes) { _mm512_storeu_pd(lanes, sum); }
+};
+
 }  // namespace
+}  // namespace pe
+
+#include "attend_lanes.h"
+
+namespace pe {
 
 #if defined(PE_SIMDE)
 const Kernels* kernels_avx512_simde() {
@@ -652,6 +731,7 @@ const Kernels* kernels_avx512() {
         k.vec_dot[TYPE_Q5_K] = vec_dot_q5_K_q8_K;
         k.vec_dot[TYPE_Q6_K] = vec_dot_q6_K_q8_K;
         k.vec_dot[TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K;
+        add_attention_kernels<L16>(k);
         return k;
     }();
     return &table;

@@ -55,3 +55,56 @@ static inline simde__m512i pe_shim_mm512_srai_epi32(simde__m512i a, int imm8) {
 #if !defined(_mm512_srai_epi32)
 #define _mm512_srai_epi32(a, imm8) pe_shim_mm512_srai_epi32(a, imm8)
 #endif
+
+// attend_lanes.h's 16-lane conversions, each as two 8-lane ones.
+static inline simde__m512 pe_shim_join_ps(simde__m256 lo, simde__m256 hi) {
+    return simde_mm512_insertf32x8(simde_mm512_castps256_ps512(lo), hi, 1);
+}
+static inline simde__m256 pe_shim_high_ps(simde__m512 a) {
+    return simde_mm256_castpd_ps(simde_mm512_extractf64x4_pd(simde_mm512_castps_pd(a), 1));
+}
+static inline simde__m512i pe_shim_mm512_cvtps_epi32(simde__m512 a) {
+    const simde__m256i lo = simde_mm256_cvtps_epi32(simde_mm512_castps512_ps256(a));
+    const simde__m256i hi = simde_mm256_cvtps_epi32(pe_shim_high_ps(a));
+    return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
+#if !defined(_mm512_cvtps_epi32)
+#define _mm512_cvtps_epi32(a) pe_shim_mm512_cvtps_epi32(a)
+#endif
+static inline simde__m512 pe_shim_mm512_cvtph_ps(simde__m256i a) {
+    return pe_shim_join_ps(simde_mm256_cvtph_ps(simde_mm256_castsi256_si128(a)),
+                           simde_mm256_cvtph_ps(simde_mm256_extracti128_si256(a, 1)));
+}
+#if !defined(_mm512_cvtph_ps)
+#define _mm512_cvtph_ps(a) pe_shim_mm512_cvtph_ps(a)
+#endif
+static inline simde__m512i pe_shim_mm512_cvtepi8_epi32(simde__m128i a) {
+    const simde__m256i lo = simde_mm256_cvtepi8_epi32(a);
+    const simde__m256i hi = simde_mm256_cvtepi8_epi32(simde_mm_srli_si128(a, 8));
+    return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
+#if !defined(_mm512_cvtepi8_epi32)
+#define _mm512_cvtepi8_epi32(a) pe_shim_mm512_cvtepi8_epi32(a)
+#endif
+static inline simde__m512d pe_shim_mm512_cvtps_pd(simde__m256 a) {
+    return simde_mm512_insertf64x4(simde_mm512_castpd256_pd512(simde_mm256_cvtps_pd(simde_mm256_castps256_ps128(a))),
+                                   simde_mm256_cvtps_pd(simde_mm256_extractf128_ps(a, 1)), 1);
+}
+#if !defined(_mm512_cvtps_pd)
+#define _mm512_cvtps_pd(a) pe_shim_mm512_cvtps_pd(a)
+#endif
+static inline float pe_shim_mm512_reduce_max_ps(simde__m512 a) {
+    const simde__m256 m8 = simde_mm256_max_ps(simde_mm512_castps512_ps256(a), pe_shim_high_ps(a));
+    simde__m128 m = simde_mm_max_ps(simde_mm256_castps256_ps128(m8), simde_mm256_extractf128_ps(m8, 1));
+    m = simde_mm_max_ps(m, simde_mm_movehl_ps(m, m));
+    return simde_mm_cvtss_f32(simde_mm_max_ss(m, simde_mm_movehdup_ps(m)));
+}
+#if !defined(_mm512_reduce_max_ps)
+#define _mm512_reduce_max_ps(a) pe_shim_mm512_reduce_max_ps(a)
+#endif
+#if !defined(_MM_FROUND_NO_EXC)
+#define _MM_FROUND_NO_EXC SIMDE_MM_FROUND_NO_EXC
+#endif
+#if !defined(_mm512_shuffle_f32x4)
+#define _mm512_shuffle_f32x4(a, b, imm8) simde_mm512_shuffle_f32x4(a, b, imm8)
+#endif
