@@ -6,7 +6,6 @@
 #include <string>
 
 #include "kernels/kernels.h"
-#include "quant/fp16.h"
 
 namespace pe {
 
@@ -99,29 +98,13 @@ void KVCache::copy_from(const KVCache& other) {
     n_past_ = other.n_past_;
 }
 
-void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v) {
+void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v, from_float_fn convert) {
     const Layer& L = layers_[size_t(layer)];
     auto put = [&](int64_t row, const float* kr, const float* vr) {
         for (int h = 0; h < n_heads_; h++) {
             const size_t off = head_offset(L, h) + size_t(row) * row_bytes_;
-            uint8_t* kd = k_.data() + off;
-            uint8_t* vd = v_.data() + off;
-            const float* kh = kr + size_t(h) * size_t(head_dim_);
-            const float* vh = vr + size_t(h) * size_t(head_dim_);
-            if (type_ == TYPE_F32) {
-                std::memcpy(kd, kh, size_t(head_dim_) * 4);
-                std::memcpy(vd, vh, size_t(head_dim_) * 4);
-            } else if (type_ == TYPE_Q8_0) {  // llama.cpp's bytes: the reference quantizer, block by block
-                ref::quantize_row_q8_0(kh, kd, head_dim_);
-                ref::quantize_row_q8_0(vh, vd, head_dim_);
-            } else {
-                auto* k16 = reinterpret_cast<uint16_t*>(kd);
-                auto* v16 = reinterpret_cast<uint16_t*>(vd);
-                for (int i = 0; i < head_dim_; i++) {
-                    k16[i] = fp32_to_fp16(kh[i]);
-                    v16[i] = fp32_to_fp16(vh[i]);
-                }
-            }
+            convert(kr + size_t(h) * size_t(head_dim_), k_.data() + off, head_dim_);
+            convert(vr + size_t(h) * size_t(head_dim_), v_.data() + off, head_dim_);
         }
     };
     for (int64_t t = 0; t < n_tokens; t++) {

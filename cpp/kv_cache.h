@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "quant/blocks.h"
 
 namespace pe {
@@ -44,8 +45,9 @@ public:
     void set_n_past(int64_t n) { n_past_ = n; }
 
     // Stores n_tokens rows of kv_dim floats (every head's head_dim values) at positions pos ... for
-    // one layer.
-    void store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v);
+    // one layer, each head's values converted to the cache type by `convert` (a kernel table's
+    // from_float for it: the reference's bytes).
+    void store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v, from_float_fn convert);
 
     // What a token at position pos attends to in `layer`: per head, n rows of keys and values, the
     // positions pos - n + 1 ... pos in order; head h's row i at keys + h * head_stride + i * row_stride.

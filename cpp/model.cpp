@@ -478,7 +478,8 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 rope(s.q.data() + t * c.q_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
             for (int h = 0; h < c.n_kv_heads; h++)
                 rope(s.k.data() + t * c.kv_dim() + h * c.head_dim, c.n_rot, cs, c.rope_style);
-            caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim());
+            caches[t]->store(l, positions[t], 1, s.k.data() + t * c.kv_dim(), s.v.data() + t * c.kv_dim(),
+                             kernels_.from_float[caches[t]->type()]);
         });
         check_interrupt();
         attention(n_tokens, caches, positions, l, s, pool);

@@ -305,6 +305,16 @@ void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
     }
 }
 
+// F16C's conversion rounds to nearest even, quiets a NaN keeping its top payload bits and overflows
+// to infinity, as fp32_to_fp16: the reference's bytes, 8 at a time.
+void quantize_row_f16(const float* x, void* vy, int64_t n) {
+    auto* y = static_cast<uint16_t*>(vy);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+
 // y += a * x: 8 lanes at a time, then the tail in order. Each y[i] gets one rounding of a * x[i]
 // (fused into the add), whatever n is.
 void axpy_f32(int n, float a, const void* vx, float* y) {
@@ -446,6 +456,7 @@ const Kernels* kernels_avx2() {
         k.vec_dot[TYPE_BF16] = vec_dot_bf16_f32;
         k.from_float[TYPE_Q8_0] = quantize_row_q8_0;
         k.from_float[TYPE_Q8_1] = quantize_row_q8_1;
+        k.from_float[TYPE_F16] = quantize_row_f16;
         k.axpy[TYPE_F32] = axpy_f32;
         k.axpy[TYPE_F16] = axpy_f16;
         add_attention_kernels<L8>(k);

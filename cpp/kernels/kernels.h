@@ -84,7 +84,9 @@ void attention_join(int hd, int n_runs, const float* out, size_t out_stride, con
 struct Kernels {
     const char* isa;                    // "scalar", "avx2", "avx512", "neon"
     vec_dot_fn vec_dot[TYPE_COUNT];     // by weight type; the activation is in its vec_dot_type
-    from_float_fn from_float[TYPE_COUNT];  // activation quantizers (q8_0, q8_1, f32): same bytes as the reference
+    // Activation quantizers (q8_0, q8_1, q8_k, f32) and the KV cache's rows (f32, f16, q8_0): the same
+    // bytes as the reference.
+    from_float_fn from_float[TYPE_COUNT];
     axpy_fn axpy[TYPE_COUNT];           // by the type of x: f32, f16 and q8_0 (the KV cache types)
     attend_fn attend[TYPE_COUNT];       // by the KV cache type: f32, f16 and q8_0 (head dim a multiple of 32)
     // Optional (nullptr: none): kTileRows weight rows x kTileTokens activations in one pass, each weight

@@ -846,6 +846,7 @@ const Kernels* kernels_scalar() {
         k.from_float[TYPE_Q8_1] = ref::quantize_row_q8_1;
         k.from_float[TYPE_Q8_K] = ref::quantize_row_q8_K;
         k.from_float[TYPE_F32] = ref::copy_row_f32;
+        k.from_float[TYPE_F16] = ref::quantize_row_f16;
         k.axpy[TYPE_F32] = ref::axpy_f32;
         k.axpy[TYPE_F16] = ref::axpy_f16;
         k.axpy[TYPE_Q8_0] = ref::axpy_q8_0;

@@ -26,10 +26,13 @@
 //
 // What is checked:
 // - the table has every entry, and (unless it is the scalar table) its own vec_dot functions for
-//   every weight type (AVX-512's K-quant-era dots included) and, AVX2 and NEON, its own Q8_K quantizer;
+//   every weight type (AVX-512's K-quant-era dots included) and, AVX2 and NEON, its own Q8_K quantizer
+//   (AVX2: and F16 converter);
 // - from_float for Q8_0, Q8_1 and F32 gives the same bytes as the scalar quantizer, on random,
 //   all-zero, all-equal, one-outlier, huge (fp16 scale at or past 65504), tiny (fp16 scale subnormal
-//   or zero) and exact-tie (x / d = k + 0.5) blocks;
+//   or zero) and exact-tie (x / d = k + 0.5) blocks; from_float for F16 (the KV cache's rows) gives
+//   the reference's bytes on random values, every encoding (NaNs too), ties, subnormals, 65504 and
+//   the overflow threshold;
 // - vec_dot for Q4_0, Q4_1, Q8_0 (activations quantized by the table's own from_float, which must
 //   match the scalar bytes) and for F32, F16, BF16 (f32 activations) agrees with the scalar result
 //   within the bound below, on random and adversarial blocks (zero bytes and scales, all equal, one
@@ -551,10 +554,13 @@ bool quantize_both(const Kernels& k, const Kernels& s, GGMLType type, const std:
     s.from_float[type](in, b, n);
     *out_simd = a;
     *out_scalar = b;
-    if (type == TYPE_F32) {
-        if (std::memcmp(a, b, bytes) == 0) return true;
-        *where = "f32 copy differs";
-        return false;
+    if (type == TYPE_F32 || type == TYPE_F16) {
+        for (size_t i = 0; i < bytes; i++)
+            if (a[i] != b[i]) {
+                *where = format("byte %zu: %02x, the reference %02x", i, a[i], b[i]);
+                return false;
+            }
+        return true;
     }
     return same_act_bytes(type, a, b, int(n / type_traits(type)->block_size), where);
 }
@@ -576,7 +582,7 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
         if (!is_scalar)
             record(g, k.vec_dot[t] != s.vec_dot[t], format("vec_dot[%s] is the scalar one", type_traits(t)->name));
     }
-    for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F32})
+    for (GGMLType t : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F32, TYPE_F16})
         record(g, k.from_float[t] != nullptr, format("from_float[%s] missing", type_traits(t)->name));
     // The K-quant-era formats: present in every table, and every SIMD table has its own dots. The Q8_K
     // quantizer is the AVX2 and NEON tables' own; the AVX-512 table takes AVX2's (or, through SIMDe,
@@ -588,6 +594,8 @@ void check_table_entries(const Kernels& k, const Kernels& s) {
     }
     if (std::strcmp(k.isa, "avx2") == 0 || std::strcmp(k.isa, "neon") == 0)
         record(g, k.from_float[TYPE_Q8_K] != s.from_float[TYPE_Q8_K], "from_float[q8_k] is the scalar one");
+    if (std::strcmp(k.isa, "avx2") == 0)
+        record(g, k.from_float[TYPE_F16] != s.from_float[TYPE_F16], "from_float[f16] is the scalar one");
     for (GGMLType t : {TYPE_F32, TYPE_F16, TYPE_Q8_0}) {
         record(g, k.axpy[t] != nullptr, format("axpy[%s] missing", type_traits(t)->name));
         record(g, k.attend[t] != nullptr, format("attend[%s] missing", type_traits(t)->name));
@@ -621,7 +629,8 @@ void check_quantizers(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
                     set_case(g, what);
                     const uint8_t *a, *b;
                     std::string where;
-                    record(g, quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where), what + ": " + where);
+                    const bool ok = quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where);
+                    record(g, ok, what + ": " + where);
                 }
         // Exact ties for the whole 256-block: its largest magnitude 127 * 2^e gives iscale = -2^-e,
         // and every (k + 0.5) * 2^e lands on a tie, which goes to the even neighbour.
@@ -639,7 +648,50 @@ void check_quantizers(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
                 set_case(g, what);
                 const uint8_t *a, *b;
                 std::string where;
-                record(g, quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where), what + ": " + where);
+                const bool ok = quantize_both(k, s, TYPE_Q8_K, x, buf, &a, &b, &where);
+                record(g, ok, what + ": " + where);
+            }
+    }
+    {
+        // F16 (the KV cache's rows): random values over the whole range and the edges of the
+        // conversion: signed zeros, infinities, NaNs with payloads, the largest half 65504 and the
+        // overflow threshold 65520 (and the floats beside them), half subnormals and the floats that
+        // round to them or to 0, exact ties between neighbouring halves.
+        Group& g = group("from_float f16");
+        auto bits = [](uint32_t u) {
+            float f;
+            std::memcpy(&f, &u, 4);
+            return f;
+        };
+        for (int n : {1, 7, 8, 9, 64, 100})
+            for (int t = 0; t < 16 * trials; t++) {
+                std::vector<float> x(static_cast<size_t>(n));
+                for (float& v : x) {
+                    switch (rng.below(6)) {
+                        case 0: v = rng.normal() * std::ldexp(1.0f, rng.between(-30, 17)); break;
+                        case 1: v = bits(uint32_t(rng.next())); break;  // any encoding, NaNs included
+                        case 2: {  // a tie: a half with one more mantissa bit set halfway
+                            const uint32_t h = uint32_t(rng.between(0x0400, 0x7bff));
+                            v = rng.sign() * bits(((h >> 10) + 112) << 23 | (h & 0x3ff) << 13 | 0x1000);
+                            break;
+                        }
+                        case 3: v = rng.sign() * std::ldexp(float(rng.between(1, 0x7fffff)), -149 + rng.between(0, 36)); break;
+                        case 4: {
+                            const float edges[] = {0.0f, INFINITY, 65504.0f, 65519.0f, 65520.0f, 65536.0f,
+                                                   std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), std::ldexp(3.0f, -26),
+                                                   std::ldexp(1.0f, -14), bits(0x7fc00000u), bits(0x7f800001u)};
+                            v = rng.sign() * edges[rng.below(sizeof(edges) / sizeof(edges[0]))];
+                            v = std::nextafter(v, rng.below(3) == 0 ? INFINITY : rng.below(2) ? -INFINITY : v);
+                            break;
+                        }
+                        default: v = rng.normal(); break;
+                    }
+                }
+                set_case(g, format("n = %d", n));
+                const uint8_t *a, *b;
+                std::string where;
+                const bool ok = quantize_both(k, s, TYPE_F16, x, buf, &a, &b, &where);
+                record(g, ok, format("n = %d: %s", n, where.c_str()));
             }
     }
     Group& g = group("from_float f32");
@@ -649,7 +701,8 @@ void check_quantizers(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
         set_case(g, format("n = %d", n));
         const uint8_t *a, *b;
         std::string where;
-        record(g, quantize_both(k, s, TYPE_F32, x, buf, &a, &b, &where), format("n = %d: %s", n, where.c_str()));
+        const bool ok = quantize_both(k, s, TYPE_F32, x, buf, &a, &b, &where);
+        record(g, ok, format("n = %d: %s", n, where.c_str()));
     }
 }
 
