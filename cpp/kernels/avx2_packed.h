@@ -605,6 +605,39 @@ struct PackedQ4_K {
         p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
         return p;
     }
+#if PE_PACKED_VNNI
+    // VNNI build: isum512's steps, the nibbles split in registers (PackedQ4_KBatch's, without its copy
+    // in L1): the same int16 sums and int32 lanes as the 256-bit steps below.
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        const __m512i mask = _mm512_set1_epi8(0x0f);
+        const auto nibbles = [&w, mask](int hc, __m512i& lo, __m512i& hi) {
+            const __m512i r = _mm512_loadu_si512(w.qs + 64 * hc);
+            lo = _mm512_and_si512(r, mask);
+            hi = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
+        };
+        return finish(w, x, isum512(x, nibbles, [&w](int j) { return join512(w.sc03[j], w.sc47[j]); }));
+    }
+    // The exact int32 lanes (kLaneRow order) on 512-bit vectors, each holding a run pair whole (rows
+    // 0-3 in the lower half, rows 4-7 in the upper) against the same 8 activation bytes in every
+    // 64-bit quarter: nibbles(hc, lo, hi) gives run pair hc's low and high nibbles (weights of
+    // sub-blocks 2h and 2h + 1, hc = 4h + c), sc(j) sub-block j's madd multipliers (sc03[j] | sc47[j]).
+    template <typename Nibbles, typename Scales>
+    static __m256i isum512(const XBlock& x, Nibbles nibbles, Scales sc) {
+        __m512i acc_lo = _mm512_setzero_si512(), acc_hi = acc_lo;
+        for (int h = 0; h < 4; h++) {
+            __m512i lo = _mm512_setzero_si512(), hi = lo;
+            for (int c = 0; c < 4; c++) {
+                __m512i u_lo, u_hi;
+                nibbles(4 * h + c, u_lo, u_hi);
+                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(u_lo, broadcast8_512(x.qs + 64 * h + 8 * c)));
+                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(u_hi, broadcast8_512(x.qs + 64 * h + 32 + 8 * c)));
+            }
+            acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, sc(2 * h));
+            acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, sc(2 * h + 1));
+        }
+        return hadd_halves(_mm512_add_epi32(acc_lo, acc_hi));
+    }
+#else
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         const __m256i mask = _mm256_set1_epi8(0x0f);
         __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
@@ -624,6 +657,7 @@ struct PackedQ4_K {
         }
         return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
     }
+#endif
     // The minimums' msum and the float step, from the lanes' exact isum (kLaneRow order).
     static __m256 finish(const Unpacked& w, const XBlock& x, __m256i isum) {
         const __m256i msum = dot_sub_block_sums(w.m, x);
@@ -665,20 +699,11 @@ struct PackedQ4_KBatch {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        __m512i acc_lo = _mm512_setzero_si512(), acc_hi = acc_lo;
-        for (int h = 0; h < 4; h++) {
-            __m512i lo = _mm512_setzero_si512(), hi = lo;
-            for (int c = 0; c < 4; c++) {
-                const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
-                const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
-                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], ylo));
-                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], yhi));
-            }
-            acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, w.sc[2 * h]);
-            acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, w.sc[2 * h + 1]);
-        }
-        const __m512i acc = _mm512_add_epi32(acc_lo, acc_hi);
-        return PackedQ4_K::finish(w.scales, x, hadd_halves(acc));
+        const auto nibbles = [&w](int hc, __m512i& lo, __m512i& hi) {
+            lo = w.u[hc][0];
+            hi = w.u[hc][1];
+        };
+        return PackedQ4_K::finish(w.scales, x, PackedQ4_K::isum512(x, nibbles, [&w](int j) { return w.sc[j]; }));
     }
 #else
     struct Unpacked {
@@ -828,11 +853,54 @@ struct PackedQ6_K {
         u[2] = _mm256_or_si256(_mm256_and_si256(r1, m4), _mm256_and_si256(t, m2));
         u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(r1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(t, 2), m2));
     }
-    // Out of line: inlined into packed_dot_pair's two streams (GCC 12), this made a 1.1B Q4_K_M
-    // generation (its output matrix Q6_K) ~20% slower.
+    // term() is out of line: inlined into packed_dot_pair's two streams (GCC 12), it made a 1.1B
+    // Q4_K_M generation (its output matrix Q6_K) ~20% slower.
+#if PE_PACKED_VNNI
+    // VNNI build: isum512's steps, the levels rebuilt in registers (PackedQ6_KBatch's, without its
+    // copy in L1): the same int16 sums and int32 lanes as dot's.
+    __attribute__((noinline)) static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        const auto levels = [&w](int hc, __m512i& lo, __m512i& hi) { levels512(w, hc, lo, hi); };
+        return finish(w, x, isum512(x, levels, [&w](int j) { return join512(w.sc03[j], w.sc47[j]); }));
+    }
+    // levels() on 512 bits: rows 0-3 from r0 with t's bits 0-1 (low weights) and 2-3 (high) | rows
+    // 4-7 from r1 with t's bits 4-5 and 6-7. ts holds t << 4 in rows 0-3's half and t in rows 4-7's:
+    // its bits 4-5 are the low weights' top two bits, those of ts >> 2 the high weights'.
+    static void levels512(const Unpacked& w, int hc, __m512i& lo, __m512i& hi) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
+        const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_setzero_si256(), 1);
+        const uint8_t* q = w.q[hc];
+        const __m512i r = _mm512_loadu_si512(q);  // r0 | r1
+        const __m512i ts = _mm512_sllv_epi16(
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64))), shift);
+        lo = _mm512_or_si512(_mm512_and_si512(r, m4), _mm512_and_si512(ts, m2));
+        hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(r, 4), m4), _mm512_and_si512(_mm512_srli_epi16(ts, 2), m2));
+    }
+    // The exact int32 lanes (kLaneRow order) on 512-bit vectors holding a run pair's levels whole
+    // (rows 0-3 | rows 4-7), four accumulators: levels(hc, lo, hi) gives run pair hc = 4h + c's levels
+    // of the low and high nibble weights, sc(j) sub-block j's madd multipliers (sc03[j] | sc47[j]).
+    template <typename Levels, typename Scales>
+    static __m256i isum512(const XBlock& x, Levels levels, Scales sc) {
+        __m512i acc[4];
+        for (auto& a : acc) a = _mm512_setzero_si512();
+        for (int h = 0; h < 4; h++)
+            for (int cc = 0; cc < 2; cc++) {  // sub-blocks 4h + cc (low weights) and 4h + 2 + cc (high)
+                __m512i lo = _mm512_setzero_si512(), hi = lo;
+                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
+                    __m512i u_lo, u_hi;
+                    levels(4 * h + c, u_lo, u_hi);
+                    lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(u_lo, broadcast8_512(x.qs + 64 * h + 8 * c)));
+                    hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(u_hi, broadcast8_512(x.qs + 64 * h + 32 + 8 * c)));
+                }
+                acc[2 * cc] = _mm512_dpwssd_epi32(acc[2 * cc], lo, sc(4 * h + cc));
+                acc[2 * cc + 1] = _mm512_dpwssd_epi32(acc[2 * cc + 1], hi, sc(4 * h + 2 + cc));
+            }
+        return hadd_halves(_mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3])));
+    }
+#else
     __attribute__((noinline)) static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         return dot(w, x, [&w](int h, int c, __m256i (&u)[4]) { levels(w, h, c, u); });
     }
+#endif
     // term() with the levels of (h, c) from level(h, c, u).
     template <typename LevelsOf>
     static __m256 dot(const Unpacked& w, const XBlock& x, LevelsOf level) {
@@ -887,34 +955,17 @@ struct PackedQ6_KBatch {
     static Unpacked load(const Block& w) {
         Unpacked p;
         p.scales = PackedQ6_K::load(w);
-        for (int h = 0; h < 4; h++)
-            for (int c = 0; c < 4; c++) {
-                __m256i u[4];
-                PackedQ6_K::levels(p.scales, h, c, u);
-                p.u[4 * h + c][0] = join512(u[0], u[2]);
-                p.u[4 * h + c][1] = join512(u[1], u[3]);
-            }
+        for (int hc = 0; hc < 16; hc++) PackedQ6_K::levels512(p.scales, hc, p.u[hc][0], p.u[hc][1]);
         for (int j = 0; j < 16; j++)
             p.sc[j] = join512(p.scales.sc03[j], p.scales.sc47[j]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        __m512i acc[4];
-        for (auto& a : acc) a = _mm512_setzero_si512();
-        for (int h = 0; h < 4; h++)
-            for (int cc = 0; cc < 2; cc++) {  // sub-blocks 4h + cc (low weights) and 4h + 2 + cc (high)
-                __m512i lo = _mm512_setzero_si512(), hi = lo;
-                for (int c = 2 * cc; c < 2 * cc + 2; c++) {
-                    const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
-                    const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
-                    lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(w.u[4 * h + c][0], ylo));
-                    hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(w.u[4 * h + c][1], yhi));
-                }
-                acc[2 * cc] = _mm512_dpwssd_epi32(acc[2 * cc], lo, w.sc[4 * h + cc]);
-                acc[2 * cc + 1] = _mm512_dpwssd_epi32(acc[2 * cc + 1], hi, w.sc[4 * h + 2 + cc]);
-            }
-        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-        return PackedQ6_K::finish(w.scales, x, hadd_halves(sum));
+        const auto levels = [&w](int hc, __m512i& lo, __m512i& hi) {
+            lo = w.u[hc][0];
+            hi = w.u[hc][1];
+        };
+        return PackedQ6_K::finish(w.scales, x, PackedQ6_K::isum512(x, levels, [&w](int j) { return w.sc[j]; }));
     }
 #else
     struct Unpacked {
