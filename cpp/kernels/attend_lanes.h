@@ -5,7 +5,7 @@
 //
 // Each output depends on its own query and the cache alone, never on n_q or the other queries, and
 // the arithmetic is the same on 8 and 16 lanes, so the two tables agree bit for bit:
-// - scores: key rows converted to float 4 at a time; each dot one 8-lane fused multiply-add chain
+// - scores: key rows converted to float L::kKeys at a time; each dot one 8-lane fused multiply-add chain
 //   over the row (L16 runs two keys' chains in the halves of one register), summed across its lanes
 //   in avx2_common.h's hsum order, times scale;
 // - softmax: the maximum, exp_nonpositive(s - max) per position, the sum in one 8-lane double
@@ -19,7 +19,8 @@
 // L gives: V (W float lanes), W; zero, set1, load / store (aligned), loadu / storeu, broadcast, add,
 // sub, mul, max, fmadd, fnmadd, round (to nearest), pow2 (2^n of whole floats n), zero_below (v where
 // x >= limit, else 0), hmax; from_f16 / from_i8 (W cache values as floats); the keys' layout in its
-// buffer (store_key: W values of key k from value i) and their scores (scores: the first np <= 4
+// buffer (store_keys: keys 0 .. kKeys - 1 from get(k, c0, v), 32 values from c0 as 32 / W vectors)
+// and their scores (scores: the first np <= kKeys
 // keys' dots with the first of n_q queries or more, times scale, query j's at s + j * s_stride; it
 // returns how many queries it took); Sum (the 8-lane double accumulator) with sum_zero, add_sum
 // and sum_lanes.
@@ -108,7 +109,7 @@ void accumulate_values(int64_t n_pos, const uint8_t* values, size_t kv_stride, i
 // kPrefetchAhead positions ahead are requested while the scores are computed, and the values phase
 // finds its rows in the cache too: SmolLM2 Q4_0 generating at depth 4096 went from 16 to 25 tokens/s
 // on one thread, 31 to 43 on two (a tg loop, the two builds run back to back).
-constexpr int64_t kPrefetchAhead = 16;
+constexpr int64_t kPrefetchAhead = 16;  // a multiple of every L::kKeys
 
 template <typename L, typename Rows>
 void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uint8_t* values, size_t kv_stride,
@@ -117,9 +118,10 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
     constexpr int W = L::W;
     const Rows convert{};
     const size_t head_bytes = Rows::bytes(hd);
-    alignas(64) float kbuf[4 * 512];  // 4 keys of up to 512 values, in L's layout
-    auto prefetch_rows = [&](int64_t p) {  // positions p .. p + 3, those that exist
-        for (int64_t k = p; k < std::min(p + 4, n_pos); k++) {
+    constexpr int G = L::kKeys;  // keys converted and scored at a time
+    alignas(64) float kbuf[G * 512];  // G keys of up to 512 values, in L's layout
+    auto prefetch_rows = [&](int64_t p) {  // positions p .. p + G - 1, those that exist
+        for (int64_t k = p; k < std::min(p + G, n_pos); k++) {
             const char* key = reinterpret_cast<const char*>(keys + size_t(k) * kv_stride);
             const char* value = reinterpret_cast<const char*>(values + size_t(k) * kv_stride);
             for (size_t b = 0; b < head_bytes; b += 64) {
@@ -130,18 +132,19 @@ void attend_rows(int hd, int n_q, const float* q, const uint8_t* keys, const uin
             prefetch_line(value + head_bytes - 1);
         }
     };
-    for (int64_t p = 0; p < std::min(kPrefetchAhead, n_pos); p += 4) prefetch_rows(p);
-    for (int64_t p0 = 0; p0 < n_pos; p0 += 4) {
-        const int np = int(std::min<int64_t>(4, n_pos - p0));
+    for (int64_t p = 0; p < std::min(kPrefetchAhead, n_pos); p += G) prefetch_rows(p);
+    for (int64_t p0 = 0; p0 < n_pos; p0 += G) {
+        const int np = int(std::min<int64_t>(G, n_pos - p0));
         if (p0 + kPrefetchAhead < n_pos) prefetch_rows(p0 + kPrefetchAhead);
-        for (int k = 0; k < np; k++)
-            for (int c0 = 0; c0 < hd; c0 += 32) {
-                V v[32 / W];
+        // keys p0 .. p0 + G - 1 as floats in L's layout (the last step's missing ones as zeros,
+        // whose scores are not kept), 32 values at a time
+        L::store_keys(kbuf, hd, [&](int k, int c0, V (&v)[32 / W]) {
+            if (k < np) {
                 convert(keys + size_t(p0 + k) * kv_stride, c0, 32 / W, v);
-                for (int m = 0; m < 32 / W; m++) L::store_key(kbuf, k, c0 + W * m, v[m]);
+            } else {
+                for (V& x : v) x = L::zero();
             }
-        for (int k = np; k < 4; k++)  // the last step's missing keys: zeros, whose scores are not kept
-            for (int i = 0; i < hd; i += W) L::store_key(kbuf, k, i, L::zero());
+        });
         for (int j = 0; j < n_q;)  // L takes one query or more at a time
             j += L::scores(kbuf, q + size_t(j) * size_t(hd), n_q - j, hd, scale,
                            scores + size_t(j) * size_t(n_pos) + size_t(p0), size_t(n_pos), np);

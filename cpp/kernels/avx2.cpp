@@ -369,23 +369,26 @@ struct L8 {
         std::memcpy(&bytes, p, 8);
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes)));
     }
-    // Keys one after the other, 512 floats apart; the scores one 8-lane chain per key, four in flight.
-    static void store_key(float* kbuf, int k, int i, V v) { _mm256_store_ps(kbuf + 512 * k + i, v); }
+    // Eight keys one after the other, 512 floats apart; the scores one 8-lane chain per key, eight in
+    // flight.
+    static constexpr int kKeys = 8;
+    template <typename Get>
+    static void store_keys(float* kbuf, int hd, Get get) {
+        for (int k = 0; k < kKeys; k++)
+            for (int c0 = 0; c0 < hd; c0 += 32) {
+                V v[4];
+                get(k, c0, v);
+                for (int m = 0; m < 4; m++) store(kbuf + 512 * k + c0 + 8 * m, v[m]);
+            }
+    }
     static int scores(const float* kbuf, const float* qj, int, int hd, float scale, float* s, size_t, int np) {
-        if (np == 4) {
-            V acc[4] = {zero(), zero(), zero(), zero()};
-            for (int i = 0; i < hd; i += 8) {
-                const V qv = loadu(qj + i);
-                for (int k = 0; k < 4; k++) acc[k] = fmadd(load(kbuf + 512 * k + i), qv, acc[k]);
-            }
-            for (int k = 0; k < 4; k++) s[k] = hsum(acc[k]) * scale;
-        } else {
-            for (int k = 0; k < np; k++) {
-                V acc = zero();
-                for (int i = 0; i < hd; i += 8) acc = fmadd(load(kbuf + 512 * k + i), loadu(qj + i), acc);
-                s[k] = hsum(acc) * scale;
-            }
+        V acc[kKeys];
+        for (V& a : acc) a = zero();
+        for (int i = 0; i < hd; i += 8) {
+            const V qv = loadu(qj + i);
+            for (int k = 0; k < kKeys; k++) acc[k] = fmadd(load(kbuf + 512 * k + i), qv, acc[k]);
         }
+        for (int k = 0; k < np; k++) s[k] = hsum(acc[k]) * scale;
         return 1;
     }
     struct Sum {

@@ -628,44 +628,64 @@ struct L16 {
     static V from_i8(const int8_t* p) {
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
     }
-    // Keys in pairs (0, 1) and (2, 3), 1024 floats apart, interleaved by 8 values: a register holds
-    // values i .. i + 7 of both keys of a pair, and each half runs L8's chain for its key. Two queries
-    // at a time (four chains in flight); the sums across lanes take hsum's tree, four keys at once.
-    static void store_key(float* kbuf, int k, int i, V v) {  // i: a multiple of 16
-        float* at = kbuf + 1024 * (k / 2) + 2 * i + 8 * (k % 2);
-        _mm256_store_ps(at, _mm512_castps512_ps256(v));
-        _mm256_store_ps(at + 16, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    // Eight keys in pairs (0, 1), (2, 3), ..., 1024 floats apart, interleaved by 8 values: a register
+    // holds values i .. i + 7 of both keys of a pair, and each half runs L8's chain for its key. Two
+    // queries at a time: eight chains in flight. The sums across lanes take hsum's tree, four keys at
+    // once.
+    static constexpr int kKeys = 8;
+    // Each register of a pair written whole (halves of two keys' conversions joined first): a 512-bit
+    // load of two 256-bit stores would wait for them to reach the cache, where a store of the same
+    // size forwards its data.
+    template <typename Get>
+    static void store_keys(float* kbuf, int hd, Get get) {
+        for (int pair = 0; pair < 4; pair++)
+            for (int c0 = 0; c0 < hd; c0 += 32) {
+                V a[2], b[2];  // values c0 .. c0 + 31 of keys 2 pair and 2 pair + 1
+                get(2 * pair, c0, a);
+                get(2 * pair + 1, c0, b);
+                float* at = kbuf + 1024 * pair + 2 * c0;
+                for (int m = 0; m < 2; m++) {
+                    store(at + 32 * m, _mm512_shuffle_f32x4(a[m], b[m], _MM_SHUFFLE(1, 0, 1, 0)));       // values 16m .. +7
+                    store(at + 32 * m + 16, _mm512_shuffle_f32x4(a[m], b[m], _MM_SHUFFLE(3, 2, 3, 2)));  // 16m + 8 .. +15
+                }
+            }
     }
-    static void store_scores(V acc01, V acc23, float scale, float* s, int np) {
-        // 128-bit lanes: key 0's halves | key 1's | key 2's | key 3's; lo + hi, as hsum
+    // Four keys' sums from the chains of pairs (0, 1) and (2, 3): 128-bit lanes key 0's halves | key
+    // 1's | key 2's | key 3's; lo + hi, + movehl, + movehdup (hsum's steps); the sum in element 0
+    // of each 128-bit lane, times scale.
+    static V sums4(V acc01, V acc23, float scale) {
         V x = add(_mm512_shuffle_f32x4(acc01, acc23, _MM_SHUFFLE(2, 0, 2, 0)),
                   _mm512_shuffle_f32x4(acc01, acc23, _MM_SHUFFLE(3, 1, 3, 1)));
-        x = add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)));                  // + movehl
-        x = mul(add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 3, 1, 1))), set1(scale));  // + movehdup
-        const __m512i first_lanes = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
-        const __m128 four = _mm512_castps512_ps128(_mm512_permutexvar_ps(first_lanes, x));
-        if (np == 4) {
-            _mm_storeu_ps(s, four);
+        x = add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)));
+        return mul(add(x, _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 3, 1, 1))), set1(scale));
+    }
+    static void store_scores(const V (&acc)[4], float scale, float* s, int np) {
+        const __m512i firsts = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+        const __m256 eight = _mm512_castps512_ps256(
+            _mm512_permutex2var_ps(sums4(acc[0], acc[1], scale), firsts, sums4(acc[2], acc[3], scale)));
+        if (np == 8) {
+            _mm256_storeu_ps(s, eight);
         } else {
-            alignas(16) float kept[4];
-            _mm_store_ps(kept, four);
+            alignas(32) float kept[8];
+            _mm256_store_ps(kept, eight);
             for (int k = 0; k < np; k++) s[k] = kept[k];
         }
     }
     template <int N>
     static void scores_of(const float* kbuf, const float* q, int hd, float scale, float* s, size_t s_stride, int np) {
-        V acc[N][2];
-        for (int j = 0; j < N; j++) acc[j][0] = acc[j][1] = zero();
+        V acc[N][4];
+        for (int j = 0; j < N; j++)
+            for (V& a : acc[j]) a = zero();
         for (int i = 0; i < hd; i += 8) {
-            const V k01 = load(kbuf + 2 * i), k23 = load(kbuf + 1024 + 2 * i);
+            V k[4];
+            for (int pair = 0; pair < 4; pair++) k[pair] = load(kbuf + 1024 * pair + 2 * i);
             for (int j = 0; j < N; j++) {
                 const V qv = _mm512_castpd_ps(
                     _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(q + size_t(j) * size_t(hd) + i))));
-                acc[j][0] = fmadd(k01, qv, acc[j][0]);
-                acc[j][1] = fmadd(k23, qv, acc[j][1]);
+                for (int pair = 0; pair < 4; pair++) acc[j][pair] = fmadd(k[pair], qv, acc[j][pair]);
             }
         }
-        for (int j = 0; j < N; j++) store_scores(acc[j][0], acc[j][1], scale, s + size_t(j) * s_stride, np);
+        for (int j = 0; j < N; j++) store_scores(acc[j], scale, s + size_t(j) * s_stride, np);
     }
     static int scores(const float* kbuf, const float* q, int n_q, int hd, float scale, float* s, size_t s_stride,
                       int np) {
