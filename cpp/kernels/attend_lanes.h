@@ -5,9 +5,9 @@
 //
 // Each output depends on its own query and the cache alone, never on n_q or the other queries, and
 // the arithmetic is the same on 8 and 16 lanes, so the two tables agree bit for bit:
-// - scores: key rows converted to float L::kKeys at a time; each dot one 8-lane fused multiply-add chain
-//   over the row (L16 runs two keys' chains in the halves of one register), summed across its lanes
-//   in avx2_common.h's hsum order, times scale;
+// - scores: key rows converted to float kKeys at a time; each dot one 8-lane fused multiply-add
+//   chain over the row (L16 runs two keys' chains in the halves of one register), summed across its
+//   lanes in avx2_common.h's hsum order, times scale;
 // - softmax: the maximum, exp_nonpositive(s - max) per position, the sum in one 8-lane double
 //   accumulator over 8-position steps (lane l: positions l, l + 8, ...; the last step padded with
 //   zeros, which add nothing), its lanes added in order; weights s * float(1 / sum);
@@ -18,12 +18,11 @@
 //
 // L gives: V (W float lanes), W; zero, set1, load / store (aligned), loadu / storeu, broadcast, add,
 // sub, mul, max, fmadd, fnmadd, round (to nearest), pow2 (2^n of whole floats n), zero_below (v where
-// x >= limit, else 0), hmax; from_f16 / from_i8 (W cache values as floats); the keys' layout in its
-// buffer (store_keys: keys 0 .. kKeys - 1 from get(k, c0, v), 32 values from c0 as 32 / W vectors)
-// and their scores (scores: the first np <= kKeys
-// keys' dots with the first of n_q queries or more, times scale, query j's at s + j * s_stride; it
-// returns how many queries it took); Sum (the 8-lane double accumulator) with sum_zero, add_sum
-// and sum_lanes.
+// x >= limit, else 0), hmax; from_f16 / from_i8 (W cache values as floats); kKeys, the keys' layout
+// in its buffer (store_keys: keys 0 .. kKeys - 1 from get(k, c0, v), 32 values from c0 as 32 / W
+// vectors) and their scores (scores: the first np <= kKeys keys' dots with the first of n_q queries
+// or more, times scale, query j's at s + j * s_stride; it returns how many queries it took); Sum
+// (the 8-lane double accumulator) with sum_zero, add_sum and sum_lanes.
 #pragma once
 
 #include <algorithm>
