@@ -146,8 +146,10 @@ def test_ctrl_c_in_generate_while_writing(files):
 
 
 def test_ctrl_c_in_generate_during_a_long_prompt():
-    # SmolLM2 on 1500 tokens of prompt: tens of seconds on one thread; the signal stops it within a layer
-    proc = pyengine_process("generate", "-p", "word " * 1500, "-n", "4", "-c", "2048", "-t", "1")
+    # SmolLM2 on 6000 tokens of prompt: ~10 s on one thread of a Zen 5 with AVX-512, longer elsewhere
+    # (1500 tokens took under 2 s there, and the signal 3 s in came after the prompt); the signal
+    # stops it within a layer
+    proc = pyengine_process("generate", "-p", "word " * 6000, "-n", "4", "-c", "8192", "-t", "1")
     code, out, err, took = interrupted(proc, after=3)
     assert_clean_interrupt(code, err)
     assert out == "" and took < 5
