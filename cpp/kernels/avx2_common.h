@@ -41,5 +41,11 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
+#if defined(__AVX512F__) || defined(PE_SIMDE)
+// Two 256-bit vectors as one 512-bit vector, lo in the lower half (in the packed kernels: rows 0-3's
+// lanes, then rows 4-7's).
+inline __m512i join512(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+#endif
+
 }  // namespace
 }  // namespace pe

@@ -122,11 +122,6 @@ inline __m512i broadcast8_512(const int8_t* p) {
     return _mm512_set1_epi64(v);
 }
 
-// Two 256-bit vectors as one 512-bit vector: rows 0-3's in the lower half, rows 4-7's in the upper.
-inline __m512i join512(__m256i rows03, __m256i rows47) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(rows03), rows47, 1);
-}
-
 // A 512-bit vector of int32 lanes, two per row (rows 0-3 | rows 4-7), joined by one hadd: each row's
 // sum in kLaneRow order, as the 256-bit steps' hadd of acc03 and acc47 leaves it.
 inline __m256i hadd_halves(__m512i acc) {

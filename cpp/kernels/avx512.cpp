@@ -34,8 +34,6 @@ inline float hsum512(__m512 v) {
     return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
 }
 
-inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-
 inline __m256i load32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // Per-block scales: d0 in lanes 0..7 (the first block's int32 sums), d1 in lanes 8..15.
@@ -62,9 +60,9 @@ float vec_dot_q4_0_q8_0(int n, const void* vw, const void* vx) {
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
-        const __m512i q = join(_mm256_sub_epi8(unpack_nibbles(w[i].qs), eight),
+        const __m512i q = join512(_mm256_sub_epi8(unpack_nibbles(w[i].qs), eight),
                                _mm256_sub_epi8(unpack_nibbles(w[i + 1].qs), eight));
-        const __m512i y = join(load32(x[i].qs), load32(x[i + 1].qs));
+        const __m512i y = join512(load32(x[i].qs), load32(x[i + 1].qs));
         const __m512 d = two_scales(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d),
                                     _cvtsh_ss(w[i + 1].d) * _cvtsh_ss(x[i + 1].d));
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8(q, y)), acc);
@@ -86,8 +84,8 @@ float vec_dot_q4_1_q8_1(int n, const void* vw, const void* vx) {
     float mins = 0.0f;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
-        const __m512i q = join(unpack_nibbles(w[i].qs), unpack_nibbles(w[i + 1].qs));
-        const __m512i y = join(load32(x[i].qs), load32(x[i + 1].qs));
+        const __m512i q = join512(unpack_nibbles(w[i].qs), unpack_nibbles(w[i + 1].qs));
+        const __m512i y = join512(load32(x[i].qs), load32(x[i + 1].qs));
         const __m512 d = two_scales(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d),
                                     _cvtsh_ss(w[i + 1].d) * _cvtsh_ss(x[i + 1].d));
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y)), acc);
@@ -110,8 +108,8 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
-        const __m512i q = join(load32(w[i].qs), load32(w[i + 1].qs));
-        const __m512i y = join(load32(x[i].qs), load32(x[i + 1].qs));
+        const __m512i q = join512(load32(w[i].qs), load32(w[i + 1].qs));
+        const __m512i y = join512(load32(x[i].qs), load32(x[i + 1].qs));
         const __m512 d = two_scales(_cvtsh_ss(w[i].d) * _cvtsh_ss(x[i].d),
                                     _cvtsh_ss(w[i + 1].d) * _cvtsh_ss(x[i + 1].d));
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8(q, y)), acc);
@@ -130,10 +128,10 @@ float vec_dot_q8_0_q8_0(int n, const void* vw, const void* vx) {
 // levels up by nibble (the 16-byte table in every 128-bit lane).
 inline void nf4_block_dot(const uint8_t* qs, float d, const block_q8_0* x, __m512* acc) {
     const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
-    const __m512i nibbles = _mm512_and_si512(join(packed, _mm256_srli_epi16(packed, 4)), _mm512_set1_epi8(0x0f));
+    const __m512i nibbles = _mm512_and_si512(join512(packed, _mm256_srli_epi16(packed, 4)), _mm512_set1_epi8(0x0f));
     const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNF4Levels)));
     const __m512i q = _mm512_shuffle_epi8(table, nibbles);
-    const __m512i y = join(load32(x[0].qs), load32(x[1].qs));
+    const __m512i y = join512(load32(x[0].qs), load32(x[1].qs));
     const __m512 scales = two_scales(d * _cvtsh_ss(x[0].d), d * _cvtsh_ss(x[1].d));
     *acc = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dot_i8(q, y)), *acc);
 }
@@ -202,7 +200,7 @@ float vec_dot_bf16_f32(int n, const void* vw, const void* vx) {
     const auto* x = static_cast<const float*>(vx);
     float sum = dot_f32_lanes(n, x, [w](int i) {
         const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
-        const __m512i wide = join(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)),
+        const __m512i wide = join512(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)),
                                   _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)));
         return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
     });
@@ -287,7 +285,7 @@ inline float dot_blocks32(int n, const void* vw, const void* vx, PairDot pair_do
 
 // Two blocks' nibbles, each in weight order (low nibbles, then high ones).
 inline __m512i nibbles2(const uint8_t* qs0, const uint8_t* qs1) {
-    return join(unpack_nibbles(qs0), unpack_nibbles(qs1));
+    return join512(unpack_nibbles(qs0), unpack_nibbles(qs1));
 }
 
 // Two blocks' fifth bits (bit j of each little-endian qh: weight j) as one bit per byte of the pair.
@@ -306,7 +304,7 @@ inline __m512i q5_levels2(const Block& w0, const Block& w1) {
 }
 
 template <typename XBlock>
-inline __m512i activations2(const XBlock& x0, const XBlock& x1) { return join(load32(x0.qs), load32(x1.qs)); }
+inline __m512i activations2(const XBlock& x0, const XBlock& x1) { return join512(load32(x0.qs), load32(x1.qs)); }
 
 // ---- Q5_0 x Q8_0: levels u - 16, so the dot is u . y - 16 * (sum of y), lane by lane.
 float vec_dot_q5_0_q8_0(int n, const void* vw, const void* vx) {
@@ -389,7 +387,7 @@ inline int32_t dot_bsums(__m256i c, const int16_t* bsums) {
 template <int p>
 inline __m512i crumbs(const uint8_t* q) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-    const __m512i both = join(v, _mm256_srli_epi16(v, 2));  // the upper half's k one field further up
+    const __m512i both = join512(v, _mm256_srli_epi16(v, 2));  // the upper half's k one field further up
     return _mm512_and_si512(_mm512_srli_epi16(both, 4 * p), _mm512_set1_epi8(3));
 }
 
@@ -399,7 +397,7 @@ inline __m512i crumbs(const uint8_t* q) {
 // these bits in its byte, as 2r + 1 <= 7).
 inline __m512i bit_plane2(const uint8_t* plane) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane));
-    return join(v, _mm256_srli_epi16(v, 1));
+    return join512(v, _mm256_srli_epi16(v, 1));
 }
 
 // Register r's bits of such a plane: one mask bit per weight.
@@ -428,7 +426,7 @@ inline int32_t msum_32(__m128i sm, const int16_t* bsums) {
 // Register r's 64 nibbles of a Q4_K / Q5_K super-block, in weight order.
 inline __m512i k4_nibbles(const uint8_t* qs, int r) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * r));
-    return _mm512_and_si512(join(v, _mm256_srli_epi16(v, 4)), _mm512_set1_epi8(0x0f));
+    return _mm512_and_si512(join512(v, _mm256_srli_epi16(v, 4)), _mm512_set1_epi8(0x0f));
 }
 
 float vec_dot_q4_K_q8_K(int n, const void* vw, const void* vx) {
@@ -494,7 +492,7 @@ float vec_dot_q6_K_q8_K(int n, const void* vw, const void* vx) {
             const __m512i ql = load64(w[i].ql + 64 * h);
             // qh's bits for k = 2p in bytes 0..31, for k = 2p + 1 (two bits up) in 32..63
             const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i].qh + 32 * h));
-            const __m512i qh2 = join(qh, _mm256_srli_epi16(qh, 2));
+            const __m512i qh2 = join512(qh, _mm256_srli_epi16(qh, 2));
             acc = _mm512_add_epi32(acc, scaled_dot<4>(q6_K_levels<0>(ql, qh2), y + 128 * h, table, 8 * h));
             acc = _mm512_add_epi32(acc, scaled_dot<4>(q6_K_levels<1>(ql, qh2), y + 128 * h + 64, table, 8 * h + 4));
         }
