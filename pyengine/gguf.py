@@ -916,9 +916,10 @@ class GGUFWriter:
         tensors, self._tensors = self._tensors, {}  # not kept alive after writing
 
         tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         try:
-            with os.fdopen(fd, "wb") as f:
+            # opened inside the try: a Ctrl-C landing the moment the file exists still removes it
+            with os.fdopen(os.open(tmp_path, flags, 0o666), "wb") as f:
                 f.write(head)
                 f.write(bytes(data_offset - len(head)))
                 position = 0
@@ -932,6 +933,8 @@ class GGUFWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, self.path)
+        except FileExistsError:  # the name is another writer's (O_EXCL): not ours to remove
+            raise
         except BaseException:
             try:
                 os.unlink(tmp_path)

@@ -326,6 +326,22 @@ def test_real_vocab_files(name):
         assert r.tensors == {} and r.file_size == path.stat().st_size
 
 
+def test_an_interrupt_the_moment_the_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch):
+    """GGUFWriter writes a temporary file and renames it into place; a Ctrl-C right after the file is
+    created (before a single byte is written) removes it too (tests/test_interrupt.py sends real
+    signals at growing delays, and one landed in that moment)."""
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pg.os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_full_file(tmp_path / "out.gguf", 32)
+    assert os.listdir(tmp_path) == []
+
+
 def test_version_2_is_read(tmp_path):
     path = tmp_path / "v2.gguf"
     write_full_file(path, 32)
