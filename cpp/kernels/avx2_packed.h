@@ -569,6 +569,41 @@ inline __m256 k_term_no_min(__m256 d, const block_q8_K& x, __m256i isum) {
                          _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero));
 }
 
+// Sub-block j's int16 madd multipliers for all 8 rows, in the form the unit's steps read them: two
+// 256-bit vectors (rows 0-3 | rows 4-7, a row per 64-bit quarter) in the AVX2 build, one 512-bit
+// vector holding both halves in the VNNI build. fill() picks them from the scale vectors sc (sub-
+// blocks 4v .. 4v+3 in sc[v]) with the pshufb controls ctl(4 (j % 4)) and ctl(4 (j % 4) + 2), then op.
+// The VNNI build picks both halves with one 512-bit pshufb: where the 512-bit steps joined two 256-bit
+// halves per sub-block instead, the one-token Q4_K and Q6_K kernels ran ~10% slower (cache-resident).
+template <int N>
+struct SubBlockMultipliers {
+#if PE_PACKED_VNNI
+    __m512i v[N];
+    __m512i both(int j) const { return v[j]; }
+    __m256i rows03(int j) const { return _mm512_castsi512_si256(v[j]); }
+    __m256i rows47(int j) const { return _mm512_extracti64x4_epi64(v[j], 1); }
+    template <typename Ctl, typename Op>
+    void fill(const __m256i* sc, Ctl ctl, Op op) {
+#pragma GCC unroll 16  // the controls are then constants
+        for (int j = 0; j < N; j++)
+            v[j] = op(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(sc[j / 4]),
+                                          join512(ctl(4 * (j % 4)), ctl(4 * (j % 4) + 2))));
+    }
+#else
+    __m256i v03[N], v47[N];
+    __m256i rows03(int j) const { return v03[j]; }
+    __m256i rows47(int j) const { return v47[j]; }
+    template <typename Ctl, typename Op>
+    void fill(const __m256i* sc, Ctl ctl, Op op) {
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++) {
+            v03[j] = op(_mm256_shuffle_epi8(sc[j / 4], ctl(4 * (j % 4))));
+            v47[j] = op(_mm256_shuffle_epi8(sc[j / 4], ctl(4 * (j % 4) + 2)));
+        }
+    }
+#endif
+};
+
 struct PackedQ4_KBatch;
 
 struct PackedQ4_K {
@@ -579,7 +614,7 @@ struct PackedQ4_K {
     using XBlock = block_q8_K;
     struct Unpacked {
         const uint8_t* qs;
-        __m256i sc03[8], sc47[8];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        SubBlockMultipliers<8> sc;
         __m256i m[4];              // int32 lane l: the int16 pair (m_2v, m_2v+1) of row kLaneRow[l]
         __m256 d, dmin;
     };
@@ -591,10 +626,7 @@ struct PackedQ4_K {
         __m256i sc[2], mn[2];
         unpack6(w.sc_lo, w.sc_hi, sc);
         unpack6(w.m_lo, w.m_hi, mn);
-        for (int j = 0; j < 8; j++) {
-            p.sc03[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4)));
-            p.sc47[j] = _mm256_shuffle_epi8(sc[j / 4], quarter_pick16(4 * (j % 4) + 2));
-        }
+        p.sc.fill(sc, quarter_pick16, [](auto v) { return v; });
         for (int v = 0; v < 4; v++) p.m[v] = sub_block_pairs(mn[v / 2], v);
         p.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.d)));
         p.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.dmin)));
@@ -610,12 +642,12 @@ struct PackedQ4_K {
             lo = _mm512_and_si512(r, mask);
             hi = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
         };
-        return finish(w, x, isum512(x, nibbles, [&w](int j) { return join512(w.sc03[j], w.sc47[j]); }));
+        return finish(w, x, isum512(x, nibbles, [&w](int j) { return w.sc.both(j); }));
     }
     // The exact int32 lanes (kLaneRow order) on 512-bit vectors, each holding a run pair whole (rows
     // 0-3 in the lower half, rows 4-7 in the upper) against the same 8 activation bytes in every
     // 64-bit quarter: nibbles(hc, lo, hi) gives run pair hc's low and high nibbles (weights of
-    // sub-blocks 2h and 2h + 1, hc = 4h + c), sc(j) sub-block j's madd multipliers (sc03[j] | sc47[j]).
+    // sub-blocks 2h and 2h + 1, hc = 4h + c), sc(j) sub-block j's madd multipliers.
     template <typename Nibbles, typename Scales>
     static __m256i isum512(const XBlock& x, Nibbles nibbles, Scales sc) {
         __m512i acc_lo = _mm512_setzero_si512(), acc_hi = acc_lo;
@@ -647,8 +679,8 @@ struct PackedQ4_K {
                 hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), mask), yhi));
                 hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), mask), yhi));
             }
-            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[2 * h]), hi03, w.sc03[2 * h + 1]);
-            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[2 * h]), hi47, w.sc47[2 * h + 1]);
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc.rows03(2 * h)), hi03, w.sc.rows03(2 * h + 1));
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc.rows47(2 * h)), hi47, w.sc.rows47(2 * h + 1));
         }
         return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
     }
@@ -678,7 +710,6 @@ struct PackedQ4_KBatch {
     struct Unpacked {
         PackedQ4_K::Unpacked scales;
         __m512i u[16][2];  // the run pair at qs + 64 (4h + c): its low nibbles, its high nibbles
-        __m512i sc[8];     // sub-block j's madd multipliers: PackedQ4_K's sc03[j] | sc47[j]
     };
     static Unpacked load(const Block& w) {
         Unpacked p;
@@ -689,8 +720,6 @@ struct PackedQ4_KBatch {
             p.u[hc][0] = _mm512_and_si512(r, mask);
             p.u[hc][1] = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
         }
-        for (int j = 0; j < 8; j++)
-            p.sc[j] = join512(p.scales.sc03[j], p.scales.sc47[j]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
@@ -698,7 +727,7 @@ struct PackedQ4_KBatch {
             lo = w.u[hc][0];
             hi = w.u[hc][1];
         };
-        return PackedQ4_K::finish(w.scales, x, PackedQ4_K::isum512(x, nibbles, [&w](int j) { return w.sc[j]; }));
+        return PackedQ4_K::finish(w.scales, x, PackedQ4_K::isum512(x, nibbles, [&w](int j) { return w.scales.sc.both(j); }));
     }
 #else
     struct Unpacked {
@@ -731,8 +760,8 @@ struct PackedQ4_KBatch {
                 hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u[2], yhi));
                 hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
             }
-            acc03 = madd_acc(madd_acc(acc03, lo03, w.scales.sc03[2 * h]), hi03, w.scales.sc03[2 * h + 1]);
-            acc47 = madd_acc(madd_acc(acc47, lo47, w.scales.sc47[2 * h]), hi47, w.scales.sc47[2 * h + 1]);
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.scales.sc.rows03(2 * h)), hi03, w.scales.sc.rows03(2 * h + 1));
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.scales.sc.rows47(2 * h)), hi47, w.scales.sc.rows47(2 * h + 1));
         }
         return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(acc03, acc47));
     }
@@ -802,6 +831,12 @@ inline __m256i quarter_pick16_high(int base) {
     return _mm256_setr_epi64x(q(base), q(base + 1), q(base), q(base + 1));
 }
 
+// The high byte of each int16, sign-extended (after quarter_pick16_high's pshufb).
+inline __m256i sign_extend_high_bytes(__m256i v) { return _mm256_srai_epi16(v, 8); }
+#if PE_PACKED_VNNI
+inline __m512i sign_extend_high_bytes(__m512i v) { return _mm512_srai_epi16(v, 8); }
+#endif
+
 struct PackedQ6_KBatch;
 
 struct PackedQ6_K {
@@ -812,7 +847,7 @@ struct PackedQ6_K {
     using XBlock = block_q8_K;
     struct Unpacked {
         const uint8_t (*q)[96];
-        __m256i sc03[16], sc47[16];  // madd multipliers of sub-block j: rows 0-3, rows 4-7 (a row per quarter)
+        SubBlockMultipliers<16> sc;
         __m256i s[8];                // int32 lane l: the int16 pair (sc_2v, sc_2v+1) of row kLaneRow[l]
         __m256 d;
     };
@@ -821,10 +856,7 @@ struct PackedQ6_K {
         p.q = w.q;
         __m256i sc[4];
         for (int v = 0; v < 4; v++) sc[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.sc + 32 * v));
-        for (int j = 0; j < 16; j++) {
-            p.sc03[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4))), 8);
-            p.sc47[j] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[j / 4], quarter_pick16_high(4 * (j % 4) + 2)), 8);
-        }
+        p.sc.fill(sc, quarter_pick16_high, [](auto v) { return sign_extend_high_bytes(v); });
         for (int v = 0; v < 8; v++) {
             const int a = (2 * v) % 4 * 4, b = a + 4;
             const __m128i ctl = _mm_setr_epi8(char(0x80), char(a), char(0x80), char(b), char(0x80), char(a + 1),
@@ -855,7 +887,7 @@ struct PackedQ6_K {
     // copy in L1): the same int16 sums and int32 lanes as dot's.
     __attribute__((noinline)) static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
         const auto levels = [&w](int hc, __m512i& lo, __m512i& hi) { levels512(w, hc, lo, hi); };
-        return finish(w, x, isum512(x, levels, [&w](int j) { return join512(w.sc03[j], w.sc47[j]); }));
+        return finish(w, x, isum512(x, levels, [&w](int j) { return w.sc.both(j); }));
     }
     // levels() on 512 bits: rows 0-3 from r0 with t's bits 0-1 (low weights) and 2-3 (high) | rows
     // 4-7 from r1 with t's bits 4-5 and 6-7. ts holds t << 4 in rows 0-3's half and t in rows 4-7's:
@@ -872,7 +904,7 @@ struct PackedQ6_K {
     }
     // The exact int32 lanes (kLaneRow order) on 512-bit vectors holding a run pair's levels whole
     // (rows 0-3 | rows 4-7), four accumulators: levels(hc, lo, hi) gives run pair hc = 4h + c's levels
-    // of the low and high nibble weights, sc(j) sub-block j's madd multipliers (sc03[j] | sc47[j]).
+    // of the low and high nibble weights, sc(j) sub-block j's madd multipliers.
     template <typename Levels, typename Scales>
     static __m256i isum512(const XBlock& x, Levels levels, Scales sc) {
         __m512i acc[4];
@@ -912,8 +944,8 @@ struct PackedQ6_K {
                     lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u[2], ylo));
                     hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
                 }
-                acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[4 * h + cc]), hi03, w.sc03[4 * h + 2 + cc]);
-                acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[4 * h + cc]), hi47, w.sc47[4 * h + 2 + cc]);
+                acc03 = madd_acc(madd_acc(acc03, lo03, w.sc.rows03(4 * h + cc)), hi03, w.sc.rows03(4 * h + 2 + cc));
+                acc47 = madd_acc(madd_acc(acc47, lo47, w.sc.rows47(4 * h + cc)), hi47, w.sc.rows47(4 * h + 2 + cc));
             }
         }
         return finish(w, x, _mm256_hadd_epi32(acc03, acc47));
@@ -945,14 +977,11 @@ struct PackedQ6_KBatch {
     struct Unpacked {
         PackedQ6_K::Unpacked scales;
         __m512i u[16][2];  // the levels of (h, c) at 4h + c: low nibble weights, high nibble weights
-        __m512i sc[16];    // sub-block j's madd multipliers: PackedQ6_K's sc03[j] | sc47[j]
     };
     static Unpacked load(const Block& w) {
         Unpacked p;
         p.scales = PackedQ6_K::load(w);
         for (int hc = 0; hc < 16; hc++) PackedQ6_K::levels512(p.scales, hc, p.u[hc][0], p.u[hc][1]);
-        for (int j = 0; j < 16; j++)
-            p.sc[j] = join512(p.scales.sc03[j], p.scales.sc47[j]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
@@ -960,7 +989,7 @@ struct PackedQ6_KBatch {
             lo = w.u[hc][0];
             hi = w.u[hc][1];
         };
-        return PackedQ6_K::finish(w.scales, x, PackedQ6_K::isum512(x, levels, [&w](int j) { return w.sc[j]; }));
+        return PackedQ6_K::finish(w.scales, x, PackedQ6_K::isum512(x, levels, [&w](int j) { return w.scales.sc.both(j); }));
     }
 #else
     struct Unpacked {
@@ -1239,8 +1268,8 @@ struct PackedQ5_K {
                 hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u0hi, yhi));
                 hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u1hi, yhi));
             }
-            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc03[2 * h]), hi03, w.sc03[2 * h + 1]);
-            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc47[2 * h]), hi47, w.sc47[2 * h + 1]);
+            acc03 = madd_acc(madd_acc(acc03, lo03, w.sc.rows03(2 * h)), hi03, w.sc.rows03(2 * h + 1));
+            acc47 = madd_acc(madd_acc(acc47, lo47, w.sc.rows47(2 * h)), hi47, w.sc.rows47(2 * h + 1));
         }
         return PackedQ4_K::finish(w, x, _mm256_hadd_epi32(acc03, acc47));
     }
