@@ -15,7 +15,7 @@ constexpr int64_t kRowTile = 16;
 constexpr int64_t kGroupTile = 4;
 
 void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1) {
-    const packed_dot_fn dot = k.packed_dot[w.type];
+    const packed_dot_fn dot = k.packed_dot[w.type], two = k.packed_dot_two[w.type];
     const size_t group_bytes = row_size(w.type, w.cols) * kPackRows;
     const auto* packed = static_cast<const uint8_t*>(w.packed);
     const int n = int(w.cols);
@@ -39,8 +39,15 @@ void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
         const int64_t gt_end = std::min(gt + kGroupTile, g1);
         for (int64_t t = 0; t < x.n_tokens; t += kPackTokens) {
             const int nt = int(std::min<int64_t>(kPackTokens, x.n_tokens - t));
-            for (int64_t g = gt; g < gt_end; g++)
-                dot(n, packed + size_t(g) * group_bytes, x, t, nt, y + t * w.rows + g * kPackRows, size_t(w.rows));
+            for (int64_t g = gt; g < gt_end;) {
+                if (two && g + 1 < gt_end) {  // two groups a pass where the table has it
+                    two(n, packed + size_t(g) * group_bytes, x, t, nt, y + t * w.rows + g * kPackRows, size_t(w.rows));
+                    g += 2;
+                } else {
+                    dot(n, packed + size_t(g) * group_bytes, x, t, nt, y + t * w.rows + g * kPackRows, size_t(w.rows));
+                    g++;
+                }
+            }
         }
     }
 }

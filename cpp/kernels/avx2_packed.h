@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../quant/blocks.h"
 #include "avx2_common.h"
@@ -186,6 +187,61 @@ inline __m256i dot_group5(const __m256i (&u)[8], const int8_t* y) {
 #endif
 }
 
+#if PE_PACKED_VNNI
+// ---- Two groups a pass (VNNI build): the 32-block formats' blocks of two adjacent packed groups side
+// by side in 512-bit vectors, group a's 8 rows in the lower half and b's in the upper. Each activation
+// broadcast and each vpdpbusd then serves 16 rows, and the float step runs on 16 lanes, each lane
+// taking the 8-lane step's operations: the same bits as two passes over one group. A format gives
+// levels512(a, b, u), its 8 vectors of unsigned levels in unpack_group's order (vector m against the
+// 4 activation bytes at nibble_weight(m)), and kLevelOffset, the offset subtracted as
+// kLevelOffset * (sum of the activation block); a minimum (Q4_1, Q5_1) comes with its block's m.
+
+inline __m512i join_runs(const void* a, const void* b) {
+    return join512(_mm256_loadu_si256(static_cast<const __m256i*>(a)), _mm256_loadu_si256(static_cast<const __m256i*>(b)));
+}
+
+// unpack_group's vectors of two groups: group a's in the lower halves.
+inline void unpack_two(const uint8_t* qa, const uint8_t* qb, __m512i (&u)[8]) {
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    for (int k = 0; k < 4; k++) {
+        const __m512i v = join_runs(qa + 32 * k, qb + 32 * k);
+        u[2 * k] = _mm512_and_si512(v, mask);
+        u[2 * k + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+    }
+}
+
+// The 16 rows' fp16 values (group a's 8, then b's) as floats.
+inline __m512 cvt_two(const uint16_t* a, const uint16_t* b) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+
+inline __m512i broadcast4_512(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+// dot_group on 16 rows: two chains of four vpdpbusd.
+inline __m512i dot_group512(const __m512i (&u)[8], const int8_t* y) {
+    __m512i a = _mm512_setzero_si512(), b = a;
+    for (int m = 0; m < 8; m += 2) {
+        a = _mm512_dpbusd_epi32(a, u[m], broadcast4_512(y + nibble_weight(m)));
+        b = _mm512_dpbusd_epi32(b, u[m + 1], broadcast4_512(y + nibble_weight(m + 1)));
+    }
+    return _mm512_add_epi32(a, b);
+}
+
+// unpack_group5 on two groups: the fifth bits of vector m at bit m of the joined qh bytes.
+template <size_t... m>
+inline void or_fifth_bits(__m512i h, __m512i (&u)[8], std::index_sequence<m...>) {
+    const __m512i b4 = _mm512_set1_epi8(0x10);
+    ((u[m] = _mm512_or_si512(u[m], _mm512_and_si512(m <= 4 ? _mm512_slli_epi16(h, 4 - int(m)) : _mm512_srli_epi16(h, int(m) - 4), b4))), ...);
+}
+
+#endif
+
 // acc + signed levels q (magnitudes aq) against 4 activation bytes: |q| times y with q's sign (the
 // sign trick of dot_i8), each pair sum (up to 2 * 128 * 127) widened to int32 at once.
 inline __m256i dot_signed(__m256i acc, __m256i q, __m256i aq, const int8_t* y) {
@@ -214,6 +270,7 @@ static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "packing must not 
 // the lanes are rows 0..7 (else kLaneRow's order); kXSums: term() reads the activation block's sum.
 struct PackedQ4_0 {
     static constexpr bool kRowOrder = true, kXSums = true;
+    static constexpr int kLevelOffset = 8;  // the level is q - 8
     using Block = block_q4_0x8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -228,13 +285,17 @@ struct PackedQ4_0 {
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 8) y = sum q y - 8 sum y, exactly
-        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(8 * xsum));
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(kLevelOffset * xsum));
         return block_term(isum, w.d, xs);
     }
+#if PE_PACKED_VNNI
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) { unpack_two(a.qs, b.qs, u); }
+#endif
 };
 
 struct PackedQ4_1 {
     static constexpr bool kRowOrder = true, kXSums = false;
+    static constexpr int kLevelOffset = 0;
     using Block = block_q4_1x8;
     using XBlock = block_q8_1;
     struct Unpacked {
@@ -252,6 +313,9 @@ struct PackedQ4_1 {
         return _mm256_add_ps(block_term(dot_group(w.u, x.qs), w.d, xs),
                              _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
+#if PE_PACKED_VNNI
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) { unpack_two(a.qs, b.qs, u); }
+#endif
 };
 
 // VNNI: the weights + 128 (q ^ 0x80: 0..255) as unsigned bytes, whose products with the activations
@@ -263,6 +327,7 @@ struct PackedQ8_0 {
     using Block = block_q8_0x8;
     using XBlock = block_q8_0;
 #if PE_PACKED_VNNI
+    static constexpr int kLevelOffset = 128;
     struct Unpacked {
         __m256i u[8];  // run k: weights 4k .. 4k+3 of each row, + 128
         __m256 d;
@@ -282,8 +347,14 @@ struct PackedQ8_0 {
             b = _mm256_dpbusd_epi32(b, w.u[k + 1], broadcast4(x.qs + 4 * k + 4));
         }
         // sum (u - 128) y = sum u y - 128 sum y, exactly
-        const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(128 * xsum));
+        const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(kLevelOffset * xsum));
         return block_term(isum, w.d, xs);
+    }
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) {
+        for (int m = 0; m < 8; m++) {
+            const int run = nibble_weight(m) / 4;
+            u[m] = _mm512_xor_si512(join_runs(a.qs + 32 * run, b.qs + 32 * run), _mm512_set1_epi8(char(0x80)));
+        }
     }
 #else
     struct Unpacked {
@@ -365,6 +436,7 @@ inline void unpack_group5(const uint8_t* qs, const uint8_t* qh, __m256i (&u)[8])
 
 struct PackedQ5_0 {
     static constexpr bool kRowOrder = true, kXSums = true;
+    static constexpr int kLevelOffset = 16;  // the level is q - 16
     using Block = block_q5_0x8;
     using XBlock = block_q8_0;
     struct Unpacked {
@@ -379,13 +451,20 @@ struct PackedQ5_0 {
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
         // sum (q - 16) y = sum q y - 16 sum y, exactly
-        const __m256i isum = _mm256_sub_epi32(dot_group5(w.u, x.qs), _mm256_set1_epi32(16 * xsum));
+        const __m256i isum = _mm256_sub_epi32(dot_group5(w.u, x.qs), _mm256_set1_epi32(kLevelOffset * xsum));
         return block_term(isum, w.d, xs);
     }
+#if PE_PACKED_VNNI
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) {
+        unpack_two(a.qs, b.qs, u);
+        or_fifth_bits(join_runs(a.qh, b.qh), u, std::make_index_sequence<8>());
+    }
+#endif
 };
 
 struct PackedQ5_1 {
     static constexpr bool kRowOrder = true, kXSums = false;
+    static constexpr int kLevelOffset = 0;
     using Block = block_q5_1x8;
     using XBlock = block_q8_1;
     struct Unpacked {
@@ -403,6 +482,12 @@ struct PackedQ5_1 {
         return _mm256_add_ps(block_term(dot_group5(w.u, x.qs), w.d, xs),
                              _mm256_mul_ps(w.m, _mm256_broadcast_ss(xs + 1)));
     }
+#if PE_PACKED_VNNI
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) {
+        unpack_two(a.qs, b.qs, u);
+        or_fifth_bits(join_runs(a.qh, b.qh), u, std::make_index_sequence<8>());
+    }
+#endif
 };
 
 // ---- IQ4_NL: the nibbles packed as Q4_0's; load() looks the int8 levels up (pshufb on the 16 levels
@@ -420,6 +505,7 @@ struct PackedIQ4_NL {
     using Block = block_iq4_nlx8;
     using XBlock = block_q8_0;
 #if PE_PACKED_VNNI
+    static constexpr int kLevelOffset = 128;
     struct Unpacked {
         __m256i u[8];  // unpack_group's vectors, as levels + 128
         __m256 d;
@@ -435,8 +521,15 @@ struct PackedIQ4_NL {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
-        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(128 * xsum));
+        const __m256i isum = _mm256_sub_epi32(dot_group(w.u, x.qs), _mm256_set1_epi32(kLevelOffset * xsum));
         return block_term(isum, w.d, xs);
+    }
+    static void levels512(const Block& a, const Block& b, __m512i (&u)[8]) {
+        unpack_two(a.qs, b.qs, u);
+        const __m512i table = _mm512_xor_si512(
+            _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kIQ4NLValues))),
+            _mm512_set1_epi8(char(0x80)));
+        for (int m = 0; m < 8; m++) u[m] = _mm512_shuffle_epi8(table, u[m]);
     }
 #else
     struct Unpacked {
@@ -464,6 +557,39 @@ struct PackedIQ4_NL {
     }
 #endif
 };
+
+#if PE_PACKED_VNNI
+// The 16-lane step of a 32-block format F (two groups a pass, above).
+template <typename F>
+struct PackedTwo {
+    static constexpr int kGroups = 2;  // load(a, b): group a's block and group b's
+    static constexpr bool kRowOrder = true, kXSums = F::kXSums;
+    static_assert(F::kRowOrder, "the 16 lanes are the two groups' rows in order");
+    using Block = typename F::Block;
+    using XBlock = typename F::XBlock;
+    static constexpr bool kMin = HasMin<Block>::value;
+    struct Unpacked {
+        __m512i u[8];
+        __m512 d, m;
+    };
+    static Unpacked load(const Block& a, const Block& b) {
+        Unpacked p;
+        F::levels512(a, b, p.u);
+        p.d = cvt_two(a.d, b.d);
+        if constexpr (kMin) p.m = cvt_two(a.m, b.m);
+        return p;
+    }
+    // F::term's operations on 16 lanes.
+    static __m512 term(const Unpacked& w, const XBlock& x, int32_t xsum, const float* xs) {
+        __m512i isum = dot_group512(w.u, x.qs);
+        if constexpr (F::kLevelOffset != 0) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(F::kLevelOffset * xsum));
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w.d, _mm512_set1_ps(xs[0])));
+        if constexpr (kMin) return _mm512_add_ps(t, _mm512_mul_ps(w.m, _mm512_set1_ps(xs[1])));
+        return t;
+    }
+};
+
+#endif
 
 // ---- Q4_K: 8 rows' super-blocks interleaved. Per lane (row) the exact integer sums of the reference,
 // isum = sum_j sc_j * (sum of q * y over sub-block j) and msum = sum_j m_j * (sum of y over it), then
@@ -1295,6 +1421,13 @@ inline void store_lanes(float* y, __m256 acc) {
     if constexpr (F::kRowOrder) _mm256_storeu_ps(y, acc);
     else store_rows(y, acc);
 }
+#if PE_PACKED_VNNI
+template <typename F>
+inline void store_lanes(float* y, __m512 acc) {  // PackedTwo's 16 lanes: two groups' rows in order
+    static_assert(F::kRowOrder, "16 lanes are stored as rows");
+    _mm512_storeu_ps(y, acc);
+}
+#endif
 
 // Whether a packed format reads its activations' block scales as floats (Activations::block_scales):
 // the formats paired with Q8_0 and Q8_1, whose fp16 scales prepare_activations converts once.
@@ -1349,10 +1482,29 @@ inline void prefetch_block(const Block* b, size_t ahead) {
 // alike, 512 gained less. A prompt's later passes over a tile find the lines in cache already.
 constexpr size_t kPrefetchBytesBatch = 1024;
 
-// NT activations (t0 .. t0 + NT - 1 of x) against one packed group: each block unpacked once for all.
+// Packed groups a pass takes: S::kGroups where S says (PackedTwo: 2 adjacent groups), else 1.
+template <typename S, typename = void>
+struct GroupsOf {
+    static constexpr int value = 1;
+};
+template <typename S>
+struct GroupsOf<S, std::void_t<decltype(S::kGroups)>> {
+    static constexpr int value = S::kGroups;
+};
+
+inline __m256 add_lanes(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+#if PE_PACKED_VNNI
+inline __m512 add_lanes(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+#endif
+
+// NT activations (t0 .. t0 + NT - 1 of x) against one packed group, or against two adjacent ones
+// (PackedTwo: group b's blocks right after group a's, its 8 outputs right after a's in each token's
+// row of y): each block unpacked once for all the tokens.
 template <typename F, int NT>
 void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y, size_t y_stride) {
+    constexpr int kGroups = GroupsOf<F>::value;
     const auto* w = static_cast<const typename F::Block*>(vw);
+    const int nb = n / block_size<F>();
     const typename F::XBlock* xb[NT];
     for (int c = 0; c < NT; c++)
         xb[c] = reinterpret_cast<const typename F::XBlock*>(x.data + size_t(t0 + c) * x.row_bytes);
@@ -1361,17 +1513,30 @@ void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y
     const int64_t stride = packed_extra_stride(x.n_tokens);
     const int32_t* sums = F::kXSums ? x.block_sums + extra : nullptr;
     const float* scales = reads_xscales<F>() ? x.block_scales + 2 * extra : nullptr;
-    __m256 acc[NT];
-    for (int c = 0; c < NT; c++) acc[c] = _mm256_setzero_ps();
-    for (int i = 0; i < n / block_size<F>(); i++) {
-        prefetch_block(w + i, kPrefetchBytesBatch);
-        const typename F::Unpacked u = F::load(w[i]);
+    using Lanes = decltype(F::term(std::declval<const typename F::Unpacked&>(), xb[0][0], 0, scales));
+    Lanes acc[NT];
+    for (int c = 0; c < NT; c++) acc[c] = Lanes{};
+    for (int i = 0; i < nb; i++) {
+        for (int g = 0; g < kGroups; g++) prefetch_block(w + nb * g + i, kPrefetchBytesBatch);
+        const typename F::Unpacked u = [&] {
+            if constexpr (kGroups == 2) return F::load(w[i], w[nb + i]);
+            else return F::load(w[i]);
+        }();
 #pragma GCC unroll 8  // the tokens' pointers and accumulators then stay in registers
         for (int c = 0; c < NT; c++)
-            acc[c] = _mm256_add_ps(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[stride * i + c] : 0,
-                                                   reads_xscales<F>() ? scales + 2 * (stride * i + c) : nullptr));
+            acc[c] = add_lanes(acc[c], F::term(u, xb[c][i], F::kXSums ? sums[stride * i + c] : 0,
+                                               reads_xscales<F>() ? scales + 2 * (stride * i + c) : nullptr));
     }
     for (int c = 0; c < NT; c++) store_lanes<F>(y + c * y_stride, acc[c]);
+}
+
+// packed_nt<F, NT> for the pass's token count nt, NT from kFirst up to kMax.
+template <typename F, int kMax, int kFirst = 1>
+void packed_pass(int nt, int n, const void* w, const Activations& x, int64_t t0, float* y, size_t y_stride) {
+    if constexpr (kFirst < kMax) {
+        if (nt > kFirst) return packed_pass<F, kMax, kFirst + 1>(nt, n, w, x, t0, y, y_stride);
+    }
+    packed_nt<F, kFirst>(n, w, x, t0, y, y_stride);
 }
 
 template <typename F>
@@ -1379,19 +1544,30 @@ void packed_dot(int n, const void* w, const Activations& x, int64_t t0, int n_to
     using B = typename BatchOf<F>::type;
     static_assert(std::is_same_v<typename B::Block, typename F::Block>, "a batch format reads the same blocks");
     for (int c = 0; c < n_tokens; c += max_tokens<B>()) {
+        const int nt = std::min(n_tokens - c, max_tokens<B>());
         float* yc = y + size_t(c) * y_stride;
-        switch (std::min(n_tokens - c, max_tokens<B>())) {
-            case 1: packed_nt<F, 1>(n, w, x, t0 + c, yc, y_stride); break;
-            case 2: packed_nt<B, 2>(n, w, x, t0 + c, yc, y_stride); break;
-            case 3: packed_nt<B, 3>(n, w, x, t0 + c, yc, y_stride); break;
-            case 4: packed_nt<B, 4>(n, w, x, t0 + c, yc, y_stride); break;
-            case 5: packed_nt<B, std::min(5, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
-            case 6: packed_nt<B, std::min(6, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
-            case 7: packed_nt<B, std::min(7, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
-            default: packed_nt<B, std::min(8, max_tokens<B>())>(n, w, x, t0 + c, yc, y_stride); break;
-        }
+        if (nt == 1) packed_nt<F, 1>(n, w, x, t0 + c, yc, y_stride);
+        else packed_pass<B, max_tokens<B>(), 2>(nt, n, w, x, t0 + c, yc, y_stride);
     }
 }
+
+#if PE_PACKED_VNNI
+// packed_dot on two adjacent groups a pass (kernels.h's packed_dot_two).
+template <typename F>
+void packed_dot_two(int n, const void* w, const Activations& x, int64_t t0, int n_tokens, float* y, size_t y_stride) {
+    for (int c = 0; c < n_tokens; c += kPackTokens)
+        packed_pass<PackedTwo<F>, kPackTokens>(std::min(n_tokens - c, kPackTokens), n, w, x, t0 + c,
+                                                y + size_t(c) * y_stride, y_stride);
+}
+#endif
+
+// Whether a packed format has PackedTwo's 16-lane step (the VNNI build's 32-block formats).
+template <typename F, typename = void>
+struct HasTwo : std::false_type {};
+#if PE_PACKED_VNNI
+template <typename F>
+struct HasTwo<F, std::void_t<decltype(F::kLevelOffset)>> : std::bool_constant<block_size<F>() == QK> {};
+#endif
 
 // How far ahead of the block it reads packed_dot_pair asks for each stream's lines. The hardware
 // prefetchers alone fall behind two streams that the kernel's own work interleaves: requesting a
@@ -1438,6 +1614,9 @@ void add_packed(Kernels& k, GGMLType type, pack_fn pack) {
     k.pack[type] = pack;
     k.packed_dot[type] = packed_dot<Format>;
     k.packed_dot_pair[type] = packed_dot_pair<Format>;
+#if PE_PACKED_VNNI
+    if constexpr (HasTwo<Format>::value) k.packed_dot_two[type] = packed_dot_two<Format>;
+#endif
     k.packed_xsums[type] = Format::kXSums;
     k.packed_xscales[type] = reads_xscales<Format>();
 }

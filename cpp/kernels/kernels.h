@@ -98,6 +98,10 @@ struct Kernels {
     pack_fn pack[TYPE_COUNT];
     packed_dot_fn packed_dot[TYPE_COUNT];
     packed_dot_pair_fn packed_dot_pair[TYPE_COUNT];  // optional: one token, two groups
+    // Optional: packed_dot over two adjacent packed groups in one pass (the second group's blocks
+    // right after the first's; its 8 outputs right after the first's 8 in each token's row of y), the
+    // same bits as two packed_dot calls.
+    packed_dot_fn packed_dot_two[TYPE_COUNT];
     bool packed_xsums[TYPE_COUNT];    // packed_dot needs the activations' block sums
     bool packed_xscales[TYPE_COUNT];  // packed_dot needs the activations' block scales as floats
     // Optional: a probe of the ISA's int8 multiply-add peak for bench/ (the instruction the packed

@@ -904,7 +904,8 @@ void check_exact_dots(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng
 // ---------------------------------------------------------------------------------------------
 // Packed weights (pack, then packed_dot and packed_dot_pair: what a Model's matrices run on): every
 // output bit-identical to the scalar vec_dot of its row and token, for passes of 1 .. kPackTokens
-// tokens and for the two-group kernel, on the weight kinds above (fill_weight_block's for Q4_0, Q4_1
+// tokens (one group, and two groups a pass where the table has packed_dot_two) and for the two-group
+// one-token kernel (packed_dot_pair), on the weight kinds above (fill_weight_block's for Q4_0, Q4_1
 // and Q8_0, the exact layouts' for the others; their "mixed" kind draws a kind per block) and
 // activations of mixed kinds, whose block sums and float scales are laid out as matmul.cpp's
 // prepare_activations lays them out.
@@ -992,6 +993,9 @@ void check_packed(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, in
         Group& g = group(format("packed %s x %s", tt->name, type_traits(tt->vec_dot_type)->name));
         record(g, k.packed_dot[t] != nullptr, format("packed_dot[%s] missing", tt->name));
         if (!k.packed_dot[t]) continue;
+        // The AVX-512 tables (native and SIMDe) take two groups a pass for every 32-block format.
+        if (std::strncmp(k.isa, "avx512", 6) == 0 && tt->block_size == QK)
+            record(g, k.packed_dot_two[t] != nullptr, format("packed_dot_two[%s] missing", tt->name));
         // Two groups of kPackRows rows of nb blocks, of weight kind `kind`, against one pass.
         auto one = [&](int kind, int nb) {
             const int n = nb * tt->block_size;
@@ -1021,6 +1025,17 @@ void check_packed(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, in
                     for (int r = 0; r < kPackRows; r++)
                         check(y[c * kPackRows + r], kPackRows + r, t0 + c,
                               format("packed_dot of %d tokens, token %d row %d", nt, c, r));
+            }
+            if (k.packed_dot_two[t]) {  // both groups in one pass: rows 0 .. 15 of each token
+                float y2[kPackTokens * 2 * kPackRows];
+                for (int nt = 1; nt <= kPackTokens; nt++) {
+                    const int t0 = kPackTokens - nt;
+                    k.packed_dot_two[t](n, pw, xa, t0, nt, y2, 2 * kPackRows);
+                    for (int c = 0; c < nt; c++)
+                        for (int r = 0; r < 2 * kPackRows; r++)
+                            check(y2[c * 2 * kPackRows + r], r, t0 + c,
+                                  format("packed_dot_two of %d tokens, token %d row %d", nt, c, r));
+                }
             }
             if (!k.packed_dot_pair[t]) return;
             const int c = rng.below(kPackTokens);
