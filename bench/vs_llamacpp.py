@@ -41,9 +41,12 @@ freed before the next cell.
 Roofline. A generated token reads every weight matrix once: the layers' and the output matrix (or the
 tied token embedding that serves as output); the one embedding row is negligible, and so is the KV
 cache at this depth (~3 MB for the 1.1B model at tg128). The read bandwidth is measured in the same
-run with the same thread count (pyengine's probe: best of 10 passes over 512 MB, before and after the
-cells; the higher is used), so roofline tokens/s = bandwidth / bytes per token, and "% roofline" is
-tg tokens/s over it. SmolLM2's 90-145 MB of weights are within a few times the L3 cache's size, and
+run with the same thread count (pyengine's probe: best of 10 passes over 512 MB), right before and
+right after each cell's runs, and the higher is that cell's: on a shared machine the bandwidth moves
+within a run (this 2-core VM's 2-thread figure has moved between ~43 and ~67 GB/s from one minute to
+the next), so a probe from the start or the end of the run can describe another machine than the one
+a cell ran on. Roofline tokens/s = bandwidth / bytes per token, and "% roofline" is tg tokens/s over
+it. The header's figures are the probes before and after all the cells. SmolLM2's 90-145 MB of weights are within a few times the L3 cache's size, and
 its small matrices leave more time to the overheads between them, so its roofline is the rougher
 guide; the 1.1B model's 0.6-1.2 GB are what the roofline describes.
 
@@ -236,6 +239,7 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
         check = {"finite": True, "kl": kl_divergence(theirs_logits, ours_logits),
                  "same_argmax": bool(ours_logits.argmax() == theirs_logits.argmax())}
         runs = {e.name: {"pp_s": [], "tg_s": []} for e in (ours, theirs)}
+        bandwidth = [read_bandwidth(n_threads)]  # this cell's: the machine's bandwidth moves within a run
         for rep in range(args.reps):
             order = (ours, theirs) if rep % 2 == 0 else (theirs, ours)
             pp_ids = rng.integers(0, n_vocab, args.pp).tolist() if args.pp else None
@@ -246,6 +250,7 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
             for e in order:
                 if tg_ids:
                     runs[e.name]["tg_s"].append(timed(e.tg, tg_ids[:args.depth + 1], tg_ids[args.depth + 1:]))
+        bandwidth.append(read_bandwidth(n_threads))
     finally:
         free(ours, theirs)
 
@@ -254,7 +259,7 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
 
     return {"pp_ours": best("pyengine", "pp_s", args.pp), "pp_theirs": best("llama.cpp", "pp_s", args.pp),
             "tg_ours": best("pyengine", "tg_s", args.tg), "tg_theirs": best("llama.cpp", "tg_s", args.tg),
-            "runs": runs, "check": check}
+            "runs": runs, "check": check, "bandwidth_gb_s": bandwidth}
 
 
 def sweep(path: Path, threads: list[int], args, rng) -> list[dict]:
@@ -317,9 +322,9 @@ def header(title: str, command: str, info: dict, bandwidth: dict) -> list[str]:
     if "llama_cpp_python" in info:
         lines[-1] += f"; llama-cpp-python {info['llama_cpp_python']} ({info['llama_cpp_system']})"
     lines[-1] += f"; Python {info['python']}, numpy {info['numpy']}."
-    lines += ["", "Memory read bandwidth (this run, best of before and after): "
-              + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw['gb_s']:.1f} GB/s" for t, bw in bandwidth.items())
-              + "."]
+    lines += ["", "Memory read bandwidth (this run, before and after all the cells): "
+              + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw['gb_s_before']:.1f} and {bw['gb_s_after']:.1f} GB/s"
+                          for t, bw in bandwidth.items()) + "."]
     return lines
 
 
@@ -345,15 +350,16 @@ def compare_table(rows: list[dict], args) -> list[str]:
         lines.append(f"| {r['model_name']} | {r['format']} | {r['threads']} | {fmt(r['pp_ours'])} | "
                      f"{fmt(r['pp_theirs'])} | {ratio(r['pp_ours'], r['pp_theirs'])} | {fmt(r['tg_ours'])} | "
                      f"{fmt(r['tg_theirs'])} | {ratio(r['tg_ours'], r['tg_theirs'])} | {roof} |")
-    lines += ["", "Rooflines: weight bytes read per generated token, and the tokens/s that the measured bandwidth "
-              "allows:", ""]
+    lines += ["", "Rooflines: weight bytes read per generated token, and the tokens/s that the bandwidth allows, "
+              "measured for each cell right before and after its runs (the higher; in brackets):", ""]
     by_file: dict[tuple, list[dict]] = {}
     for r in rows:
         by_file.setdefault((r["model_name"], r["format"]), []).append(r)
     for (model_name, fmt_name), file_rows in by_file.items():
         lines.append(f"- {model_name} {fmt_name}: {file_rows[0]['weight_bytes_per_token'] / 1e6:.1f} MB/token; "
                      + ", ".join(f"{r['threads']} thread{'s' if r['threads'] > 1 else ''} "
-                                 f"{r['roofline_tok_s']:.1f} tok/s" for r in file_rows))
+                                 f"{r['roofline_tok_s']:.1f} tok/s ({r['roofline_gb_s']:.1f} GB/s)"
+                                 for r in file_rows))
     return lines
 
 
@@ -454,7 +460,8 @@ def main(argv=None) -> None:
                              bandwidth, args, info["default_n_threads"])
     else:
         for r in rows:
-            r["roofline_tok_s"] = bandwidth[r["threads"]]["gb_s"] * 1e9 / r["weight_bytes_per_token"]
+            r["roofline_gb_s"] = max(r["bandwidth_gb_s"])
+            r["roofline_tok_s"] = r["roofline_gb_s"] * 1e9 / r["weight_bytes_per_token"]
         lines = header("pyengine vs llama.cpp", command, info, bandwidth) + compare_table(rows, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
