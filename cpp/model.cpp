@@ -500,7 +500,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 float* g = s.gate.data() + t * c.n_ff;
                 const float* u = s.up.data() + t * c.n_ff;
                 if (c.activation == Activation::SiLU) {
-                    for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + std::exp(-g[r])) * u[r];
+                    kernels_.silu_mul(g + r0, u + r0, r1 - r0);
                 } else {
                     for (int64_t r = r0; r < r1; r++) g[r] = gelu_f16(gelu_table, g[r]) * u[r];
                 }

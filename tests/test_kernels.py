@@ -222,6 +222,58 @@ def test_attention_kernel_extreme_scores(rng, isa):
         np.testing.assert_allclose(out, _attention64(q, k, v, 0.125), rtol=0, atol=5e-5)
 
 
+def _silu_mul64(g, u):
+    g64 = g.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return g64 / (1.0 + np.exp(-g64)) * u.astype(np.float64)
+
+
+SILU_EDGES = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 20.0, -20.0, 86.9, -86.9, 87.1, -87.1,
+                       88.0, -88.0, 104.0, -104.0, 1e30, -1e30, 3.4e38, -3.4e38], np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_silu_mul_kernel(rng, isa):
+    """The gated feed-forward's SiLU: within a few ulp of silu(g) * u in float64 (the SIMD tables
+    compute e^-|g| with the softmax's polynomial, the reference x / (1 + e^-x) with the C library's
+    exp), on every length's tail, from tiny to overflowing arguments (below ~-88 the float reference's
+    e^-g overflows and its result is -0 where float64's is ~1e-37: hence the absolute 1e-30); NaN and
+    infinities as the reference has them."""
+    for n in (1, 7, 8, 9, 15, 16, 17, 33, 100, 1536):
+        for scale in (0.01, 1.0, 4.0, 30.0):
+            g = (rng.standard_normal(n) * scale).astype(np.float32)
+            u = rng.standard_normal(n).astype(np.float32)
+            np.testing.assert_allclose(_core.silu_mul(isa, g, u), _silu_mul64(g, u), rtol=2e-6, atol=1e-30,
+                                       err_msg=f"{n} values, scale {scale}")
+    g = np.concatenate([SILU_EDGES, [np.inf, -np.inf, np.nan]]).astype(np.float32)
+    u = np.full(g.size, 0.75, np.float32)
+    got, want, ref = _core.silu_mul(isa, g, u), _silu_mul64(g, u), _core.silu_mul("scalar", g, u)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=1e-30)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))  # -inf: -inf / inf, NaN: NaN
+    np.testing.assert_array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])  # +inf: inf * u
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_silu_mul_kernel_does_not_depend_on_where_a_value_sits(rng, isa):
+    """Each value takes the same operations in a vector, in the padded tail or alone: a thread's row
+    range, whatever its length, gives a row the same bits (the determinism promise)."""
+    g = (rng.standard_normal(101) * 5).astype(np.float32)
+    u = rng.standard_normal(101).astype(np.float32)
+    whole = _core.silu_mul(isa, g, u)
+    for start, stop in ((0, 1), (3, 20), (5, 101), (17, 18), (40, 73)):
+        np.testing.assert_array_equal(_core.silu_mul(isa, g[start:stop], u[start:stop]), whole[start:stop])
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs a CPU with AVX-512")
+def test_silu_mul_avx512_is_avx2_bit_for_bit(rng):
+    """The 16-lane SiLU runs the 8-lane one's arithmetic (lane_math.h): the same bits."""
+    for n in (1, 9, 16, 31, 1536):
+        g = np.concatenate([(rng.standard_normal(n) * 10).astype(np.float32), SILU_EDGES])
+        u = rng.standard_normal(g.size).astype(np.float32)
+        np.testing.assert_array_equal(_core.silu_mul("avx512", g, u), _core.silu_mul("avx2", g, u))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_int8_peak_probe(isa):
     """bench/int8_peak.py's probe: the SIMD tables time their multiply-add; the scalar one has none."""

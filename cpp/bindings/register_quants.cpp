@@ -163,6 +163,17 @@ FloatArray attend(const std::string& isa, uint32_t kv_type, const FloatArray& q,
     return out;
 }
 
+// The gated feed-forward's SiLU of an ISA: silu(g) * u elementwise, g and u of one length.
+FloatArray silu_mul(const std::string& isa, const FloatArray& g, const FloatArray& u) {
+    const Kernels& k = kernels_or_throw(isa);
+    if (g.ndim() != 1 || u.ndim() != 1 || g.size() != u.size())
+        throw py::value_error("g and u must be 1-D arrays of one length");
+    FloatArray out(g.size());
+    std::copy(g.data(), g.data() + g.size(), out.mutable_data());
+    k.silu_mul(out.mutable_data(), u.data(), g.size());
+    return out;
+}
+
 }  // namespace
 
 void register_quants(py::module_& m) {
@@ -194,6 +205,7 @@ void register_quants(py::module_& m) {
     m.def("vec_dot", &vec_dot, py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("x"));
     m.def("attend", &attend, py::arg("isa"), py::arg("kv_type"), py::arg("q"), py::arg("keys"), py::arg("values"),
           py::arg("n_pos"), py::arg("scale"));
+    m.def("silu_mul", &silu_mul, py::arg("isa"), py::arg("g"), py::arg("u"));
     m.def("isa", [] { return std::string(active_kernels().isa); }, "the ISA whose kernels run");
     m.def("available_isas", [] {
         py::list names;

@@ -17,8 +17,7 @@
 // 2.5 us, the 8-lane one 3.6 (of which converting the keys ~1.1 and ~1.2: the larger part left).
 //
 // L gives: V (W float lanes), W; zero, set1, load / store (aligned), loadu / storeu, broadcast, add,
-// sub, mul, max, fmadd, fnmadd, round (to nearest), pow2 (2^n of whole floats n), zero_below (v where
-// x >= limit, else 0), hmax; from_f16 / from_i8 (W cache values as floats); kKeys, the keys' layout
+// sub, mul, max, fmadd, fnmadd, round, pow2, zero_below (lane_math.h's), hmax; from_f16 / from_i8 (W cache values as floats); kKeys, the keys' layout
 // in its buffer (store_keys: keys 0 .. kKeys - 1 from get(k, c0, v), 32 values from c0 as 32 / W
 // vectors) and their scores (scores: the first np <= kKeys keys' dots with the first of n_q queries
 // or more, times scale, query j's at s + j * s_stride; it returns how many queries it took); Sum
@@ -32,28 +31,10 @@
 
 #include "avx2_common.h"
 #include "kernels.h"
+#include "lane_math.h"
 
 namespace pe {
 namespace {
-
-// exp(x) for x <= 0 (softmax after taking the maximum out): Cody-Waite reduction to r = x - n ln2
-// with |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (max error ~1 ulp), times 2^n built in the
-// exponent bits. Below -87 (2^n would leave the normal range) the result is 0.
-template <typename L>
-inline typename L::V exp_nonpositive(typename L::V x) {
-    using V = typename L::V;
-    const V n = L::round(L::mul(x, L::set1(1.44269504088896341f)));
-    V r = L::fnmadd(n, L::set1(0.693359375f), x);
-    r = L::fnmadd(n, L::set1(-2.12194440e-4f), r);
-    V p = L::set1(1.9875691500e-4f);
-    p = L::fmadd(p, r, L::set1(1.3981999507e-3f));
-    p = L::fmadd(p, r, L::set1(8.3334519073e-3f));
-    p = L::fmadd(p, r, L::set1(4.1665795894e-2f));
-    p = L::fmadd(p, r, L::set1(1.6666665459e-1f));
-    p = L::fmadd(p, r, L::set1(5.0000001201e-1f));
-    const V e = L::add(L::fmadd(L::mul(p, r), r, r), L::set1(1.0f));
-    return L::zero_below(L::mul(e, L::pow2(n)), x, -87.0f);
-}
 
 // The cache types' rows: convert(row, c0, n, v) gives values c0 .. c0 + nW - 1 of a row as n float
 // vectors, for nW <= 32 and c0 a multiple of nW (within one Q8_0 block); bytes(hd): a head's bytes.

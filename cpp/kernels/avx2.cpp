@@ -336,7 +336,7 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
     for (; i < n; i++) y[i] = std::fma(a, half_to_float(x[i]), y[i]);
 }
 
-// AVX2's lanes for attend_lanes.h.
+// AVX2's lanes for attend_lanes.h and lane_math.h.
 struct L8 {
     using V = __m256;
     static constexpr int W = 8;
@@ -358,6 +358,9 @@ struct L8 {
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
     }
     static V zero_below(V v, V x, float limit) { return _mm256_and_ps(v, _mm256_cmp_ps(x, set1(limit), _CMP_GE_OQ)); }
+    static V div(V a, V b) { return _mm256_div_ps(a, b); }
+    static V neg_abs(V x) { return _mm256_or_ps(x, _mm256_set1_ps(-0.0f)); }
+    static V select_nonneg(V x, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ)); }
     static float hmax(V v) {
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -463,6 +466,7 @@ const Kernels* kernels_avx2() {
         k.axpy[TYPE_F32] = axpy_f32;
         k.axpy[TYPE_F16] = axpy_f16;
         add_attention_kernels<L8>(k);
+        k.silu_mul = silu_mul<L8>;
         k.int8_peak = int8_peak;
         add_avx2_kquant_kernels(k);
         return k;

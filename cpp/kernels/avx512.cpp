@@ -621,6 +621,9 @@ struct L16 {
     static V zero_below(V v, V x, float limit) {
         return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, set1(limit), _CMP_GE_OQ), v);
     }
+    static V div(V a, V b) { return _mm512_div_ps(a, b); }
+    static V neg_abs(V x) { return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)))); }
+    static V select_nonneg(V x, V a, V b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), b, a); }
     static float hmax(V v) { return _mm512_reduce_max_ps(v); }
     static V from_f16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
     static V from_i8(const int8_t* p) {
@@ -750,6 +753,7 @@ const Kernels* kernels_avx512() {
         k.vec_dot[TYPE_Q6_K] = vec_dot_q6_K_q8_K;
         k.vec_dot[TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K;
         add_attention_kernels<L16>(k);
+        k.silu_mul = silu_mul<L16>;
         return k;
     }();
     return &table;

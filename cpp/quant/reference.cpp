@@ -733,6 +733,10 @@ void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* 
                                                 sum);
 }
 
+void silu_mul(float* g, const float* u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 }  // namespace ref
 
 void attention_join(int hd, int n_runs, const float* out, size_t out_stride, const float* max, const double* sum,
@@ -853,6 +857,7 @@ const Kernels* kernels_scalar() {
         k.attend[TYPE_F32] = ref::attend_f32;
         k.attend[TYPE_F16] = ref::attend_f16;
         k.attend[TYPE_Q8_0] = ref::attend_q8_0;
+        k.silu_mul = ref::silu_mul;
         return k;
     }();
     return &table;

@@ -56,7 +56,8 @@
 //   9 blocks, and activations of mixed kinds with the block sums and scales matmul.cpp makes;
 // - axpy (y += a * x) for F32 and F16 x agrees with the scalar one element by element.
 // - attend (the query heads of one KV head over an F32 / F16 / Q8_0 cache) agrees with the scalar one
-//   (its inputs are plain vectors, not placed before the unmapped page below).
+//   (its inputs are plain vectors, not placed before the unmapped page below);
+// - silu_mul (the gated feed-forward's SiLU) agrees with the scalar one within a few ulp.
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
 //
@@ -1488,6 +1489,47 @@ void check_attend(const Kernels& k, const Kernels& s, Rng& rng, int trials) {
     }
 }
 
+// silu_mul (the gated feed-forward's silu(g) * u) against the scalar one: the SIMD tables take e^-|g|
+// from the softmax's polynomial, the reference the C library's exp, so within a few ulp (2e-6
+// relative, or 1e-30 near zero: below g ~ -87 the polynomial's e^-|g| is 0 where the library's is
+// ~1e-38, results of ~1e-36); NaN where the scalar gives NaN, +inf where it gives +inf. Lengths
+// 1 .. 40 cover every tail; the values run from tiny to past exp's range.
+void check_silu_mul(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    Group& g = group("silu_mul", true);
+    record(g, k.silu_mul != nullptr, "silu_mul missing");
+    if (!k.silu_mul) return;
+    const float edges[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 86.9f, -86.9f, 87.1f, -87.1f, 88.0f, -88.0f, 104.0f,
+                           -104.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN};
+    for (int t = 0; t < trials; t++)
+        for (int n = 1; n <= 40; n++) {
+            std::vector<float> gv(static_cast<size_t>(n)), uv(gv.size());
+            const float scale = std::pow(10.0f, float(rng.below(5)) - 2.0f);  // 0.01 .. 100
+            for (int i = 0; i < n; i++) {
+                gv[size_t(i)] = rng.below(8) == 0 ? edges[rng.below(int(std::size(edges)))] : scale * rng.normal();
+                uv[size_t(i)] = rng.normal();
+            }
+            std::vector<float> want = gv;
+            s.silu_mul(want.data(), uv.data(), n);
+            // both rows end at a guard page: reading or writing past n crashes
+            auto* got = reinterpret_cast<float*>(buf.act_simd.place(size_t(n) * sizeof(float), 0));
+            std::memcpy(got, gv.data(), size_t(n) * sizeof(float));
+            k.silu_mul(got, static_cast<const float*>(buf.act_in.put(as_bytes(uv))), n);
+            const std::string what = format("%d values of scale %g", n, double(scale));
+            set_case(g, what);
+            for (int i = 0; i < n; i++) {
+                const float a = got[i], b = want[size_t(i)];
+                bool ok;
+                if (std::isnan(b) || std::isinf(b)) ok = std::isnan(b) ? std::isnan(a) : a == b;
+                else ok = std::isfinite(a) && std::fabs(double(a) - double(b)) <= 2e-6 * std::fabs(double(b)) + 1e-30;
+                const double ratio = std::isfinite(b) && std::isfinite(a)
+                                         ? std::fabs(double(a) - double(b)) / (2e-6 * std::fabs(double(b)) + 1e-30) : 0.0;
+                if (ratio > g.worst_ratio) g.worst_ratio = ratio;
+                record(g, ok, format("%s: silu(%.9g) * %.9g = %.9g, scalar %.9g", what.c_str(), double(gv[size_t(i)]),
+                                     double(uv[size_t(i)]), double(a), double(b)));
+            }
+        }
+}
+
 // What this binary was compiled for: the arm64 build has two kernel paths (sdot or smull), and the
 // runner checks that each build took the one it meant to test.
 const char* build_target() {
@@ -1545,6 +1587,7 @@ int main(int argc, char** argv) {
     check_float_dots(*table, *scalar, buf, rng, trials);
     check_axpy(*table, *scalar, buf, rng, trials);
     check_attend(*table, *scalar, rng, trials);
+    check_silu_mul(*table, *scalar, buf, rng, trials);
 
     long passed = 0, failed = 0;
     for (const Group& g : g_groups) {

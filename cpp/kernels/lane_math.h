@@ -1,0 +1,64 @@
+// Elementwise math written once over a lane type L (avx2.cpp's L8, avx512.cpp's L16; see
+// attend_lanes.h): the softmax's exponential and the gated feed-forward's SiLU. The same operations on
+// 8 and 16 lanes, so the two tables give the same bits. Like avx2_common.h, everything here lives in an
+// anonymous namespace, built with each unit's flags.
+//
+// L gives: V, W; set1, loadu, storeu, add, mul, div, fmadd, fnmadd, round (to nearest), pow2 (2^n of
+// whole floats n), zero_below (v where x >= limit, else 0: NaN x too), neg_abs (-|x|, NaN kept) and
+// select_nonneg (a where x >= 0, else b: NaN x takes b).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pe {
+namespace {
+
+// exp(x) for x <= 0 (softmax after taking the maximum out): Cody-Waite reduction to r = x - n ln2
+// with |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (max error ~1 ulp), times 2^n built in the
+// exponent bits. Below -87 (2^n would leave the normal range) the result is 0.
+template <typename L>
+inline typename L::V exp_nonpositive(typename L::V x) {
+    using V = typename L::V;
+    const V n = L::round(L::mul(x, L::set1(1.44269504088896341f)));
+    V r = L::fnmadd(n, L::set1(0.693359375f), x);
+    r = L::fnmadd(n, L::set1(-2.12194440e-4f), r);
+    V p = L::set1(1.9875691500e-4f);
+    p = L::fmadd(p, r, L::set1(1.3981999507e-3f));
+    p = L::fmadd(p, r, L::set1(8.3334519073e-3f));
+    p = L::fmadd(p, r, L::set1(4.1665795894e-2f));
+    p = L::fmadd(p, r, L::set1(1.6666665459e-1f));
+    p = L::fmadd(p, r, L::set1(5.0000001201e-1f));
+    const V e = L::add(L::fmadd(L::mul(p, r), r, r), L::set1(1.0f));
+    return L::zero_below(L::mul(e, L::pow2(n)), x, -87.0f);
+}
+
+// g[i] = silu(g[i]) * u[i] for i < n, silu(x) = x * sigmoid(x), with t = e^-|x| (exp_nonpositive, so
+// nothing overflows): sigmoid(x) = 1 / (1 + t) for x >= 0 and t / (1 + t) below, x * (1 or t) / (1 + t).
+// The reference computes x / (1 + e^-x) with the C library's exp: the results agree within a few ulp
+// (kernel tests), and NaN stays NaN (x is a factor). The last n % W values are padded to a whole
+// vector, so each value takes the same operations wherever it sits.
+template <typename L>
+inline typename L::V silu(typename L::V x) {
+    using V = typename L::V;
+    const V one = L::set1(1.0f);
+    const V t = exp_nonpositive<L>(L::neg_abs(x));
+    return L::div(L::mul(x, L::select_nonneg(x, one, t)), L::add(one, t));
+}
+
+template <typename L>
+void silu_mul(float* g, const float* u, int64_t n) {
+    constexpr int W = L::W;
+    int64_t i = 0;
+    for (; i + W <= n; i += W) L::storeu(g + i, L::mul(silu<L>(L::loadu(g + i)), L::loadu(u + i)));
+    if (i < n) {
+        float gb[W] = {}, ub[W] = {};
+        std::copy(g + i, g + n, gb);
+        std::copy(u + i, u + n, ub);
+        L::storeu(gb, L::mul(silu<L>(L::loadu(gb)), L::loadu(ub)));
+        std::copy(gb, gb + (n - i), g + i);
+    }
+}
+
+}  // namespace
+}  // namespace pe
