@@ -761,34 +761,58 @@ struct PackedQ4_K {
 #if PE_PACKED_VNNI
     // VNNI build: isum512's steps, the nibbles split in registers (PackedQ4_KBatch's, without its copy
     // in L1): the same int16 sums and int32 lanes as the 256-bit steps below.
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+    static void nibbles512(const Unpacked& w, int hc, __m512i& lo, __m512i& hi) {
         const __m512i mask = _mm512_set1_epi8(0x0f);
-        const auto nibbles = [&w, mask](int hc, __m512i& lo, __m512i& hi) {
-            const __m512i r = _mm512_loadu_si512(w.qs + 64 * hc);
-            lo = _mm512_and_si512(r, mask);
-            hi = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
-        };
-        return finish(w, x, isum512(x, nibbles, [&w](int j) { return w.sc.both(j); }));
+        const __m512i r = _mm512_loadu_si512(w.qs + 64 * hc);
+        lo = _mm512_and_si512(r, mask);
+        hi = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
     }
-    // The exact int32 lanes (kLaneRow order) on 512-bit vectors, each holding a run pair whole (rows
-    // 0-3 in the lower half, rows 4-7 in the upper) against the same 8 activation bytes in every
-    // 64-bit quarter: nibbles(hc, lo, hi) gives run pair hc's low and high nibbles (weights of
-    // sub-blocks 2h and 2h + 1, hc = 4h + c), sc(j) sub-block j's madd multipliers.
-    template <typename Nibbles, typename Scales>
-    static __m256i isum512(const XBlock& x, Nibbles nibbles, Scales sc) {
-        __m512i acc_lo = _mm512_setzero_si512(), acc_hi = acc_lo;
+    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
+        __m256i isum[1];
+        isum512(x, [&w](int, int hc, __m512i& lo, __m512i& hi) { nibbles512(w, hc, lo, hi); },
+                [&w](int, int j) { return w.sc.both(j); }, isum);
+        return finish(w, x, isum[0]);
+    }
+    // term() of two groups against one activation block, packed_dot_pair's two streams: each
+    // broadcast of the activations serves both (one-token Q4_K 82 -> 91 G multiply-adds/s cache-
+    // resident; Q6_K's kernel ran slower so, and keeps term()).
+    static constexpr bool kTermPair = true;
+    static void term_pair(const Unpacked& a, const Unpacked& b, const XBlock& x, __m256& ta, __m256& tb) {
+        const Unpacked* w[2] = {&a, &b};
+        __m256i isum[2];
+        isum512(x, [&w](int g, int hc, __m512i& lo, __m512i& hi) { nibbles512(*w[g], hc, lo, hi); },
+                [&w](int g, int j) { return w[g]->sc.both(j); }, isum);
+        ta = finish(a, x, isum[0]);
+        tb = finish(b, x, isum[1]);
+    }
+    // The exact int32 lanes (kLaneRow order) of G groups against one activation block, on 512-bit
+    // vectors each holding a run pair whole (rows 0-3 in the lower half, rows 4-7 in the upper)
+    // against the same 8 activation bytes in every 64-bit quarter: nibbles(g, hc, lo, hi) gives group
+    // g's run pair hc's low and high nibbles (weights of sub-blocks 2h and 2h + 1, hc = 4h + c), sc(g,
+    // j) its sub-block j's madd multipliers. Each group's sums take the same steps whatever G is.
+    template <int G, typename Nibbles, typename Scales>
+    static void isum512(const XBlock& x, Nibbles nibbles, Scales sc, __m256i (&out)[G]) {
+        __m512i acc_lo[G], acc_hi[G];
+        for (int g = 0; g < G; g++) acc_lo[g] = acc_hi[g] = _mm512_setzero_si512();
         for (int h = 0; h < 4; h++) {
-            __m512i lo = _mm512_setzero_si512(), hi = lo;
+            __m512i lo[G], hi[G];
+            for (int g = 0; g < G; g++) lo[g] = hi[g] = _mm512_setzero_si512();
             for (int c = 0; c < 4; c++) {
-                __m512i u_lo, u_hi;
-                nibbles(4 * h + c, u_lo, u_hi);
-                lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(u_lo, broadcast8_512(x.qs + 64 * h + 8 * c)));
-                hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(u_hi, broadcast8_512(x.qs + 64 * h + 32 + 8 * c)));
+                const __m512i ylo = broadcast8_512(x.qs + 64 * h + 8 * c);
+                const __m512i yhi = broadcast8_512(x.qs + 64 * h + 32 + 8 * c);
+                for (int g = 0; g < G; g++) {
+                    __m512i u_lo, u_hi;
+                    nibbles(g, 4 * h + c, u_lo, u_hi);
+                    lo[g] = _mm512_add_epi16(lo[g], _mm512_maddubs_epi16(u_lo, ylo));
+                    hi[g] = _mm512_add_epi16(hi[g], _mm512_maddubs_epi16(u_hi, yhi));
+                }
             }
-            acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, sc(2 * h));
-            acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, sc(2 * h + 1));
+            for (int g = 0; g < G; g++) {
+                acc_lo[g] = _mm512_dpwssd_epi32(acc_lo[g], lo[g], sc(g, 2 * h));
+                acc_hi[g] = _mm512_dpwssd_epi32(acc_hi[g], hi[g], sc(g, 2 * h + 1));
+            }
         }
-        return hadd_halves(_mm512_add_epi32(acc_lo, acc_hi));
+        for (int g = 0; g < G; g++) out[g] = hadd_halves(_mm512_add_epi32(acc_lo[g], acc_hi[g]));
     }
 #else
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
@@ -849,11 +873,13 @@ struct PackedQ4_KBatch {
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        const auto nibbles = [&w](int hc, __m512i& lo, __m512i& hi) {
+        const auto nibbles = [&w](int, int hc, __m512i& lo, __m512i& hi) {
             lo = w.u[hc][0];
             hi = w.u[hc][1];
         };
-        return PackedQ4_K::finish(w.scales, x, PackedQ4_K::isum512(x, nibbles, [&w](int j) { return w.scales.sc.both(j); }));
+        __m256i isum[1];
+        PackedQ4_K::isum512(x, nibbles, [&w](int, int j) { return w.scales.sc.both(j); }, isum);
+        return PackedQ4_K::finish(w.scales, x, isum[0]);
     }
 #else
     struct Unpacked {
@@ -1581,6 +1607,11 @@ struct HasTwo<F, std::void_t<decltype(F::kLevelOffset)>> : std::bool_constant<bl
 // (three fresh processes of each build, alternating).
 constexpr size_t kPrefetchBytes = PE_PACKED_VNNI ? 2048 : 512;
 
+template <typename F, typename = void>
+struct HasTermPair : std::false_type {};
+template <typename F>
+struct HasTermPair<F, std::void_t<decltype(F::kTermPair)>> : std::true_type {};
+
 // One token against two packed groups at once: two weight streams in flight, which is what lets one
 // core's matrix-vector product approach the memory bandwidth (one stream leaves it at ~70%). Each
 // group takes exactly packed_nt<F, 1>'s operations.
@@ -1600,8 +1631,15 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations&
         const float* xs = reads_xscales<F>() ? scales + 2 * stride * i : nullptr;
         prefetch_block(wa + i, kPrefetchBytes);  // one block's worth of lines ahead in each stream
         prefetch_block(wb + i, kPrefetchBytes);
-        acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
-        acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
+        if constexpr (HasTermPair<F>::value) {
+            __m256 ta, tb;
+            F::term_pair(F::load(wa[i]), F::load(wb[i]), xb[i], ta, tb);
+            acc_a = _mm256_add_ps(acc_a, ta);
+            acc_b = _mm256_add_ps(acc_b, tb);
+        } else {
+            acc_a = _mm256_add_ps(acc_a, F::term(F::load(wa[i]), xb[i], xsum, xs));
+            acc_b = _mm256_add_ps(acc_b, F::term(F::load(wb[i]), xb[i], xsum, xs));
+        }
     }
     store_lanes<F>(ya, acc_a);
     store_lanes<F>(yb, acc_b);
