@@ -41,12 +41,13 @@ freed before the next cell.
 Roofline. A generated token reads every weight matrix once: the layers' and the output matrix (or the
 tied token embedding that serves as output); the one embedding row is negligible, and so is the KV
 cache at this depth (~3 MB for the 1.1B model at tg128). The read bandwidth is measured in the same
-run with the same thread count (pyengine's probe: best of 10 passes over 512 MB), right before and
-right after each cell's runs, and the higher is that cell's: on a shared machine the bandwidth moves
-within a run (this 2-core VM's 2-thread figure has moved between ~43 and ~67 GB/s from one minute to
-the next), so a probe from the start or the end of the run can describe another machine than the one
-a cell ran on. Roofline tokens/s = bandwidth / bytes per token, and "% roofline" is tg tokens/s over
-it. The header's figures are the probes before and after all the cells. SmolLM2's 90-145 MB of weights are within a few times the L3 cache's size, and
+run with the same thread count (pyengine's probe: best of 10 passes over 512 MB) right before and
+right after every generation run, and the higher of the two is that run's: on a shared machine the
+bandwidth moves within a run (this 2-core VM's 2-thread figure has moved between ~43 and ~80 GB/s
+from one minute to the next, and within one cell), so a probe from the start or the end of the run
+can describe another machine than the one a generation ran on. Roofline tokens/s = bandwidth / bytes
+per token, and "% roofline" is each engine's best tg over the roofline around that same run. The
+header's figures are the probes before and after all the cells. SmolLM2's 90-145 MB of weights are within a few times the L3 cache's size, and
 its small matrices leave more time to the overheads between them, so its roofline is the rougher
 guide; the 1.1B model's 0.6-1.2 GB are what the roofline describes.
 
@@ -238,8 +239,7 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
         ours_logits, theirs_logits = warm_up(ours, check_ids), warm_up(theirs, check_ids)
         check = {"finite": True, "kl": kl_divergence(theirs_logits, ours_logits),
                  "same_argmax": bool(ours_logits.argmax() == theirs_logits.argmax())}
-        runs = {e.name: {"pp_s": [], "tg_s": []} for e in (ours, theirs)}
-        bandwidth = [read_bandwidth(n_threads)]  # this cell's: the machine's bandwidth moves within a run
+        runs = {e.name: {"pp_s": [], "tg_s": [], "tg_gb_s": []} for e in (ours, theirs)}
         for rep in range(args.reps):
             order = (ours, theirs) if rep % 2 == 0 else (theirs, ours)
             pp_ids = rng.integers(0, n_vocab, args.pp).tolist() if args.pp else None
@@ -249,17 +249,25 @@ def compare_cell(llama_cpp, path: Path, n_threads: int, args, rng) -> dict:
                     runs[e.name]["pp_s"].append(timed(e.pp, pp_ids))
             for e in order:
                 if tg_ids:
+                    # The bandwidth around each generation run (the higher of right before and right
+                    # after): the machine's moves within a run, so each run has its own roofline.
+                    before = read_bandwidth(n_threads)
                     runs[e.name]["tg_s"].append(timed(e.tg, tg_ids[:args.depth + 1], tg_ids[args.depth + 1:]))
-        bandwidth.append(read_bandwidth(n_threads))
+                    runs[e.name]["tg_gb_s"].append(max(before, read_bandwidth(n_threads)))
     finally:
         free(ours, theirs)
 
     def best(name: str, key: str, n: int):
         return n / min(runs[name][key]) if runs[name][key] else None
 
+    def best_run_gb_s(name: str):  # the bandwidth around the fastest generation run
+        r = runs[name]
+        return r["tg_gb_s"][r["tg_s"].index(min(r["tg_s"]))] if r["tg_s"] else None
+
     return {"pp_ours": best("pyengine", "pp_s", args.pp), "pp_theirs": best("llama.cpp", "pp_s", args.pp),
             "tg_ours": best("pyengine", "tg_s", args.tg), "tg_theirs": best("llama.cpp", "tg_s", args.tg),
-            "runs": runs, "check": check, "bandwidth_gb_s": bandwidth}
+            "tg_gb_s_ours": best_run_gb_s("pyengine"), "tg_gb_s_theirs": best_run_gb_s("llama.cpp"),
+            "runs": runs, "check": check}
 
 
 def sweep(path: Path, threads: list[int], args, rng) -> list[dict]:
@@ -344,22 +352,28 @@ def compare_table(rows: list[dict], args) -> list[str]:
              f"| model | format | threads | pp{args.pp} ours | pp{args.pp} llama.cpp | ratio | {tg} ours "
              f"| {tg} llama.cpp | ratio | tg % roofline ours / llama.cpp |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def share(tok_s, gb_s, per_token):  # tokens/s over the roofline that bandwidth allows
+        return f"{100 * tok_s * per_token / (gb_s * 1e9):.0f}%"
+
     for r in rows:
+        per_token = r["weight_bytes_per_token"]
         roof = "-" if r["tg_ours"] is None else \
-            f"{100 * r['tg_ours'] / r['roofline_tok_s']:.0f}% / {100 * r['tg_theirs'] / r['roofline_tok_s']:.0f}%"
+            f"{share(r['tg_ours'], r['tg_gb_s_ours'], per_token)} / {share(r['tg_theirs'], r['tg_gb_s_theirs'], per_token)}"
         lines.append(f"| {r['model_name']} | {r['format']} | {r['threads']} | {fmt(r['pp_ours'])} | "
                      f"{fmt(r['pp_theirs'])} | {ratio(r['pp_ours'], r['pp_theirs'])} | {fmt(r['tg_ours'])} | "
                      f"{fmt(r['tg_theirs'])} | {ratio(r['tg_ours'], r['tg_theirs'])} | {roof} |")
-    lines += ["", "Rooflines: weight bytes read per generated token, and the tokens/s that the bandwidth allows, "
-              "measured for each cell right before and after its runs (the higher; in brackets):", ""]
+    lines += ["", "Rooflines: weight bytes read per generated token, and the tokens/s that the bandwidth allows "
+              "(bandwidth / bytes per token) around each engine's fastest generation run (the higher of the probes "
+              "right before and right after it; in brackets), pyengine / llama.cpp:", ""]
     by_file: dict[tuple, list[dict]] = {}
     for r in rows:
         by_file.setdefault((r["model_name"], r["format"]), []).append(r)
     for (model_name, fmt_name), file_rows in by_file.items():
         lines.append(f"- {model_name} {fmt_name}: {file_rows[0]['weight_bytes_per_token'] / 1e6:.1f} MB/token; "
                      + ", ".join(f"{r['threads']} thread{'s' if r['threads'] > 1 else ''} "
-                                 f"{r['roofline_tok_s']:.1f} tok/s ({r['roofline_gb_s']:.1f} GB/s)"
-                                 for r in file_rows))
+                                 + " / ".join(f"{gb * 1e9 / r['weight_bytes_per_token']:.1f} tok/s ({gb:.1f} GB/s)"
+                                              for gb in (r["tg_gb_s_ours"], r["tg_gb_s_theirs"]))
+                                 for r in file_rows if r["tg_ours"] is not None))
     return lines
 
 
@@ -459,9 +473,6 @@ def main(argv=None) -> None:
         lines += sweep_table(rows, MODELS[model][0], fmt_name, results["sweep"]["weight_bytes_per_token"],
                              bandwidth, args, info["default_n_threads"])
     else:
-        for r in rows:
-            r["roofline_gb_s"] = max(r["bandwidth_gb_s"])
-            r["roofline_tok_s"] = r["roofline_gb_s"] * 1e9 / r["weight_bytes_per_token"]
         lines = header("pyengine vs llama.cpp", command, info, bandwidth) + compare_table(rows, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
