@@ -365,6 +365,9 @@ struct L8 {
     }
     static V zero_below(V v, V x, float limit) { return _mm256_and_ps(v, _mm256_cmp_ps(x, set1(limit), _CMP_GE_OQ)); }
     static V div(V a, V b) { return _mm256_div_ps(a, b); }
+    static __m256i first(int m) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+    static V loadu_first(const float* p, int m) { return _mm256_maskload_ps(p, first(m)); }
+    static void storeu_first(float* p, V v, int m) { _mm256_maskstore_ps(p, first(m), v); }
     static V neg_abs(V x) { return _mm256_or_ps(x, _mm256_set1_ps(-0.0f)); }
     static V select_nonneg(V x, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ)); }
     static float hmax(V v) {

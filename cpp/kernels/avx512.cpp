@@ -622,6 +622,8 @@ struct L16 {
         return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, set1(limit), _CMP_GE_OQ), v);
     }
     static V div(V a, V b) { return _mm512_div_ps(a, b); }
+    static V loadu_first(const float* p, int m) { return _mm512_maskz_loadu_ps(__mmask16((1u << m) - 1), p); }
+    static void storeu_first(float* p, V v, int m) { _mm512_mask_storeu_ps(p, __mmask16((1u << m) - 1), v); }
     static V neg_abs(V x) { return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)))); }
     static V select_nonneg(V x, V a, V b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), b, a); }
     static float hmax(V v) { return _mm512_reduce_max_ps(v); }

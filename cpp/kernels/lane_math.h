@@ -3,9 +3,10 @@
 // 8 and 16 lanes, so the two tables give the same bits. Like avx2_common.h, everything here lives in an
 // anonymous namespace, built with each unit's flags.
 //
-// L gives: V, W; set1, loadu, storeu, add, mul, div, fmadd, fnmadd, round (to nearest), pow2 (2^n of
-// whole floats n), zero_below (v where x >= limit, else 0: NaN x too), neg_abs (-|x|, NaN kept) and
-// select_nonneg (a where x >= 0, else b: NaN x takes b).
+// L gives: V, W; set1, loadu, storeu, loadu_first / storeu_first (the first m < W lanes, masked: the
+// others read as 0, and neither read nor written past them), add, mul, div, fmadd, fnmadd, round (to
+// nearest), pow2 (2^n of whole floats n), zero_below (v where x >= limit, else 0: NaN x too), neg_abs
+// (-|x|, NaN kept) and select_nonneg (a where x >= 0, else b: NaN x takes b).
 #pragma once
 
 #include <algorithm>
@@ -36,8 +37,8 @@ inline typename L::V exp_nonpositive(typename L::V x) {
 // g[i] = silu(g[i]) * u[i] for i < n, silu(x) = x * sigmoid(x), with t = e^-|x| (exp_nonpositive, so
 // nothing overflows): sigmoid(x) = 1 / (1 + t) for x >= 0 and t / (1 + t) below, x * (1 or t) / (1 + t).
 // The reference computes x / (1 + e^-x) with the C library's exp: the results agree within a few ulp
-// (kernel tests), and NaN stays NaN (x is a factor). The last n % W values are padded to a whole
-// vector, so each value takes the same operations wherever it sits.
+// (kernel tests), and NaN stays NaN (x is a factor). The last n % W values take a masked vector, so
+// each value takes the same operations wherever it sits.
 template <typename L>
 inline typename L::V silu(typename L::V x) {
     using V = typename L::V;
@@ -52,11 +53,8 @@ void silu_mul(float* g, const float* u, int64_t n) {
     int64_t i = 0;
     for (; i + W <= n; i += W) L::storeu(g + i, L::mul(silu<L>(L::loadu(g + i)), L::loadu(u + i)));
     if (i < n) {
-        float gb[W] = {}, ub[W] = {};
-        std::copy(g + i, g + n, gb);
-        std::copy(u + i, u + n, ub);
-        L::storeu(gb, L::mul(silu<L>(L::loadu(gb)), L::loadu(ub)));
-        std::copy(gb, gb + (n - i), g + i);
+        const int m = int(n - i);
+        L::storeu_first(g + i, L::mul(silu<L>(L::loadu_first(g + i, m)), L::loadu_first(u + i, m)), m);
     }
 }
 
