@@ -108,3 +108,23 @@ static inline float pe_shim_mm512_reduce_max_ps(simde__m512 a) {
 #if !defined(_mm512_shuffle_f32x4)
 #define _mm512_shuffle_f32x4(a, b, imm8) simde_mm512_shuffle_f32x4(a, b, imm8)
 #endif
+// Masked 512-bit float loads and stores (lane_math.h's last partial vector): lane i where bit i of k
+// is set, the others 0 (loads) or left alone (stores); nothing touched past the set lanes.
+static inline simde__m512 pe_shim_mm512_maskz_loadu_ps(uint16_t k, const float* p) {
+    float v[16] = {};
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) v[i] = p[i];
+    return simde_mm512_loadu_ps(v);
+}
+static inline void pe_shim_mm512_mask_storeu_ps(float* p, uint16_t k, simde__m512 a) {
+    float v[16];
+    simde_mm512_storeu_ps(v, a);
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) p[i] = v[i];
+}
+#if !defined(_mm512_maskz_loadu_ps)
+#define _mm512_maskz_loadu_ps(k, p) pe_shim_mm512_maskz_loadu_ps(k, p)
+#endif
+#if !defined(_mm512_mask_storeu_ps)
+#define _mm512_mask_storeu_ps(p, k, a) pe_shim_mm512_mask_storeu_ps(p, k, a)
+#endif
