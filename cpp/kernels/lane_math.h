@@ -9,7 +9,6 @@
 // (-|x|, NaN kept) and select_nonneg (a where x >= 0, else b: NaN x takes b).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 
 namespace pe {
