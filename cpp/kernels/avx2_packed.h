@@ -864,12 +864,7 @@ struct PackedQ4_KBatch {
     static Unpacked load(const Block& w) {
         Unpacked p;
         p.scales = PackedQ4_K::load(w);
-        const __m512i mask = _mm512_set1_epi8(0x0f);
-        for (int hc = 0; hc < 16; hc++) {
-            const __m512i r = _mm512_loadu_si512(w.qs + 64 * hc);
-            p.u[hc][0] = _mm512_and_si512(r, mask);
-            p.u[hc][1] = _mm512_and_si512(_mm512_srli_epi16(r, 4), mask);
-        }
+        for (int hc = 0; hc < 16; hc++) PackedQ4_K::nibbles512(p.scales, hc, p.u[hc][0], p.u[hc][1]);
         return p;
     }
     static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
