@@ -15,14 +15,14 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 }
 
-HugeBuffer::HugeBuffer(size_t bytes) : size_(bytes) {
+HugeBuffer::HugeBuffer(size_t bytes, PageSize pages) : size_(bytes) {
     if (bytes == 0) return;
 #ifdef PE_HAVE_MMAP
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     const size_t length = (bytes + page - 1) / page * page;
     // Over-map by one huge page, keep the 2 MB-aligned part, give the rest back: a huge page can
     // only back an aligned 2 MB of the mapping.
-    const size_t slack = length >= kHugePage ? kHugePage : 0;
+    const size_t slack = length >= kHugePage && pages == PageSize::Huge ? kHugePage : 0;
     void* p = mmap(nullptr, length + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     auto* base = static_cast<uint8_t*>(p);
@@ -35,6 +35,9 @@ HugeBuffer::HugeBuffer(size_t bytes) : size_(bytes) {
     }
 #ifdef MADV_HUGEPAGE
     if (slack) madvise(start, length, MADV_HUGEPAGE);  // advice: refused or ignored, the pages stay small
+#endif
+#ifdef MADV_NOHUGEPAGE
+    if (pages == PageSize::Small) madvise(start, length, MADV_NOHUGEPAGE);
 #endif
     data_ = start;
     mapped_ = length;

@@ -4,6 +4,10 @@
 // 2 MB instead of 4 KB, and a matrix-vector product's streams over hundreds of MB read faster (a
 // 1.1B Q4_K_M generation ~4% here). Where huge pages are off or unknown it is plain memory; buffers
 // under 2 MB are never aligned for them.
+//
+// Either way the pages are zero-filled by the OS on first touch: making a buffer costs no time, and
+// its memory is taken as it is written. The KV caches (PageSize::Small) rely on that: a sequence's
+// cache holds every position of its context, but a short conversation touches a few of its pages.
 #pragma once
 
 #include <cstddef>
@@ -11,10 +15,16 @@
 
 namespace pe {
 
+// Small: 4 KB pages (huge pages refused where the OS would give them unasked), taken one by one as
+// they are first written; for buffers written piecemeal across their length, as a KV cache's layers
+// and heads are.
+enum class PageSize { Huge, Small };
+
 class HugeBuffer {
 public:
     HugeBuffer() = default;
-    explicit HugeBuffer(size_t bytes);  // zero-filled on first touch; throws std::bad_alloc
+    // Zero-filled on first touch; throws std::bad_alloc.
+    explicit HugeBuffer(size_t bytes, PageSize pages = PageSize::Huge);
     ~HugeBuffer();
     HugeBuffer(HugeBuffer&& other) noexcept;
     HugeBuffer& operator=(HugeBuffer&& other) noexcept;

@@ -60,8 +60,8 @@ KVCache::KVCache(int n_layers, int64_t n_ctx, int kv_dim, int n_heads, GGMLType 
     const size_t all_heads = row_bytes_ * size_t(n_heads);
     if (rows > SIZE_MAX / all_heads)
         throw std::invalid_argument("a KV cache of " + std::to_string(n_ctx) + " positions does not fit in memory");
-    k_.assign(rows * all_heads, 0);
-    v_.assign(rows * all_heads, 0);
+    k_ = HugeBuffer(rows * all_heads, PageSize::Small);
+    v_ = HugeBuffer(rows * all_heads, PageSize::Small);
 }
 
 void KVCache::truncate(int64_t n) {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "huge_buffer.h"
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
 
@@ -82,8 +83,8 @@ private:
     size_t row_bytes_;  // of one head's row
     int64_t n_past_ = 0;
     std::vector<Layer> layers_;
-    std::vector<uint8_t> k_;
-    std::vector<uint8_t> v_;
+    HugeBuffer k_;  // zero pages until first written (PageSize::Small): memory as positions are used
+    HugeBuffer v_;
 };
 
 }  // namespace pe

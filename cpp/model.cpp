@@ -193,7 +193,7 @@ private:
 
 }  // namespace
 
-void RunState::reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads) {
+void RunState::reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_attended, int n_threads) {
     if (n_tokens > capacity) {
         x.resize(size_t(n_tokens * c.n_embd));
         xn.resize(size_t(n_tokens * c.n_embd));
@@ -205,7 +205,7 @@ void RunState::reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, in
         up.resize(size_t(n_tokens * c.n_ff));
         capacity = n_tokens;
     }
-    const size_t n_scores = size_t(n_threads) * size_t(n_ctx) * size_t(c.n_heads / c.n_kv_heads);
+    const size_t n_scores = size_t(n_threads) * size_t(n_attended) * size_t(c.n_heads / c.n_kv_heads);
     if (scores.size() < n_scores) scores.resize(n_scores);
 }
 
@@ -415,9 +415,11 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
     auto check_interrupt = [&s] {
         if (s.interrupted && s.interrupted()) throw Interrupted();
     };
-    int64_t n_ctx = 0;
-    for (int64_t t = 0; t < n_tokens; t++) n_ctx = std::max(n_ctx, caches[t]->n_ctx());
-    s.reserve(c, n_tokens, n_ctx, pool.n_threads());
+    // The scores' room: the positions these tokens attend to at most (not their caches' n_ctx: a
+    // few tokens in a long context take little memory).
+    int64_t n_attended = 0;
+    for (int64_t t = 0; t < n_tokens; t++) n_attended = std::max(n_attended, std::min(positions[t] + 1, caches[t]->n_ctx()));
+    s.reserve(c, n_tokens, n_attended, pool.n_threads());
     const int64_t E = c.n_embd;
 
     // Embeddings: one dequantized row of token_embd per token (times embd_scale).

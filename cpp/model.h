@@ -95,7 +95,8 @@ struct RunState {
     std::vector<double> run_sum;
     std::vector<float> gate;    // (T, n_ff)
     std::vector<float> up;      // (T, n_ff)
-    std::vector<float> scores;  // (n_threads, heads per KV head, n_ctx) attention scores, per thread
+    std::vector<float> scores;  // (n_threads, heads per KV head, positions) attention scores, per thread;
+                                // room for the most positions a token has attended to yet
     ActivationBuffers xq;       // quantized activations shared by the matmuls that read one input
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
     std::vector<float> rope_local;  // the same for the sliding-window layers' base, where it differs
@@ -108,7 +109,7 @@ struct RunState {
     // matrix of one product group, e.g. wk after wq). The importance matrix (imatrix) and the
     // calibration statistics are gathered this way.
     std::function<void(const Matrix& w, const float* x, int64_t n_tokens, int64_t cols, bool shared)> observe;
-    void reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_ctx, int n_threads);
+    void reserve(const ModelConfig& c, int64_t n_tokens, int64_t n_attended, int n_threads);
 };
 
 // Thrown by an evaluation that RunState::interrupted stopped.

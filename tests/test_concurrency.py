@@ -75,6 +75,26 @@ def test_load_and_free_fifty_times_keeps_rss_flat(model_path):
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 50 loads"
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="needs /proc (Linux)")
+def test_contexts_take_kv_memory_as_positions_are_written(model_path):
+    """A sequence's KV cache spans its whole context, but its pages are the OS's zero pages until
+    written: making a context costs no time (a server makes one per concurrent request), and a few
+    tokens in a long context take a few pages, not the cache."""
+    from pyengine.model import kv_cache_bytes
+
+    n_ctx = 1 << 18
+    m = pyengine.Model(model_path, n_ctx=n_ctx)
+    full = kv_cache_bytes(m.config, n_ctx, m.kv_type)
+    assert full >= 64 * 2**20
+    want = pyengine.Model(model_path, n_ctx=64).context().eval([1, 2, 3])
+    before = rss_bytes()
+    contexts = [m.context() for _ in range(8)]
+    for c in contexts:
+        np.testing.assert_array_equal(c.eval([1, 2, 3]), want)
+    growth = rss_bytes() - before
+    assert growth < full // 4, f"8 contexts of 3 tokens took {growth / 2**20:.1f} MiB (a whole cache: {full / 2**20:.0f} MiB)"
+
+
 def mapped_bytes_of(path) -> int:
     """Resident bytes of this process's mappings of the file at path (/proc/self/smaps)."""
     name, total, ours = str(path), 0, False
