@@ -79,11 +79,13 @@ PackedExtras packed_extras(const Kernels& k, const Matrix& w) {
 }
 
 Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
-                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool) {
+                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool,
+                                const std::function<void(int64_t)>* before) {
     const GGMLType xtype = type_traits(weight_type)->vec_dot_type;
     Activations a;
     a.n_tokens = n_tokens;
     if (xtype == TYPE_F32) {  // float weights take the float activations as they are
+        if (before) parallel_for(pool, n_tokens, *before);
         a.data = reinterpret_cast<const uint8_t*>(x);
         a.row_bytes = size_t(cols) * sizeof(float);
         return a;
@@ -106,6 +108,7 @@ Activations prepare_activations(const Kernels& k, GGMLType weight_type, const fl
     const int64_t n_blocks = a.n_blocks;
     const size_t row_bytes = a.row_bytes;
     parallel_for(pool, n_tokens, [&](int64_t t) {
+        if (before) (*before)(t);
         const uint8_t* row = dst + size_t(t) * row_bytes;
         convert(x + t * cols, dst + size_t(t) * row_bytes, cols);
         if (sums_out) {  // the int8 sums, for packed kernels that subtract a zero point

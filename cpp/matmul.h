@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "huge_buffer.h"
@@ -45,9 +46,12 @@ struct ActivationBuffers {
 
 // Converts n_tokens rows of cols floats for multiplying weights of `weight_type`: into its
 // vec_dot_type (float activations are used as they are), with the block sums and scales that
-// `extras` asks for. Threaded over tokens (parallel_for).
+// `extras` asks for. Threaded over tokens (parallel_for). before, where given, is called for each
+// token just before its row is read, by the thread that converts it (the per-token step that makes
+// the row, e.g. a norm, in the same pool run).
 Activations prepare_activations(const Kernels& k, GGMLType weight_type, const float* x, int64_t n_tokens, int64_t cols,
-                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool);
+                                PackedExtras extras, ActivationBuffers& buffers, ThreadPool& pool,
+                                const std::function<void(int64_t)>* before = nullptr);
 
 // The rows [r0, r1) of w that thread i of n_threads computes: contiguous, whole packed groups for a
 // packed matrix, so that threads never share a group.

@@ -104,21 +104,36 @@ class SharedInput {
 public:
     SharedInput(const Kernels& k, RunState& s, ThreadPool& pool) : k_(k), s_(s), pool_(pool) {}
 
-    void set(const float* x, int64_t n_tokens, int64_t cols) {
+    // x: n_tokens rows of cols floats. before(t), where given, makes row t (a residual add, a norm):
+    // it runs in the pool run that converts the rows for the first product, each token's by the
+    // thread that converts it, so that the per-token steps between two products cost no run of
+    // their own.
+    void set(const float* x, int64_t n_tokens, int64_t cols, std::function<void(int64_t)> before = {}) {
         x_ = x;
         n_tokens_ = n_tokens;
         cols_ = cols;
         type_ = TYPE_COUNT;
+        before_ = std::move(before);
     }
 
     const Activations& prepare(const Matrix& w) {
         const GGMLType vdt = type_traits(w.type)->vec_dot_type;
         const PackedExtras extras = packed_extras(k_, w);
         if (vdt != type_ || (extras.sums && !a_.block_sums) || (extras.scales && !a_.block_scales)) {
-            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, extras, s_.xq, pool_);
+            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, extras, s_.xq, pool_, before_ ? &before_ : nullptr);
+            before_ = nullptr;
             type_ = vdt;
         }
         return a_;
+    }
+
+    // The rows as set, made (before) if they are not yet.
+    const float* rows() {
+        if (before_) {
+            parallel_for(pool_, n_tokens_, before_);
+            before_ = nullptr;
+        }
+        return x_;
     }
 
     // Every product y_j = W_j x in one pool run (one synchronisation for all), then after(r0, r1)
@@ -132,7 +147,7 @@ public:
     template <typename After>
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
         if (s_.observe)
-            for (const auto& p : products) s_.observe(*p.first, x_, n_tokens_, cols_, &p != products.begin());
+            for (const auto& p : products) s_.observe(*p.first, rows(), n_tokens_, cols_, &p != products.begin());
         const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
         const int64_t rows = products.begin()->first->rows;
         for (const auto& p : products) {
@@ -187,6 +202,7 @@ private:
     ThreadPool& pool_;
     const float* x_ = nullptr;
     int64_t n_tokens_ = 0, cols_ = 0;
+    std::function<void(int64_t)> before_;  // makes a row; empty once every row is made
     GGMLType type_ = TYPE_COUNT;  // what a_ holds now
     Activations a_;
 };
@@ -443,14 +459,24 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
         if (local_base) rope_angles(positions[t], c, theta_scale_local, s.rope_local.data() + t * c.n_rot);
     }
 
-    // x[t] += y[t] for every token, after the RMS norm `post_norm` of y[t] where there is one.
-    auto add_to_residual = [&](float* y, const float* post_norm) {
-        parallel_for(pool, n_tokens, [&](int64_t t) {
-            float* yt = y + t * E;
-            if (post_norm) rms_norm(yt, post_norm, yt, int(E), c.rms_eps);
-            float* xt = s.x.data() + t * E;
-            for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
-        });
+    // A block's output y (in xn) still to add to the residual stream x, after its post-norm where the
+    // architecture has one: done token by token by the next norm's step, in the pool run that
+    // converts that norm's output for the next products (SharedInput::set's `before`).
+    bool pending = false;
+    const float* pending_post_norm = nullptr;
+    auto add_pending = [&](int64_t t) {
+        if (!pending) return;
+        float* yt = s.xn.data() + t * E;
+        if (pending_post_norm) rms_norm(yt, pending_post_norm, yt, int(E), c.rms_eps);
+        float* xt = s.x.data() + t * E;
+        for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
+    };
+    // x += the block output in xn, then xn = the RMS norm of x, for token t.
+    auto add_and_norm = [&](const float* norm) {
+        return [&, norm](int64_t t) {
+            add_pending(t);
+            rms_norm(s.x.data() + t * E, norm, s.xn.data() + t * E, int(E), c.rms_eps);
+        };
     };
 
     SharedInput input(kernels_, s, pool);
@@ -460,10 +486,9 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
         // Attention block: x += post_norm(wo · attention(rope(norm(wq · xn + bq)), rope(norm(wk · xn + bk)),
         // wv · xn + bv)), the biases, head norms and post norm where the architecture has them.
-        parallel_for(pool, n_tokens,
-                     [&](int64_t t) { rms_norm(s.x.data() + t * E, L.attn_norm, s.xn.data() + t * E, int(E), c.rms_eps); });
-        input.set(s.xn.data(), n_tokens, E);
+        input.set(s.xn.data(), n_tokens, E, add_and_norm(L.attn_norm));
         input.multiply({{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}});
+        pending = false;
         if (L.bq) add_bias(s.q.data(), L.bq, n_tokens, c.q_dim());
         if (L.bk) add_bias(s.k.data(), L.bk, n_tokens, c.kv_dim());
         if (L.bv) add_bias(s.v.data(), L.bv, n_tokens, c.kv_dim());
@@ -487,13 +512,12 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
         input.multiply({{&L.wo, s.xn.data()}});  // xn is free again: use it for wo's output
-        add_to_residual(s.xn.data(), L.attn_post_norm);
+        pending = true;
+        pending_post_norm = L.attn_post_norm;
 
         // Feed-forward block: x += post_norm(w_down · (act(w_gate · xn) * (w_up · xn))), act SiLU or GELU.
         check_interrupt();
-        parallel_for(pool, n_tokens,
-                     [&](int64_t t) { rms_norm(s.x.data() + t * E, L.ffn_norm, s.xn.data() + t * E, int(E), c.rms_eps); });
-        input.set(s.xn.data(), n_tokens, E);
+        input.set(s.xn.data(), n_tokens, E, add_and_norm(L.ffn_norm));
         // act(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
         // products' run when each thread's gate rows are its up rows (the same split).
         const float* gelu_table = c.activation == Activation::GeluTanh ? gelu_f16_table() : nullptr;
@@ -518,18 +542,19 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 gated(r0, r1);
             });
         }
+        pending = false;
         input.set(s.gate.data(), n_tokens, c.n_ff);
         input.multiply({{&L.w_down, s.xn.data()}});
-        add_to_residual(s.xn.data(), L.ffn_post_norm);
+        pending = true;
+        pending_post_norm = L.ffn_post_norm;
     }
 
     // Final norm and the output projection, for every token or the last only (none for a micro-batch
     // before the last when only the last token's logits are wanted).
     if (!logits) return;
     const int64_t first = logits_all ? 0 : n_tokens - 1;
-    for (int64_t t = first; t < n_tokens; t++)
-        rms_norm(s.x.data() + t * E, w_.output_norm, s.xn.data() + t * E, int(E), c.rms_eps);
-    input.set(s.xn.data() + first * E, n_tokens - first, E);
+    const auto final_norm = add_and_norm(w_.output_norm);
+    input.set(s.xn.data() + first * E, n_tokens - first, E, [&](int64_t t) { final_norm(first + t); });
     input.multiply({{&w_.output, logits}});
 }
 
