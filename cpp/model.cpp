@@ -377,12 +377,14 @@ void Model::forward(const int32_t* tokens, int64_t n_tokens, KVCache& cache, flo
     std::vector<KVCache*> caches(size_t(n_tokens), &cache);
     std::vector<int64_t> positions(static_cast<size_t>(n_tokens));
     for (int64_t t = 0; t < n_tokens; t++) positions[size_t(t)] = pos0 + t;
-    forward_tokens(tokens, caches.data(), positions.data(), n_tokens, logits, logits_all, s, pool);
+    std::vector<int64_t> wanted;
+    for (int64_t t = logits_all ? 0 : n_tokens - 1; t < n_tokens; t++) wanted.push_back(t);
+    forward_tokens(tokens, caches.data(), positions.data(), n_tokens, logits, wanted, s, pool);
     cache.set_n_past(pos0 + n_tokens);
 }
 
 void Model::forward_sequences(const int32_t* tokens, KVCache* const* caches, const int64_t* counts, int64_t n,
-                              float* logits, RunState& s, ThreadPool& pool) const {
+                              float* logits, RunState& s, ThreadPool& pool, bool last_only) const {
     if (n <= 0) throw std::invalid_argument("no sequences to evaluate");
     std::vector<KVCache*> token_caches;
     std::vector<int64_t> positions;
@@ -400,12 +402,18 @@ void Model::forward_sequences(const int32_t* tokens, KVCache* const* caches, con
             positions.push_back(caches[i]->n_past() + t);
         }
     }
-    forward_tokens(tokens, token_caches.data(), positions.data(), int64_t(positions.size()), logits, true, s, pool);
+    std::vector<int64_t> wanted;
+    for (int64_t i = 0, t = 0; i < n; i++) {
+        const int64_t count = counts ? counts[i] : 1;
+        for (int64_t j = last_only ? count - 1 : 0; j < count; j++) wanted.push_back(t + j);
+        t += count;
+    }
+    forward_tokens(tokens, token_caches.data(), positions.data(), int64_t(positions.size()), logits, wanted, s, pool);
     for (int64_t i = 0; i < n; i++) caches[i]->set_n_past(caches[i]->n_past() + (counts ? counts[i] : 1));
 }
 
 void Model::forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
-                                int64_t n_tokens, float* logits, bool logits_all, RunState& s,
+                                int64_t n_tokens, float* logits, const std::vector<int64_t>& wanted, RunState& s,
                                 ThreadPool& pool) const {
     const ModelConfig& c = config_;
     for (int64_t t = 0; t < n_tokens; t++)
@@ -416,17 +424,21 @@ void Model::forward_tokens(const int32_t* tokens, KVCache* const* caches, const 
     // keys and values that the ones before it stored, so the logits are those of one batch bit for bit
     // (the determinism promise), while the activations stay small and the interrupt hook is asked
     // every few hundred milliseconds even on the scalar path.
+    // wanted: ascending; each micro-batch takes its own, as indices of its tokens.
+    size_t w = 0;
+    std::vector<int64_t> local;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMicroBatch) {
         const int64_t n = std::min(kMicroBatch, n_tokens - t0);
-        const bool last = t0 + n == n_tokens;
-        float* out = logits_all ? logits + t0 * c.n_vocab : last ? logits : nullptr;
-        forward_micro_batch(tokens + t0, caches + t0, positions + t0, n, out, logits_all, s, pool);
+        float* out = logits + int64_t(w) * c.n_vocab;
+        local.clear();
+        for (; w < wanted.size() && wanted[w] < t0 + n; w++) local.push_back(wanted[w] - t0);
+        forward_micro_batch(tokens + t0, caches + t0, positions + t0, n, out, local, s, pool);
     }
 }
 
 void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions,
-                                     int64_t n_tokens, float* logits, bool logits_all, RunState& s,
-                                     ThreadPool& pool) const {
+                                     int64_t n_tokens, float* logits, const std::vector<int64_t>& wanted,
+                                     RunState& s, ThreadPool& pool) const {
     const ModelConfig& c = config_;
     auto check_interrupt = [&s] {
         if (s.interrupted && s.interrupted()) throw Interrupted();
@@ -551,10 +563,21 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
     // Final norm and the output projection, for every token or the last only (none for a micro-batch
     // before the last when only the last token's logits are wanted).
-    if (!logits) return;
-    const int64_t first = logits_all ? 0 : n_tokens - 1;
+    if (wanted.empty()) return;
+    const int64_t first = wanted[0], n_wanted = int64_t(wanted.size());
     const auto final_norm = add_and_norm(w_.output_norm);
-    input.set(s.xn.data() + first * E, n_tokens - first, E, [&](int64_t t) { final_norm(first + t); });
+    if (wanted.back() - first + 1 == n_wanted) {  // a run of tokens (all of them, the last): in place
+        input.set(s.xn.data() + first * E, n_wanted, E, [&](int64_t t) { final_norm(first + t); });
+    } else {
+        // Scattered tokens (the last of each of several sequences): token wanted[j]'s norm goes to row
+        // j of xn, in order (j <= wanted[j]: each row is read before a later token's norm writes it).
+        for (int64_t j = 0; j < n_wanted; j++) {
+            final_norm(wanted[size_t(j)]);
+            if (j != wanted[size_t(j)])
+                std::memcpy(s.xn.data() + j * E, s.xn.data() + wanted[size_t(j)] * E, size_t(E) * sizeof(float));
+        }
+        input.set(s.xn.data(), n_wanted, E);
+    }
     input.multiply({{&w_.output, logits}});
 }
 

@@ -147,22 +147,26 @@ public:
     // Evaluates counts[i] tokens for each of n distinct sequences in one call (beam search: one token
     // for every live beam; speculative decoding: a draft for every sequence), the tokens of sequence i
     // following those of sequence i - 1 in `tokens`, at positions caches[i]->n_past ... of its own
-    // cache. counts null: one token each. logits: (sum of counts) x n_vocab. Each token's logits are
-    // bit-identical to evaluating its sequence's tokens alone. Throws std::invalid_argument before
-    // changing anything for a sequence given twice, a count below 1, or a cache without room.
+    // cache. counts null: one token each. logits: (sum of counts) x n_vocab, or with last_only the
+    // last token's of each sequence, n x n_vocab (a server's step: the prompt chunk of one sequence
+    // beside the next token of the others). Each token's logits are bit-identical to evaluating its
+    // sequence's tokens alone. Throws std::invalid_argument before changing anything for a sequence
+    // given twice, a count below 1, or a cache without room.
     void forward_sequences(const int32_t* tokens, KVCache* const* caches, const int64_t* counts, int64_t n,
-                           float* logits, RunState& state, ThreadPool& pool) const;
+                           float* logits, RunState& state, ThreadPool& pool, bool last_only = false) const;
 
 private:
     // Tokens per pass through the layers; longer batches are cut into micro-batches of this many.
     static constexpr int64_t kMicroBatch = KVCache::kMaxBatch;
 
-    // The shared body: token t goes to caches[t] at positions[t].
+    // The shared body: token t goes to caches[t] at positions[t]; logits row j for token wanted[j]
+    // (ascending).
     void forward_tokens(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
-                        float* logits, bool logits_all, RunState& s, ThreadPool& pool) const;
-    // One micro-batch through every layer; logits null skips the output projection.
+                        float* logits, const std::vector<int64_t>& wanted, RunState& s, ThreadPool& pool) const;
+    // One micro-batch through every layer; wanted (indices of its tokens, ascending) empty skips the
+    // output projection.
     void forward_micro_batch(const int32_t* tokens, KVCache* const* caches, const int64_t* positions, int64_t n_tokens,
-                             float* logits, bool logits_all, RunState& s, ThreadPool& pool) const;
+                             float* logits, const std::vector<int64_t>& wanted, RunState& s, ThreadPool& pool) const;
     void attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
                    ThreadPool& pool) const;
 

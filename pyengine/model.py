@@ -200,17 +200,21 @@ class Model:
                 raise ValueError("every context must be one of this model's")
         return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [int(i) for i in ids])
 
-    def eval_batch(self, contexts: Sequence[Context], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def eval_batch(self, contexts: Sequence[Context], ids: Sequence[Sequence[int]], last_only: bool = False
+                   ) -> list[np.ndarray]:
         """Appends the tokens ids[i] to contexts[i] for every i in one batched forward call (the
         server's speculative step: each sequence's last token and draft); for each context the float32
         logits of each of its tokens, [len(ids[i]), n_vocab], bit-identical to contexts[i].eval_all.
+        last_only: of its last token alone, [1, n_vocab] (the server's step that reads a prompt chunk
+        beside the other sequences' next tokens: the output projection for those rows only).
         Everything is checked first: on a ValueError no context changes."""
         if len(contexts) != len(ids) or not contexts:
             raise ValueError("eval_batch needs one list of token ids per context, and at least one context")
         for ctx in contexts:
             if not isinstance(ctx, Context) or ctx.model is not self:
                 raise ValueError("every context must be one of this model's")
-        return _core.Context.eval_batch(self._pool, [c._ctx for c in contexts], [[int(i) for i in x] for x in ids])
+        return _core.Context.eval_batch(self._pool, [c._ctx for c in contexts], [[int(i) for i in x] for x in ids],
+                                        bool(last_only))
 
     def beam_search(self, prompt, num_beams: int = 4, max_tokens: int = 64, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, num_return_sequences: int = 1) -> list:

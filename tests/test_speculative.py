@@ -289,6 +289,20 @@ def test_eval_batch_is_eval_all_of_each_context(tiny):
         assert (a.n_past, b.n_past) == (5, 3)  # nothing half-done
 
 
+def test_eval_batch_last_only_gives_each_contexts_last_row(tiny):
+    """The server's step that reads a prompt chunk beside the other sequences' next tokens: only
+    each context's last token gets logits, the same bits as all of them give; the tokens span two
+    micro-batches (256 tokens a pass), so the wanted rows are scattered across both."""
+    a, b, c = tiny.context(400), tiny.context(400), tiny.context(400)
+    a.eval([1, 2, 3])
+    ids = [[4], [(7 * i) % 300 for i in range(270)], [6, 7, 8]]
+    want = [tiny.context(400).eval(x) for x in ([1, 2, 3, 4], ids[1], ids[2])]
+    rows = tiny.eval_batch([a, b, c], ids, last_only=True)
+    assert [r.shape for r in rows] == [(1, 300)] * 3 and (a.n_past, b.n_past, c.n_past) == (4, 270, 3)
+    for got, expected in zip(rows, want):
+        np.testing.assert_array_equal(got[0], expected)
+
+
 def test_bad_draft_options_are_refused_up_front(tiny, tiny_dir):
     for kw, match in ((dict(draft_max=0), "draft_max"), (dict(draft_max=True), "draft_max"),
                       (dict(draft="ngram"), "draft must be"), (dict(draft=3), "draft must be")):

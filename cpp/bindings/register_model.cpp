@@ -313,10 +313,12 @@ py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int3
 }
 
 // counts[i] tokens for each of several contexts of one model, in one forward call (the tokens of
-// context i after those of context i - 1 in `tokens`); logits of every token, (sum of counts, n_vocab).
-// Everything is checked before any evaluation: on an error no context changes.
+// context i after those of context i - 1 in `tokens`); logits of every token, (sum of counts, n_vocab),
+// or with last_only of each context's last token, (contexts, n_vocab). Everything is checked before
+// any evaluation: on an error no context changes.
 py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>& contexts,
-                                 const std::vector<int32_t>& tokens, const std::vector<int64_t>& counts) {
+                                 const std::vector<int32_t>& tokens, const std::vector<int64_t>& counts,
+                                 bool last_only = false) {
     const auto& model = contexts[0]->model;
     const ModelConfig& c = model->model->config();
     std::vector<KVCache*> caches;
@@ -342,7 +344,7 @@ py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>
                                   std::to_string(cache.n_ctx()) + " tokens");
         caches.push_back(&contexts[i]->cache);
     }
-    py::array_t<float> out({int64_t(tokens.size()), int64_t(c.n_vocab)});
+    py::array_t<float> out({last_only ? int64_t(contexts.size()) : int64_t(tokens.size()), int64_t(c.n_vocab)});
     float* logits = out.mutable_data();
     std::unique_lock<std::mutex> lock(model->batch_mutex, std::try_to_lock);
     RunState own;  // the contexts' buffers stay untouched
@@ -351,7 +353,7 @@ py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>
     try {
         py::gil_scoped_release release;
         model->model->forward_sequences(tokens.data(), caches.data(), counts.data(), int64_t(caches.size()), logits,
-                                        state, pool);
+                                        state, pool, last_only);
     } catch (const Interrupted&) {
         state.interrupted = nullptr;
         throw py::error_already_set();
@@ -376,9 +378,10 @@ py::array_t<float> eval_sequences(ThreadPool& pool, const std::vector<PyContext*
 
 // Several tokens for each of several contexts of one model, in one forward call (speculative
 // decoding's verification of every sequence's draft): for each context, the logits of each of its
-// tokens, (len(ids[i]), n_vocab).
+// tokens, (len(ids[i]), n_vocab); with last_only, of its last token alone, (1, n_vocab) (a server's
+// step: one sequence's prompt chunk beside the others' next tokens).
 std::vector<py::array_t<float>> eval_batch(ThreadPool& pool, const std::vector<PyContext*>& contexts,
-                                           const std::vector<std::vector<int64_t>>& ids) {
+                                           const std::vector<std::vector<int64_t>>& ids, bool last_only) {
     if (contexts.empty() || contexts.size() != ids.size())
         throw py::value_error("eval_batch needs one list of token ids per context, and at least one context");
     std::vector<int32_t> tokens;
@@ -391,13 +394,14 @@ std::vector<py::array_t<float>> eval_batch(ThreadPool& pool, const std::vector<P
         }
         counts.push_back(int64_t(list.size()));
     }
-    py::array_t<float> all = eval_contexts(pool, contexts, tokens, counts);
+    py::array_t<float> all = eval_contexts(pool, contexts, tokens, counts, last_only);
     const int64_t n_vocab = all.shape(1);
     std::vector<py::array_t<float>> out;  // views of `all`, which they keep alive
     float* rows = all.mutable_data();
     for (int64_t count : counts) {
-        out.emplace_back(std::vector<int64_t>{count, n_vocab}, rows, all);
-        rows += count * n_vocab;
+        const int64_t n_rows = last_only ? 1 : count;
+        out.emplace_back(std::vector<int64_t>{n_rows, n_vocab}, rows, all);
+        rows += n_rows * n_vocab;
     }
     return out;
 }
@@ -523,7 +527,8 @@ void register_model(py::module_& m) {
             }
         }, py::arg("n"))
         .def_static("eval_sequences", &eval_sequences, py::arg("pool"), py::arg("contexts"), py::arg("ids"))
-        .def_static("eval_batch", &eval_batch, py::arg("pool"), py::arg("contexts"), py::arg("ids"))
+        .def_static("eval_batch", &eval_batch, py::arg("pool"), py::arg("contexts"), py::arg("ids"),
+                    py::arg("last_only") = false)
         .def("copy_from", [](PyContext& self, const PyContext& other) {
             if (self.model != other.model) throw py::value_error("contexts belong to different models");
             if (other.cache.n_past() > self.cache.n_ctx()) throw py::value_error("the source sequence does not fit");

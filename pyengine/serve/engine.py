@@ -12,7 +12,9 @@ The engine thread runs a loop of steps. Each step
      waited longest, so that a long prompt does not stall the others;
   3. evaluates the last sampled token of every generating sequence in one batched forward call
      (Model.eval_sequences, as the beam search does for its beams), then samples each one's next
-     token with the job's own Sampler. With a draft (Engine(draft="lookup" or a draft Model), see
+     token with the job's own Sampler. Steps 2 and 3 are one call where they can be
+     (Model.eval_batch with last_only: the chunk's tokens beside the others' next tokens, the
+     weights read once for all). With a draft (Engine(draft="lookup" or a draft Model), see
      pyengine/speculative.py) each sequence may add a draft of its next tokens, and the batch holds
      every sequence's last token and draft (Model.eval_batch); each sequence takes the drafted
      tokens its sampler agrees with, so a step may give it several tokens (with temperature 0
@@ -315,12 +317,12 @@ class Engine:
     def _step(self) -> None:
         self.steps += 1
         reading = [a for a in self._active if a.todo]
-        if reading:
-            a = min(reading, key=lambda a: a.waiting_since)
-            self._guard(a, self._prefill, a)
+        first = min(reading, key=lambda a: a.waiting_since) if reading else None
         live = [c for a in self._active if not a.todo for c in a.choices if not c.done]
         if live:
-            self._decode(live)
+            self._decode(live, first)
+        elif first is not None:
+            self._guard(first, self._prefill, first)
         for a in [a for a in self._active if a.choices and all(c.done for c in a.choices)]:
             self.counts["finished"] += 1
             self._finish(a)
@@ -336,7 +338,11 @@ class Engine:
 
     def _prefill(self, a: _Active) -> None:
         chunk = a.todo[:self.prefill_chunk]
-        logits = a.seq.ctx.eval(chunk)
+        self._read(a, chunk, a.seq.ctx.eval(chunk))
+
+    def _read(self, a: _Active, chunk: list[int], logits: np.ndarray) -> None:
+        """A chunk of a's prompt evaluated (logits: its last token's): the prompt's next chunk waits
+        for a later step, or the choices start from the last one."""
         a.seq.ids.extend(chunk)
         del a.todo[:len(chunk)]
         a.waiting_since = time.monotonic()
@@ -368,22 +374,36 @@ class Engine:
         other.ids = list(seq.ids)
         return other
 
-    def _decode(self, live: list[_Choice]) -> None:
+    def _decode(self, live: list[_Choice], reading: _Active | None = None) -> None:
+        """The next token of every live choice in one forward call, and, where no choice has a draft,
+        the next chunk of `reading`'s prompt in the same call (llama.cpp's server mixes them too: the
+        weights are read once for both, and a joining request does not cost the others a step)."""
         owner = {id(c): a for a in self._active for c in a.choices}
         drafts: dict[int, tuple[list[int], list]] = {}
         for c in live:
             if c.speculator is not None:
                 self._guard(owner[id(c)], self._propose, c, drafts)
         live = [c for c in live if not owner[id(c)].job.cancelled]  # a drafter's failure ends its job
+        if reading is not None and (drafts or not live):
+            self._guard(reading, self._prefill, reading)
+            reading = None
         if not live:
             return
+        chunk = reading.todo[:self.prefill_chunk] if reading is not None else None
         try:
             if drafts:
                 rows = self.model.eval_batch([c.seq.ctx for c in live],
                                              [[c.next, *drafts.get(id(c), ((), ()))[0]] for c in live])
+            elif reading is not None:
+                rows = self.model.eval_batch([c.seq.ctx for c in live] + [reading.seq.ctx],
+                                             [[c.next] for c in live] + [chunk], last_only=True)
+                self._guard(reading, self._read, reading, chunk, rows.pop()[0])
             else:
                 rows = self.model.eval_sequences([c.seq.ctx for c in live], [c.next for c in live])[:, None]
         except Exception as e:  # noqa: BLE001
+            if reading is not None:  # nothing was evaluated (checked first): the prompt alone, then the rest
+                self._guard(reading, self._prefill, reading)
+                return self._decode(live)
             for a in {id(owner[id(c)]): owner[id(c)] for c in live}.values():
                 self._fail(a, f"internal error: {type(e).__name__}: {e}")
             return
