@@ -93,6 +93,34 @@ def test_same_text_alone_or_beside_seven_others(smol):
     assert alone[1][0] == reference.tokens and alone[1][1] == reference.text
 
 
+def test_a_failed_mixed_step_falls_back_to_separate_calls(smol, monkeypatch):
+    """The step that reads a prompt chunk beside the others' next tokens (eval_batch with
+    last_only) changes nothing when it fails: the engine then reads the chunk alone and decodes the
+    others, and every request still gives its text."""
+    jobs = [dict(ids=smol.tokenize(p), seed=100 + i, max_tokens=12, temperature=0.9 if i % 2 else 0.0)
+            for i, p in enumerate(PROMPTS[:4])]
+    engine = Engine(smol, parallel=4, prefill_chunk=2)
+    try:
+        alone = [submit(engine, **j)[0].wait()[0] for j in jobs]
+        failures = []
+        real = smol.eval_batch
+
+        def flaky(contexts, ids, last_only=False):
+            if last_only:
+                failures.append(len(contexts))
+                raise RuntimeError("injected")
+            return real(contexts, ids, last_only)
+
+        monkeypatch.setattr(smol, "eval_batch", flaky)
+        together = [submit(engine, **j)[0] for j in jobs]
+        together = [listener.wait()[0] for listener in together]
+    finally:
+        engine.close()
+    assert failures  # the mixed step was tried
+    for a, b in zip(alone, together):
+        assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+
+
 def test_choices_are_seeded_in_turn(smol):
     ids = smol.tokenize("My favourite animal is")
     engine = Engine(smol, parallel=4)
