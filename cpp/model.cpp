@@ -120,7 +120,8 @@ public:
         const GGMLType vdt = type_traits(w.type)->vec_dot_type;
         const PackedExtras extras = packed_extras(k_, w);
         if (vdt != type_ || (extras.sums && !a_.block_sums) || (extras.scales && !a_.block_scales)) {
-            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, extras, s_.xq, pool_, before_ ? &before_ : nullptr);
+            a_ = prepare_activations(k_, w.type, x_, n_tokens_, cols_, extras, s_.xq, pool_,
+                                     before_ ? &before_ : nullptr);
             before_ = nullptr;
             type_ = vdt;
         }
@@ -128,7 +129,7 @@ public:
     }
 
     // The rows as set, made (before) if they are not yet.
-    const float* rows() {
+    const float* made_rows() {
         if (before_) {
             parallel_for(pool_, n_tokens_, before_);
             before_ = nullptr;
@@ -147,7 +148,7 @@ public:
     template <typename After>
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
         if (s_.observe)
-            for (const auto& p : products) s_.observe(*p.first, rows(), n_tokens_, cols_, &p != products.begin());
+            for (const auto& p : products) s_.observe(*p.first, made_rows(), n_tokens_, cols_, &p != products.begin());
         const GGMLType vdt = type_traits(products.begin()->first->type)->vec_dot_type;
         const int64_t rows = products.begin()->first->rows;
         for (const auto& p : products) {
@@ -446,7 +447,8 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
     // The scores' room: the positions these tokens attend to at most (not their caches' n_ctx: a
     // few tokens in a long context take little memory).
     int64_t n_attended = 0;
-    for (int64_t t = 0; t < n_tokens; t++) n_attended = std::max(n_attended, std::min(positions[t] + 1, caches[t]->n_ctx()));
+    for (int64_t t = 0; t < n_tokens; t++)
+        n_attended = std::max(n_attended, std::min(positions[t] + 1, caches[t]->n_ctx()));
     s.reserve(c, n_tokens, n_attended, pool.n_threads());
     const int64_t E = c.n_embd;
 
@@ -471,24 +473,24 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
         if (local_base) rope_angles(positions[t], c, theta_scale_local, s.rope_local.data() + t * c.n_rot);
     }
 
-    // A block's output y (in xn) still to add to the residual stream x, after its post-norm where the
-    // architecture has one: done token by token by the next norm's step, in the pool run that
-    // converts that norm's output for the next products (SharedInput::set's `before`).
-    bool pending = false;
-    const float* pending_post_norm = nullptr;
-    auto add_pending = [&](int64_t t) {
-        if (!pending) return;
-        float* yt = s.xn.data() + t * E;
-        if (pending_post_norm) rms_norm(yt, pending_post_norm, yt, int(E), c.rms_eps);
-        float* xt = s.x.data() + t * E;
-        for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
-    };
-    // x += the block output in xn, then xn = the RMS norm of x, for token t.
-    auto add_and_norm = [&](const float* norm) {
-        return [&, norm](int64_t t) {
-            add_pending(t);
-            rms_norm(s.x.data() + t * E, norm, s.xn.data() + t * E, int(E), c.rms_eps);
+    // The per-token step that makes the next products' input, run in the pool run that converts it
+    // (SharedInput::set's `before`): where a block's output y is in xn (`add`), x += y after y's
+    // post-norm where the architecture has one; then xn = norm(x).
+    auto add_and_norm = [&](bool add, const float* post_norm, const float* norm) {
+        return [&, add, post_norm, norm](int64_t t) {
+            float* yt = s.xn.data() + t * E;
+            float* xt = s.x.data() + t * E;
+            if (add) {
+                if (post_norm) rms_norm(yt, post_norm, yt, int(E), c.rms_eps);
+                for (int64_t i = 0; i < E; i++) xt[i] += yt[i];
+            }
+            rms_norm(xt, norm, yt, int(E), c.rms_eps);
         };
+    };
+    // The step before layer l's attention, or before the output at l = n_layers: it adds layer l - 1's
+    // feed-forward output.
+    auto layer_input = [&](int l, const float* norm) {
+        return add_and_norm(l > 0, l > 0 ? w_.layers[size_t(l - 1)].ffn_post_norm : nullptr, norm);
     };
 
     SharedInput input(kernels_, s, pool);
@@ -498,9 +500,8 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
 
         // Attention block: x += post_norm(wo · attention(rope(norm(wq · xn + bq)), rope(norm(wk · xn + bk)),
         // wv · xn + bv)), the biases, head norms and post norm where the architecture has them.
-        input.set(s.xn.data(), n_tokens, E, add_and_norm(L.attn_norm));
+        input.set(s.xn.data(), n_tokens, E, layer_input(l, L.attn_norm));
         input.multiply({{&L.wq, s.q.data()}, {&L.wk, s.k.data()}, {&L.wv, s.v.data()}});
-        pending = false;
         if (L.bq) add_bias(s.q.data(), L.bq, n_tokens, c.q_dim());
         if (L.bk) add_bias(s.k.data(), L.bk, n_tokens, c.kv_dim());
         if (L.bv) add_bias(s.v.data(), L.bv, n_tokens, c.kv_dim());
@@ -524,12 +525,10 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
         attention(n_tokens, caches, positions, l, s, pool);
         input.set(s.attn.data(), n_tokens, c.q_dim());
         input.multiply({{&L.wo, s.xn.data()}});  // xn is free again: use it for wo's output
-        pending = true;
-        pending_post_norm = L.attn_post_norm;
 
         // Feed-forward block: x += post_norm(w_down · (act(w_gate · xn) * (w_up · xn))), act SiLU or GELU.
         check_interrupt();
-        input.set(s.xn.data(), n_tokens, E, add_and_norm(L.ffn_norm));
+        input.set(s.xn.data(), n_tokens, E, add_and_norm(true, L.attn_post_norm, L.ffn_norm));
         // act(gate) * up over rows [r0, r1) of every token, in place in gate. Fused into the
         // products' run when each thread's gate rows are its up rows (the same split).
         const float* gelu_table = c.activation == Activation::GeluTanh ? gelu_f16_table() : nullptr;
@@ -554,18 +553,15 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
                 gated(r0, r1);
             });
         }
-        pending = false;
         input.set(s.gate.data(), n_tokens, c.n_ff);
-        input.multiply({{&L.w_down, s.xn.data()}});
-        pending = true;
-        pending_post_norm = L.ffn_post_norm;
+        input.multiply({{&L.w_down, s.xn.data()}});  // added to x by the next layer's (or the output's) step
     }
 
     // Final norm and the output projection, for every token or the last only (none for a micro-batch
     // before the last when only the last token's logits are wanted).
     if (wanted.empty()) return;
     const int64_t first = wanted[0], n_wanted = int64_t(wanted.size());
-    const auto final_norm = add_and_norm(w_.output_norm);
+    const auto final_norm = layer_input(c.n_layers, w_.output_norm);
     if (wanted.back() - first + 1 == n_wanted) {  // a run of tokens (all of them, the last): in place
         input.set(s.xn.data() + first * E, n_wanted, E, [&](int64_t t) { final_norm(first + t); });
     } else {
