@@ -79,7 +79,7 @@ async def stream_async(http: httpx.AsyncClient, url: str, path: str, body: dict)
 def throughput(url: str, clients: int, tokens: int, requests_each: int, eog: list[int]) -> dict:
     """The clients are coroutines on one asyncio event loop with a connection each (an httpx
     AsyncClient, made before the clock starts): they share this machine's two cores with the server,
-    and a thread per client costs the server ~30% more of them in client CPU for the same tokens."""
+    and a thread and a client each took about twice the CPU for the same tokens."""
     bias = {str(t): -100 for t in eog}
 
     async def client(http: httpx.AsyncClient, i: int) -> list[tuple[float, float, int]]:

@@ -47,9 +47,10 @@ bandwidth moves within a run (this 2-core VM's 2-thread figure has moved between
 from one minute to the next, and within one cell), so a probe from the start or the end of the run
 can describe another machine than the one a generation ran on. Roofline tokens/s = bandwidth / bytes
 per token, and "% roofline" is each engine's best tg over the roofline around that same run. The
-header's figures are the probes before and after all the cells. SmolLM2's 90-145 MB of weights are within a few times the L3 cache's size, and
-its small matrices leave more time to the overheads between them, so its roofline is the rougher
-guide; the 1.1B model's 0.6-1.2 GB are what the roofline describes.
+header's figures are the probes before and after all the cells. SmolLM2's 90-145 MB of weights are
+within a few times the L3 cache's size, and its small matrices leave more time to the overheads
+between them, so its roofline is the rougher guide; the 1.1B model's 0.6-1.2 GB are what the
+roofline describes.
 
 --sweep runs pyengine alone on the first model and format, at threads 1..nproc and 2 x nproc (or
 --threads), round-robin over the thread counts for each repetition, marking the default thread count
@@ -357,8 +358,8 @@ def compare_table(rows: list[dict], args) -> list[str]:
 
     for r in rows:
         per_token = r["weight_bytes_per_token"]
-        roof = "-" if r["tg_ours"] is None else \
-            f"{share(r['tg_ours'], r['tg_gb_s_ours'], per_token)} / {share(r['tg_theirs'], r['tg_gb_s_theirs'], per_token)}"
+        roof = "-" if r["tg_ours"] is None else (f"{share(r['tg_ours'], r['tg_gb_s_ours'], per_token)} / "
+                                                  f"{share(r['tg_theirs'], r['tg_gb_s_theirs'], per_token)}")
         lines.append(f"| {r['model_name']} | {r['format']} | {r['threads']} | {fmt(r['pp_ours'])} | "
                      f"{fmt(r['pp_theirs'])} | {ratio(r['pp_ours'], r['pp_theirs'])} | {fmt(r['tg_ours'])} | "
                      f"{fmt(r['tg_theirs'])} | {ratio(r['tg_ours'], r['tg_theirs'])} | {roof} |")

@@ -17,9 +17,9 @@
 // 2.5 us, the 8-lane one 3.6 (of which converting the keys ~1.1 and ~1.2: the larger part left).
 //
 // L gives: V (W float lanes), W; zero, set1, load / store (aligned), loadu / storeu, broadcast, add,
-// sub, mul, max, fmadd, fnmadd, round, pow2, zero_below (lane_math.h's), hmax; from_f16 / from_i8 (W cache values as floats); kKeys, the keys' layout
-// in its buffer (store_keys: keys 0 .. kKeys - 1 from get(k, c0, v), 32 values from c0 as 32 / W
-// vectors) and their scores (scores: the first np <= kKeys keys' dots with the first of n_q queries
+// sub, mul, max, fmadd, fnmadd, round, pow2, zero_below (lane_math.h's), hmax; from_f16 / from_i8 (W
+// cache values as floats); kKeys, the keys' layout in its buffer (store_keys: keys 0 .. kKeys - 1
+// from get(k, c0, v), 32 values from c0 as 32 / W vectors) and their scores (scores: the first np <= kKeys keys' dots with the first of n_q queries
 // or more, times scale, query j's at s + j * s_stride; it returns how many queries it took); Sum
 // (the 8-lane double accumulator) with sum_zero, add_sum and sum_lanes.
 #pragma once
