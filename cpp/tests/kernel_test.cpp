@@ -1518,11 +1518,11 @@ void check_silu_mul(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, 
             set_case(g, what);
             for (int i = 0; i < n; i++) {
                 const float a = got[i], b = want[size_t(i)];
-                bool ok;
-                if (std::isnan(b) || std::isinf(b)) ok = std::isnan(b) ? std::isnan(a) : a == b;
-                else ok = std::isfinite(a) && std::fabs(double(a) - double(b)) <= 2e-6 * std::fabs(double(b)) + 1e-30;
-                const double ratio = std::isfinite(b) && std::isfinite(a)
-                                         ? std::fabs(double(a) - double(b)) / (2e-6 * std::fabs(double(b)) + 1e-30) : 0.0;
+                const double err = std::fabs(double(a) - double(b)), bound = 2e-6 * std::fabs(double(b)) + 1e-30;
+                const bool ok = std::isnan(b)   ? std::isnan(a)
+                                : std::isinf(b) ? a == b
+                                                : std::isfinite(a) && err <= bound;
+                const double ratio = std::isfinite(b) && std::isfinite(a) ? err / bound : 0.0;
                 if (ratio > g.worst_ratio) g.worst_ratio = ratio;
                 record(g, ok, format("%s: silu(%.9g) * %.9g = %.9g, scalar %.9g", what.c_str(), double(gv[size_t(i)]),
                                      double(uv[size_t(i)]), double(a), double(b)));
