@@ -1517,9 +1517,12 @@ inline void prefetch_block(const Block* b, size_t ahead) {
 // How far ahead of the block it works on packed_nt asks for the group's lines. A few tokens at once
 // (sequences decoded together, bench/serve.py) still read every weight from memory, and the hardware
 // prefetcher alone leaves the kernel waiting: 8 sequences of SmolLM2-135M Q4_1 spent ~9% less time per
-// step with it (one process, switched on and off, medians of 40 rounds); 768 to 2048 bytes measured
-// alike, 512 gained less. A prompt's later passes over a tile find the lines in cache already.
-constexpr size_t kPrefetchBytesBatch = 1024;
+// step with 1024 bytes (AVX2 table, Zen 3; one process, switched on and off, medians of 40 rounds); 768
+// to 2048 bytes measured alike, 512 gained less. The AVX-512 table on a Zen 5 (~40 GB/s a core) wants
+// 4096: against 1024, 8 sequences decoded together ran 1.15-1.16x faster on 1 thread and 1.10-1.14x
+// on 2 (SmolLM2 Q4_1), 1.15x / 1.13x (1.1B Q4_K_M); prompts alike (0.997-1.012x); paired bursts of
+// two builds in fresh processes. A prompt's later passes over a tile find the lines in cache already.
+constexpr size_t kPrefetchBytesBatch = PE_PACKED_VNNI ? 4096 : 1024;
 
 // Packed groups a pass takes: S::kGroups where S says (PackedTwo: 2 adjacent groups), else 1.
 template <typename S, typename = void>
@@ -1556,7 +1559,18 @@ void packed_nt(int n, const void* vw, const Activations& x, int64_t t0, float* y
     Lanes acc[NT];
     for (int c = 0; c < NT; c++) acc[c] = Lanes{};
     for (int i = 0; i < nb; i++) {
-        for (int g = 0; g < kGroups; g++) prefetch_block(w + nb * g + i, kPrefetchBytesBatch);
+        if constexpr (kGroups == 2) {
+            // Past its group's end, stream a runs on into the next pass's group a, not into b (which
+            // the pass reads beside it), and b into the next pass's b. Q4_1, 1536 columns, 8 tokens,
+            // the kernel alone on one thread: 202-210 G products/s at 1024 bytes, 248-269 at 4096
+            // without this, 286-303 with it.
+            constexpr int kAhead = int(kPrefetchBytesBatch / sizeof(typename F::Block));
+            const size_t ahead = sizeof(typename F::Block) * (kAhead + (i + kAhead >= nb ? nb : 0));
+            prefetch_block(w + i, ahead);
+            prefetch_block(w + nb + i, ahead);
+        } else {
+            prefetch_block(w + i, kPrefetchBytesBatch);
+        }
         const typename F::Unpacked u = [&] {
             if constexpr (kGroups == 2) return F::load(w[i], w[nb + i]);
             else return F::load(w[i]);
