@@ -1631,8 +1631,15 @@ struct HasTwo<F, std::void_t<decltype(F::kLevelOffset)>> : std::bool_constant<bl
 // Zen 3 reading ~13 GB/s a core. The AVX-512 table was measured on a Zen 5 reading ~40 GB/s a core,
 // where lines must be asked for further ahead: 1.1B Q4_0 generation 37-40 -> 41-49 tok/s at 1 thread
 // and 49-56 -> 60-75 at 2 with 2048 bytes (4096 alike), Q4_K_M 43-46 -> 43-48 and 50-53 -> 54-56
-// (three fresh processes of each build, alternating).
+// (three fresh processes of each build, alternating). Measured again with paired bursts of two builds
+// in fresh processes, the 32-block formats want 4096 there: 1.1B Q4_0 generation 1.13-1.14x faster on
+// 1 thread and 1.13-1.16x on 2 than at 2048 (the kernel alone, one thread: 37-38 -> 41-43 GB/s, the
+// probe's ~42); Q4_K_M's super-blocks did not gain from 4096 (0.97-1.01x), so they keep 2048.
 constexpr size_t kPrefetchBytes = PE_PACKED_VNNI ? 2048 : 512;
+template <typename F>
+constexpr size_t prefetch_bytes() {
+    return PE_PACKED_VNNI && block_size<F>() == QK ? 4096 : kPrefetchBytes;
+}
 
 template <typename F, typename = void>
 struct HasTermPair : std::false_type {};
@@ -1656,8 +1663,8 @@ void packed_dot_pair(int n, const void* vwa, const void* vwb, const Activations&
     for (int i = 0; i < n / block_size<F>(); i++) {
         const int32_t xsum = F::kXSums ? sums[stride * i] : 0;
         const float* xs = reads_xscales<F>() ? scales + 2 * stride * i : nullptr;
-        prefetch_block(wa + i, kPrefetchBytes);  // one block's worth of lines ahead in each stream
-        prefetch_block(wb + i, kPrefetchBytes);
+        prefetch_block(wa + i, prefetch_bytes<F>());  // one block's worth of lines ahead in each stream
+        prefetch_block(wb + i, prefetch_bytes<F>());
         if constexpr (HasTermPair<F>::value) {
             __m256 ta, tb;
             F::term_pair(F::load(wa[i]), F::load(wb[i]), xb[i], ta, tb);
