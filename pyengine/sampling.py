@@ -37,11 +37,12 @@ token, none when a single token is left) picks the first whose cumulative weight
 
 Speed: temperature, top-k, top-p and min-p depend only on the values, not on which token sits
 where, so the Sampler keeps just the candidates each filter leaves and runs the next steps on those.
-With top-k on (the default), one fused path does the rest: a threshold from a strided sample gives
-a few hundred candidates that surely hold the top k (one pass over the vocabulary, no full sort);
-only they are scaled by the temperature (which keeps the order) and sorted, and top-k, top-p and
-min-p become cut points in that sorted array. It picks the same token as the chain run as written
-(tests/test_sampling.py checks it), and falls back to the chain on a rounding tie at the k-th value.
+With top-k on (the default) or greedy, on the model's float32 logits, one native pass over the
+vocabulary (_core.top_candidates, cpp/top_k.cpp) does the whole-vocabulary part: it adds the logit
+bias, finds the largest logit (the checks below, the greedy token) and returns the top k after the
+temperature, ties included, scaled and sorted, without a copy or a sort of the vocabulary. Top-p and
+min-p then become cut points in that short sorted array. It picks the same token as the chain run
+as written (tests/test_sampling.py checks it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from . import _core
 
 __all__ = ["SamplingParams", "Sampler", "SamplingError", "RepetitionPenalty", "FrequencyPresencePenalty",
            "LogitBias", "Temperature", "TopK", "TopP", "MinP", "softmax"]
@@ -386,6 +389,10 @@ class Sampler:
         if params.repeat_last_n != 0 and (params.frequency_penalty or params.presence_penalty):
             self.processors.append(FrequencyPresencePenalty(params.frequency_penalty, params.presence_penalty,
                                                             params.repeat_last_n))
+        self._penalties = list(self.processors)  # the processors before the bias (the native pass adds it)
+        bias = sorted(params.logit_bias.items())
+        self._bias_ids = np.array([i for i, _ in bias], np.int64)
+        self._bias_values = np.array([v for _, v in bias], np.float64).astype(np.float32)  # as LogitBias adds it
         if params.logit_bias:
             self.processors.append(LogitBias(params.logit_bias))
         self.warpers: list = []
@@ -430,9 +437,16 @@ class Sampler:
     def _chain(self, ids: Sequence[int], logits: np.ndarray) -> int | tuple[np.ndarray, np.ndarray | None]:
         """The chain up to the draw: the greedy token, or (the logits left, in vocabulary order; their
         vocabulary ids, None when all are left)."""
-        for processor in self.processors:
+        native = (self.params.greedy or self._top_k is not None) and logits.dtype == np.float32 \
+            and logits.ndim == 1 and logits.size > 0
+        for processor in (self._penalties if native else self.processors):
             logits = processor(ids, logits)
-        top = float(logits.max())  # NaN anywhere makes the max NaN
+        if native:
+            k = 1 if self.params.greedy else self._top_k.k
+            t = 1.0 if self._temperature is None else self._temperature.temperature
+            top, argmax, candidates, values = _core.top_candidates(logits, k, t, self._bias_ids, self._bias_values)
+        else:
+            top = float(logits.max())  # NaN anywhere makes the max NaN
         if not math.isfinite(top):
             if math.isnan(top):
                 raise SamplingError("a logit is NaN: nothing can be sampled")
@@ -440,11 +454,9 @@ class Sampler:
                 raise SamplingError("every token has the logit -inf (all banned): nothing can be sampled")
             raise SamplingError("a logit is +inf: nothing can be sampled")
         if self.params.greedy:
-            return int(np.argmax(logits))
-        if self._top_k is not None:
-            kept = self._top_k_chain(ids, logits)
-            if kept is not None:
-                return kept
+            return int(argmax) if native else int(np.argmax(logits))
+        if native:
+            return self._top_k_rest(candidates, values)
         # The filters (top-k, top-p, min-p) shrink the candidates instead of writing -inf over the
         # whole vocabulary; the candidates stay in vocabulary order, so the draw does not depend on it.
         candidates = None  # vocabulary ids of the entries of `logits`; None: all of them
@@ -464,29 +476,14 @@ class Sampler:
         choice = self.pick(np.exp(logits - logits.max(), dtype=np.float64))
         return int(choice if candidates is None else candidates[choice])
 
-    def _top_k_chain(self, ids: Sequence[int], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The chain's temperature, top-k, top-p and min-p, fused for speed into one sort of a few
-        hundred candidates: the same tokens and values as the chain (None in the rare case it must run).
+    def _top_k_rest(self, candidates: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The chain's top-p and min-p on the top-k candidates of the native pass (their ids and values
+        after the temperature, ascending by value, ties by id; ties with the k-th value included): cut
+        points in that sorted array. The same tokens and values as the chain, in vocabulary order.
 
         Right after a forward pass the caches hold weights, not Python or numpy, so every numpy
-        call costs microseconds: this path makes half as many as the chain. A positive temperature
-        keeps the order, so the tokens above a threshold of the raw logits (_top_superset) hold the
-        top k of the scaled ones, and only those are scaled and sorted."""
+        call costs microseconds: this path makes few."""
         params = self.params
-        k = self._top_k.k
-        superset = _top_superset(logits, k)
-        values = logits[superset]
-        if self._temperature is not None:
-            values = self._temperature(ids, values)
-        order = np.argsort(values, kind="stable")  # ascending; ties in vocabulary order, as the chain
-        x = values[order]
-        n = x.size
-        if k < logits.size:
-            kth = x[n - k]
-            if n < logits.size and kth == x[0]:
-                return None  # a token below the threshold may round to the k-th scaled value
-            first = int(np.searchsorted(x, kth, side="left"))  # top-k keeps x >= kth
-            x, order = x[first:], order[first:]
         e = np.exp(x - x[-1])  # probabilities / the top one, as TopP and MinP compute them
         first = 0
         if params.top_p < 1.0:
@@ -495,5 +492,6 @@ class Sampler:
                         x.size - 1)
         if params.min_p > 0.0:
             first = max(first, int(np.searchsorted(e, e.dtype.type(params.min_p), side="left")))
-        kept = np.sort(order[first:])
-        return values[kept], superset[kept]
+        ids = candidates[first:]
+        order = np.argsort(ids)
+        return x[first:][order], ids[order]

@@ -132,6 +132,95 @@ def test_large_vocabulary_paths_match_plain_versions(rng, scale):
                 np.testing.assert_array_equal(got, want)
 
 
+def plain_candidates(logits, k, temperature, bias):
+    """_core.top_candidates written plainly: the bias added, the max and its first index, and every
+    token whose scaled value reaches the k-th largest scaled value, ascending by it (ties by id)."""
+    v = logits.copy()
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as the native pass adds it too
+        for i, b in bias.items():
+            v[i] += np.float32(b)
+    if np.isnan(v).any():
+        return math.nan, None, None, None
+    scaled = v / np.float32(temperature)
+    kth = np.sort(scaled)[-min(max(k, 1), v.size)]
+    ids = np.flatnonzero(scaled >= kth)
+    ids = ids[np.argsort(scaled[ids], kind="stable")]
+    return float(v.max()), int(np.argmax(v)), ids, scaled[ids]
+
+
+def check_candidates(logits, k, temperature=1.0, bias=None):
+    bias = bias or {}
+    ids = np.array(sorted(bias), np.int64)
+    values = np.array([bias[i] for i in sorted(bias)], np.float64).astype(np.float32)
+    got = pyengine._core.top_candidates(logits, k, temperature, ids, values)
+    want = plain_candidates(logits, k, temperature, bias)
+    if math.isnan(want[0]):
+        assert math.isnan(got[0])
+        return got
+    assert got[0] == want[0] and got[1] == want[1]
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_array_equal(got[3], want[3])
+    return got
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 1000, 49152, 49155])
+def test_native_candidates_match_a_plain_version(rng, n):
+    """The native pass over the vocabulary on random logits, ties, bans, sorted orders (the slowest
+    case of its running top k) and lengths that are not a multiple of its 16-value chunks."""
+    cases = [(rng.standard_normal(n) * 3).astype(np.float32), np.round(rng.standard_normal(n)).astype(np.float32),
+             np.zeros(n, np.float32), np.sort(rng.standard_normal(n)).astype(np.float32),
+             np.sort(rng.standard_normal(n))[::-1].astype(np.float32).copy()]
+    banned = (rng.standard_normal(n) * 3).astype(np.float32)
+    banned[rng.random(n) < 0.9] = NEG
+    cases.append(banned)
+    for logits in cases:
+        for k in (1, 2, 40, 1000, n + 5):
+            for t in (1.0, 0.8, 3.0):
+                check_candidates(logits, k, t)
+        bias = {0: 5.0, n - 1: -math.inf, n // 2: 2.5} if n > 2 else {0: -1.0}
+        check_candidates(logits, 40, 0.7, bias)
+
+
+def test_native_candidates_take_the_ties_the_temperature_makes():
+    """Values a unit in the last place apart can divide to the same float: those below the k-th
+    largest raw value then tie with the k-th scaled one, and stay (as the chain keeps them)."""
+    base = np.float32(1.7)
+    near = np.array([np.nextafter(base, np.float32(0)) if i % 2 else base for i in range(64)], np.float32)
+    rng = np.random.default_rng(5)
+    found = 0
+    for t in rng.uniform(0.3, 5.0, 200):
+        logits = np.concatenate([rng.standard_normal(4000).astype(np.float32) - 10, near])
+        logits = logits[rng.permutation(logits.size)]
+        got = check_candidates(logits, 32, float(t))  # the 32nd largest is the last `base`
+        found += np.unique(logits[got[2]]).size > 1
+    assert found  # some temperatures joined the two raw values
+
+
+def test_native_candidates_nan_inf_and_bad_arguments():
+    for at in (0, 5, 16, 47, 48):
+        logits = np.zeros(49, np.float32)
+        logits[at] = np.nan
+        assert math.isnan(check_candidates(logits, 3)[0])
+    logits = np.zeros(49, np.float32)
+    logits[30] = np.inf
+    assert check_candidates(logits, 3)[:2] == (math.inf, 30)
+    assert math.isnan(check_candidates(logits, 3, bias={30: -math.inf})[0])  # inf - inf, as numpy adds it
+    core = pyengine._core
+    none_i, none_f = np.empty(0, np.int64), np.empty(0, np.float32)
+    with pytest.raises(ValueError):
+        core.top_candidates(np.empty(0, np.float32), 1, 1.0, none_i, none_f)
+    with pytest.raises(ValueError):
+        core.top_candidates(np.zeros((2, 2), np.float32), 1, 1.0, none_i, none_f)
+    for t in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            core.top_candidates(logits, 1, t, none_i, none_f)
+    for ids in ([3, 3], [4, 2], [-1], [49]):
+        with pytest.raises(ValueError):
+            core.top_candidates(logits, 1, 1.0, np.array(ids, np.int64), np.zeros(len(ids), np.float32))
+    with pytest.raises(ValueError):
+        core.top_candidates(logits, 1, 1.0, np.array([1], np.int64), np.zeros(2, np.float32))
+
+
 def reference_sample(params, history, logits, rng):
     """The chain applied as written: every processor on the whole vocabulary (-inf for removed
     tokens), then a draw over the vocabulary in order."""

@@ -46,5 +46,6 @@ inline const Kernels& kernels_or_throw(const std::string& isa) {
 void register_quants(py::module_& m);
 void register_matmul(py::module_& m);
 void register_model(py::module_& m);
+void register_sampling(py::module_& m);
 
 }  // namespace pe::bindings

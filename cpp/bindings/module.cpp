@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
     pe::bindings::register_quants(m);
     pe::bindings::register_matmul(m);
     pe::bindings::register_model(m);
+    pe::bindings::register_sampling(m);
 }
