@@ -47,10 +47,12 @@ as written (tests/test_sampling.py checks it).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, field, fields
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -412,6 +414,9 @@ class Sampler:
         kept = self._chain(ids, logits)
         if isinstance(kept, int):  # greedy
             return kept
+        if isinstance(kept, _TopK):
+            tokens, weights = self._top_k_tail(kept)
+            return tokens[self._pick_list(weights)]
         return self._draw(*kept)
 
     def distribution(self, ids: Sequence[int], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,6 +425,10 @@ class Sampler:
         kept = self._chain(ids, logits)
         if isinstance(kept, int):
             return np.array([kept]), np.ones(1)
+        if isinstance(kept, _TopK):
+            tokens, weights = self._top_k_tail(kept)
+            weights = np.array(weights)
+            return np.array(tokens), weights / weights.sum()
         values, candidates = kept
         weights = np.exp(values - values.max(), dtype=np.float64)
         return (np.arange(values.size) if candidates is None else candidates), weights / weights.sum()
@@ -434,8 +443,16 @@ class Sampler:
         choice = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
         return min(choice, weights.size - 1)  # rounding at the very top
 
-    def _chain(self, ids: Sequence[int], logits: np.ndarray) -> int | tuple[np.ndarray, np.ndarray | None]:
-        """The chain up to the draw: the greedy token, or (the logits left, in vocabulary order; their
+    def _pick_list(self, weights: list[float]) -> int:
+        """pick() on a list: the same running sum (in order, as np.cumsum) and the same search."""
+        if len(weights) == 1:
+            return 0
+        cumulative = list(itertools.accumulate(weights))
+        return min(bisect.bisect_right(cumulative, self.rng.random() * cumulative[-1]), len(weights) - 1)
+
+    def _chain(self, ids: Sequence[int], logits: np.ndarray) -> int | _TopK | tuple[np.ndarray, np.ndarray | None]:
+        """The chain up to the draw: the greedy token; the native pass's top-k candidates (top-p and
+        min-p still to apply: _top_k_tail); or (the logits left, in vocabulary order; their
         vocabulary ids, None when all are left)."""
         native = (self.params.greedy or self._top_k is not None) and logits.dtype == np.float32 \
             and logits.ndim == 1 and logits.size > 0
@@ -456,7 +473,7 @@ class Sampler:
         if self.params.greedy:
             return int(argmax) if native else int(np.argmax(logits))
         if native:
-            return self._top_k_rest(candidates, values)
+            return _TopK(candidates, values)
         # The filters (top-k, top-p, min-p) shrink the candidates instead of writing -inf over the
         # whole vocabulary; the candidates stay in vocabulary order, so the draw does not depend on it.
         candidates = None  # vocabulary ids of the entries of `logits`; None: all of them
@@ -476,22 +493,32 @@ class Sampler:
         choice = self.pick(np.exp(logits - logits.max(), dtype=np.float64))
         return int(choice if candidates is None else candidates[choice])
 
-    def _top_k_rest(self, candidates: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The chain's top-p and min-p on the top-k candidates of the native pass (their ids and values
-        after the temperature, ascending by value, ties by id; ties with the k-th value included): cut
-        points in that sorted array. The same tokens and values as the chain, in vocabulary order.
+    def _top_k_tail(self, kept: _TopK) -> tuple[list[int], list[float]]:
+        """The chain's top-p and min-p on the native pass's candidates, then the draw's weights: (the
+        token ids kept, ascending; their float64 weights exp(value - the top value)). Top-p and min-p
+        are cut points in the candidates' ascending order; their numbers are the chain's: TopP's and
+        MinP's float32 probabilities / the top one (np.exp), TopP's float64 running sum in order (as
+        np.cumsum), the draw's float64 exp of the same differences.
 
-        Right after a forward pass the caches hold weights, not Python or numpy, so every numpy
-        call costs microseconds: this path makes few."""
+        The steps on these few values are plain Python: right after a forward pass the caches hold
+        weights, not numpy's code, and each numpy call costs microseconds there."""
         params = self.params
-        e = np.exp(x - x[-1])  # probabilities / the top one, as TopP and MinP compute them
+        d = kept.values - kept.values[-1]
         first = 0
-        if params.top_p < 1.0:
-            cumulative = np.cumsum(e, dtype=np.float64)
-            first = min(int(np.searchsorted(cumulative, (1.0 - params.top_p) * cumulative[-1], side="right")),
-                        x.size - 1)
-        if params.min_p > 0.0:
-            first = max(first, int(np.searchsorted(e, e.dtype.type(params.min_p), side="left")))
-        ids = candidates[first:]
-        order = np.argsort(ids)
-        return x[first:][order], ids[order]
+        if params.top_p < 1.0 or params.min_p > 0.0:
+            e = np.exp(d).tolist()
+            if params.top_p < 1.0:
+                cumulative = list(itertools.accumulate(e))
+                first = min(bisect.bisect_right(cumulative, (1.0 - params.top_p) * cumulative[-1]), len(e) - 1)
+            if params.min_p > 0.0:
+                first = max(first, bisect.bisect_left(e, float(np.float32(params.min_p))))
+        pairs = sorted(zip(kept.ids[first:].tolist(), np.exp(d[first:], dtype=np.float64).tolist()))
+        return [token for token, _ in pairs], [weight for _, weight in pairs]
+
+
+class _TopK(NamedTuple):
+    """The native pass's top-k candidates: their ids and values after the temperature, ascending by
+    value (ties by id)."""
+
+    ids: np.ndarray
+    values: np.ndarray

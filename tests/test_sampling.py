@@ -263,6 +263,24 @@ def test_sampler_matches_the_chain_applied_as_written(rng, setting):
         history.append(token)
 
 
+@pytest.mark.parametrize("setting", [{}, {"top_p": 0.5, "min_p": 0.0}, {"top_k": 3, "temperature": 2.0}])
+def test_distribution_is_the_chains(rng, setting):
+    """Sampler.distribution (what the speculative rule compares) gives the tokens and probabilities of
+    the chain applied as written."""
+    params = SamplingParams(seed=1, **setting)
+    sampler = Sampler(params, 2000)
+    for _ in range(10):
+        raw = (rng.standard_normal(2000) * 3).astype(np.float32)
+        chain = raw
+        for w in [Temperature(params.temperature), TopK(params.top_k), TopP(params.top_p), MinP(params.min_p)]:
+            chain = w([], chain)
+        want = np.flatnonzero(chain > NEG)
+        weights = np.exp(chain[want] - chain.max(), dtype=np.float64)
+        tokens, probs = sampler.distribution([], raw)
+        np.testing.assert_array_equal(tokens, want)
+        np.testing.assert_allclose(probs, weights / weights.sum(), rtol=1e-12)
+
+
 # --- the sampler ---
 
 
