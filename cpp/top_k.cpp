@@ -13,6 +13,7 @@ namespace {
 
 constexpr int64_t kChunk = 16;  // values tested together (a vector compare) before any is looked at alone
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kHeapK = 256;  // the largest k the running heap finds the k-th largest for
 
 // Four lanes in the compiler's portable vectors (SSE2 on x86-64, NEON on arm64: the baseline of both).
 using F4 = float __attribute__((vector_size(16)));
@@ -26,7 +27,7 @@ inline F4 load4(const float* p) {
 
 inline bool any(I4 m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
 
-// Whether any of the kChunk values at p is NaN or > x (pass 1's test), or >= x (pass 2's).
+// Whether any of the kChunk values at p is NaN or > x, or NaN or >= x.
 inline bool nan_or_above(const float* p, float x) {
     const F4 xs = {x, x, x, x};
     I4 m = {0, 0, 0, 0};
@@ -34,10 +35,10 @@ inline bool nan_or_above(const float* p, float x) {
     return any(m);
 }
 
-inline bool reaches(const float* p, float x) {
+inline bool nan_or_reaches(const float* p, float x) {
     const F4 xs = {x, x, x, x};
     I4 m = {0, 0, 0, 0};
-    for (int64_t q = 0; q < kChunk; q += 4) m |= load4(p + q) >= xs;
+    for (int64_t q = 0; q < kChunk; q += 4) m |= ~(load4(p + q) < xs);
     return any(m);
 }
 
@@ -61,33 +62,45 @@ struct Chunks {
     }
 };
 
-}  // namespace
+using Candidates = std::vector<std::pair<float, int64_t>>;  // (value, id), ids ascending
 
-TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t, const int64_t* bias_ids,
-                             const float* bias, int64_t n_bias) {
-    TopCandidates out;
-    k = std::clamp<int64_t>(k, 1, n);
+// Below this no value's quotient by t can round to kth / t (nor reach it): a quotient within a few
+// units in the last place of kth / t needs a value within a few of kth's, with room for a quotient
+// in the subnormal range. Non-decreasing in kth.
+float tie_floor(float kth, float t) {
+    if (!std::isfinite(kth)) return -kInf;
+    const double below = double(kth) - std::fabs(double(kth)) * 0x1p-20 - double(t) * 0x1p-120;
+    return std::nextafter(float(below), -kInf);
+}
+
+// Every value >= floor, in one pass; false where a value is NaN.
+bool collect(Chunks chunks, float floor, Candidates& got) {
     float buf[kChunk];
-
-    // Pass 1: the k largest values (a min-heap: heap.front() is the k-th largest so far), the maximum
-    // and its first index. A chunk is looked at value by value only while the heap is not full or when
-    // one of its values beats the k-th largest so far; the first index of the maximum is always such a
-    // value (before it, fewer than k values can equal the maximum).
-    std::vector<float> heap;
-    heap.reserve(size_t(k));
-    Chunks chunks{logits, n, bias_ids, bias, n_bias};
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
         int64_t len;
         const float* v = chunks.load(i0, buf, len);
-        const bool full = int64_t(heap.size()) == k;
-        const float kth = full ? heap.front() : -kInf;
-        if (full && !nan_or_above(v, kth)) continue;
+        if (!nan_or_reaches(v, floor)) continue;
         for (int64_t j = 0; j < len; j++) {
-            if (v[j] != v[j]) {
-                out.max = std::numeric_limits<float>::quiet_NaN();
-                return out;
-            }
-            if (out.argmax < 0 || v[j] > out.max) out.max = v[j], out.argmax = i0 + j;
+            if (v[j] != v[j]) return false;
+            if (v[j] >= floor) got.push_back({v[j], i0 + j});
+        }
+    }
+    return true;
+}
+
+// The k-th largest value by a running min-heap of the k largest so far (heap.front() the k-th): a
+// chunk is looked at value by value only while the heap is not full or when one of its values beats
+// it. NaN where a value is NaN. For a small k: on a real model's logits few chunks get past the test.
+float kth_largest_by_heap(Chunks chunks, int64_t k) {
+    float buf[kChunk];
+    std::vector<float> heap;
+    heap.reserve(size_t(k));
+    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
+        int64_t len;
+        const float* v = chunks.load(i0, buf, len);
+        if (int64_t(heap.size()) == k && !nan_or_above(v, heap.front())) continue;
+        for (int64_t j = 0; j < len; j++) {
+            if (v[j] != v[j]) return v[j];
             if (int64_t(heap.size()) < k) {
                 heap.push_back(v[j]);
                 std::push_heap(heap.begin(), heap.end(), std::greater<float>());
@@ -98,28 +111,99 @@ TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t,
             }
         }
     }
+    return heap.front();
+}
 
-    // Pass 2: every value whose scaled value reaches the scaled k-th largest s. A value >= the k-th
-    // largest does (the division keeps the order); one below it only when its quotient rounds to s,
-    // which needs it within a few units in the last place of it: lo bounds those from below (with room
-    // for a quotient in the subnormal range).
-    const float kth = heap.front();
-    const float s = kth / t;
-    float lo = -kInf;
-    if (std::isfinite(kth)) {
-        const double below = double(kth) - std::fabs(double(kth)) * 0x1p-20 - double(t) * 0x1p-120;
-        lo = std::nextafter(float(below), -kInf);
-    }
-    std::vector<std::pair<float, int64_t>> kept;  // (scaled value, id), ids ascending
-    chunks.next = 0;
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+// The k-th largest value, selected among all of them; NaN where a value is NaN.
+float kth_largest(Chunks chunks, int64_t k) {
+    float buf[kChunk];
+    std::vector<float> values(size_t(chunks.n));
+    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
         int64_t len;
         const float* v = chunks.load(i0, buf, len);
-        if (!reaches(v, lo)) continue;
         for (int64_t j = 0; j < len; j++) {
-            const float q = v[j] / t;
-            if (v[j] >= kth || (v[j] >= lo && q >= s)) kept.push_back({q, i0 + j});
+            if (v[j] != v[j]) return v[j];
+            values[size_t(i0 + j)] = v[j];
         }
+    }
+    std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
+    return values[size_t(k - 1)];
+}
+
+// Every 16th logit (the bias left out): its j-th largest is about the (16 j)-th largest of all, a
+// guess at a value below the k-th largest. Empty where a sample value is NaN.
+std::vector<float> sample_of(const float* logits, int64_t n) {
+    constexpr int64_t kStride = 16;
+    std::vector<float> sample;
+    sample.reserve(size_t(n / kStride + 1));
+    for (int64_t i = 0; i < n; i += kStride) {
+        if (logits[i] != logits[i]) return {};
+        sample.push_back(logits[i]);
+    }
+    return sample;
+}
+
+}  // namespace
+
+TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t, const int64_t* bias_ids,
+                             const float* bias, int64_t n_bias) {
+    TopCandidates out;
+    k = std::clamp<int64_t>(k, 1, n);
+    const Chunks chunks{logits, n, bias_ids, bias, n_bias};
+    const auto nan = [&] {
+        out.max = std::numeric_limits<float>::quiet_NaN();
+        return out;
+    };
+
+    // The candidates: every value >= tie_floor(kth), kth the k-th largest, in a pass after kth is
+    // known. For a small k a running heap finds kth in one pass. For a larger one the heap costs more
+    // than a guess: a pass keeps the values >= tie_floor(guess), and when k of them reach the guess,
+    // kth >= guess, so they hold all the candidates (tie_floor does not decrease) and kth is the k-th
+    // largest among them, a selection over a few times k values. The guess starts at about the
+    // (2k + 64)-th largest (the sample's j-th) and goes 4 times lower while it is too high. Past the
+    // sample (k near n), a selection over all the values finds kth.
+    Candidates got;  // once kth is known: every value >= tie_floor(kth), or more
+    bool collected = false;
+    float kth = std::numeric_limits<float>::quiet_NaN();
+    if (k <= kHeapK) {
+        kth = kth_largest_by_heap(chunks, k);
+        if (kth != kth) return nan();
+    } else {
+        std::vector<float> sample = sample_of(logits, n);
+        if (sample.empty()) return nan();  // a sampled value is NaN
+        for (int64_t j = k / 8 + 4; kth != kth && j <= int64_t(sample.size()) / 2; j *= 4) {
+            std::nth_element(sample.begin(), sample.begin() + (j - 1), sample.end(), std::greater<float>());
+            const float guess = sample[size_t(j - 1)];
+            got.clear();
+            if (!collect(chunks, tie_floor(guess, t), got)) return nan();
+            std::vector<float> values;
+            values.reserve(got.size());
+            for (const auto& c : got)
+                if (c.first >= guess) values.push_back(c.first);
+            if (int64_t(values.size()) >= k) {
+                std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
+                kth = values[size_t(k - 1)];
+                collected = true;
+            }
+        }
+        if (kth != kth) {
+            kth = kth_largest(chunks, k);
+            if (kth != kth) return nan();
+        }
+    }
+    if (!collected) {
+        got.clear();
+        if (!collect(chunks, tie_floor(kth, t), got)) return nan();
+    }
+
+    // The maximum (>= kth, so among them) at its first index; the candidates whose quotient reaches
+    // s = kth / t: those >= kth (the division keeps the order) and those whose quotient rounds to s.
+    const float s = kth / t;
+    Candidates kept;  // (scaled value, id)
+    for (const auto& [v, i] : got) {
+        if (out.argmax < 0 || v > out.max) out.max = v, out.argmax = i;
+        const float q = v / t;
+        if (v >= kth || q >= s) kept.push_back({q, i});
     }
     // Ascending by scaled value, ties in vocabulary order (numpy's stable argsort of the candidates).
     std::stable_sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

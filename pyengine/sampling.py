@@ -37,12 +37,12 @@ token, none when a single token is left) picks the first whose cumulative weight
 
 Speed: temperature, top-k, top-p and min-p depend only on the values, not on which token sits
 where, so the Sampler keeps just the candidates each filter leaves and runs the next steps on those.
-With top-k on (the default) or greedy, on the model's float32 logits, one native pass over the
-vocabulary (_core.top_candidates, cpp/top_k.cpp) does the whole-vocabulary part: it adds the logit
-bias, finds the largest logit (the checks below, the greedy token) and returns the top k after the
-temperature, ties included, scaled and sorted, without a copy or a sort of the vocabulary. Top-p and
-min-p then become cut points in that short sorted array. It picks the same token as the chain run
-as written (tests/test_sampling.py checks it).
+With top-k on (the default) or greedy, on the model's float32 logits, native code does the
+whole-vocabulary part (_core.top_candidates, cpp/top_k.cpp: two passes over the logits, no copy or
+sort of the vocabulary): it adds the logit bias, finds the largest logit (the checks below, the
+greedy token) and returns the top k after the temperature, ties included, scaled and sorted. Top-p
+and min-p then become cut points in that short sorted array, and the draw runs on what is left. It
+picks the same token as the chain run as written (tests/test_sampling.py checks it).
 """
 
 from __future__ import annotations

@@ -165,14 +165,18 @@ def check_candidates(logits, k, temperature=1.0, bias=None):
 
 @pytest.mark.parametrize("n", [1, 7, 16, 17, 1000, 49152, 49155])
 def test_native_candidates_match_a_plain_version(rng, n):
-    """The native pass over the vocabulary on random logits, ties, bans, sorted orders (the slowest
-    case of its running top k) and lengths that are not a multiple of its 16-value chunks."""
+    """The native pass over the vocabulary on random logits, ties, bans, sorted orders, values raised
+    where it samples its guess of the k-th largest (so that the guesses fail, down to its selection
+    over all the values) and lengths that are not a multiple of its 16-value chunks."""
     cases = [(rng.standard_normal(n) * 3).astype(np.float32), np.round(rng.standard_normal(n)).astype(np.float32),
              np.zeros(n, np.float32), np.sort(rng.standard_normal(n)).astype(np.float32),
              np.sort(rng.standard_normal(n))[::-1].astype(np.float32).copy()]
     banned = (rng.standard_normal(n) * 3).astype(np.float32)
     banned[rng.random(n) < 0.9] = NEG
     cases.append(banned)
+    raised = (rng.standard_normal(n)).astype(np.float32)
+    raised[::16] += 4  # every 16th value, as the pass samples them: its guesses of the k-th come out high
+    cases.append(raised)
     for logits in cases:
         for k in (1, 2, 40, 1000, n + 5):
             for t in (1.0, 0.8, 3.0):
