@@ -142,7 +142,8 @@ class Temperature:
         self.temperature = float(temperature)
 
     def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
-        return logits / logits.dtype.type(self.temperature)
+        with np.errstate(over="ignore"):  # far below the top at a tiny temperature: -inf, probability 0
+            return logits / logits.dtype.type(self.temperature)
 
 
 def _top_superset(logits: np.ndarray, m: int) -> np.ndarray:
@@ -470,7 +471,7 @@ class Sampler:
             if top == -math.inf:
                 raise SamplingError("every token has the logit -inf (all banned): nothing can be sampled")
             raise SamplingError("a logit is +inf: nothing can be sampled")
-        if self.params.greedy:
+        if self.params.greedy or not self._scales(top):
             return int(argmax) if native else int(np.argmax(logits))
         if native:
             return _TopK(candidates, values)
@@ -486,6 +487,15 @@ class Sampler:
                 logits = logits[keep]
                 candidates = keep if candidates is None else candidates[keep]
         return logits, candidates
+
+    def _scales(self, top: float) -> bool:
+        """Whether the temperature divides the largest logit to a finite float32. A temperature too
+        small for that (1e-40) would leave the chain inf - inf = NaN: the sampler takes its limit as
+        the temperature goes to 0, the greedy token."""
+        if self._temperature is None:
+            return True
+        t = float(np.float32(self._temperature.temperature))
+        return t > 0 and abs(top / t) <= float(np.finfo(np.float32).max)
 
     def _draw(self, logits: np.ndarray, candidates: np.ndarray | None) -> int:
         """One token from the softmax of logits (in vocabulary order), with one number of the rng

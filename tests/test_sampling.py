@@ -327,6 +327,20 @@ def test_draw_only_from_what_the_filters_keep():
     assert {s([], logits_of(probs)) for _ in range(500)} == {2, 3}
 
 
+@pytest.mark.parametrize("temperature", [1e-46, 1e-40, 1e-38])
+def test_a_temperature_too_small_for_float32_is_greedy(rng, temperature):
+    """logits / t overflowing float32 (or t rounding to 0) would leave NaN probabilities: the sampler
+    takes the limit t -> 0, the argmax, on every path, with no numpy warning (errors here)."""
+    for top_k in (40, 0):
+        sampler = Sampler(SamplingParams(seed=0, temperature=temperature, top_k=top_k), 5000)
+        for _ in range(5):
+            logits = (rng.standard_normal(5000) * 3).astype(np.float32)
+            assert sampler([], logits) == int(np.argmax(logits))
+            tokens, probs = sampler.distribution([], logits)
+            assert tokens.tolist() == [int(np.argmax(logits))] and probs.tolist() == [1.0]
+            assert sampler([], -np.abs(logits)) == int(np.argmax(-np.abs(logits)))  # all negative: -inf
+
+
 def test_all_banned_or_nan_raises():
     s = Sampler(SamplingParams(seed=0))
     with pytest.raises(SamplingError, match="-inf"):
