@@ -410,6 +410,7 @@ class Sampler:
                 self.warpers.append(MinP(params.min_p))
         self._temperature = next((w for w in self.warpers if isinstance(w, Temperature)), None)
         self._top_k = next((w for w in self.warpers if isinstance(w, TopK)), None)
+        self._t32 = float(np.float32(params.temperature))  # the float32 divisor of Temperature
 
     def __call__(self, ids: Sequence[int], logits: np.ndarray) -> int:
         kept = self._chain(ids, logits)
@@ -494,8 +495,7 @@ class Sampler:
         the temperature goes to 0, the greedy token."""
         if self._temperature is None:
             return True
-        t = float(np.float32(self._temperature.temperature))
-        return t > 0 and abs(top / t) <= float(np.finfo(np.float32).max)
+        return self._t32 > 0 and abs(top / self._t32) <= _F32_MAX
 
     def _draw(self, logits: np.ndarray, candidates: np.ndarray | None) -> int:
         """One token from the softmax of logits (in vocabulary order), with one number of the rng
@@ -524,6 +524,9 @@ class Sampler:
                 first = max(first, bisect.bisect_left(e, float(np.float32(params.min_p))))
         pairs = sorted(zip(kept.ids[first:].tolist(), np.exp(d[first:], dtype=np.float64).tolist()))
         return [token for token, _ in pairs], [weight for _, weight in pairs]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _TopK(NamedTuple):
