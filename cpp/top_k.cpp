@@ -27,18 +27,12 @@ inline F4 load4(const float* p) {
 
 inline bool any(I4 m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
 
-// Whether any of the kChunk values at p is NaN or > x, or NaN or >= x.
-inline bool nan_or_above(const float* p, float x) {
+// Whether any of the kChunk values at p is NaN or > x (OrEqual: or >= x).
+template <bool OrEqual>
+inline bool nan_or_past(const float* p, float x) {
     const F4 xs = {x, x, x, x};
     I4 m = {0, 0, 0, 0};
-    for (int64_t q = 0; q < kChunk; q += 4) m |= ~(load4(p + q) <= xs);
-    return any(m);
-}
-
-inline bool nan_or_reaches(const float* p, float x) {
-    const F4 xs = {x, x, x, x};
-    I4 m = {0, 0, 0, 0};
-    for (int64_t q = 0; q < kChunk; q += 4) m |= ~(load4(p + q) < xs);
+    for (int64_t q = 0; q < kChunk; q += 4) m |= OrEqual ? ~(load4(p + q) < xs) : ~(load4(p + q) <= xs);
     return any(m);
 }
 
@@ -79,7 +73,7 @@ bool collect(Chunks chunks, float floor, Candidates& got) {
     for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
         int64_t len;
         const float* v = chunks.load(i0, buf, len);
-        if (!nan_or_reaches(v, floor)) continue;
+        if (!nan_or_past<true>(v, floor)) continue;
         for (int64_t j = 0; j < len; j++) {
             if (v[j] != v[j]) return false;
             if (v[j] >= floor) got.push_back({v[j], i0 + j});
@@ -98,7 +92,7 @@ float kth_largest_by_heap(Chunks chunks, int64_t k) {
     for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
         int64_t len;
         const float* v = chunks.load(i0, buf, len);
-        if (int64_t(heap.size()) == k && !nan_or_above(v, heap.front())) continue;
+        if (int64_t(heap.size()) == k && !nan_or_past<false>(v, heap.front())) continue;
         for (int64_t j = 0; j < len; j++) {
             if (v[j] != v[j]) return v[j];
             if (int64_t(heap.size()) < k) {

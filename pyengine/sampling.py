@@ -121,8 +121,9 @@ class LogitBias:
     """Adds a fixed bias to chosen token ids; -inf bans a token."""
 
     def __init__(self, bias: Mapping[int, float]) -> None:
-        self.ids = np.fromiter((int(i) for i in bias), np.int64, len(bias))
-        self.values = np.fromiter((float(v) for v in bias.values()), np.float64, len(bias))
+        items = sorted((int(i), float(v)) for i, v in bias.items())  # ids ascending, as the native pass takes them
+        self.ids = np.fromiter((i for i, _ in items), np.int64, len(items))
+        self.values = np.fromiter((v for _, v in items), np.float64, len(items))
 
     def __call__(self, ids: Sequence[int], logits: np.ndarray) -> np.ndarray:
         out = logits.copy()
@@ -393,11 +394,10 @@ class Sampler:
             self.processors.append(FrequencyPresencePenalty(params.frequency_penalty, params.presence_penalty,
                                                             params.repeat_last_n))
         self._penalties = list(self.processors)  # the processors before the bias (the native pass adds it)
-        bias = sorted(params.logit_bias.items())
-        self._bias_ids = np.array([i for i, _ in bias], np.int64)
-        self._bias_values = np.array([v for _, v in bias], np.float64).astype(np.float32)  # as LogitBias adds it
+        bias = LogitBias(params.logit_bias)
+        self._bias_ids, self._bias_values = bias.ids, bias.values.astype(np.float32)  # as LogitBias adds them
         if params.logit_bias:
-            self.processors.append(LogitBias(params.logit_bias))
+            self.processors.append(bias)
         self.warpers: list = []
         if not params.greedy:
             if params.temperature != 1.0:
