@@ -27,10 +27,16 @@ void check_matrix(const Matrix& m, int64_t rows, int64_t cols, const std::string
 
 // llama.cpp's RMSNorm: the mean square summed in double, then x * (1 / sqrt(mean + eps)) * weight.
 void rms_norm(const float* x, const float* weight, float* out, int n, float eps) {
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += double(x[i]) * double(x[i]);
+    // The squares (exact in double) summed in 8 interleaved partial sums, joined pairwise, then the
+    // tail: one fixed order on every machine, without a chain of n dependent additions.
+    double part[8] = {};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) part[j] += double(x[i + j]) * double(x[i + j]);
+    double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++) sum += double(x[i]) * double(x[i]);
     const float scale = 1.0f / std::sqrt(float(sum / n) + eps);
-    for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
+    for (i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
 }
 
 // RoPE's cos and sin for one position, n_rot / 2 pairs, as ggml's rope builds them: the angle of pair
@@ -306,6 +312,7 @@ namespace {
 constexpr int64_t kMinRun = 256;
 constexpr int64_t kMaxRuns = 8;
 int64_t attention_runs(int64_t n) { return std::min(kMaxRuns, (n + kMinRun - 1) / kMinRun); }
+constexpr int64_t kTaskCost = 16;  // a task's fixed work, in positions
 }  // namespace
 
 void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* positions, int layer, RunState& s,
@@ -332,9 +339,23 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
         s.run_max.resize(size_t(n_tasks * group));
         s.run_sum.resize(size_t(n_tasks * group));
     }
+    // Each thread takes a contiguous run of tasks of about equal cost (positions attended, plus a
+    // task's fixed share), not of equal count, so that a token deep in its context beside short ones
+    // does not leave a thread waiting: 8 SmolLM2 sequences 10 .. 150 positions deep, 2 threads, ~2%
+    // more tokens/s. Which thread does a task changes none of its bits.
+    std::vector<int64_t> cost(size_t(n_tasks) + 1, 0);
+    for (int64_t t = 0, k = 0; t < n_tokens; t++) {
+        const int64_t runs = attention_runs(spans[size_t(t)].n), n = spans[size_t(t)].n;
+        for (int h = 0; h < c.n_kv_heads; h++)
+            for (int64_t r = 0; r < runs; r++, k++)
+                cost[size_t(k) + 1] = cost[size_t(k)] + ((r + 1) * n / runs - r * n / runs) + kTaskCost;
+    }
+    // Thread ti's tasks: from the first whose cost before it reaches ti / n_threads of the whole.
+    const auto share_start = [&](int ti, int n_threads) {
+        return int64_t(std::lower_bound(cost.begin(), cost.end(), cost.back() * ti / n_threads) - cost.begin());
+    };
     pool.run([&](int ti, int n_threads) {
-        int64_t begin, end;
-        split_range(n_tasks, ti, n_threads, begin, end);
+        const int64_t begin = share_start(ti, n_threads), end = share_start(ti + 1, n_threads);
         float* scores = s.scores.data() + size_t(ti) * size_t(n_ctx) * size_t(group);
         int64_t t = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
         for (int64_t task = begin; task < end; task++) {

@@ -236,6 +236,24 @@ def test_batched_sequences_match_single_evaluation(model_dir, shape, weight_type
         m.eval_sequences(beams[:2], [1])
 
 
+@pytest.mark.parametrize("n_threads", [2, 3, 5])
+def test_sequences_of_very_different_lengths_in_one_batch(model_dir, n_threads):
+    # Attention's tasks (token, KV head, run of positions) are shared out by their cost: a token 600
+    # positions deep (three runs a head) beside short ones moves where each thread's share begins and
+    # ends, which must change no bit of any sequence's logits.
+    path = quantized(model_dir, "q4_0", 1)
+    with threads_warning(n_threads):
+        m = Model(path, n_ctx=640, n_threads=n_threads)
+    prompts = [LONG_PROMPT * 15, PROMPT[:2], LONG_PROMPT[:31], PROMPT]
+    contexts = [m.context() for _ in prompts]
+    for ctx, prompt in zip(contexts, prompts):
+        ctx.eval(prompt)
+    batched = m.eval_sequences(contexts, [7, 8, 9, 10])
+    alone = Model(path, n_ctx=640, n_threads=1)
+    for row, (prompt, token) in enumerate(zip(prompts, [7, 8, 9, 10])):
+        np.testing.assert_array_equal(batched[row], alone.context().eval(prompt + [token]))
+
+
 def test_truncate_and_re_evaluate(model_dir):
     path = quantized(model_dir, "q4_0", 1)
     m = Model(path)
