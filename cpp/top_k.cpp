@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <utility>
@@ -11,48 +10,46 @@ namespace pe {
 
 namespace {
 
-constexpr int64_t kChunk = 16;  // values tested together (a vector compare) before any is looked at alone
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kHeapK = 256;  // the largest k the running heap finds the k-th largest for
 
-// Four lanes in the compiler's portable vectors (SSE2 on x86-64, NEON on arm64: the baseline of both).
-using F4 = float __attribute__((vector_size(16)));
-using I4 = int32_t __attribute__((vector_size(16)));
-
-inline F4 load4(const float* p) {
-    F4 v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-inline bool any(I4 m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
-
-// Whether any of the kChunk values at p is NaN or > x (OrEqual: or >= x).
-template <bool OrEqual>
-inline bool nan_or_past(const float* p, float x) {
-    const F4 xs = {x, x, x, x};
-    I4 m = {0, 0, 0, 0};
-    for (int64_t q = 0; q < kChunk; q += 4) m |= OrEqual ? ~(load4(p + q) < xs) : ~(load4(p + q) <= xs);
-    return any(m);
-}
-
-// The values of the run of kChunk positions from i0: the logits in place, or, where a bias goes or
-// the run passes n, a copy in buf with the bias added (-inf past n). next: the first bias entry not
-// yet passed.
-struct Chunks {
+// The values v[i] = logits[i] (+ bias[j] where i == bias_ids[j]). The scans below look for the few
+// values past a floor: the kernel table's find_above runs over the logits between the biased
+// positions (SIMD compares, 16 values a step on AVX-512), and only what it finds, and the biased
+// positions, are looked at one by one.
+struct Values {
+    const Kernels& k;
     const float* logits;
     int64_t n;
-    const int64_t* bias_ids;
+    const int64_t* bias_ids;  // ascending
     const float* bias;
     int64_t n_bias;
-    int64_t next = 0;
 
-    const float* load(int64_t i0, float (&buf)[kChunk], int64_t& len) {
-        len = std::min(kChunk, n - i0);
-        if (len == kChunk && (next == n_bias || bias_ids[next] >= i0 + kChunk)) return logits + i0;
-        for (int64_t j = 0; j < kChunk; j++) buf[j] = j < len ? logits[i0 + j] : -kInf;
-        for (; next < n_bias && bias_ids[next] < i0 + len; next++) buf[bias_ids[next] - i0] += bias[next];
-        return buf;
+    // Calls visit(i, v[i]) in ascending order of i >= from for every v[i] past floor() — above it,
+    // or (or_equal) at least it — or NaN, floor() asked afresh after each visit; false as soon as
+    // visit returns false.
+    template <typename Floor, typename Visit>
+    bool each_past(int64_t from, bool or_equal, Floor floor, Visit visit) const {
+        int64_t b = std::lower_bound(bias_ids, bias_ids + n_bias, from) - bias_ids;
+        for (int64_t pos = from;; b++) {
+            const int64_t end = b < n_bias ? bias_ids[b] : n;  // the next biased position, or n
+            while (pos < end) {
+                const int64_t i = pos + k.find_above(logits + pos, end - pos, floor(), or_equal);
+                if (i == end) break;
+                if (!visit(i, logits[i])) return false;
+                pos = i + 1;
+            }
+            if (end == n) return true;
+            const float v = logits[end] + bias[b], f = floor();
+            if ((or_equal ? !(v < f) : !(v <= f)) && !visit(end, v)) return false;
+            pos = end + 1;
+        }
+    }
+
+    // v[0 .. m) in order, into out.
+    void first(int64_t m, std::vector<float>& out) const {
+        out.assign(logits, logits + m);
+        for (int64_t j = 0; j < n_bias && bias_ids[j] < m; j++) out[size_t(bias_ids[j])] += bias[j];
     }
 };
 
@@ -68,60 +65,45 @@ float tie_floor(float kth, float t) {
 }
 
 // Every value >= floor, in one pass; false where a value is NaN.
-bool collect(Chunks chunks, float floor, Candidates& got) {
-    float buf[kChunk];
-    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
-        int64_t len;
-        const float* v = chunks.load(i0, buf, len);
-        if (!nan_or_past<true>(v, floor)) continue;
-        for (int64_t j = 0; j < len; j++) {
-            if (v[j] != v[j]) return false;
-            if (v[j] >= floor) got.push_back({v[j], i0 + j});
-        }
-    }
-    return true;
+bool collect(const Values& values, float floor, Candidates& got) {
+    return values.each_past(0, true, [floor] { return floor; }, [&got](int64_t i, float v) {
+        if (v != v) return false;
+        got.push_back({v, i});
+        return true;
+    });
 }
 
-// The k-th largest value by a running min-heap of the k largest so far (heap.front() the k-th): a
-// chunk is looked at value by value only while the heap is not full or when one of its values beats
-// it. NaN where a value is NaN. For a small k: on a real model's logits few chunks get past the test.
-float kth_largest_by_heap(Chunks chunks, int64_t k) {
-    float buf[kChunk];
+// The k-th largest value by a running min-heap of the k largest so far (heap.front() the k-th): the
+// first k values fill it, then only the values above its smallest are looked at (on a real model's
+// logits, few). NaN where a value is NaN.
+float kth_largest_by_heap(const Values& values, int64_t k) {
     std::vector<float> heap;
-    heap.reserve(size_t(k));
-    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
-        int64_t len;
-        const float* v = chunks.load(i0, buf, len);
-        if (int64_t(heap.size()) == k && !nan_or_past<false>(v, heap.front())) continue;
-        for (int64_t j = 0; j < len; j++) {
-            if (v[j] != v[j]) return v[j];
-            if (int64_t(heap.size()) < k) {
-                heap.push_back(v[j]);
-                std::push_heap(heap.begin(), heap.end(), std::greater<float>());
-            } else if (v[j] > heap.front()) {
-                std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
-                heap.back() = v[j];
-                std::push_heap(heap.begin(), heap.end(), std::greater<float>());
-            }
+    values.first(k, heap);
+    for (float v : heap)
+        if (v != v) return v;
+    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+    float nan = 0.0f;
+    values.each_past(k, false, [&heap] { return heap.front(); }, [&](int64_t, float v) {
+        if (v != v) {
+            nan = v;
+            return false;
         }
-    }
-    return heap.front();
+        std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+        heap.back() = v;
+        std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+        return true;
+    });
+    return nan != nan ? nan : heap.front();
 }
 
 // The k-th largest value, selected among all of them; NaN where a value is NaN.
-float kth_largest(Chunks chunks, int64_t k) {
-    float buf[kChunk];
-    std::vector<float> values(size_t(chunks.n));
-    for (int64_t i0 = 0; i0 < chunks.n; i0 += kChunk) {
-        int64_t len;
-        const float* v = chunks.load(i0, buf, len);
-        for (int64_t j = 0; j < len; j++) {
-            if (v[j] != v[j]) return v[j];
-            values[size_t(i0 + j)] = v[j];
-        }
-    }
-    std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
-    return values[size_t(k - 1)];
+float kth_largest(const Values& values, int64_t k) {
+    std::vector<float> all;
+    values.first(values.n, all);
+    for (float v : all)
+        if (v != v) return v;
+    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), std::greater<float>());
+    return all[size_t(k - 1)];
 }
 
 // Every 16th logit (the bias left out): its j-th largest is about the (16 j)-th largest of all, a
@@ -139,11 +121,11 @@ std::vector<float> sample_of(const float* logits, int64_t n) {
 
 }  // namespace
 
-TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t, const int64_t* bias_ids,
-                             const float* bias, int64_t n_bias) {
+TopCandidates top_candidates(const Kernels& kernels, const float* logits, int64_t n, int64_t k, float t,
+                             const int64_t* bias_ids, const float* bias, int64_t n_bias) {
     TopCandidates out;
     k = std::clamp<int64_t>(k, 1, n);
-    const Chunks chunks{logits, n, bias_ids, bias, n_bias};
+    const Values values{kernels, logits, n, bias_ids, bias, n_bias};
     const auto nan = [&] {
         out.max = std::numeric_limits<float>::quiet_NaN();
         return out;
@@ -160,7 +142,7 @@ TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t,
     bool collected = false;
     float kth = std::numeric_limits<float>::quiet_NaN();
     if (k <= kHeapK) {
-        kth = kth_largest_by_heap(chunks, k);
+        kth = kth_largest_by_heap(values, k);
         if (kth != kth) return nan();
     } else {
         std::vector<float> sample = sample_of(logits, n);
@@ -169,7 +151,7 @@ TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t,
             std::nth_element(sample.begin(), sample.begin() + (j - 1), sample.end(), std::greater<float>());
             const float guess = sample[size_t(j - 1)];
             got.clear();
-            if (!collect(chunks, tie_floor(guess, t), got)) return nan();
+            if (!collect(values, tie_floor(guess, t), got)) return nan();
             std::vector<float> values;
             values.reserve(got.size());
             for (const auto& c : got)
@@ -181,13 +163,13 @@ TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t,
             }
         }
         if (kth != kth) {
-            kth = kth_largest(chunks, k);
+            kth = kth_largest(values, k);
             if (kth != kth) return nan();
         }
     }
     if (!collected) {
         got.clear();
-        if (!collect(chunks, tie_floor(kth, t), got)) return nan();
+        if (!collect(values, tie_floor(kth, t), got)) return nan();
     }
 
     // The maximum (>= kth, so among them) at its first index; the candidates whose quotient reaches

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/kernels.h"
+
 namespace pe {
 
 struct TopCandidates {
@@ -20,8 +22,8 @@ struct TopCandidates {
 // (> 0): every i whose v[i] / t (float division, as the sampler's Temperature) is >= the k-th largest
 // of the v / t, ties included, with v[i] / t, sorted. k is clamped to 1..n. The scaled k-th largest is
 // (the k-th largest v) / t, the division keeping the order, so the top k of the v are found first, and
-// the scaled values only compared against it.
-TopCandidates top_candidates(const float* logits, int64_t n, int64_t k, float t, const int64_t* bias_ids,
-                             const float* bias, int64_t n_bias);
+// the scaled values only compared against it. The scans over the vocabulary take kernels.find_above.
+TopCandidates top_candidates(const Kernels& kernels, const float* logits, int64_t n, int64_t k, float t,
+                             const int64_t* bias_ids, const float* bias, int64_t n_bias);
 
 }  // namespace pe

@@ -15,7 +15,7 @@ def rng():
 
 
 # Modules whose subject is not the kernel path: they run no kernels (tokenizers, the GGUF reader,
-# fetching, the sampling chain, the reference side of the architecture goldens, the quantizers given an
+# fetching, the reference side of the architecture goldens, the quantizers given an
 # importance matrix and its file format, calibrated quantization against its numpy references, the
 # quantizers' bytes against llama.cpp's and its loading our files), build
 # and run their own binaries whatever PYENGINE_ISA says (the native kernel tests: natively, through
@@ -25,7 +25,7 @@ def rng():
 # on every ISA). The passes of .ci/run with PYENGINE_ISA forced would repeat them with the same
 # outcome: each kernel path's exactness is held there by the kernel, matmul, forward-pass,
 # determinism and llama.cpp-golden tests.
-ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py", "test_sampling.py",
+ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py",
                    "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py",
                    "test_calibrate.py", "test_serve.py", "test_serve_load.py", "test_serve_page.py",
                    "test_speculative.py", "test_llamacpp_interop.py"}

@@ -183,6 +183,10 @@ def test_native_candidates_match_a_plain_version(rng, n):
                 check_candidates(logits, k, t)
         bias = {0: 5.0, n - 1: -math.inf, n // 2: 2.5} if n > 2 else {0: -1.0}
         check_candidates(logits, 40, 0.7, bias)
+        # biased positions side by side, among the first k (which fill the heap) and at the end
+        bias = {i: b for i, b in zip([0, 1, 2, 3, n - 2, n - 1], [1.0, -math.inf, 3.0, -0.5, 4.0, 2.0]) if 0 <= i < n}
+        for k in (1, 3, 5, 40):
+            check_candidates(logits, k, 0.9, bias)
 
 
 def test_native_candidates_take_the_ties_the_temperature_makes():

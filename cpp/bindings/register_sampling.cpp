@@ -25,7 +25,8 @@ py::tuple top_candidates_py(const FloatArray& logits, int64_t k, double temperat
     for (int64_t j = 0; j < n_bias; j++)
         if (ids[j] < 0 || ids[j] >= n || (j && ids[j] <= ids[j - 1]))
             throw py::value_error("bias_ids must be ascending positions of logits");
-    const TopCandidates c = top_candidates(logits.data(), n, k, float(temperature), ids, bias.data(), n_bias);
+    const TopCandidates c =
+        top_candidates(active_kernels(), logits.data(), n, k, float(temperature), ids, bias.data(), n_bias);
     IdArray out_ids(py::ssize_t(c.ids.size()));
     FloatArray out_values(py::ssize_t(c.values.size()));
     std::copy(c.ids.begin(), c.ids.end(), out_ids.mutable_data());

@@ -708,6 +708,32 @@ struct L16 {
     static void sum_lanes(const Sum& sum, double* lanes) { _mm512_storeu_pd(lanes, sum); }
 };
 
+// ref::find_above on 16 lanes (the unordered predicates: NaN is found), 64 values a step; the tail
+// in masked 16-lane steps, which read nothing past n.
+template <bool OrEqual>
+int64_t find_above_lanes(const float* x, int64_t n, float floor) {
+    constexpr int kPredicate = OrEqual ? _CMP_NLT_UQ : _CMP_NLE_UQ;
+    const __m512 f = _mm512_set1_ps(floor);
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const uint64_t m = uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), f, kPredicate)) |
+                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 16), f, kPredicate)) << 16 |
+                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 32), f, kPredicate)) << 32 |
+                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 48), f, kPredicate)) << 48;
+        if (m) return i + __builtin_ctzll(m);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(live, x + i), f, kPredicate) & live;
+        if (m) return i + __builtin_ctz(m);
+    }
+    return n;
+}
+
+int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
+    return or_equal ? find_above_lanes<true>(x, n, floor) : find_above_lanes<false>(x, n, floor);
+}
+
 }  // namespace
 }  // namespace pe
 
@@ -756,6 +782,7 @@ const Kernels* kernels_avx512() {
         k.vec_dot[TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K;
         add_attention_kernels<L16>(k);
         k.silu_mul = silu_mul<L16>;
+        k.find_above = find_above;
         return k;
     }();
     return &table;

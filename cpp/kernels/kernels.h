@@ -91,6 +91,9 @@ struct Kernels {
     attend_fn attend[TYPE_COUNT];       // by the KV cache type: f32, f16 and q8_0 (head dim a multiple of 32)
     // g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] for i < n: the gated feed-forward's SiLU.
     void (*silu_mul)(float* g, const float* u, int64_t n);
+    // The first i < n with x[i] > floor (or_equal: x[i] >= floor) or x[i] NaN; n if there is none. The
+    // sampler's scans for the largest logits (top_k.cpp): a comparison, the same answer on every ISA.
+    int64_t (*find_above)(const float* x, int64_t n, float floor, bool or_equal);
     // Optional (nullptr: none): kTileRows weight rows x kTileTokens activations in one pass, each weight
     // block unpacked once for every token and each activation block loaded once for every row. Every
     // output must be bit-identical to vec_dot on the same row and activation (same operations in the
@@ -177,6 +180,7 @@ void attend_f16(int hd, int n_q, const float* q, const void* keys, const void* v
 void attend_q8_0(int hd, int n_q, const float* q, const void* keys, const void* values, size_t kv_stride,
                  int64_t n_pos, float scale, float* scores, float* out, float* max, double* sum);
 void silu_mul(float* g, const float* u, int64_t n);
+int64_t find_above(const float* x, int64_t n, float floor, bool or_equal);
 }  // namespace ref
 
 const Kernels* kernels_scalar();

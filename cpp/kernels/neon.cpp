@@ -245,6 +245,27 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
     for (; i < n; i++) y[i] = std::fma(a, half_to_float(x[i]), y[i]);
 }
 
+// ref::find_above on 4 lanes, 16 values a step: found where a value is not below (not at most) the
+// floor, NaN included (its compares are false), the rest one by one.
+template <bool OrEqual>
+int64_t find_above_lanes(const float* x, int64_t n, float floor) {
+    const float32x4_t f = vdupq_n_f32(floor);
+    const auto within = [&f](const float* p) { return OrEqual ? vcltq_f32(vld1q_f32(p), f) : vcleq_f32(vld1q_f32(p), f); };
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const uint32x4_t all = vandq_u32(vandq_u32(within(x + i), within(x + i + 4)),
+                                         vandq_u32(within(x + i + 8), within(x + i + 12)));
+        if (vminvq_u32(all) == 0) break;  // one of these 16 is found: the loop below finds which
+    }
+    for (; i < n; i++)
+        if (OrEqual ? !(x[i] < floor) : !(x[i] <= floor)) return i;
+    return n;
+}
+
+int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
+    return or_equal ? find_above_lanes<true>(x, n, floor) : find_above_lanes<false>(x, n, floor);
+}
+
 }  // namespace
 
 const Kernels* kernels_neon() {
@@ -265,6 +286,7 @@ const Kernels* kernels_neon() {
         k.axpy[TYPE_F16] = axpy_f16;
         k.attend[TYPE_F32] = attend_by_rows<vec_dot_f32_f32, axpy_f32>;
         k.attend[TYPE_F16] = attend_by_rows<vec_dot_f16_f32, axpy_f16>;
+        k.find_above = find_above;
         add_neon_kquant_kernels(k);  // Q5_0, Q5_1, IQ4_NL, the K-quants and the Q8_K quantizer
         return k;
     }();

@@ -737,6 +737,12 @@ void silu_mul(float* g, const float* u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
+    for (int64_t i = 0; i < n; i++)
+        if (or_equal ? !(x[i] < floor) : !(x[i] <= floor)) return i;  // NaN compares false: found
+    return n;
+}
+
 }  // namespace ref
 
 void attention_join(int hd, int n_runs, const float* out, size_t out_stride, const float* max, const double* sum,
@@ -858,6 +864,7 @@ const Kernels* kernels_scalar() {
         k.attend[TYPE_F16] = ref::attend_f16;
         k.attend[TYPE_Q8_0] = ref::attend_q8_0;
         k.silu_mul = ref::silu_mul;
+        k.find_above = ref::find_above;
         return k;
     }();
     return &table;

@@ -58,6 +58,7 @@
 // - attend (the query heads of one KV head over an F32 / F16 / Q8_0 cache) agrees with the scalar one
 //   (its inputs are plain vectors, not placed before the unmapped page below);
 // - silu_mul (the gated feed-forward's SiLU) agrees with the scalar one within a few ulp.
+// - find_above (the sampler's scan for values past a floor, NaN included) gives the scalar index.
 // Every row sits at the very end of a buffer followed by an unmapped page, so a kernel reading or
 // writing past the end of its row crashes instead of passing.
 //
@@ -1489,6 +1490,40 @@ void check_attend(const Kernels& k, const Kernels& s, Rng& rng, int trials) {
     }
 }
 
+// find_above against the scalar one: the same index, for both comparisons, on rows of 0 .. 150 values
+// (every step and tail) of random values around the floor with edge values mixed in (NaN, +-inf,
+// +-0, the floor itself: a tie), and on rows all below the floor but for one value at each position.
+void check_find_above(const Kernels& k, const Kernels& s, Buffers& buf, Rng& rng, int trials) {
+    Group& g = group("find_above", false);
+    record(g, k.find_above != nullptr, "find_above missing");
+    if (!k.find_above) return;
+    const float floors[] = {0.0f, -0.0f, 1.5f, -3.25f, 1e30f, -INFINITY, INFINITY};
+    auto check = [&](const std::vector<float>& x, float floor, const std::string& what) {
+        const auto* row = static_cast<const float*>(buf.act_in.put(as_bytes(x)));  // ends at a guard page
+        const int64_t n = int64_t(x.size());
+        for (const bool or_equal : {false, true}) {
+            const int64_t got = k.find_above(row, n, floor, or_equal), want = s.find_above(x.data(), n, floor, or_equal);
+            set_case(g, what);
+            record(g, got == want, format("%s, floor %g, %s: %lld, scalar %lld", what.c_str(), double(floor),
+                                          or_equal ? ">=" : ">", (long long)got, (long long)want));
+        }
+    };
+    for (int t = 0; t < trials; t++)
+        for (int n = 0; n <= 150; n++) {
+            const float floor = floors[rng.below(int(std::size(floors)))];
+            const float edges[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, floor};
+            std::vector<float> x(static_cast<size_t>(n));
+            for (float& v : x) v = rng.below(16) == 0 ? edges[rng.below(int(std::size(edges)))] : floor - 1.0f - rng.normal() * rng.normal();
+            check(x, floor, format("%d random values", n));
+            if (n > 0 && t == 0)
+                for (int p = 0; p < n; p++) {
+                    std::vector<float> one(static_cast<size_t>(n), -1e30f);
+                    one[size_t(p)] = p % 3 == 0 ? NAN : p % 3 == 1 ? 1.5f : 2.0f;
+                    check(one, 1.5f, format("%d values, one past at %d", n, p));
+                }
+        }
+}
+
 // silu_mul (the gated feed-forward's silu(g) * u) against the scalar one: the SIMD tables take e^-|g|
 // from the softmax's polynomial, the reference the C library's exp, so within a few ulp (2e-6
 // relative, or 1e-30 near zero: below g ~ -87 the polynomial's e^-|g| is 0 where the library's is
@@ -1588,6 +1623,7 @@ int main(int argc, char** argv) {
     check_axpy(*table, *scalar, buf, rng, trials);
     check_attend(*table, *scalar, rng, trials);
     check_silu_mul(*table, *scalar, buf, rng, trials);
+    check_find_above(*table, *scalar, buf, rng, trials);
 
     long passed = 0, failed = 0;
     for (const Group& g : g_groups) {
