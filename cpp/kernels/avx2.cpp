@@ -370,6 +370,10 @@ struct L8 {
     static void storeu_first(float* p, V v, int m) { _mm256_maskstore_ps(p, first(m), v); }
     static V neg_abs(V x) { return _mm256_or_ps(x, _mm256_set1_ps(-0.0f)); }
     static V select_nonneg(V x, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ)); }
+    template <bool OrEqual>
+    static uint32_t past(V x, V f) {
+        return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, f, OrEqual ? _CMP_NLT_UQ : _CMP_NLE_UQ)));
+    }
     static float hmax(V v) {
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -451,30 +455,6 @@ double int8_peak(int64_t iterations) {
     return 10.0 * 32.0 * double(iterations) / seconds;
 }
 
-// ref::find_above on 8 lanes: "not below" / "not at most" (the unordered predicates: NaN is found),
-// 32 values a step, the rest one by one.
-template <bool OrEqual>
-int64_t find_above_lanes(const float* x, int64_t n, float floor) {
-    constexpr int kPredicate = OrEqual ? _CMP_NLT_UQ : _CMP_NLE_UQ;
-    const __m256 f = _mm256_set1_ps(floor);
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const int m0 = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), f, kPredicate));
-        const int m1 = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i + 8), f, kPredicate));
-        const int m2 = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i + 16), f, kPredicate));
-        const int m3 = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i + 24), f, kPredicate));
-        const uint32_t m = uint32_t(m0) | uint32_t(m1) << 8 | uint32_t(m2) << 16 | uint32_t(m3) << 24;
-        if (m) return i + __builtin_ctz(m);
-    }
-    for (; i < n; i++)
-        if (OrEqual ? !(x[i] < floor) : !(x[i] <= floor)) return i;
-    return n;
-}
-
-int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
-    return or_equal ? find_above_lanes<true>(x, n, floor) : find_above_lanes<false>(x, n, floor);
-}
-
 }  // namespace
 
 const Kernels* kernels_avx2() {
@@ -500,7 +480,7 @@ const Kernels* kernels_avx2() {
         k.axpy[TYPE_F16] = axpy_f16;
         add_attention_kernels<L8>(k);
         k.silu_mul = silu_mul<L8>;
-        k.find_above = find_above;
+        k.find_above = find_above<L8>;
         k.int8_peak = int8_peak;
         add_avx2_kquant_kernels(k);
         return k;

@@ -626,6 +626,8 @@ struct L16 {
     static void storeu_first(float* p, V v, int m) { _mm512_mask_storeu_ps(p, __mmask16((1u << m) - 1), v); }
     static V neg_abs(V x) { return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)))); }
     static V select_nonneg(V x, V a, V b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), b, a); }
+    template <bool OrEqual>
+    static uint32_t past(V x, V f) { return _mm512_cmp_ps_mask(x, f, OrEqual ? _CMP_NLT_UQ : _CMP_NLE_UQ); }
     static float hmax(V v) { return _mm512_reduce_max_ps(v); }
     static V from_f16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
     static V from_i8(const int8_t* p) {
@@ -708,32 +710,6 @@ struct L16 {
     static void sum_lanes(const Sum& sum, double* lanes) { _mm512_storeu_pd(lanes, sum); }
 };
 
-// ref::find_above on 16 lanes (the unordered predicates: NaN is found), 64 values a step; the tail
-// in masked 16-lane steps, which read nothing past n.
-template <bool OrEqual>
-int64_t find_above_lanes(const float* x, int64_t n, float floor) {
-    constexpr int kPredicate = OrEqual ? _CMP_NLT_UQ : _CMP_NLE_UQ;
-    const __m512 f = _mm512_set1_ps(floor);
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        const uint64_t m = uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), f, kPredicate)) |
-                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 16), f, kPredicate)) << 16 |
-                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 32), f, kPredicate)) << 32 |
-                           uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i + 48), f, kPredicate)) << 48;
-        if (m) return i + __builtin_ctzll(m);
-    }
-    for (; i < n; i += 16) {
-        const __mmask16 live = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
-        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(live, x + i), f, kPredicate) & live;
-        if (m) return i + __builtin_ctz(m);
-    }
-    return n;
-}
-
-int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
-    return or_equal ? find_above_lanes<true>(x, n, floor) : find_above_lanes<false>(x, n, floor);
-}
-
 }  // namespace
 }  // namespace pe
 
@@ -782,7 +758,7 @@ const Kernels* kernels_avx512() {
         k.vec_dot[TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K;
         add_attention_kernels<L16>(k);
         k.silu_mul = silu_mul<L16>;
-        k.find_above = find_above;
+        k.find_above = find_above<L16>;
         return k;
     }();
     return &table;

@@ -1,12 +1,13 @@
 // Elementwise math written once over a lane type L (avx2.cpp's L8, avx512.cpp's L16; see
-// attend_lanes.h): the softmax's exponential and the gated feed-forward's SiLU. The same operations on
-// 8 and 16 lanes, so the two tables give the same bits. Like avx2_common.h, everything here lives in an
+// attend_lanes.h): the softmax's exponential, the gated feed-forward's SiLU and the sampler's scan
+// (find_above). The same operations on 8 and 16 lanes, so the two tables give the same bits. Like avx2_common.h, everything here lives in an
 // anonymous namespace, built with each unit's flags.
 //
 // L gives: V, W; set1, loadu, storeu, loadu_first / storeu_first (the first m < W lanes, masked: the
 // others read as 0, and neither read nor written past them), add, mul, div, fmadd, fnmadd, round (to
 // nearest), pow2 (2^n of whole floats n), zero_below (v where x >= limit, else 0: NaN x too), neg_abs
-// (-|x|, NaN kept) and select_nonneg (a where x >= 0, else b: NaN x takes b).
+// (-|x|, NaN kept), select_nonneg (a where x >= 0, else b: NaN x takes b) and past<OrEqual> (the
+// lanes' bits where x is not below f, OrEqual, or not at most f: the unordered compares, NaN set).
 #pragma once
 
 #include <cstdint>
@@ -55,6 +56,32 @@ void silu_mul(float* g, const float* u, int64_t n) {
         const int m = int(n - i);
         L::storeu_first(g + i, L::mul(silu<L>(L::loadu_first(g + i, m)), L::loadu_first(u + i, m)), m);
     }
+}
+
+// ref::find_above: 4W values a step, their lanes' bits joined (the first set bit is the index), then
+// the rest W at a time, the last step masked (nothing read past n).
+template <typename L, bool OrEqual>
+int64_t find_above_lanes(const float* x, int64_t n, float floor) {
+    constexpr int W = L::W;
+    const typename L::V f = L::set1(floor);
+    int64_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        uint64_t bits = 0;
+        for (int j = 0; j < 4; j++) bits |= uint64_t(L::template past<OrEqual>(L::loadu(x + i + j * W), f)) << (j * W);
+        if (bits) return i + __builtin_ctzll(bits);
+    }
+    for (; i < n; i += W) {
+        const int m = int(n - i < W ? n - i : W);
+        const uint32_t bits = L::template past<OrEqual>(m == W ? L::loadu(x + i) : L::loadu_first(x + i, m), f) &
+                              ((uint32_t(1) << m) - 1);
+        if (bits) return i + __builtin_ctz(bits);
+    }
+    return n;
+}
+
+template <typename L>
+int64_t find_above(const float* x, int64_t n, float floor, bool or_equal) {
+    return or_equal ? find_above_lanes<L, true>(x, n, floor) : find_above_lanes<L, false>(x, n, floor);
 }
 
 }  // namespace
