@@ -6,11 +6,11 @@ time to first token of a conversation's 5th turn (its prefix reused) against a c
 Each client streams /v1/completions requests (its own prompt, 128 tokens, the end-of-generation tokens
 banned so every answer has the same length), back to back; throughput = tokens received by all
 clients / wall time from the first request to the last answer. The clients are coroutines on one
-asyncio loop in this process, each with its own connection, made before the clock starts, read
-with as little work as the figures allow (a lean HTTP/1.1 reader: the clients share the two cores). The sweep
-over client counts is run --rounds times, one count after the other in each round, and each count's
-median is reported (this machine's speed moves by 10-20% from minute to minute), with each round's
-ratio to the one-client run of that same round. TTFT: a 5-turn chat (64-token
+asyncio loop in this process, each with its own connection, made before the clock starts, and
+read their streams with as little work as the figures allow (they share the two cores with the
+server). The sweep over client counts is run --rounds times, one count after the other in each round,
+and each count's median is reported (this machine's speed moves by 10-20% from minute to minute),
+with each round's ratio to the one-client run of that same round. TTFT: a 5-turn chat (64-token
 answers); the 5th turn's request timed to its first streamed token, against the same request with a
 system message no earlier request shares (nothing to reuse: a cold start).
 """
@@ -70,7 +70,7 @@ class _Connection:
     """A client's own HTTP/1.1 keep-alive connection, read with asyncio's streams: a load generator
     that costs this machine's two cores, which it shares with the server, as little as it can. It
     parses what the figures need: the first chunk of text (its time) and the usage chunk (the tokens
-    received); the other events are only counted."""
+    received); the other events are split off and skipped."""
 
     def __init__(self, url: str) -> None:
         self.host, _, port = url.split("://", 1)[1].rstrip("/").partition(":")

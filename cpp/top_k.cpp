@@ -15,7 +15,7 @@ constexpr int64_t kHeapK = 256;  // the largest k the running heap finds the k-t
 
 // The values v[i] = logits[i] (+ bias[j] where i == bias_ids[j]). The scans below look for the few
 // values past a floor: the kernel table's find_above runs over the logits between the biased
-// positions (SIMD compares, 16 values a step on AVX-512), and only what it finds, and the biased
+// positions (SIMD compares, 64 values a step on AVX-512), and only what it finds, and the biased
 // positions, are looked at one by one.
 struct Values {
     const Kernels& k;
@@ -82,18 +82,14 @@ float kth_largest_by_heap(const Values& values, int64_t k) {
     for (float v : heap)
         if (v != v) return v;
     std::make_heap(heap.begin(), heap.end(), std::greater<float>());
-    float nan = 0.0f;
-    values.each_past(k, false, [&heap] { return heap.front(); }, [&](int64_t, float v) {
-        if (v != v) {
-            nan = v;
-            return false;
-        }
+    const bool no_nan = values.each_past(k, false, [&heap] { return heap.front(); }, [&heap](int64_t, float v) {
+        if (v != v) return false;
         std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
         heap.back() = v;
         std::push_heap(heap.begin(), heap.end(), std::greater<float>());
         return true;
     });
-    return nan != nan ? nan : heap.front();
+    return no_nan ? heap.front() : std::numeric_limits<float>::quiet_NaN();
 }
 
 // The k-th largest value, selected among all of them; NaN where a value is NaN.

@@ -1,7 +1,7 @@
 // Elementwise math written once over a lane type L (avx2.cpp's L8, avx512.cpp's L16; see
 // attend_lanes.h): the softmax's exponential, the gated feed-forward's SiLU and the sampler's scan
-// (find_above). The same operations on 8 and 16 lanes, so the two tables give the same bits. Like avx2_common.h, everything here lives in an
-// anonymous namespace, built with each unit's flags.
+// (find_above). The same operations on 8 and 16 lanes, so the two tables give the same bits. Like
+// avx2_common.h, everything here lives in an anonymous namespace, built with each unit's flags.
 //
 // L gives: V, W; set1, loadu, storeu, loadu_first / storeu_first (the first m < W lanes, masked: the
 // others read as 0, and neither read nor written past them), add, mul, div, fmadd, fnmadd, round (to

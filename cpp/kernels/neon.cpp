@@ -250,7 +250,9 @@ void axpy_f16(int n, float a, const void* vx, float* y) {
 template <bool OrEqual>
 int64_t find_above_lanes(const float* x, int64_t n, float floor) {
     const float32x4_t f = vdupq_n_f32(floor);
-    const auto within = [&f](const float* p) { return OrEqual ? vcltq_f32(vld1q_f32(p), f) : vcleq_f32(vld1q_f32(p), f); };
+    const auto within = [&f](const float* p) {
+        return OrEqual ? vcltq_f32(vld1q_f32(p), f) : vcleq_f32(vld1q_f32(p), f);
+    };
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         const uint32x4_t all = vandq_u32(vandq_u32(within(x + i), within(x + i + 4)),
