@@ -312,6 +312,8 @@ namespace {
 constexpr int64_t kMinRun = 256;
 constexpr int64_t kMaxRuns = 8;
 int64_t attention_runs(int64_t n) { return std::min(kMaxRuns, (n + kMinRun - 1) / kMinRun); }
+// Where run r of `runs` over n positions starts (run r is [run_start(r), run_start(r + 1))).
+int64_t run_start(int64_t r, int64_t runs, int64_t n) { return r * n / runs; }
 constexpr int64_t kTaskCost = 16;  // a task's fixed work, in positions
 }  // namespace
 
@@ -325,12 +327,21 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
     // Tasks (token, KV head, run), token by token: token t's are first[t] .. first[t + 1] - 1, its KV
     // heads' runs in order; task k writes its result (the group's heads, hd values and a max and a
     // sum each) to slot k of attn_runs, run_max and run_sum.
+    // Each thread takes a contiguous run of tasks of about equal cost (positions attended, plus a
+    // task's fixed share), not of equal count, so that a token deep in its context beside short ones
+    // does not leave a thread waiting: 8 SmolLM2 sequences 10 .. 150 positions deep, 2 threads, ~2%
+    // more tokens/s. Which thread does a task changes none of its bits. cost[k]: the tasks' before k.
     std::vector<int64_t> first(static_cast<size_t>(n_tokens) + 1, 0);
     std::vector<KVCache::Span> spans;  // what each token attends to: the window or every position
     spans.reserve(size_t(n_tokens));
+    std::vector<int64_t> cost{0};
     for (int64_t t = 0; t < n_tokens; t++) {
         spans.push_back(caches[t]->span(layer, positions[t]));
-        first[size_t(t) + 1] = first[size_t(t)] + c.n_kv_heads * attention_runs(spans.back().n);
+        const int64_t n = spans.back().n, runs = attention_runs(n);
+        first[size_t(t) + 1] = first[size_t(t)] + c.n_kv_heads * runs;
+        for (int h = 0; h < c.n_kv_heads; h++)
+            for (int64_t r = 0; r < runs; r++)
+                cost.push_back(cost.back() + run_start(r + 1, runs, n) - run_start(r, runs, n) + kTaskCost);
     }
     const int64_t n_tasks = first[size_t(n_tokens)];
     const size_t slot = size_t(group) * size_t(hd);
@@ -338,17 +349,6 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
     if (s.run_max.size() < size_t(n_tasks * group)) {
         s.run_max.resize(size_t(n_tasks * group));
         s.run_sum.resize(size_t(n_tasks * group));
-    }
-    // Each thread takes a contiguous run of tasks of about equal cost (positions attended, plus a
-    // task's fixed share), not of equal count, so that a token deep in its context beside short ones
-    // does not leave a thread waiting: 8 SmolLM2 sequences 10 .. 150 positions deep, 2 threads, ~2%
-    // more tokens/s. Which thread does a task changes none of its bits.
-    std::vector<int64_t> cost(size_t(n_tasks) + 1, 0);
-    for (int64_t t = 0, k = 0; t < n_tokens; t++) {
-        const int64_t runs = attention_runs(spans[size_t(t)].n), n = spans[size_t(t)].n;
-        for (int h = 0; h < c.n_kv_heads; h++)
-            for (int64_t r = 0; r < runs; r++, k++)
-                cost[size_t(k) + 1] = cost[size_t(k)] + ((r + 1) * n / runs - r * n / runs) + kTaskCost;
     }
     // Thread ti's tasks: from the first whose cost before it reaches ti / n_threads of the whole.
     const auto share_start = [&](int ti, int n_threads) {
@@ -364,7 +364,7 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
             const int64_t runs = attention_runs(span.n), n = span.n;
             const int kv_head = int((task - first[size_t(t)]) / runs);
             const int64_t r = (task - first[size_t(t)]) % runs;
-            const int64_t p0 = r * n / runs, p1 = (r + 1) * n / runs;
+            const int64_t p0 = run_start(r, runs, n), p1 = run_start(r + 1, runs, n);
             const KVCache& cache = *caches[t];
             const size_t kv_off = size_t(kv_head) * span.head_stride + size_t(p0) * cache.row_bytes();
             const size_t q_off = size_t(t) * size_t(c.q_dim()) + size_t(kv_head) * slot;

@@ -148,13 +148,13 @@ TopCandidates top_candidates(const Kernels& kernels, const float* logits, int64_
             const float guess = sample[size_t(j - 1)];
             got.clear();
             if (!collect(values, tie_floor(guess, t), got)) return nan();
-            std::vector<float> values;
-            values.reserve(got.size());
+            std::vector<float> reached;  // the values >= guess
+            reached.reserve(got.size());
             for (const auto& c : got)
-                if (c.first >= guess) values.push_back(c.first);
-            if (int64_t(values.size()) >= k) {
-                std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
-                kth = values[size_t(k - 1)];
+                if (c.first >= guess) reached.push_back(c.first);
+            if (int64_t(reached.size()) >= k) {
+                std::nth_element(reached.begin(), reached.begin() + (k - 1), reached.end(), std::greater<float>());
+                kth = reached[size_t(k - 1)];
                 collected = true;
             }
         }
