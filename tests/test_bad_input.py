@@ -54,6 +54,7 @@ def one_line_error(proc) -> str:
 @pytest.mark.parametrize("ids, match", [
     ([1, 300], "token id 300 is outside the vocabulary"), ([-1], "token id -1"), ([2**40], "outside"),
     ([2**70], "integers"), ([1.5], "integers"), ([[1, 2]], "sequence"), ([], "non-empty"), ("abc", "sequence"),
+    ((1, 300), "token id 300 is outside"), ([True], "integers"), ([np.int64(300)], "outside"),
 ])
 def test_token_ids_outside_the_vocabulary(tiny, ids, match):
     with pytest.raises(ValueError, match=match):
