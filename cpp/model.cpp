@@ -350,6 +350,16 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
         s.run_max.resize(size_t(n_tasks * group));
         s.run_sum.resize(size_t(n_tasks * group));
     }
+    // Query head `head` of token t: its runs' results joined in run order into attn (the same
+    // operations for one run as for several, and whichever thread joins it).
+    const auto join_head = [&](int64_t t, int head) {
+        const int kv_head = head / group, j = head % group;
+        const int64_t runs = attention_runs(spans[size_t(t)].n);
+        const int64_t task0 = first[size_t(t)] + kv_head * runs;
+        attention_join(hd, int(runs), s.attn_runs.data() + task0 * slot + size_t(j) * size_t(hd), slot,
+                       s.run_max.data() + task0 * group + j, s.run_sum.data() + task0 * group + j, size_t(group),
+                       s.attn.data() + size_t(t) * size_t(c.q_dim()) + size_t(head) * size_t(hd));
+    };
     // Thread ti's tasks: from the first whose cost before it reaches ti / n_threads of the whole.
     const auto share_start = [&](int ti, int n_threads) {
         return int64_t(std::lower_bound(cost.begin(), cost.end(), cost.back() * ti / n_threads) - cost.begin());
@@ -371,21 +381,18 @@ void Model::attention(int64_t n_tokens, KVCache* const* caches, const int64_t* p
             kernels_.attend[cache.type()](hd, group, s.q.data() + q_off, span.keys + kv_off, span.values + kv_off,
                                           cache.row_bytes(), p1 - p0, scale, scores, s.attn_runs.data() + task * slot,
                                           s.run_max.data() + task * group, s.run_sum.data() + task * group);
+            if (runs == 1)  // the heads' only run: joined at once, by this thread
+                for (int j = 0; j < group; j++) join_head(t, kv_head * group + j);
         }
     });
-    // Each query head's runs joined in run order (tasks of one head are consecutive runs).
+    // The heads of several runs joined in run order (tasks of one head are consecutive runs), in a
+    // run of their own: another thread may have done some of the runs. None in a short context.
+    if (n_tasks == n_tokens * c.n_kv_heads) return;
     pool.run([&](int ti, int n_threads) {
         int64_t begin, end;
         split_range(n_tokens * c.n_heads, ti, n_threads, begin, end);
-        for (int64_t i = begin; i < end; i++) {
-            const int64_t t = i / c.n_heads;
-            const int head = int(i % c.n_heads), kv_head = head / group, j = head % group;
-            const int64_t runs = attention_runs(spans[size_t(t)].n);
-            const int64_t task0 = first[size_t(t)] + kv_head * runs;
-            attention_join(hd, int(runs), s.attn_runs.data() + task0 * slot + size_t(j) * size_t(hd), slot,
-                           s.run_max.data() + task0 * group + j, s.run_sum.data() + task0 * group + j, size_t(group),
-                           s.attn.data() + size_t(t) * size_t(c.q_dim()) + size_t(head) * size_t(hd));
-        }
+        for (int64_t i = begin; i < end; i++)
+            if (attention_runs(spans[size_t(i / c.n_heads)].n) > 1) join_head(i / c.n_heads, int(i % c.n_heads));
     });
 }
 
