@@ -14,26 +14,40 @@ constexpr int64_t kRowTile = 16;
 // while every token of the batch passes over them.
 constexpr int64_t kGroupTile = 4;
 
+// Stream pairs [j0, j1) of a matrix-vector product over groups [g0, g1), the first stream's `half`
+// groups beside the rest: pair j is groups g0 + j and g0 + half + j (alone where the second is past g1).
+void packed_pairs(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t g0, int64_t g1,
+                  int64_t half, int64_t j0, int64_t j1) {
+    const size_t group_bytes = row_size(w.type, w.cols) * kPackRows;
+    const auto* packed = static_cast<const uint8_t*>(w.packed);
+    const int n = int(w.cols);
+    for (int64_t j = j0; j < j1; j++) {
+        const int64_t ga = g0 + j, gb = g0 + half + j;
+        if (gb < g1) {
+            k.packed_dot_pair[w.type](n, packed + size_t(ga) * group_bytes, packed + size_t(gb) * group_bytes, x, 0,
+                                      y + ga * kPackRows, y + gb * kPackRows);
+        } else {
+            k.packed_dot[w.type](n, packed + size_t(ga) * group_bytes, x, 0, 1, y + ga * kPackRows, size_t(w.rows));
+        }
+    }
+}
+
+// Whether a product of w and x runs as packed_pairs' two streams.
+bool paired(const Kernels& k, const Matrix& w, const Activations& x) {
+    return w.packed && x.n_tokens == 1 && k.packed_dot_pair[w.type];
+}
+
 void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1) {
     const packed_dot_fn dot = k.packed_dot[w.type], two = k.packed_dot_two[w.type];
     const size_t group_bytes = row_size(w.type, w.cols) * kPackRows;
     const auto* packed = static_cast<const uint8_t*>(w.packed);
     const int n = int(w.cols);
     const int64_t g0 = r0 / kPackRows, g1 = r1 / kPackRows;
-    if (x.n_tokens == 1 && k.packed_dot_pair[w.type]) {
+    if (paired(k, w, x)) {
         // A matrix-vector product: the first and the second half of the groups side by side, two
         // streams from memory at once.
         const int64_t half = (g1 - g0 + 1) / 2;
-        for (int64_t j = 0; j < half; j++) {
-            const int64_t ga = g0 + j, gb = g0 + half + j;
-            if (gb < g1) {
-                k.packed_dot_pair[w.type](n, packed + size_t(ga) * group_bytes, packed + size_t(gb) * group_bytes, x,
-                                          0, y + ga * kPackRows, y + gb * kPackRows);
-            } else {
-                dot(n, packed + size_t(ga) * group_bytes, x, 0, 1, y + ga * kPackRows, size_t(w.rows));
-            }
-        }
-        return;
+        return packed_pairs(k, w, x, y, g0, g1, half, 0, half);
     }
     for (int64_t gt = g0; gt < g1; gt += kGroupTile) {
         const int64_t gt_end = std::min(gt + kGroupTile, g1);
@@ -177,6 +191,80 @@ void matmul_rows(const Kernels& k, const Matrix& w, const Activations& x, float*
             for (int64_t r = rt; r < rt_end; r++) yt[r] = dot(n, wbytes + size_t(r) * w_row_bytes, xt);
         }
     }
+}
+
+ShareUnits share_units(const Kernels& k, const Matrix& w, const Activations& x, int i, int n_threads) {
+    ShareUnits s;
+    matmul_split(w, i, n_threads, s.r0, s.r1);
+    const size_t row_bytes = row_size(w.type, w.cols);
+    const size_t target = kUnitBytes / size_t(std::min<int64_t>(x.n_tokens, kPackTokens));
+    if (paired(k, w, x)) {
+        const int64_t groups = (s.r1 - s.r0) / kPackRows;
+        s.half = (groups + 1) / 2;
+        s.step = std::max<int64_t>(1, int64_t(target / (2 * kPackRows * row_bytes)));
+        s.count = (s.half + s.step - 1) / s.step;
+        return s;
+    }
+    // whole row tiles (packed: whole group tiles)
+    const int64_t tile = w.packed ? kGroupTile * kPackRows : kRowTile;
+    s.step = std::max<int64_t>(1, int64_t(target / (size_t(tile) * row_bytes))) * tile;
+    s.count = (s.r1 - s.r0 + s.step - 1) / s.step;
+    return s;
+}
+
+void unit_rows(const ShareUnits& s, int64_t u, RowRun (&runs)[2]) {
+    if (!s.half) {
+        runs[0] = {s.r0 + u * s.step, std::min(s.r0 + (u + 1) * s.step, s.r1)};
+        runs[1] = {0, 0};
+        return;
+    }
+    const int64_t g0 = s.r0 / kPackRows, g1 = s.r1 / kPackRows;
+    const int64_t j0 = u * s.step, j1 = std::min(j0 + s.step, s.half);
+    runs[0] = {(g0 + j0) * kPackRows, (g0 + j1) * kPackRows};
+    const int64_t b0 = std::min(g0 + s.half + j0, g1), b1 = std::min(g0 + s.half + j1, g1);
+    runs[1] = {b0 * kPackRows, b1 * kPackRows};
+}
+
+void matmul_unit(const Kernels& k, const Matrix& w, const Activations& x, float* y, const ShareUnits& s, int64_t u) {
+    if (s.half) {
+        const int64_t j0 = u * s.step;
+        return packed_pairs(k, w, x, y, s.r0 / kPackRows, s.r1 / kPackRows, s.half, j0, std::min(j0 + s.step, s.half));
+    }
+    matmul_rows(k, w, x, y, s.r0 + u * s.step, std::min(s.r0 + (u + 1) * s.step, s.r1));
+}
+
+bool WorkShares::reset(const Kernels& k, const std::pair<const Matrix*, float*>* products, int n_products,
+                       const Activations& x, int n_threads, bool after) {
+    k_ = &k;
+    x_ = &x;
+    products_ = products;
+    n_products_ = n_products;
+    n_threads_ = n_threads;
+    const size_t n_shares = size_t(n_products) * size_t(n_threads);
+    shares_.resize(n_shares);
+    if (claims_size_ < n_shares) {
+        claims_ = std::make_unique<Claims[]>(n_shares);
+        claims_size_ = n_shares;
+    }
+    bool same = true;
+    size_t max_units = 0;
+    for (int p = 0; p < n_products; p++)
+        for (int i = 0; i < n_threads; i++) {
+            ShareUnits& s = shares_[size_t(p * n_threads + i)];
+            s = share_units(k, *products[p].first, x, i, n_threads);
+            same = same && s.same_cut(shares_[size_t(i)]);
+            claims_[size_t(p * n_threads + i)].v.store(uint64_t(s.count) << 32, std::memory_order_relaxed);
+            max_units = std::max(max_units, size_t(s.count));
+        }
+    if (!after || !same) return same;
+    lines_ = (max_units + kPerLine - 1) / kPerLine;
+    if (done_size_ < size_t(n_threads) * lines_) {
+        done_size_ = size_t(n_threads) * lines_;
+        done_ = std::make_unique<DoneLine[]>(done_size_);
+    }
+    for (size_t j = 0; j < size_t(n_threads) * lines_; j++)
+        for (auto& d : done_[j].v) d.store(0, std::memory_order_relaxed);
+    return same;
 }
 
 void matmul_prepared(const Kernels& k, const Matrix& w, const Activations& x, float* y, ThreadPool& pool) {

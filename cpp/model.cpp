@@ -145,12 +145,14 @@ public:
 
     // Every product y_j = W_j x in one pool run (one synchronisation for all), then after(r0, r1)
     // once rows [r0, r1) of every product are done, by the thread that did them (after: products of
-    // one row count and packing). Short batches split each product's rows evenly between the
-    // threads; prompts (kChunkTokens or more tokens) cut the rows into chunks of kChunkRows that the
-    // threads take in turn, so that a thread slowed down by other load on the machine holds the
-    // others up by one chunk, not by half of every product. A row's outputs are the same bits
-    // whichever thread computes them. Products whose weights want different activation formats (a
-    // file mixing types) take a run each.
+    // one row count and packing). Short batches give each thread its half of each product's rows
+    // (the two streams of a matrix-vector product), unit by unit, and a thread that has finished takes
+    // units from the back of the others' (WorkShares); prompts (kChunkTokens or more tokens) cut the
+    // rows into chunks of kChunkRows that the threads take in turn. Either way a thread slowed down
+    // (by other load on the machine, by the memory it shares) holds the others up by a unit or a
+    // chunk, not by half of every product. A row's outputs are the same bits whichever thread
+    // computes them. Products whose weights want different activation formats (a file mixing types)
+    // take a run each.
     template <typename After>
     void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products, After after) {
         if (s_.observe)
@@ -170,6 +172,15 @@ public:
         }
         for (const auto& p : products) prepare(*p.first);
         const Activations& a = a_;
+        if (n_tokens_ < kChunkTokens && pool_.n_threads() > 1) {
+            const std::pair<const Matrix*, float*>* list = products.begin();
+            constexpr bool kAfter = !std::is_same_v<After, NoAfter>;
+            const bool cut_alike = s_.shares.reset(k_, list, int(products.size()), a, pool_.n_threads(), kAfter);
+            if (cut_alike || !kAfter) {
+                pool_.run([&](int i, int) { s_.shares.work(i, after); });
+                return;
+            }
+        }
         if (n_tokens_ < kChunkTokens || pool_.n_threads() == 1) {
             pool_.run([&](int i, int n_threads) {
                 for (const auto& [w, y] : products) {
@@ -196,9 +207,7 @@ public:
             }
         });
     }
-    void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products) {
-        multiply(products, [](int64_t, int64_t) {});
-    }
+    void multiply(std::initializer_list<std::pair<const Matrix*, float*>> products) { multiply(products, NoAfter{}); }
 
     static constexpr int64_t kChunkTokens = 32;
     static constexpr int64_t kChunkRows = 8 * kPackRows;  // 64 rows of 512 tokens: ~1 ms of work

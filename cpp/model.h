@@ -98,6 +98,7 @@ struct RunState {
     std::vector<float> scores;  // (n_threads, heads per KV head, positions) attention scores, per thread;
                                 // room for the most positions a token has attended to yet
     ActivationBuffers xq;       // quantized activations shared by the matmuls that read one input
+    WorkShares shares;          // the products of a short batch's pool run, balanced between the threads
     std::vector<float> rope;    // (T, n_rot / 2, 2) cos and sin of each token's RoPE angles
     std::vector<float> rope_local;  // the same for the sliding-window layers' base, where it differs
     // Optional: asked on the calling thread before each sub-layer (attention, feed-forward) of each

@@ -226,3 +226,26 @@ def test_packing_refused_where_it_cannot_apply(rng):
         pyengine.matmul(w_raw, "q4_0", (12, 64), np.zeros((1, 64), np.float32), isa="scalar", packed=True)
     with pytest.raises(ValueError, match="groups of 8"):
         pyengine.matmul(w_raw, "q4_0", (12, 64), np.zeros((1, 64), np.float32), packed=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name,packed", [("q4_0", True), ("q4_k", True), ("q6_k", True), ("q4_0", False),
+                                              ("f32", False)])
+@pytest.mark.parametrize("n_tokens", [1, 3, 8])
+@pytest.mark.parametrize("n_shares,order", [(2, [0, 1]), (2, [1, 0]), (3, [2, 0, 1]), (2, [0])])
+def test_balanced_products_take_units_from_other_threads(rng, isa, type_name, packed, n_tokens, n_shares, order):
+    """A short batch's products (SharedInput in the forward pass) go to the threads in units, and a
+    thread that has finished its own takes units from the back of the others' shares (WorkShares).
+    Run in turn, the first thread takes every unit, its own from the front and the others' from their
+    backs: each output must be the plain product's bits, and the `after` step (the SwiGLU of gate and
+    up) must see each row once, with both products' outputs done."""
+    if packed and not pyengine._core.can_pack(pyengine.quants._type_id(type_name), isa):
+        pytest.skip(f"{isa} does not pack {type_name}")
+    rows, cols = 8 * 150, 2048  # several 256 KB units a share, for every type here
+    w_raw = pyengine.quantize(rng.standard_normal((rows, cols)).astype(np.float32), type_name)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    base = pyengine.matmul(w_raw, type_name, (rows, cols), x, n_threads=1, isa=isa, packed=packed)
+    y, complete, incomplete = pyengine._core.matmul_in_shares(w_raw, pyengine.quants._type_id(type_name), rows, cols,
+                                                              x, isa, packed, n_shares, order)
+    np.testing.assert_array_equal(y, base)
+    assert (complete == 1).all() and (incomplete == 0).all()

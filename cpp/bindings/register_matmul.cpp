@@ -1,4 +1,8 @@
 // The thread pool and the threaded matrix product.
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,9 +15,9 @@ namespace pe::bindings {
 
 namespace {
 
-// y = x W^T: w holds `rows` rows of `cols` values of type wtype; x is (n_tokens, cols) float32.
-FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols,
-                     const FloatArray& x, const std::string& isa, bool packed) {
+// The weight checks of a product from Python: the kernels of `isa`, and w holding rows x cols of wtype.
+const Kernels& checked_product(const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols, const FloatArray& x,
+                               const std::string& isa) {
     const Kernels& k = kernels_or_throw(isa);
     const TypeTraits& t = traits_or_throw(wtype);
     if (!k.vec_dot[wtype]) throw py::value_error(std::string("no dot kernel for weight type ") + t.name);
@@ -26,6 +30,14 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
                               std::to_string(need));
     if (x.ndim() != 2 || x.shape(1) != cols)
         throw py::value_error("activations must be (n_tokens, " + std::to_string(cols) + ") float32");
+    return k;
+}
+
+// y = x W^T: w holds `rows` rows of `cols` values of type wtype; x is (n_tokens, cols) float32.
+FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols,
+                     const FloatArray& x, const std::string& isa, bool packed) {
+    const Kernels& k = checked_product(w, wtype, rows, cols, x, isa);
+    const TypeTraits& t = *type_traits(wtype);
     const int64_t n_tokens = x.shape(0);
     FloatArray y({n_tokens, rows});
     Matrix m{GGMLType(wtype), w.data(), rows, cols};
@@ -43,6 +55,49 @@ FloatArray matmul_py(ThreadPool& pool, const ByteArray& w, uint32_t wtype, int64
     return y;
 }
 
+// For the tests of WorkShares: y = x W^T as a short batch's balanced pool run computes it, the threads'
+// parts (of n_shares) run one after another on this thread in `order`. The first to run takes its own
+// share's units from the front and then every other share's from the back; the later ones find theirs
+// taken. W goes in twice, as two products cut alike (gate and up), with an `after` step that counts per
+// row the calls that found both products' rows complete (equal), and the calls that did not. Returns
+// (y, complete, incomplete).
+py::tuple matmul_in_shares(const ByteArray& w, uint32_t wtype, int64_t rows, int64_t cols, const FloatArray& x,
+                           const std::string& isa, bool packed, int n_shares, const std::vector<int>& order) {
+    const Kernels& k = checked_product(w, wtype, rows, cols, x, isa);
+    if (n_shares < 1 || n_shares > 64) throw py::value_error("n_shares must be between 1 and 64");
+    for (int i : order)
+        if (i < 0 || i >= n_shares) throw py::value_error("order holds thread indices below n_shares");
+    const int64_t n_tokens = x.shape(0);
+    ThreadPool pool(1);
+    Matrix m{GGMLType(wtype), w.data(), rows, cols};
+    HugeBuffer storage;
+    if (packed && !pack_matrix(k, m, storage, pool)) throw py::value_error("these rows cannot be packed");
+    FloatArray y({n_tokens, rows});
+    std::vector<float> y2(size_t(n_tokens * rows), NAN);
+    std::fill(y.mutable_data(), y.mutable_data() + n_tokens * rows, NAN);
+    py::array_t<int32_t> complete(rows), incomplete(rows);
+    std::fill(complete.mutable_data(), complete.mutable_data() + rows, 0);
+    std::fill(incomplete.mutable_data(), incomplete.mutable_data() + rows, 0);
+    ActivationBuffers buffers;
+    const Activations a = prepare_activations(k, m.type, x.data(), n_tokens, cols, packed_extras(k, m), buffers, pool);
+    const std::pair<const Matrix*, float*> products[2] = {{&m, y.mutable_data()}, {&m, y2.data()}};
+    WorkShares shares;
+    if (!shares.reset(k, products, 2, a, n_shares, true)) throw std::logic_error("one matrix twice is cut alike");
+    float* yp = y.mutable_data();
+    int32_t* done = complete.mutable_data();
+    int32_t* early = incomplete.mutable_data();
+    const auto after = [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            bool equal = true;
+            for (int64_t t = 0; t < n_tokens; t++)
+                equal = equal && std::memcmp(&yp[t * rows + r], &y2[size_t(t * rows + r)], sizeof(float)) == 0;
+            (equal ? done : early)[r]++;
+        }
+    };
+    for (int i : order) shares.work(i, after);
+    return py::make_tuple(y, complete, incomplete);
+}
+
 }  // namespace
 
 void register_matmul(py::module_& m) {
@@ -58,6 +113,10 @@ void register_matmul(py::module_& m) {
     m.def("matmul", &matmul_py, py::arg("pool"), py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),
           py::arg("x"), py::arg("isa") = "", py::arg("packed") = false,
           "packed=True: the rows packed for the ISA's packed kernels first, as the model does at load time");
+    m.def("matmul_in_shares", &matmul_in_shares, py::arg("w"), py::arg("wtype"), py::arg("rows"), py::arg("cols"),
+          py::arg("x"), py::arg("isa"), py::arg("packed"), py::arg("n_shares"), py::arg("order"),
+          "for tests: the balanced short-batch product with its threads' parts run in turn; (y, complete, "
+          "incomplete): per row, the `after` calls that found both products' rows done, and those that did not");
     m.def("can_pack", [](uint32_t wtype, const std::string& isa) {
         const Kernels& k = kernels_or_throw(isa);
         traits_or_throw(wtype);
