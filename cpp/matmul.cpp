@@ -37,18 +37,21 @@ bool paired(const Kernels& k, const Matrix& w, const Activations& x) {
     return w.packed && x.n_tokens == 1 && k.packed_dot_pair[w.type];
 }
 
+// The groups of the first of the two streams over `groups` groups: the first half, rounded up.
+int64_t first_stream(int64_t groups) { return (groups + 1) / 2; }
+
 void packed_rows(const Kernels& k, const Matrix& w, const Activations& x, float* y, int64_t r0, int64_t r1) {
-    const packed_dot_fn dot = k.packed_dot[w.type], two = k.packed_dot_two[w.type];
-    const size_t group_bytes = row_size(w.type, w.cols) * kPackRows;
-    const auto* packed = static_cast<const uint8_t*>(w.packed);
-    const int n = int(w.cols);
     const int64_t g0 = r0 / kPackRows, g1 = r1 / kPackRows;
     if (paired(k, w, x)) {
         // A matrix-vector product: the first and the second half of the groups side by side, two
         // streams from memory at once.
-        const int64_t half = (g1 - g0 + 1) / 2;
+        const int64_t half = first_stream(g1 - g0);
         return packed_pairs(k, w, x, y, g0, g1, half, 0, half);
     }
+    const packed_dot_fn dot = k.packed_dot[w.type], two = k.packed_dot_two[w.type];
+    const size_t group_bytes = row_size(w.type, w.cols) * kPackRows;
+    const auto* packed = static_cast<const uint8_t*>(w.packed);
+    const int n = int(w.cols);
     for (int64_t gt = g0; gt < g1; gt += kGroupTile) {
         const int64_t gt_end = std::min(gt + kGroupTile, g1);
         for (int64_t t = 0; t < x.n_tokens; t += kPackTokens) {
@@ -199,8 +202,7 @@ ShareUnits share_units(const Kernels& k, const Matrix& w, const Activations& x, 
     const size_t row_bytes = row_size(w.type, w.cols);
     const size_t target = kUnitBytes / size_t(std::min<int64_t>(x.n_tokens, kPackTokens));
     if (paired(k, w, x)) {
-        const int64_t groups = (s.r1 - s.r0) / kPackRows;
-        s.half = (groups + 1) / 2;
+        s.half = first_stream((s.r1 - s.r0) / kPackRows);
         s.step = std::max<int64_t>(1, int64_t(target / (2 * kPackRows * row_bytes)));
         s.count = (s.half + s.step - 1) / s.step;
         return s;
