@@ -737,12 +737,20 @@ struct SubBlockMultipliers {
 #endif
 };
 
+#if PE_PACKED_VNNI
 struct PackedQ4_KBatch;
+#endif
 
 struct PackedQ4_K {
     static constexpr int kBlock = QK_K;
     static constexpr bool kRowOrder = false, kXSums = false;
-    using Batch = PackedQ4_KBatch;  // for passes of several tokens
+#if PE_PACKED_VNNI
+    // Passes of several tokens take PackedQ4_KBatch in the VNNI build (~8% faster there). The AVX2
+    // build keeps these steps, 4 tokens a pass: its PackedQ4_KBatch (the nibbles split once into 64
+    // vectors in L1) ran 1.35x slower on a Zen 3 (2048x2048, 8 tokens, cache-resident: 47 against 63
+    // G multiply-adds/s), and a 1.1B Q4_K_M prompt with it 1.2x slower.
+    using Batch = PackedQ4_KBatch;
+#endif
     using Block = block_q4_Kx8;
     using XBlock = block_q8_K;
     struct Unpacked {
@@ -862,17 +870,17 @@ struct PackedQ4_K {
     }
 };
 
-// Q4_K for a pass of several tokens: load() splits the super-block's nibbles once, into L1 (64
-// vectors), and every token's term() reads them; the one-token term() splits them as it goes, in
-// registers. The same integer sums and float step: the same bits.
+#if PE_PACKED_VNNI
+// Q4_K for a pass of several tokens (VNNI build): load() splits the super-block's nibbles once, into
+// L1, and every token's term() reads them; the one-token term() splits them as it goes, in registers.
+// The same integer sums and float step: the same bits.
 struct PackedQ4_KBatch {
     static constexpr int kBlock = QK_K;
     static constexpr bool kRowOrder = false, kXSums = false;
     static constexpr int kMaxTokens = 8;
     using Block = block_q4_Kx8;
     using XBlock = block_q8_K;
-#if PE_PACKED_VNNI
-    // VNNI build (AVX-512): 512-bit vectors, each holding a run pair whole, rows 0-3 in the lower
+    // 512-bit vectors, each holding a run pair whole, rows 0-3 in the lower
     // half and rows 4-7 in the upper one, against the same 8 activation bytes in every 64-bit
     // quarter (PackedQ4_K::isum512): fewer instructions than the 256-bit steps, the same int32 lanes.
     struct Unpacked {
@@ -894,44 +902,8 @@ struct PackedQ4_KBatch {
         PackedQ4_K::isum512(x, nibbles, [&w](int, int j) { return w.scales.sc.both(j); }, isum);
         return PackedQ4_K::finish(w.scales, x, isum[0]);
     }
-#else
-    struct Unpacked {
-        PackedQ4_K::Unpacked scales;
-        __m256i u[16][4];  // the run pair at qs + 64 (4h + c): rows 0-3, 4-7 low nibbles, rows 0-3, 4-7 high
-    };
-    static Unpacked load(const Block& w) {
-        Unpacked p;
-        p.scales = PackedQ4_K::load(w);
-        const __m256i mask = _mm256_set1_epi8(0x0f);
-        for (int hc = 0; hc < 16; hc++) {
-            const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * hc));
-            const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 64 * hc + 32));
-            p.u[hc][0] = _mm256_and_si256(r0, mask);
-            p.u[hc][1] = _mm256_and_si256(r1, mask);
-            p.u[hc][2] = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask);
-            p.u[hc][3] = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
-        }
-        return p;
-    }
-    static __m256 term(const Unpacked& w, const XBlock& x, int32_t, const float*) {
-        __m256i acc03 = _mm256_setzero_si256(), acc47 = _mm256_setzero_si256();
-        for (int h = 0; h < 4; h++) {
-            __m256i lo03 = _mm256_setzero_si256(), lo47 = lo03, hi03 = lo03, hi47 = lo03;
-            for (int c = 0; c < 4; c++) {
-                const __m256i ylo = broadcast8(x.qs + 64 * h + 8 * c), yhi = broadcast8(x.qs + 64 * h + 32 + 8 * c);
-                const __m256i(&u)[4] = w.u[4 * h + c];
-                lo03 = _mm256_add_epi16(lo03, _mm256_maddubs_epi16(u[0], ylo));
-                lo47 = _mm256_add_epi16(lo47, _mm256_maddubs_epi16(u[1], ylo));
-                hi03 = _mm256_add_epi16(hi03, _mm256_maddubs_epi16(u[2], yhi));
-                hi47 = _mm256_add_epi16(hi47, _mm256_maddubs_epi16(u[3], yhi));
-            }
-            acc03 = madd_acc(madd_acc(acc03, lo03, w.scales.sc.rows03(2 * h)), hi03, w.scales.sc.rows03(2 * h + 1));
-            acc47 = madd_acc(madd_acc(acc47, lo47, w.scales.sc.rows47(2 * h)), hi47, w.scales.sc.rows47(2 * h + 1));
-        }
-        return PackedQ4_K::finish(w.scales, x, _mm256_hadd_epi32(acc03, acc47));
-    }
-#endif
 };
+#endif
 
 // ---- Q6_K: 8 rows' super-blocks re-laid at load time. The 6-bit levels u (0..63; the weight is
 // u - 32) are split as Q4_K's nibbles: chunk h of 64 weights, the low 4 bits of weights 64h + l in
@@ -1479,8 +1451,9 @@ constexpr bool reads_xscales() {
 // 32-blocks, whose unpacked block leaves registers for 8 accumulators, and 4 for the super-blocks.
 // Where a super-block's unpacked state is in memory anyway, 8 tokens share each load(): a prompt's
 // kernel loop (8-token passes over a cache-resident tile, against 4-token ones) ran ~10% faster for
-// Q4_K and ~27% for IQ4_XS; Q5_K's gained nothing. (Q4_K's passes now take PackedQ4_KBatch, whose
-// nibbles are split once per super-block: ~8% more, AVX2 and VNNI alike.)
+// Q4_K and ~27% for IQ4_XS; Q5_K's gained nothing. (The VNNI build's Q4_K passes now take
+// PackedQ4_KBatch, whose nibbles are split once per super-block: ~8% more; the AVX2 build's 4-token
+// passes of PackedQ4_K's own steps measured faster than either on a Zen 3: see PackedQ4_K.)
 template <typename F, typename = void>
 struct MaxTokens {
     static constexpr int value = block_size<F>() == QK ? 8 : 4;
