@@ -880,9 +880,9 @@ struct PackedQ4_KBatch {
     static constexpr int kMaxTokens = 8;
     using Block = block_q4_Kx8;
     using XBlock = block_q8_K;
-    // 512-bit vectors, each holding a run pair whole, rows 0-3 in the lower
-    // half and rows 4-7 in the upper one, against the same 8 activation bytes in every 64-bit
-    // quarter (PackedQ4_K::isum512): fewer instructions than the 256-bit steps, the same int32 lanes.
+    // 512-bit vectors, each holding a run pair whole, rows 0-3 in the lower half and rows 4-7 in the
+    // upper one, against the same 8 activation bytes in every 64-bit quarter (PackedQ4_K::isum512):
+    // fewer instructions than the 256-bit steps, the same int32 lanes.
     struct Unpacked {
         PackedQ4_K::Unpacked scales;
         __m512i u[16][2];  // the run pair at qs + 64 (4h + c): its low nibbles, its high nibbles
@@ -1452,8 +1452,9 @@ constexpr bool reads_xscales() {
 // Where a super-block's unpacked state is in memory anyway, 8 tokens share each load(): a prompt's
 // kernel loop (8-token passes over a cache-resident tile, against 4-token ones) ran ~10% faster for
 // Q4_K and ~27% for IQ4_XS; Q5_K's gained nothing. (The VNNI build's Q4_K passes now take
-// PackedQ4_KBatch, whose nibbles are split once per super-block: ~8% more; the AVX2 build's 4-token
-// passes of PackedQ4_K's own steps measured faster than either on a Zen 3: see PackedQ4_K.)
+// PackedQ4_KBatch, whose nibbles are split once per super-block: ~8% more. The AVX2 build keeps
+// 4-token passes of PackedQ4_K's own steps: on a Zen 3 its PackedQ4_KBatch ran 1.35x slower, and
+// 8-token passes of PackedQ4_K alike within noise; see PackedQ4_K.)
 template <typename F, typename = void>
 struct MaxTokens {
     static constexpr int value = block_size<F>() == QK ? 8 : 4;
