@@ -214,25 +214,34 @@ ShareUnits share_units(const Kernels& k, const Matrix& w, const Activations& x, 
     return s;
 }
 
+namespace {
+// Unit u of a share: its stream pairs [begin, end) (paired) or its rows, for unit_rows and matmul_unit alike.
+struct Span {
+    int64_t begin, end;
+};
+Span unit_span(const ShareUnits& s, int64_t u) {
+    if (s.half) return {u * s.step, std::min((u + 1) * s.step, s.half)};
+    return {s.r0 + u * s.step, std::min(s.r0 + (u + 1) * s.step, s.r1)};
+}
+}  // namespace
+
 void unit_rows(const ShareUnits& s, int64_t u, RowRun (&runs)[2]) {
+    const Span span = unit_span(s, u);
     if (!s.half) {
-        runs[0] = {s.r0 + u * s.step, std::min(s.r0 + (u + 1) * s.step, s.r1)};
+        runs[0] = {span.begin, span.end};
         runs[1] = {0, 0};
         return;
     }
     const int64_t g0 = s.r0 / kPackRows, g1 = s.r1 / kPackRows;
-    const int64_t j0 = u * s.step, j1 = std::min(j0 + s.step, s.half);
-    runs[0] = {(g0 + j0) * kPackRows, (g0 + j1) * kPackRows};
-    const int64_t b0 = std::min(g0 + s.half + j0, g1), b1 = std::min(g0 + s.half + j1, g1);
+    runs[0] = {(g0 + span.begin) * kPackRows, (g0 + span.end) * kPackRows};
+    const int64_t b0 = std::min(g0 + s.half + span.begin, g1), b1 = std::min(g0 + s.half + span.end, g1);
     runs[1] = {b0 * kPackRows, b1 * kPackRows};
 }
 
 void matmul_unit(const Kernels& k, const Matrix& w, const Activations& x, float* y, const ShareUnits& s, int64_t u) {
-    if (s.half) {
-        const int64_t j0 = u * s.step;
-        return packed_pairs(k, w, x, y, s.r0 / kPackRows, s.r1 / kPackRows, s.half, j0, std::min(j0 + s.step, s.half));
-    }
-    matmul_rows(k, w, x, y, s.r0 + u * s.step, std::min(s.r0 + (u + 1) * s.step, s.r1));
+    const Span span = unit_span(s, u);
+    if (s.half) return packed_pairs(k, w, x, y, s.r0 / kPackRows, s.r1 / kPackRows, s.half, span.begin, span.end);
+    matmul_rows(k, w, x, y, span.begin, span.end);
 }
 
 bool WorkShares::reset(const Kernels& k, const std::pair<const Matrix*, float*>* products, int n_products,
