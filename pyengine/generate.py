@@ -21,6 +21,7 @@ Control tokens (<|im_start|>, ...) give no text, as llama.cpp prints them by def
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -58,6 +59,8 @@ def check_stop(stop) -> tuple[str, ...]:
         return ()
     if isinstance(stop, str):
         stop = (stop,)
+    if isinstance(stop, (Mapping, AbstractSet, bytes, bytearray)):  # keys, no order, bytes: not a list of strings
+        raise ValueError(f"stop must be a string or a sequence of strings, got {type(stop).__name__}")
     try:
         stop = tuple(stop)
     except TypeError:

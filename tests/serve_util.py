@@ -15,9 +15,10 @@ STARTUP_DEADLINE = 300  # seconds: loading the model and binding; only a broken 
 
 
 class ServerURL(str):
-    """The server's URL; .pid: its process id."""
+    """The server's URL; .pid: its process id; .log: the lines of its stderr so far."""
 
     pid: int
+    log: list[str]
 
 
 @contextlib.contextmanager
@@ -52,6 +53,7 @@ def running_server(*args: str, env: dict | None = None) -> Iterator[ServerURL]:
             raise RuntimeError(f"the server {state}; stderr:\n" + "".join(lines[-30:]))
         served = ServerURL(url[0])
         served.pid = proc.pid
+        served.log = lines
         yield served
     finally:
         if proc.poll() is None:

@@ -177,7 +177,7 @@ def test_same_seed_same_text_on_the_tiny_model(tiny):
 @pytest.mark.parametrize("bad", [
     {"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1}, {"min_p": 2}, {"repetition_penalty": 0},
     {"max_tokens": -1}, {"max_tokens": 2.0}, {"repeat_last_n": -2}, {"logit_bias": {300: 1.0}},
-    {"stop": [""]}, {"stop": [1]}, {"seed": -1}, {"frequency_penalty": float("nan")},
+    {"stop": [""]}, {"stop": [1]}, {"stop": {"a": 1}}, {"stop": b"x"}, {"seed": -1}, {"frequency_penalty": float("nan")},
 ])
 def test_bad_arguments_raise_before_any_work(tiny, monkeypatch, bad):
     def no_work(*args, **kwargs):

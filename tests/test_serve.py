@@ -313,8 +313,20 @@ def test_completions_echo_n_stop_and_logprobs(client, smol):
     expected = smol.generate(prompt, max_tokens=12, temperature=0)
     assert r.choices[0].text == prompt + expected.text
     lp = r.choices[0].logprobs
-    assert len(lp.tokens) == 12 and len(lp.top_logprobs[0]) == 2 and all(v <= 0 for v in lp.token_logprobs)
-    assert lp.text_offset[0] == len(prompt)
+    # OpenAI's echo with logprobs: the prompt's tokens first (the first one without a log-probability)
+    ids = smol.tokenize(prompt)
+    assert len(lp.tokens) == len(ids) + 12 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert len(lp.top_logprobs[-1]) == 2 and all(v <= 0 for v in lp.token_logprobs[1:])
+    assert lp.text_offset[:len(ids)] == [len(smol.detokenize(ids[:i])) for i in range(len(ids))]
+    assert lp.text_offset[len(ids)] == len(prompt)
+    logits = smol.context().eval_all(ids).astype(np.float64)  # the model's own, position by position
+    log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    want = [logits[i - 1, ids[i]] - log_z[i - 1] for i in range(1, len(ids))]
+    assert np.allclose(lp.token_logprobs[1:len(ids)], want, rtol=0, atol=1e-5)
+    streamed = [c.choices[0] for c in client.completions.create(model=MODEL, prompt=prompt, max_tokens=12,
+                                                                temperature=0, echo=True, logprobs=2, stream=True)]
+    assert streamed[0].text == prompt and streamed[0].logprobs.token_logprobs == lp.token_logprobs[:len(ids)]
+    assert [o for c in streamed if c.logprobs for o in c.logprobs.text_offset] == lp.text_offset
     r = client.completions.create(model=MODEL, prompt=[prompt, "Once upon a time"], n=2,
                                   max_tokens=8, seed=11)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
@@ -403,6 +415,7 @@ BAD_REQUESTS = [
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "user"}]}, 400, "messages"),
     ({"messages": [{"role": 5, "content": "x"}]}, 400, "messages"),
+    ({"messages": [{"role": "foo", "content": "x"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "messages"),
     ({"messages": MESSAGES, "temperature": "hot"}, 400, "temperature"),
     ({"messages": MESSAGES, "temperature": -1}, 400, "temperature"),
@@ -414,8 +427,12 @@ BAD_REQUESTS = [
     ({"messages": MESSAGES, "n": 1000}, 400, "n"),
     ({"messages": MESSAGES, "stop": [""]}, 400, "stop"),
     ({"messages": MESSAGES, "stop": 3}, 400, "stop"),
+    ({"messages": MESSAGES, "stop": {"a": 1}}, 400, "stop"),
     ({"messages": MESSAGES, "seed": "x"}, 400, "seed"),
     ({"messages": MESSAGES, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ({"messages": MESSAGES, "logit_bias": {"1_0": 1}}, 400, "logit_bias"),
+    ({"messages": MESSAGES, "repeat_penalty": -1}, 400, "repeat_penalty"),
+    ('{"messages": [{"role": "user", "content": "x"}], "model": "\\ud800"}', 404, "model"),
     ({"messages": MESSAGES, "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
     ({"messages": MESSAGES, "logit_bias": {"5": 500}}, 400, "logit_bias"),
     ({"messages": MESSAGES, "top_logprobs": 3}, 400, "top_logprobs"),
@@ -448,7 +465,19 @@ def test_bad_completion_requests_and_other_errors(server, client):
     r = raw(server, "GET", "/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = raw(server, "GET", "/v1/chat/completions")
-    assert r.status_code == 405 and r.json()["error"]
+    assert r.status_code == 405 and r.json()["error"] and r.headers["allow"] == "POST"
+    r = raw(server, "POST", "/v1/completions", {"prompt": "word " * 2000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    # a lone surrogate (valid JSON) echoed back: escaped again, not an encoding error
+    for stream in ("false", "true"):
+        r = raw(server, "POST", "/v1/completions", '{"prompt": "a\\ud800", "echo": true, "max_tokens": 1, '
+                                                   f'"stream": {stream}}}')
+        assert r.status_code == 200 and '"a\\ud800' in r.text and (stream == "false" or r.text.endswith("[DONE]\n\n"))
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    r = httpx.get(server + "/v1/models", headers={"Authorization": "bearer " + API_KEY})  # the scheme: any case
+    assert r.status_code == 200
     for key in (None, "wrong"):
         r = raw(server, "POST", "/v1/chat/completions", {"messages": MESSAGES}, key=key)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -499,6 +528,20 @@ def test_a_client_that_goes_away_stops_its_generation(server, smol, stream):
     assert after["processing"] == 0
     # stopped, not run to the end of the context
     assert after["cancelled"] == before["cancelled"] + 1 and after["finished"] == before["finished"]
+    assert "Traceback" not in "".join(server.log)  # a clean cancellation, nothing for the log
+
+
+def test_a_client_that_goes_away_mid_body(server):
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 500\r\n\r\n{\"prompt\": ")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(DEADLINE)
+        answer = sock.recv(4096)  # what the server makes of it (nobody would read it): a 400, or nothing
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+    assert "Traceback" not in "".join(server.log)
 
 
 def test_a_server_that_drafts(smol):

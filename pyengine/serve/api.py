@@ -18,6 +18,7 @@ name: an OpenAI-style error, {"error": {"message", "type", "param", "code"}}, wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from html import escape
 import json
 import os
@@ -31,14 +32,14 @@ from typing import Any, AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..chat import ChatTemplate, ChatTemplateError, chat_ids, check_messages
 from ..generate import check_stop, prompt_ids
 from ..sampling import SamplingParams
-from .engine import Done, Engine, Failed, Job, Token, TokenLogprob
+from .engine import Done, Engine, Failed, Job, Prompt, Token, TokenLogprob
 
 __all__ = ["create_app", "APIError"]
 
@@ -46,6 +47,20 @@ MAX_BODY_BYTES = 8 << 20
 MAX_N = 16            # choices per request (and never more than the engine's parallel sequences)
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit (chat); completions' logprobs: 5
 MAX_STOP = 16
+
+
+def _json_text(data: Any) -> bytes:
+    """data as compact UTF-8 JSON; where a string holds a lone surrogate (JSON's "\\ud800" decodes to
+    one, and a model name or an echoed prompt may send it back), as ASCII JSON with it escaped again."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return _json_text(content)
 
 
 class APIError(Exception):
@@ -59,8 +74,8 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return _JSON(self.body(), status_code=self.status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,6 +96,9 @@ def _field(body: dict, name: str, kind: type, default: Any = None) -> Any:
     return value
 
 
+_CANONICAL = {a: f.name for f in dataclasses.fields(SamplingParams) for a in f.metadata["aliases"]}
+
+
 def _sampling(body: dict, n_vocab: int) -> SamplingParams:
     """The request's sampling fields, defaulted and checked by SamplingParams."""
     options = {}
@@ -95,10 +113,9 @@ def _sampling(body: dict, n_vocab: int) -> SamplingParams:
             raise APIError(400, "'logit_bias' must be an object of token id -> bias", "logit_bias")
         converted = {}
         for key, value in bias.items():
-            try:
-                token = int(key)
-            except ValueError:
-                raise APIError(400, f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+            if not (key.isascii() and key.isdigit()):  # JSON keys are strings: "1234", nothing looser
+                raise APIError(400, f"logit_bias key {key!r} is not a token id", "logit_bias")
+            token = int(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
                 raise APIError(400, f"logit_bias[{key}] must be a number in [-100, 100], got {value!r}", "logit_bias")
             converted[token] = value
@@ -108,8 +125,9 @@ def _sampling(body: dict, n_vocab: int) -> SamplingParams:
         params.check_vocab(n_vocab)
     except ValueError as e:
         message = str(e)
-        param = message.split(" ", 1)[0].strip("'")
-        raise APIError(400, message, param if param in options else None) from None
+        named = message.split(" ", 1)[0].strip("'")  # the field's name, or the request's alias of it
+        param = next((o for o in options if o == named or _CANONICAL.get(o) == named), None)
+        raise APIError(400, message, param) from None
     return params
 
 
@@ -139,6 +157,9 @@ def _common(body: dict, engine: Engine, max_tokens_names: tuple[str, ...]) -> di
     return {"max_tokens": max_tokens, "stop": stop, "n": n, "stream": stream, "include_usage": include_usage}
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})  # OpenAI's
+
+
 def _chat_messages(body: dict) -> list[dict]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -160,6 +181,9 @@ def _chat_messages(body: dict) -> list[dict]:
                 texts.append(part["text"])
             content = "".join(texts)
         role = m.get("role")
+        if role not in _ROLES:
+            raise APIError(400, f"messages[{i}]: 'role' must be one of {', '.join(sorted(_ROLES))}, got "
+                                f"{json.dumps(role)[:80]}", "messages")
         if role == "developer":  # OpenAI's newer name for the system message
             role = "system"
         out.append({"role": role, "content": content})
@@ -210,11 +234,14 @@ async def _read_json(request: Request) -> dict:
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody reads the answer; no traceback for it
+        raise APIError(400, "the client went away before the request body ended") from None
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -225,7 +252,7 @@ async def _read_json(request: Request) -> dict:
 
 
 def _sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return b"data: " + _json_text(data) + b"\n\n"
 
 
 class _Mailbox:
@@ -320,12 +347,12 @@ async def _collect(request: Request, run: _Run, on_event: Callable) -> None:
     """Feeds run's events to on_event until every choice is done; stops the run if the client goes."""
     watcher = asyncio.ensure_future(_until_disconnect(request))
     events = run.events()
+    nxt = None
     try:
         while True:
             nxt = asyncio.ensure_future(events.__anext__())
             done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if nxt not in done:
-                nxt.cancel()
                 run.cancel()
                 raise asyncio.CancelledError("the client went away")
             try:
@@ -335,6 +362,9 @@ async def _collect(request: Request, run: _Run, on_event: Callable) -> None:
             on_event(k, event)
     finally:
         watcher.cancel()
+        if nxt is not None and not nxt.done():  # its __anext__ must end before the generator can close
+            nxt.cancel()
+            await asyncio.wait({nxt})
         await events.aclose()
 
 
@@ -364,10 +394,13 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
                 "total_tokens": prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": cached}}
 
     async def respond(request: Request, jobs: list[Job], stream: bool, include_usage: bool, kind: str,
-                      make_choice: Callable, make_delta: Callable, echo: list[str] | None = None) -> Response:
-        """kind: "chat.completion" or "text_completion". make_choice(index, text, finish, logprobs) ->
-        a choice of the full response; make_delta(index, text, logprobs, finish, first) -> a chunk's
-        choice (None: nothing to send)."""
+                      make_choice: Callable, make_delta: Callable, echo: list[str] | None = None,
+                      make_echo: Callable | None = None) -> Response:
+        """kind: "chat.completion" or "text_completion". make_choice(index, text, finish, logprobs,
+        prompt) -> a choice of the full response (prompt: its job's Prompt event, or None);
+        make_delta(index, text, logprobs, finish, first) -> a chunk's choice (None: nothing to send);
+        echo: each job's prompt text, put before its choices' text, streamed as make_echo(index, prompt)
+        (after the job's Prompt event where its job has prompt_logprobs, else first)."""
         rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         n = jobs[0].n
@@ -385,10 +418,14 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
             logprobs = {i: [] for i in range(len(jobs) * n)}
             finish = {}
             failed: list[Failed] = []
+            prompt_events: dict[int, Prompt] = {}
 
             def on_event(k: int, event) -> None:
                 if isinstance(event, Failed):
                     failed.append(event)
+                    return
+                if isinstance(event, Prompt):
+                    prompt_events[k] = event
                     return
                 index = k * n + event.choice
                 if isinstance(event, Token):
@@ -410,8 +447,10 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
                 text = "".join(texts[index])
                 if echo is not None:
                     text = echo[index // n] + text
-                choices.append(make_choice(index, text, finish[index], logprobs[index] if jobs[0].top_logprobs is not None else None))
-            return JSONResponse({"id": rid, "object": kind, "created": created, "model": server.model_id,
+                choices.append(make_choice(index, text, finish[index],
+                                           logprobs[index] if jobs[0].top_logprobs is not None else None,
+                                           prompt_events.get(index // n)))
+            return _JSON({"id": rid, "object": kind, "created": created, "model": server.model_id,
                                  "choices": choices, "usage": usage_of(prompt_total, sum(cached), completion[0]),
                                  "system_fingerprint": None})
 
@@ -428,13 +467,17 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
                     for index in range(len(jobs) * n):
                         started.add(index)
                         yield chunk([make_delta(index, None, None, None, True)])
-                elif echo is not None:
+                elif echo is not None and not jobs[0].prompt_logprobs:
                     for index in range(len(jobs) * n):
-                        yield chunk([make_delta(index, echo[index // n], None, None, False)])
+                        yield chunk([make_echo(index, None)])
                 async for k, event in run.events():
                     if isinstance(event, Failed):
                         yield _sse(_failure(event).body())
                         return
+                    if isinstance(event, Prompt):
+                        for index in range(k * n, k * n + n):
+                            yield chunk([make_echo(index, event)])
+                        continue
                     index = k * n + event.choice
                     if isinstance(event, Token):
                         lp = None
@@ -483,11 +526,11 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
             raise APIError(400, f"the chat template refused the messages: {e}", "messages") from None
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
-        _check_length(ids, model.n_ctx)
+        _check_length(ids, model.n_ctx, "messages")
         job = Job(ids, params, emit=None, max_tokens=common["max_tokens"], stop=common["stop"], n=common["n"],
                   top_logprobs=(top or 0) if want_logprobs else None)
 
-        def make_choice(index, text, finish, logprobs):
+        def make_choice(index, text, finish, logprobs, prompt):
             return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": None if logprobs is None else chat_logprobs(logprobs), "finish_reason": finish}
 
@@ -499,15 +542,33 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         return await respond(request, [job], common["stream"], common["include_usage"], "chat.completion",
                              make_choice, make_delta)
 
+    def token_text(t: int) -> str:
+        return tokenizer.token_bytes(t, special=True).decode("utf-8", "replace")
+
     def legacy_logprobs(items, offset: int) -> dict:
         tokens, values, tops, offsets = [], [], [], []
         for t, text, lp in items:
-            raw = tokenizer.token_bytes(t, special=True).decode("utf-8", "replace")
-            tokens.append(raw)
+            tokens.append(token_text(t))
             values.append(lp.logprob)
-            tops.append({tokenizer.token_bytes(a, special=True).decode("utf-8", "replace"): v for a, v in lp.top})
+            tops.append({token_text(a): v for a, v in lp.top})
             offsets.append(offset)
             offset += len(text)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    def prompt_legacy_logprobs(prompt: Prompt, text: str, bos_added: bool) -> dict:
+        """OpenAI's echoed prompt in a completion's logprobs: each prompt token with its log-probability
+        (the first: null) and its offset in the echoed text (the BOS that tokenizing added: none)."""
+        decoder = tokenizer.stream_decoder()  # model.detokenize's text, piece by piece
+        tokens, values, tops, offsets = [], [], [], []
+        offset = 0
+        for i, (t, lp) in enumerate(zip(prompt.ids, prompt.logprobs)):
+            tokens.append(token_text(t))
+            values.append(None if lp is None else lp.logprob)
+            tops.append(None if lp is None else {token_text(a): v for a, v in lp.top})
+            offsets.append(min(offset, len(text)))
+            piece = decoder.feed(t)
+            if not (i == 0 and bos_added):
+                offset += len(piece)
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
     async def completions(request: Request) -> Response:
@@ -542,33 +603,55 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         except ValueError as e:
             raise APIError(400, str(e), "prompt") from None
         for ids in all_ids:
-            _check_length(ids, model.n_ctx)
+            _check_length(ids, model.n_ctx, "prompt")
         max_tokens = 16 if body.get("max_tokens") is None else common["max_tokens"]  # OpenAI's default: 16
-        jobs = [Job(ids, params, emit=None, max_tokens=max_tokens, stop=common["stop"], n=common["n"], top_logprobs=top)
+        jobs = [Job(ids, params, emit=None, max_tokens=max_tokens, stop=common["stop"], n=common["n"], top_logprobs=top,
+                    prompt_logprobs=echo and top is not None)  # OpenAI's echo with logprobs scores the prompt too
                 for ids in all_ids]
         echoed = [p if isinstance(p, str) else model.detokenize(ids) for p, ids in zip(prompts, all_ids)] if echo else None
         offsets = [len(e) for e in echoed] if echoed else [0] * len(prompts)
+        streamed = {}  # a streamed choice's text so far (its next token's text_offset)
 
-        def make_choice(index, text, finish, logprobs):
-            return {"index": index, "text": text, "finish_reason": finish,
-                    "logprobs": None if logprobs is None else legacy_logprobs(logprobs, offsets[index // common["n"]])}
+        def echo_logprobs(k: int, prompt: Prompt) -> dict:
+            bos_added = isinstance(prompts[k], str) and tokenizer.add_bos and prompt.ids[:1] == [tokenizer.bos_id]
+            return prompt_legacy_logprobs(prompt, echoed[k], bos_added)
+
+        def make_choice(index, text, finish, logprobs, prompt):
+            k = index // common["n"]
+            lp = None if logprobs is None else legacy_logprobs(logprobs, offsets[k])
+            if lp is not None and prompt is not None:
+                lp = {key: value + lp[key] for key, value in echo_logprobs(k, prompt).items()}
+            return {"index": index, "text": text, "finish_reason": finish, "logprobs": lp}
+
+        def make_echo(index, prompt):
+            k = index // common["n"]
+            return {"index": index, "text": echoed[k], "finish_reason": None,
+                    "logprobs": None if prompt is None else echo_logprobs(k, prompt)}
 
         def make_delta(index, text, lp, finish, first):
+            offset = streamed.get(index, offsets[index // common["n"]])
+            streamed[index] = offset + len(text or "")
             return {"index": index, "text": text or "", "finish_reason": finish,
-                    "logprobs": None if lp is None else legacy_logprobs([lp], 0)}
+                    "logprobs": None if lp is None else legacy_logprobs([lp], offset)}
 
         return await respond(request, jobs, common["stream"], common["include_usage"], "text_completion",
-                             make_choice, make_delta, echo=echoed)
+                             make_choice, make_delta, echo=echoed, make_echo=make_echo)
+
+    def model_object() -> dict:
+        return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "pyengine",
+                "meta": {"arch": model.arch, "n_ctx": model.n_ctx, "n_ctx_train": model.config.n_ctx_train,
+                         "n_vocab": model.n_vocab}}
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": server.model_id, "object": "model", "created": server.created, "owned_by": "pyengine",
-            "meta": {"arch": model.arch, "n_ctx": model.n_ctx, "n_ctx_train": model.config.n_ctx_train,
-                     "n_vocab": model.n_vocab}}]})
+        return _JSON({"object": "list", "data": [model_object()]})
+
+    async def one_model(request: Request) -> Response:  # the openai client's models.retrieve(name)
+        server.check_model({"model": request.path_params["name"]})
+        return _JSON(model_object())
 
     async def health(request: Request) -> Response:
         stats = engine.stats()
-        return JSONResponse({"status": "ok", "slots_idle": engine.parallel - stats["processing"],
+        return _JSON({"status": "ok", "slots_idle": engine.parallel - stats["processing"],
                              "slots_processing": stats["processing"], **stats})
 
     async def page(request: Request) -> Response:
@@ -578,8 +661,9 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
     def guarded(handler):
         async def run(request: Request) -> Response:
             if api_key is not None:
-                auth = request.headers.get("authorization", "")
-                if auth != f"Bearer {api_key}" and request.headers.get("x-api-key") != api_key:
+                scheme, _, key = request.headers.get("authorization", "").partition(" ")
+                if not (scheme.lower() == "bearer" and key.strip() == api_key) \
+                        and request.headers.get("x-api-key") != api_key:
                     return APIError(401, "Invalid API key: give it as 'Authorization: Bearer KEY'", code="invalid_api_key",
                                     type="authentication_error").response()
             try:
@@ -590,7 +674,8 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code).response()
+        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                        code=code).response(headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").response()
@@ -602,6 +687,8 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         Route("/completions", guarded(completions), methods=["POST"]),
         Route("/v1/models", guarded(models), methods=["GET"]),
         Route("/models", guarded(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", guarded(one_model), methods=["GET"]),
+        Route("/models/{name:path}", guarded(one_model), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
@@ -621,7 +708,7 @@ def _lifespan(engine: Engine):
     return lifespan
 
 
-def _check_length(ids: list[int], n_ctx: int) -> None:
+def _check_length(ids: list[int], n_ctx: int, param: str) -> None:
     if len(ids) >= n_ctx:
         raise APIError(400, f"the prompt has {len(ids)} tokens; the context holds {n_ctx} (with room for at least "
-                            "one generated token)", "messages", "context_length_exceeded")
+                            "one generated token)", param, "context_length_exceeded")

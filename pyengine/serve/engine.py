@@ -36,6 +36,8 @@ server's puts the event on an asyncio queue):
                                            held back, with token None
     Done(choice, finish_reason, usage)     a choice ended ("stop" or "length")
     Failed(message)                        the job could not run (nothing can be sampled, ...)
+    Prompt(ids, logprobs)                  (Job.prompt_logprobs) the prompt's tokens and their
+                                           log-probabilities, once it is read, before any Token
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from ..speculative import DRAFT_MAX, LookupDrafter, ModelDrafter, Speculator, ch
 if TYPE_CHECKING:
     from ..model import Context, Model
 
-__all__ = ["Engine", "Job", "Handle", "Token", "Done", "Failed", "Usage", "TokenLogprob"]
+__all__ = ["Engine", "Job", "Handle", "Token", "Done", "Failed", "Prompt", "Usage", "TokenLogprob"]
 
 
 class TokenLogprob(NamedTuple):
@@ -91,7 +93,15 @@ class Failed(NamedTuple):
     message: str
 
 
-Event = Token | Done | Failed
+class Prompt(NamedTuple):
+    """A prompt's tokens and their log-probabilities (Job.prompt_logprobs): logprobs[i] is ids[i]'s
+    under the logits after ids[:i] (top: Job.top_logprobs alternatives), None for ids[0]."""
+
+    ids: list[int]
+    logprobs: list[TokenLogprob | None]
+
+
+Event = Token | Done | Failed | Prompt
 
 
 @dataclass
@@ -108,6 +118,9 @@ class Job:
     stop: tuple[str, ...] = ()
     n: int = 1
     top_logprobs: int | None = None
+    # The prompt's log-probabilities too (a Prompt event; top_logprobs alternatives each): every prompt
+    # token is evaluated, none taken from a cached prefix (a cached position's logits are not kept).
+    prompt_logprobs: bool = False
     # Called once after each engine step in which the job's events were emitted: emit may hold events
     # until then (one wake-up of a listener's event loop per step, not per token).
     flush: Callable[[], None] | None = None
@@ -187,8 +200,14 @@ def _logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
     if top:
         ids = np.argpartition(-x, top - 1)[:top]
         ids = ids[np.lexsort((ids, -x[ids]))]  # most likely first, ties by id
-        best = [(int(i), float(x[i] - log_z)) for i in ids]
-    return TokenLogprob(float(x[token] - log_z), best)
+        best = [(int(i), _finite(x[i] - log_z)) for i in ids]
+    return TokenLogprob(_finite(x[token] - log_z), best)
+
+
+def _finite(logprob: float) -> float:
+    """A log-probability for JSON, which has no -Infinity: a token the model gives logit -inf (probability
+    0) reads -9999.0, as OpenAI reports such tokens."""
+    return max(float(logprob), -9999.0)
 
 
 class _Choice:
@@ -216,6 +235,8 @@ class _Active:
         self.todo = job.ids[n_cached:]  # prompt ids still to evaluate
         self.choices: list[_Choice] = []
         self.waiting_since = time.monotonic()
+        self.prompt_logprobs: list[TokenLogprob | None] | None = [None] if job.prompt_logprobs else None
+        self.last_logits: np.ndarray | None = None  # of the chunk read last (prompt_logprobs)
 
 
 class Engine:
@@ -311,7 +332,7 @@ class Engine:
                 if not self._waiting or self._in_use() + self._waiting[0].n > self.parallel:
                     return
                 job = self._waiting.popleft()
-            seq, n_cached = self.cache.take(job.ids)
+            seq, n_cached = (self.cache.fresh(), 0) if job.prompt_logprobs else self.cache.take(job.ids)
             self._active.append(_Active(job, seq, n_cached))
 
     def _step(self) -> None:
@@ -338,7 +359,16 @@ class Engine:
 
     def _prefill(self, a: _Active) -> None:
         chunk = a.todo[:self.prefill_chunk]
-        self._read(a, chunk, a.seq.ctx.eval(chunk))
+        if a.prompt_logprobs is None:
+            return self._read(a, chunk, a.seq.ctx.eval(chunk))
+        rows = a.seq.ctx.eval_all(chunk)  # each token's logits: the next one's log-probability
+        top = a.job.top_logprobs or 0
+        for j, token in enumerate(chunk):
+            before = rows[j - 1] if j else a.last_logits
+            if before is not None:
+                a.prompt_logprobs.append(_logprobs(before, token, top))
+        a.last_logits = np.array(rows[-1])
+        self._read(a, chunk, a.last_logits)
 
     def _read(self, a: _Active, chunk: list[int], logits: np.ndarray) -> None:
         """A chunk of a's prompt evaluated (logits: its last token's): the prompt's next chunk waits
@@ -350,6 +380,9 @@ class Engine:
             return
         job = a.job
         model = self.model
+        if a.prompt_logprobs is not None:
+            self._send(job, Prompt(list(job.ids), a.prompt_logprobs))
+            a.prompt_logprobs = a.last_logits = None
         seqs = [a.seq] + [self._fork(a.seq) for _ in range(job.n - 1)]
         a.choices = [_Choice(i, s, job, model.n_vocab, model.n_ctx) for i, s in enumerate(seqs)]
         for c in a.choices:
@@ -384,7 +417,7 @@ class Engine:
             if c.speculator is not None:
                 self._guard(owner[id(c)], self._propose, c, drafts)
         live = [c for c in live if not owner[id(c)].job.cancelled]  # a drafter's failure ends its job
-        if reading is not None and (drafts or not live):
+        if reading is not None and (drafts or not live or reading.prompt_logprobs is not None):
             self._guard(reading, self._prefill, reading)
             reading = None
         if not live:
