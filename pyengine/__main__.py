@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"pyengine: warning: {message}\n"
 
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt from here on
+            # SIGTERM (kill, timeout, a service manager) ends the command as an exception, so that what
+            # it was writing is removed as after a Ctrl-C (GGUFWriter's temporary file), with 143
+            signal.signal(signal.SIGTERM, _terminated)
         args = build_parser().parse_args(argv)
         # Text that is not UTF-8 (a pasted line, a file) becomes U+FFFD instead of ending the command;
         # warnings are one line, as errors are.

@@ -327,7 +327,7 @@ def _check_tensors(reader: GGUFReader, a: Architecture, c: ModelConfig) -> None:
     if unused:
         more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
         raise GGUFError(f"{reader.path}: tensors the {a.name} architecture does not have: "
-                        f"{', '.join(unused[:3])}{more}")
+                        f"{', '.join(map(repr, unused[:3]))}{more}")
     for name, t in expected.items():
         info = reader.tensors.get(name)
         if info is None:

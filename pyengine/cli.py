@@ -61,12 +61,16 @@ def run_command(fn: Callable[..., int | None], **kwargs) -> int:
     except Exception as e:
         if caused_by_interrupt(e):
             return report_interrupt()
-        if not isinstance(e, (CommandError, ValueError, OSError, FetchError, UnicodeError)):
+        if not isinstance(e, (CommandError, ValueError, OSError, FetchError, UnicodeError, MemoryError)):
             raise
         # ValueError covers GGUFError (a malformed file), bad sampling values and chat template errors
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, FileNotFoundError) and e.filename:
             message = f"{e.filename}: no such file"
+        elif isinstance(e, IsADirectoryError) and e.filename:
+            message = f"{e.filename}: a directory, not a file"
+        elif isinstance(e, MemoryError):  # an allocation the machine (or a ulimit) refused
+            message = "out of memory" + (f": {e}" if str(e) else "")
         print(f"pyengine: error: {message}", file=sys.stderr)
         return 1
 

@@ -40,9 +40,23 @@ def cache_type(k: str | None, v: str | None) -> str:
 
 
 def _existing(path: str) -> str:
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "a directory", path)
     if not os.path.isfile(path):
         raise FileNotFoundError(2, "no such file", path)
     return path
+
+
+def _not_the_input(src: str, dst: str) -> None:
+    """ValueError where the output would replace the file being read (the same path, or a link to it)."""
+    same = os.path.abspath(src) == os.path.abspath(dst)
+    if not same and os.path.exists(dst):
+        try:
+            same = os.path.samefile(src, dst)
+        except OSError:
+            pass
+    if same:
+        raise ValueError(f"{dst}: the output must be another file than the input")
 
 
 def _check_writable(path: str) -> None:
@@ -127,8 +141,7 @@ def run_quantize(src: str, dst: str, type: str, output_tensor_type: str | None =
     from .requantize import preset_by_name, quantize_model
 
     _existing(src)
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ValueError("the output must be another file than the input")
+    _not_the_input(src, dst)
     if calib is not None and imatrix is not None:
         raise ValueError("--calib computes its own importance matrix: give --calib or --imatrix, not both")
     if (gptq or awq) and calib is None:
@@ -281,6 +294,8 @@ def run_imatrix(model: str, file: str, output: str = "imatrix.gguf", ctx_size: i
         raise ValueError(f"-c must be at least 16 tokens (llama-imatrix counts only batches of 16 or more), got {ctx_size}")
     if chunks is not None and chunks < 1:
         raise ValueError(f"--chunks must be at least 1, got {chunks}")
+    if model is not None:
+        _not_the_input(model, output)
     _check_writable(output)
     m = load_model(model, max(ctx_size, 16), n_threads)
     progress, close = _chunk_bar("imatrix")

@@ -42,11 +42,28 @@ READABLE_VERSIONS = (2, 3)  # version 1 had 32-bit counts; we do not read it
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_ARRAY_DEPTH = 8  # arrays of arrays of ...: a bound on the reader's recursion
+# Bounds on what a small file can make the reader build (each costs ~100-2000 bytes of Python objects
+# against a few bytes of file): far above any model's (llama.cpp files have ~20-60 keys, a few hundred
+# to a few thousand tensors, and no arrays of arrays, which llama.cpp's own reader refuses).
+MAX_KEYS = 65536
+MAX_TENSORS = 65536
+MAX_INNER_ARRAYS = 65536  # arrays inside arrays, in the whole file
+MAX_ALIGNMENT = 2**20  # llama.cpp writes 32; a larger one only pads (a 57-byte file asked for 2 GiB)
 MAX_ELEMENTS = 2**62  # a bound on any dimension and on a tensor's element count
 
 
 class GGUFError(ValueError):
-    """A file that is not valid GGUF, or that holds something pyengine cannot use."""
+    """A file that is not valid GGUF, or that holds something pyengine cannot use. The message is one
+    line: control characters a file's names may carry (newlines, terminal escapes) come out escaped."""
+
+    def __init__(self, message: str = "", *args) -> None:
+        super().__init__(_one_line(str(message)), *args)
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,6 +255,13 @@ def tensor_nbytes(shape: Sequence[int], type: GGMLType) -> int:
     return n_elements // traits.block_size * traits.type_size
 
 
+def _write_zeros(f, n: int) -> None:
+    """n bytes of padding, a MiB at a time (an alignment may be up to 2**31: no such buffer at once)."""
+    while n > 0:
+        f.write(bytes(min(n, 1 << 20)))
+        n -= 1 << 20
+
+
 def _align_up(offset: int, alignment: int) -> int:
     return (offset + alignment - 1) // alignment * alignment
 
@@ -285,6 +309,7 @@ class _Cursor:
         self.size = len(buf)
         self.pos = 0
         self.context = "the header"
+        self.inner_arrays = 0  # arrays read inside arrays so far (MAX_INNER_ARRAYS)
 
     def remaining(self) -> int:
         return self.size - self.pos
@@ -370,6 +395,10 @@ def _read_array(cur: _Cursor, depth: int) -> tuple[Any, ValueTypeDesc]:
         return [cur.string() for _ in range(count)], (GGUFValueType.ARRAY, element_type)
 
     if element_type == GGUFValueType.ARRAY:
+        cur.inner_arrays += count
+        if cur.inner_arrays > MAX_INNER_ARRAYS:
+            raise GGUFError(f"{cur.context} makes the file's arrays inside arrays more than pyengine reads "
+                            f"({MAX_INNER_ARRAYS}; llama.cpp reads none)")
         values, inner = [], None
         for _ in range(count):
             value, desc = _read_array(cur, depth + 1)
@@ -419,6 +448,9 @@ def _read_header(cur: _Cursor) -> tuple[int, int, int]:
     tensor_count = cur.u64()
     cur.context = "the key-value count"
     kv_count = cur.u64()
+    if kv_count > MAX_KEYS or tensor_count > MAX_TENSORS:
+        raise GGUFError(f"the header declares {kv_count} keys and {tensor_count} tensors; pyengine reads at most "
+                        f"{MAX_KEYS} keys and {MAX_TENSORS} tensors (models have tens of keys and hundreds of tensors)")
     min_bytes = kv_count * _MIN_KV_BYTES + tensor_count * _MIN_TENSOR_INFO_BYTES
     if min_bytes > cur.remaining():
         raise GGUFError(
@@ -454,6 +486,9 @@ def _read_alignment(metadata: dict[str, Any], types: dict[str, ValueTypeDesc]) -
     alignment = metadata[key]
     if not _is_power_of_two(alignment):
         raise GGUFError(f"key {key!r} is {alignment}; it must be a non-zero power of two")
+    if alignment > MAX_ALIGNMENT:
+        raise GGUFError(f"key {key!r} is {alignment}; pyengine reads alignments up to {MAX_ALIGNMENT} "
+                        "(llama.cpp writes 32)")
     return alignment
 
 
@@ -473,17 +508,17 @@ def _read_tensor_info(cur: _Cursor, where: str, seen: dict[str, _TensorEntry]) -
         raise GGUFError(f"{where} at offset {start} has an empty name")
     if name in seen:
         raise GGUFError(f"duplicate tensor name {name!r} ({where}, at offset {start})")
-    cur.context = f"{where} ({name})"
+    cur.context = f"{where} ({name!r})"
     n_dims = cur.u32()
     if not 1 <= n_dims <= MAX_DIMS:
-        raise GGUFError(f"tensor {name} has {n_dims} dimensions; GGUF tensors have 1 to {MAX_DIMS}")
+        raise GGUFError(f"tensor {name!r} has {n_dims} dimensions; GGUF tensors have 1 to {MAX_DIMS}")
     dims = tuple(cur.u64() for _ in range(n_dims))
     ggml_type = _read_tensor_type(cur, name)
     relative_offset = cur.u64()
     try:
         nbytes = tensor_nbytes(dims, ggml_type)
     except ValueError as e:
-        raise GGUFError(f"tensor {name}: {e}") from None
+        raise GGUFError(f"tensor {name!r}: {e}") from None
     return _TensorEntry(name, dims, ggml_type, relative_offset, nbytes)
 
 
@@ -492,9 +527,9 @@ def _read_tensor_type(cur: _Cursor, name: str) -> GGMLType:
     try:
         ggml_type = GGMLType(type_id)
     except ValueError:
-        raise GGUFError(f"tensor {name} has unknown type id {type_id}") from None
+        raise GGUFError(f"tensor {name!r} has unknown type id {type_id}") from None
     if ggml_type not in TYPE_TRAITS:
-        raise GGUFError(f"tensor {name} has type {type_name(type_id)}, which pyengine does not support")
+        raise GGUFError(f"tensor {name!r} has type {type_name(type_id)}, which pyengine does not support")
     return ggml_type
 
 
@@ -517,12 +552,12 @@ def _check_placement(entries: list[_TensorEntry], data_offset: int, alignment: i
     for e in entries:
         if e.relative_offset % alignment != 0:
             raise GGUFError(
-                f"tensor {e.name}: offset {e.relative_offset} is not a multiple of the alignment {alignment}"
+                f"tensor {e.name!r}: offset {e.relative_offset} is not a multiple of the alignment {alignment}"
             )
         start = data_offset + e.relative_offset
         if start + e.nbytes > file_size:
             raise GGUFError(
-                f"tensor {e.name}: offset {start} + {e.nbytes} bytes runs past the end of the file "
+                f"tensor {e.name!r}: offset {start} + {e.nbytes} bytes runs past the end of the file "
                 f"({file_size} bytes)"
             )
     by_offset = sorted(entries, key=lambda e: e.relative_offset)
@@ -530,8 +565,8 @@ def _check_placement(entries: list[_TensorEntry], data_offset: int, alignment: i
         end = before.relative_offset + before.nbytes
         if after.relative_offset < end:
             raise GGUFError(
-                f"tensors {before.name} and {after.name} overlap: {before.name} covers data bytes "
-                f"[{before.relative_offset}, {end}) and {after.name} starts at {after.relative_offset}"
+                f"tensors {before.name!r} and {after.name!r} overlap: {before.name!r} covers data bytes "
+                f"[{before.relative_offset}, {end}) and {after.name!r} starts at {after.relative_offset}"
             )
 
 
@@ -594,6 +629,21 @@ class GGUFReader:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
+
+    def get_int(self, key: str, default: int, first: bool = False, maximum: int = 2**31 - 1) -> int:
+        """An integer key's value from 0 to maximum, else default where the key is absent; first: an
+        array's first element (a per-layer key; its default where the array is empty). GGUFError,
+        naming the file and the key, for anything else (a float, a string, an array of arrays)."""
+        value = self.metadata.get(key)
+        if first and isinstance(value, (list, np.ndarray)):
+            value = value[0] if len(value) else None
+        if value is None:
+            return default
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise GGUFError(f"{self.path}: key {key!r} must be an integer, got {type(value).__name__}")
+        if not 0 <= int(value) <= maximum:
+            raise GGUFError(f"{self.path}: key {key!r} = {value} is out of range (0 to {maximum})")
+        return int(value)
 
     def close(self) -> None:
         self.tensors = {}
@@ -895,7 +945,7 @@ class GGUFWriter:
         try:
             self._tensors[name] = _pending_tensor(np.asarray(data), type, shape)
         except ValueError as e:
-            raise ValueError(f"tensor {name}: {e}") from None
+            raise ValueError(f"tensor {name!r}: {e}") from None
 
     # --- output ---
 
@@ -921,15 +971,15 @@ class GGUFWriter:
             # opened inside the try: a Ctrl-C landing the moment the file exists still removes it
             with os.fdopen(os.open(tmp_path, flags, 0o666), "wb") as f:
                 f.write(head)
-                f.write(bytes(data_offset - len(head)))
+                _write_zeros(f, data_offset - len(head))
                 position = 0
                 for name, tensor in tensors.items():
-                    f.write(bytes(offsets[name] - position))
+                    _write_zeros(f, offsets[name] - position)
                     _write_tensor_data(f, tensor.data)
                     position = offsets[name] + tensor.data.nbytes
                 # the last tensor padded too, as ggml and gguf-py write it: ggml's gguf reader reads
                 # the data section as whole aligned tensors (an imatrix file is read so)
-                f.write(bytes(_align_up(position, self.alignment) - position))
+                _write_zeros(f, _align_up(position, self.alignment) - position)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, self.path)

@@ -104,7 +104,7 @@ class Imatrix:
                     raise GGUFError(f"{path}: {name} holds values that are not finite and nonnegative")
                 entries[name] = (sums, int(round(float(counts[0]))))
             datasets = md.get("imatrix.datasets", [])
-            return cls(entries, int(md.get("imatrix.chunk_count", 0)), int(md.get("imatrix.chunk_size", 0)),
+            return cls(entries, reader.get_int("imatrix.chunk_count", 0), reader.get_int("imatrix.chunk_size", 0),
                        [str(d) for d in datasets] if isinstance(datasets, (list, tuple)) else [str(datasets)])
 
 

@@ -42,6 +42,16 @@ def _short(value) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+def _plain(value, kind: type):
+    """A general.* value of the type it should have (numpy integers as int); any other shown by _short
+    (a file may hold an array there), None where it is absent."""
+    if kind is int and isinstance(value, np.integer):
+        value = int(value)
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    return _short(value)
+
+
 def load_error(path: str | os.PathLike, reader: GGUFReader) -> str | None:
     """Why pyengine would refuse to run the file (a model: Model; a vocabulary-only file: Tokenizer),
     or None."""
@@ -75,15 +85,15 @@ def info(path: str | os.PathLike) -> dict:
     GGUFError for a file that is not valid GGUF."""
     with GGUFReader(path) as reader:
         stats = model_stats(reader)
-        ftype = reader.get("general.file_type")
+        ftype = _plain(reader.get("general.file_type"), int)
         return {
             "error": load_error(path, reader),
             "path": os.fspath(path),
             "version": reader.version,
-            "architecture": reader.get("general.architecture"),
+            "architecture": _plain(reader.get("general.architecture"), str),
             "description": [list(line) for line in describe_architecture(reader)],
-            "name": reader.get("general.name"),
-            "file_type": FILE_TYPE_NAMES.get(ftype, ftype),
+            "name": _plain(reader.get("general.name"), str),
+            "file_type": FILE_TYPE_NAMES.get(ftype, ftype) if isinstance(ftype, int) else ftype,
             "metadata": {k: _short(v) for k, v in reader.metadata.items()},
             "tensor_count": len(reader.tensors),
             "tensor_types": dict(Counter(type_name(t.type) for t in reader.tensors.values())),

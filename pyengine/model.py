@@ -26,6 +26,13 @@ from .speculative import DRAFT_MAX
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, this)
+MAX_CTX = 2**31 - 1  # positions are int32 in the core; beyond, no machine holds the cache anyway
+
+
+def _check_n_ctx(n_ctx) -> int:
+    if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or not 0 < n_ctx <= MAX_CTX:
+        raise ValueError(f"n_ctx must be an integer from 1 to {MAX_CTX}, got {n_ctx!r}")
+    return int(n_ctx)
 KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32), "q8_0": int(GGMLType.Q8_0)}
 
 
@@ -109,8 +116,8 @@ class Model:
         self.path = os.fspath(path)
         self._reader = GGUFReader(self.path)
         try:
-            if n_ctx is not None and (not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0):
-                raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+            if n_ctx is not None:
+                n_ctx = _check_n_ctx(n_ctx)
             self.config = read_config(self._reader, n_ctx)
             self.metadata = self._reader.metadata
             try:
@@ -232,8 +239,7 @@ class Context:
     the last; fork() copies the cache (beam search, chat branches)."""
 
     def __init__(self, model: Model, n_ctx: int) -> None:
-        if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        n_ctx = _check_n_ctx(n_ctx)
         self.model = model
         _check_kv_cache_fits(model.config, int(n_ctx), model.kv_type)
         self._ctx = _core.Context(model._core, int(n_ctx), KV_TYPES[model.kv_type])

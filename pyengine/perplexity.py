@@ -92,8 +92,11 @@ def perplexity(model: Model, text: str, n_ctx: int = 512, n_chunks: int | None =
     if base_model is not None and base_model.n_vocab != model.n_vocab:
         raise ValueError(f"the base model has {base_model.n_vocab} tokens, this one {model.n_vocab}")
     chunks = chunk_tokens(model, text, n_ctx, n_chunks)
-    if kl_base is not None and base_model is None and len(kl_base) != len(chunks):
-        raise ValueError(f"{len(kl_base)} chunks of base log-probabilities for {len(chunks)} chunks")
+    if kl_base is not None and base_model is None:
+        if len(kl_base) != len(chunks):
+            raise ValueError(f"{len(kl_base)} chunks of base log-probabilities for {len(chunks)} chunks")
+        if kl_base and kl_base[0].shape[-1] != model.n_vocab:
+            raise ValueError(f"the base model has {kl_base[0].shape[-1]} tokens, this one {model.n_vocab}")
     first = n_ctx // 2
     nll, base_nll, count = 0.0, 0.0, 0
     klds, agree, chunk_ppl = [], 0, []

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFReader, GGUFWriter, tensor_nbytes, type_by_name
+from . import _core
+from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFError, GGUFReader, GGUFWriter, tensor_nbytes, type_by_name
 from .imatrix import Imatrix, importance_for
 from .calibrate import AWQ_GROUPS, Calibration, awq_search, gptq_quantize, has_codes
 from .quants import dequantize, has_weighted_quantizer, quantize
@@ -171,14 +172,24 @@ class HParams:
         return needs_gqa is not None and (not needs_gqa or self.n_head != n_kv)
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping) -> HParams:
-        arch = str(metadata.get("general.architecture", "llama"))
+    def from_metadata(cls, metadata: Mapping, path: str = "metadata") -> HParams:
+        """From a file's metadata (GGUFReader.metadata); GGUFError, naming path and the key, for a
+        value that is not an integer (or a list of them, per layer: the first counts)."""
+        arch = metadata.get("general.architecture", "llama")
+        if not isinstance(arch, str):
+            raise GGUFError(f"{path}: key 'general.architecture' must be a string, got {type(arch).__name__}")
 
         def first(key: str, default: int | None) -> int | None:
-            value = metadata.get(f"{arch}.{key}", default)
+            name = f"{arch}.{key}"
+            value = metadata.get(name, default)
             if isinstance(value, (list, tuple, np.ndarray)):
                 value = value[0] if len(value) else default
-            return None if value is None else int(value)
+            if value is None:
+                return None
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                    or not 0 <= value < 2**31:
+                raise GGUFError(f"{path}: key {name!r} must be an integer from 0 to 2**31 - 1, got {value!r:.80}")
+            return int(value)
 
         return cls(n_layer=first("block_count", 0), n_head=first("attention.head_count", 0),
                    n_head_kv=first("attention.head_count_kv", None), arch=arch,
@@ -199,8 +210,12 @@ def preset_by_name(name: str) -> Preset:
 
 
 def tensor_type_by_name(name: str) -> GGMLType:
-    """A tensor type for --output-tensor-type / --token-embedding-type; ValueError for any other."""
-    return type_by_name(name)
+    """A tensor type for --output-tensor-type / --token-embedding-type; ValueError for any other, and
+    for the activation-only types (Q8_1, Q8_K), which no engine multiplies as weights."""
+    ggml_type = type_by_name(name)
+    if not _core.is_weight_type(int(ggml_type)):
+        raise ValueError(f"{name!r} is an activation type, not a weight type: a file with it would not load")
+    return ggml_type
 
 
 def block_size(ggml_type: GGMLType) -> int:
@@ -523,7 +538,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
     try:
         report.input_bytes = reader.file_size
         tensors = [(name, info.shape, info.type) for name, info in reader.tensors.items()]
-        plan = plan_types(tensors, HParams.from_metadata(reader.metadata), preset, pure=pure,
+        plan = plan_types(tensors, HParams.from_metadata(reader.metadata, str(reader.path)), preset, pure=pure,
                           output_type=output_type, embedding_type=embedding_type, notes=report.notes,
                           imatrix=imatrix is not None)
         # each tensor's importance (its size checked) before anything is written

@@ -180,7 +180,7 @@ def rewrite(src_path, dst_path, drop=(), metadata=None, tensors=None):
 @pytest.mark.parametrize("case,change,match", [
     ("qwen3", dict(drop={"blk.1.attn_k_norm.weight"}), "attn_k_norm.weight is missing"),
     ("gemma3", dict(drop={"blk.0.post_ffw_norm.weight"}), "post_ffw_norm.weight is missing"),
-    ("qwen2", dict(tensors={"blk.0.attn_q_norm.weight": np.ones(16, np.float32)}), "does not have: blk.0.attn_q_norm"),
+    ("qwen2", dict(tensors={"blk.0.attn_q_norm.weight": np.ones(16, np.float32)}), "does not have: 'blk.0.attn_q_norm"),
     ("qwen2", dict(tensors={"blk.0.attn_k.bias": np.ones(5, np.float32)}), r"attn_k.bias has shape \(5,\)"),
     ("phi3", dict(tensors={"blk.1.attn_qkv.weight": np.ones((64, 64), np.float32)}), "attn_qkv.weight has shape"),
     ("phi3", dict(metadata={"phi3.rope.dimension_count": 40}), "rope.dimension_count 40 does not fit"),

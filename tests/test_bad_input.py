@@ -182,3 +182,104 @@ def test_more_threads_than_cpus_work_and_warn_once(tiny_path, tiny):
     warning_lines = [line for line in proc.stderr.decode().splitlines() if "warning" in line]
     assert warning_lines == [f"pyengine: warning: {n} threads on {n - 1} CPUs: they will take turns, and run "
                              f"slower than {n - 1}"]
+
+
+# --- hostile values where the tools read them (quantize's hyper-parameters, an imatrix, info) ---
+
+
+def _mutant(tiny_path, tmp_path, name, key, vtype, value, element_type=None):
+    from gguf_mutants import RawGGUF, _set
+
+    path = tmp_path / name
+    path.write_bytes(_set(RawGGUF.from_file(tiny_path), key, vtype, value, element_type).to_bytes())
+    return path
+
+
+@pytest.mark.parametrize("key, vtype, value, element_type", [
+    ("llama.attention.head_count", "FLOAT32", float("inf"), None),
+    ("llama.block_count", "FLOAT64", float("inf"), None),
+    ("llama.expert_count", "STRING", "many", None),
+    ("llama.attention.head_count", "INT32", -4, None),
+    ("general.architecture", "ARRAY", [1, 2], "UINT32"),
+])
+def test_quantize_refuses_bad_hyper_parameters_in_one_line(tmp_path, tiny_path, key, vtype, value, element_type):
+    from gguf_mutants import VT
+
+    bad = _mutant(tiny_path, tmp_path, "bad.gguf", key, VT[vtype], value, element_type and VT[element_type])
+    out = tmp_path / "out.gguf"
+    line = one_line_error(run("quantize", str(bad), str(out), "q8_0"))
+    assert str(bad) in line and (key in line or "architecture" in line), line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("vtype, value, element_type", [
+    ("FLOAT32", float("inf"), None), ("ARRAY", [3], "UINT32"), ("STRING", "x", None), ("INT64", 2**40, None),
+])
+def test_an_imatrix_with_a_bad_chunk_count_is_refused(tmp_path, tiny_path, vtype, value, element_type):
+    from gguf_mutants import VT, RawGGUF, _set
+    from pyengine.imatrix import Imatrix
+
+    good = tmp_path / "good.imatrix.gguf"
+    Imatrix({"blk.0.ffn_down.weight": (np.ones(32, np.float32), 3)}, 3, 64, ["t.txt"]).save(good)
+    bad = tmp_path / "bad.imatrix.gguf"
+    bad.write_bytes(_set(RawGGUF.from_file(good), "imatrix.chunk_count", VT[vtype], value,
+                         element_type and VT[element_type]).to_bytes())
+    with pytest.raises(pyengine.GGUFError, match="imatrix.chunk_count"):
+        Imatrix.load(bad)
+    line = one_line_error(run("quantize", str(tiny_path), str(tmp_path / "out.gguf"), "q4_k_m", "--imatrix", str(bad)))
+    assert "imatrix.chunk_count" in line
+
+
+def test_info_on_general_keys_of_the_wrong_type(tmp_path, tiny_path):
+    """Shown, or refused in one line: never a traceback (the values went into a dict lookup and JSON)."""
+    from gguf_mutants import VT
+
+    for key, value, element_type in [("general.file_type", [7], VT.UINT32), ("general.name", [1, 2], VT.INT32),
+                                     ("general.architecture", ["llama"], VT.STRING)]:
+        path = _mutant(tiny_path, tmp_path, "odd.gguf", key, VT.ARRAY, value, element_type)
+        for args in ([], ["--json"]):
+            proc = run("info", str(path), *args)
+            if proc.returncode != 0:
+                assert key in one_line_error(proc)
+
+
+def test_absurd_context_sizes_get_one_line(tiny_path, tiny):
+    for n_ctx in (2**63, 2**64, 2**31):
+        with pytest.raises(ValueError, match="n_ctx must be an integer from 1 to"):
+            pyengine.Model(tiny_path, n_ctx=n_ctx, n_threads=1)
+        with pytest.raises(ValueError, match="n_ctx must be an integer from 1 to"):
+            tiny.context(n_ctx)
+    assert "n_ctx" in one_line_error(run("generate", "-m", str(tiny_path), "-p", "hi", "-n", "1", "-t", "1",
+                                         "-c", str(2**64)))
+
+
+def test_tool_outputs_that_would_replace_the_input_or_not_load(tmp_path, tiny_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    before = tiny_path.read_bytes()
+    assert "another file than the input" in one_line_error(
+        run("imatrix", "-m", str(tiny_path), "-f", str(text), "-o", str(tiny_path), "-c", "16", "-t", "1"))
+    link = tmp_path / "link.gguf"
+    link.symlink_to(tiny_path)
+    assert "another file than the input" in one_line_error(run("quantize", str(tiny_path), str(link), "q8_0"))
+    assert tiny_path.read_bytes() == before
+    for flag, name in (("--token-embedding-type", "q8_k"), ("--output-tensor-type", "q8_1")):
+        line = one_line_error(run("quantize", str(tiny_path), str(tmp_path / "o.gguf"), "q4_0", flag, name))
+        assert "activation type" in line
+    assert not (tmp_path / "o.gguf").exists()
+    assert "a directory" in one_line_error(run("perplexity", "-m", str(tiny_path), "-f", str(tmp_path)))
+
+
+def test_an_allocation_the_limits_refuse_is_one_line(tiny_path):
+    """A KV cache under the up-front check (MemAvailable) but over the process's address-space limit:
+    the native allocation fails, and the command says so in one line."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "pyengine", "generate", "-m", str(tiny_path), "-p", "hi", "-n", "1",
+                           "-t", "1", "-c", str(2**27)], capture_output=True, timeout=120, cwd=ELSEWHERE,
+                          preexec_fn=limit)
+    line = one_line_error(proc)
+    assert "memory" in line or "KV cache" in line

@@ -469,23 +469,31 @@ HOSTILE = {  # id: (file bytes, words the message must hold)
     "duplicate tensor": (_file(infos=[F32_4x2, _info("w", (4, 2), offset=32)], data=DATA_32 * 2),
                          ["duplicate tensor", "'w'"]),
     "empty tensor name": (_file(infos=[_info("", (4, 2))], data=DATA_32), ["empty name"]),
-    "unknown tensor type": (_file(infos=[_info("w", (32,), 99)], data=DATA_32), ["tensor w", "unknown type id 99"]),
+    "unknown tensor type": (_file(infos=[_info("w", (32,), 99)], data=DATA_32), ["tensor 'w'", "unknown type id 99"]),
     "unsupported tensor type": (_file(infos=[_info("blk.0.attn_q.weight", (256,), GGMLType.IQ2_XXS)], data=DATA_32),
-                                ["tensor blk.0.attn_q.weight has type IQ2_XXS (16), which pyengine does not support"]),
-    "zero dim": (_file(infos=[_info("w", (4, 0))], data=DATA_32), ["tensor w", "dimension of 0"]),
-    "n_dims 0": (_file(infos=[_info("w", ())], data=DATA_32), ["tensor w", "0 dimensions"]),
-    "n_dims 5": (_file(infos=[_info("w", (1, 1, 1, 1, 1))], data=DATA_32), ["tensor w", "5 dimensions"]),
-    "huge n_dims": (_file(infos=[_info("w", (4,), n_dims=2**32 - 1)], data=DATA_32), ["tensor w"]),
-    "dims product overflow": (_file(infos=[_info("w", (2**32, 2**32, 2**32))], data=DATA_32), ["tensor w", "2**62"]),
-    "dim over 2**62": (_file(infos=[_info("w", (2**63,))], data=DATA_32), ["tensor w", "2**62"]),
+                                ["tensor 'blk.0.attn_q.weight' has type IQ2_XXS (16), which pyengine does not support"]),
+    "zero dim": (_file(infos=[_info("w", (4, 0))], data=DATA_32), ["tensor 'w'", "dimension of 0"]),
+    "n_dims 0": (_file(infos=[_info("w", ())], data=DATA_32), ["tensor 'w'", "0 dimensions"]),
+    "n_dims 5": (_file(infos=[_info("w", (1, 1, 1, 1, 1))], data=DATA_32), ["tensor 'w'", "5 dimensions"]),
+    "huge n_dims": (_file(infos=[_info("w", (4,), n_dims=2**32 - 1)], data=DATA_32), ["tensor 'w'"]),
+    "dims product overflow": (_file(infos=[_info("w", (2**32, 2**32, 2**32))], data=DATA_32), ["tensor 'w'", "2**62"]),
+    "dim over 2**62": (_file(infos=[_info("w", (2**63,))], data=DATA_32), ["tensor 'w'", "2**62"]),
     "dims[0] not whole blocks": (_file(infos=[_info("w", (33, 2), GGMLType.Q8_0)], data=DATA_32 * 3),
-                                 ["tensor w", "block size 32"]),
+                                 ["tensor 'w'", "block size 32"]),
     "offset past end": (_file(infos=[_info("blk.3.attn_q.weight", (4, 2), offset=32)], data=DATA_32 * 2, pad_to=0)[:-1],
-                        ["tensor blk.3.attn_q.weight: offset", "runs past the end of the file"]),
+                        ["tensor 'blk.3.attn_q.weight': offset", "runs past the end of the file"]),
     "huge offset": (_file(infos=[_info("w", (4, 2), offset=2**64 - 32)], data=DATA_32), ["past the end"]),
-    "misaligned offset": (_file(infos=[_info("w", (4,), offset=4)], data=DATA_32), ["tensor w", "alignment 32"]),
+    "misaligned offset": (_file(infos=[_info("w", (4,), offset=4)], data=DATA_32), ["tensor 'w'", "alignment 32"]),
     "overlapping tensors": (_file(infos=[F32_4x2, _info("v", (4,), offset=0)], data=DATA_32), ["overlap", "w", "v"]),
     "tensor infos truncated": (_file(infos=[F32_4x2], n_tensors=2, data=DATA_32), ["tensor"]),
+    # a name's newline or terminal escape stays escaped, on the one line with the reason
+    "newline in a tensor name": (_file(infos=[_info("w\nx\x1b[2J", (32,), 99)], data=DATA_32),
+                                 ["tensor 'w\\nx\\x1b[2J'", "unknown type id 99"]),
+    "alignment 2**31": (_file([_kv("general.alignment", VT.UINT32, _u32(2**31))]), ["alignments up to"]),
+    "too many tensors": (_file(infos=[F32_4x2], n_tensors=2**17, data=DATA_32), ["131072 tensors", "at most"]),
+    "arrays of many arrays": (_file([_kv("many", VT.ARRAY, _u32(VT.ARRAY) + _u64(70000)
+                                         + (_u32(VT.INT32) + _u64(0)) * 70000)]),
+                              ["'many'", "arrays inside arrays"]),
 }
 
 
@@ -505,7 +513,7 @@ def test_hostile_file_is_refused(tmp_path, case):
 def test_offset_past_end_message_has_the_facts(tmp_path):
     path = tmp_path / "bad.gguf"
     path.write_bytes(_file(infos=[_info("blk.3.attn_q.weight", (4, 2), offset=32)], data=bytes(40)))
-    with pytest.raises(GGUFError, match=r"tensor blk\.3\.attn_q\.weight: offset \d+ \+ 32 bytes runs past "
+    with pytest.raises(GGUFError, match=r"tensor 'blk\.3\.attn_q\.weight': offset \d+ \+ 32 bytes runs past "
                                         r"the end of the file \(\d+ bytes\)"):
         GGUFReader(path)
 
@@ -666,7 +674,7 @@ def test_writer_alignment_key_is_written_when_not_default(tmp_path):
 
 
 def test_writer_add_time_error_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError, match="tensor w"):
+    with pytest.raises(ValueError, match="tensor 'w'"):
         with GGUFWriter(tmp_path / "out.gguf") as w:
             w.add("general.name", "x")
             w.add_tensor("w", np.zeros(10, np.uint8), GGMLType.Q8_0, shape=(32,))

@@ -28,6 +28,7 @@ from pyengine import GGUFError, Tokenizer
 from pyengine.gguf import GGUFReader
 from pyengine.info import info
 from pyengine.sampling import SamplingError
+from pyengine.requantize import HParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_mutants import GROUPS, check_words, mutants  # noqa: E402
@@ -53,7 +54,13 @@ LOADERS = {
     "Tokenizer.from_gguf": Tokenizer.from_gguf,
     "Model": lambda path: pyengine.Model(path, n_ctx=16, n_threads=1),
     "info": lambda path: check_info(info(path)),  # as `python -m pyengine info` does
+    "quantize's type choice": lambda path: quantize_hparams(path),  # what quantize reads before any tensor
 }
+
+
+def quantize_hparams(path):
+    with GGUFReader(path) as r:
+        return HParams.from_metadata(r.metadata, str(r.path))
 
 
 def check_info(d: dict) -> dict:

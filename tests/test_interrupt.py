@@ -100,9 +100,9 @@ def wait_for_the_native_core(proc: subprocess.Popen) -> None:
 
 
 def interrupted(proc: subprocess.Popen, after: float | None = None, first_output: bool = False,
-                within: float = 30) -> tuple[int, str, str, float]:
-    """SIGINT to proc `after` seconds after it loaded the native core, or once it has written its first
-    byte to stdout; (exit code, stdout, stderr, seconds from the signal to the exit)."""
+                within: float = 30, sig: int = signal.SIGINT) -> tuple[int, str, str, float]:
+    """SIGINT (or sig) to proc `after` seconds after it loaded the native core, or once it has written
+    its first byte to stdout; (exit code, stdout, stderr, seconds from the signal to the exit)."""
     head = ""
     if first_output:
         head = proc.stdout.read(1)
@@ -110,7 +110,7 @@ def interrupted(proc: subprocess.Popen, after: float | None = None, first_output
         wait_for_the_native_core(proc)
         time.sleep(after)
     sent = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=within)
     return proc.returncode, head + out, err, time.perf_counter() - sent
 
@@ -207,6 +207,28 @@ def test_ctrl_c_at_any_moment_of_quantize_and_info(files, command):
                     assert r.tensors["blk.0.ffn_down.weight"].type.name == "NF4_DQ"
         assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
     assert 130 in codes
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="watches the process through /proc (Linux)")
+def test_sigterm_during_quantize_leaves_nothing_half_written(files):
+    """kill (a service manager, `timeout`) ends quantize as Ctrl-C does: complete, or exit 143 with no
+    output and no temporary file (or, while the package is still importing, killed by the signal
+    before anything is written)."""
+    from pyengine.fetch import fetch
+
+    d = files[0]
+    model = fetch()  # SmolLM2: seconds of converting and writing for the signal to land in
+    out = d / "out.gguf"
+    codes = []
+    for after in (0.5, 1.5, 3.0):
+        out.unlink(missing_ok=True)
+        code, _, err, _ = interrupted(pyengine_process("quantize", str(model), str(out), "q8_0", "-t", "1"),
+                                      after=after, sig=signal.SIGTERM, within=120)
+        codes.append(code)
+        assert code in (0, 143, -signal.SIGTERM) and "Traceback" not in err, (code, err)
+        assert out.exists() == (code == 0)
+        assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
+    assert 143 in codes
 
 
 # --- Ctrl-C in the places where Python hides or remembers it ---

@@ -182,6 +182,9 @@ void register_quants(py::module_& m) {
         if (!t) return py::none();
         return py::make_tuple(t->name, t->block_size, t->type_size, uint32_t(t->vec_dot_type));
     }, "(name, block_size, type_size, vec_dot_type) of a ggml type id, or None if unsupported");
+    m.def("is_weight_type", [](uint32_t type) {
+        return type_traits(type) != nullptr && active_kernels().vec_dot[type] != nullptr;
+    }, "whether the engine multiplies weights of this type (not an activation-only one: Q8_1, Q8_K)");
     m.def("has_weighted_quantizer", [](uint32_t type) {
         const TypeTraits* t = type_traits(type);
         return t != nullptr && t->from_float_weighted != nullptr;
