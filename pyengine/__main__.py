@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-p", "--prompt", required=True, metavar="PROMPT", help="the text to complete")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="stop before this text (may be given several times)")
-    gen.add_argument("--beams", type=int, default=None, metavar="K", help="beam search with K beams; prints the best")
+    gen.add_argument("--beams", type=int, default=None, metavar="K", help="beam search with K beams (transformers' num_beams, no sampling: "
+                     "the sampling flags do not apply); prints the best")
     _add_sampling_args(gen, 128, "tokens to generate; -1: until the end of generation (default 128)")
     _add_draft_args(gen)
     gen.set_defaults(run=lambda a: ("run_generate", {

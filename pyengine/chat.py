@@ -400,10 +400,12 @@ class ChatSession:
         self.speculator = speculator(model, draft, draft_max, self.params, self.ctx.n_ctx)
         self.ctx_ids: list[int] = []  # what the context holds
         self.messages: list[dict] = []
+        self._open: tuple[Iterator[str], TokenStream] | None = None  # the last reply, until it ends
         self.reset()
 
     def reset(self) -> None:
         """Forgets the conversation (the system prompt stays)."""
+        self._end_open_reply()
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.ctx.truncate(0)
         self.ctx_ids = []
@@ -438,6 +440,7 @@ class ChatSession:
         text, and the context truncated to what was evaluated)."""
         if not isinstance(text, str):
             raise ValueError(f"the message must be a str, got {type(text).__name__}")
+        self._end_open_reply()
         message = {"role": "user", "content": text}
         self.messages.append(message)
         try:
@@ -452,7 +455,18 @@ class ChatSession:
         self.last_eval_count, self.last_finish = 0, None
         stream = TokenStream(self.ctx, ids[reused:], self.sampler, self.max_tokens, history=self.ctx_ids,
                              speculator=self.speculator)
-        return self._reply(stream)
+        reply = self._reply(stream)
+        self._open = (reply, stream)
+        return reply
+
+    def _end_open_reply(self) -> None:
+        """Closes the last reply where its reader left it unfinished (the conversation goes on from
+        what it had: a reply abandoned, not closed, must not join it later, when the iterator is
+        collected, after newer turns)."""
+        if self._open is not None:
+            reply, stream = self._open
+            reply.close()
+            self._finish(stream)  # a reply never started: close() runs nothing; it joins, empty
 
     def _reply(self, stream: TokenStream) -> Iterator[str]:
         try:
@@ -460,9 +474,15 @@ class ChatSession:
                 if piece:
                     yield piece
         finally:
-            # Whatever happened (end, close(), KeyboardInterrupt), the context holds stream.ids.
-            self.ctx.truncate(len(stream.ids))
-            self.ctx_ids = stream.ids
-            self.last_eval_count = stream.n_evaluated
-            self.last_finish = stream.finish_reason or "interrupted"
-            self.messages.append({"role": "assistant", "content": stream.text})
+            self._finish(stream)
+
+    def _finish(self, stream: TokenStream) -> None:
+        if self._open is None or self._open[1] is not stream:
+            return  # it has joined already
+        self._open = None
+        # Whatever happened (end, close(), KeyboardInterrupt), the context holds stream.ids.
+        self.ctx.truncate(len(stream.ids))
+        self.ctx_ids = stream.ids
+        self.last_eval_count = stream.n_evaluated
+        self.last_finish = stream.finish_reason or "interrupted"
+        self.messages.append({"role": "assistant", "content": stream.text})

@@ -137,6 +137,18 @@ def run_generate(model: str | None, prompt: str, max_tokens: int = 128, sampling
     _check_draft_flags(draft, draft_max)
     if beams is not None and draft is not None:
         raise CommandError("--draft does not apply to beam search (--beams)")
+    if beams is not None:
+        # The search scores the model's own log-probabilities (transformers' num_beams without logits
+        # processors): refused, not silently dropped, the flags that would change what it finds.
+        default = SamplingParams()
+        changed = [flag for name, flag in (("repetition_penalty", "--repeat-penalty"),
+                                           ("frequency_penalty", "--frequency-penalty"),
+                                           ("presence_penalty", "--presence-penalty"))
+                   if getattr(params, name) != getattr(default, name)]
+        if stop:
+            changed.insert(0, "--stop")
+        if changed:
+            raise CommandError(f"{', '.join(changed)}: not applied by beam search (--beams)")
     m = load_model(model, n_ctx, n_threads, cache_types)
     n = m.n_ctx if max_tokens == -1 else max_tokens
     if beams is not None:

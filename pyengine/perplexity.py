@@ -56,7 +56,9 @@ class PerplexityResult:
 def chunk_tokens(model: Model, text: str, n_ctx: int, n_chunks: int | None) -> list[list[int]]:
     if n_ctx < 8:
         raise ValueError(f"the chunk size must be at least 8 tokens, got {n_ctx}")
-    tokens = model.tokenize(text)
+    # As llama-perplexity and llama-imatrix read a text: special-token text in it ("<|endoftext|>",
+    # "<s>") is text, not control tokens (llama.cpp's parse_special is off there)
+    tokens = model.tokenizer.encode(text, add_bos=model.tokenizer.add_bos, parse_special=False)
     available = len(tokens) // n_ctx
     if available == 0:
         raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")

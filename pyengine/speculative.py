@@ -137,8 +137,8 @@ class LookupDrafter:
 class ModelDrafter:
     """Drafting with a smaller model of the same vocabulary: its own context, which keeps the longest
     prefix it shares with the sequence, and the target's sampling chain with a generator of its own
-    (greedy when the target is). It stops drafting at a token whose probability under its chain is
-    below p_min (it would likely be rejected)."""
+    (greedy when the target is). It stops drafting at a position where its chain's most likely token
+    has a probability below p_min (a draft there would likely be rejected)."""
 
     def __init__(self, model: Model, params: SamplingParams, n_ctx: int, p_min: float = 0.5) -> None:
         self.model = model
@@ -171,12 +171,17 @@ class ModelDrafter:
             candidates, probs = self.sampler.distribution(history, logits)
             if self.sampler.params.greedy:
                 token, q = int(candidates[0]), None
-                confidence = 1.0 / float(np.exp(logits - logits.max(), dtype=np.float64).sum())
+                if 1.0 / float(np.exp(logits - logits.max(), dtype=np.float64).sum()) < self.p_min:
+                    break
             else:
+                # Whether to draft here is decided before the draw, on the chain's most likely token: a
+                # draw kept only when its own probability is high would be drawn from q cut below p_min,
+                # not from the q that verify corrects for, and the output would lean to the draft's
+                # likely tokens (with q = p, a token of p >= p_min would come out p + (1 - p) p times).
+                if float(probs.max()) < self.p_min:
+                    break
                 i = self.sampler.pick(probs)
-                token, q, confidence = int(candidates[i]), (candidates, probs), float(probs[i])
-            if confidence < self.p_min:
-                break
+                token, q = int(candidates[i]), (candidates, probs)
             tokens.append(token)
             qs.append(q)
             if len(tokens) == n:

@@ -409,6 +409,27 @@ def test_session_interrupted_answer_stays_consistent(smol):
     assert session.last_reused > 0 and session.ctx.n_past == len(session.ctx_ids)
 
 
+def test_session_reply_left_unfinished_joins_before_the_next_turn(smol):
+    """A reply the caller stops reading without close(): the next ask() ends it, and when the
+    abandoned iterator is collected later it changes nothing."""
+    import gc
+
+    session = ChatSession(smol, max_tokens=30, temperature=0)
+    first = session.ask("Write a poem about the sea.")
+    piece = next(first)
+    answer = "".join(session.ask("What is 2+2?"))
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[1]["content"] == piece and session.messages[3]["content"] == answer
+    del first
+    gc.collect()
+    assert len(session.messages) == 4 and session.ctx.n_past == len(session.ctx_ids)
+    never_read = session.ask("And 3+3?")  # never started: it joins as an empty reply
+    session.reset()
+    del never_read
+    gc.collect()
+    assert session.messages == [] and session.ctx.n_past == 0
+
+
 def test_session_drops_the_oldest_turns_when_full(smol):
     session = ChatSession(smol, system="Be brief.", max_tokens=12, n_ctx=96, temperature=0)
     dropped = 0

@@ -181,6 +181,8 @@ def test_generate_beams(tiny_path):
     (["generate", "-m", "{tiny}", "-p", "x", "--draft-max", "0"], "--draft-max"),
     (["generate", "-m", "{tiny}", "-p", "x", "--draft", "/no/such/draft.gguf"], "--draft"),
     (["generate", "-m", "{tiny}", "-p", "x", "--draft", "lookup", "--beams", "2"], "--draft"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--beams", "2", "--stop", "."], "--stop: not applied by beam search"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--beams", "2", "--repeat-penalty", "1.3"], "--repeat-penalty"),
     (["generate", "-m", "{tiny}", "-p", "x", "--draft", "{bad}"], "bad.gguf"),
     (["chat", "-m", "{tiny}", "--draft-max", "65"], "--draft-max"),
     (["serve", "-m", "{tiny}", "--draft", "/no/such/draft.gguf"], "--draft"),

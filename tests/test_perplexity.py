@@ -47,6 +47,19 @@ def test_perplexity_follows_llamacpp_method(models):
     assert len(res.chunk_ppl) == 3 and res.chunk_ppl[-1] == pytest.approx(res.ppl)
 
 
+def test_special_token_text_is_read_as_text(models):
+    """As llama-perplexity (and llama-imatrix) tokenize: "<|endoftext|>" in the text is its characters,
+    not the control token."""
+    from pyengine.perplexity import chunk_tokens
+
+    m = pyengine.Model(models[0], n_ctx=64)
+    eos = m.tokenizer.eos_id
+    text = TEXT.replace(". ", ". <|endoftext|>")
+    assert "<|endoftext|>" in text and eos in m.tokenize(text)  # the chat and generation path parse it
+    tokens = [t for chunk in chunk_tokens(m, text, 64, None) for t in chunk]
+    assert eos not in tokens and tokens[:40] == m.tokenizer.encode(text, parse_special=False)[:40]
+
+
 def test_kl_divergence_against_a_base(models):
     f32, q4 = models
     base = pyengine.Model(f32, n_ctx=64)

@@ -16,7 +16,7 @@ import pyengine
 from pyengine.chat import ChatSession
 from pyengine.generate import TokenStream
 from pyengine.sampling import Sampler, SamplingParams, softmax
-from pyengine.speculative import LookupDrafter, Speculator, speculator, verify
+from pyengine.speculative import LookupDrafter, ModelDrafter, Speculator, speculator, verify
 from tiny_models import write_tiny_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -203,10 +203,13 @@ class FixedDrafts:
         self.n_taken += taken
 
 
-@pytest.mark.parametrize("kind", ["one-hot", "sampled"])
+@pytest.mark.parametrize("kind", ["one-hot", "sampled", "draft model"])
 def test_sampled_generation_keeps_the_models_distribution(tiny, kind):
     """Three tokens sampled with drafts at the second and third (penalties over the window that holds
-    the drafts taken), against the exact joint distribution of the chain on the model's logits."""
+    the drafts taken), against the exact joint distribution of the chain on the model's logits. The
+    draft model (the model itself: q = p) drafts where its most likely token reaches p_min, set just
+    under that of the first position: keeping only draws that reached it would give the top token
+    every time there."""
     params = dict(temperature=1.5, top_k=4, top_p=0.95, min_p=0.0, repetition_penalty=1.5, repeat_last_n=3,
                   logit_bias={EOS: -np.inf})
     prompt = [40, 41, 42]
@@ -226,8 +229,12 @@ def test_sampled_generation_keeps_the_models_distribution(tiny, kind):
     n = 3000
     counts = dict.fromkeys(exact, 0)
     taken = 0
+    p_min = 0.99 * float(dist(prompt)[1].max())
     for seed in range(n):
-        drafter = FixedDrafts(likely, None if kind == "one-hot" else q, seed=10_000 + seed)
+        if kind == "draft model":
+            drafter = Speculator(ModelDrafter(tiny, SamplingParams(**params, seed=10_000 + seed), 8, p_min=p_min), 2)
+        else:
+            drafter = FixedDrafts(likely, None if kind == "one-hot" else q, seed=10_000 + seed)
         stream = TokenStream(tiny.context(8), prompt, Sampler(SamplingParams(**params, seed=seed), tiny.n_vocab), 3,
                              speculator=drafter)
         for _ in stream:
