@@ -451,8 +451,8 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
                                            logprobs[index] if jobs[0].top_logprobs is not None else None,
                                            prompt_events.get(index // n)))
             return _JSON({"id": rid, "object": kind, "created": created, "model": server.model_id,
-                                 "choices": choices, "usage": usage_of(prompt_total, sum(cached), completion[0]),
-                                 "system_fingerprint": None})
+                          "choices": choices, "usage": usage_of(prompt_total, sum(cached), completion[0]),
+                          "system_fingerprint": None})
 
         chunk_kind = kind + ".chunk" if kind == "chat.completion" else kind
 
@@ -652,7 +652,7 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
     async def health(request: Request) -> Response:
         stats = engine.stats()
         return _JSON({"status": "ok", "slots_idle": engine.parallel - stats["processing"],
-                             "slots_processing": stats["processing"], **stats})
+                      "slots_processing": stats["processing"], **stats})
 
     async def page(request: Request) -> Response:
         html = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
