@@ -69,13 +69,15 @@ void KVCache::truncate(int64_t n) {
         throw std::invalid_argument("cannot truncate to " + std::to_string(n) + ": the sequence has " +
                                     std::to_string(n_past_) + " positions");
     for (const Layer& L : layers_) {
-        // The ring holds the last `ring` positions before n_past; going on from n needs the window
-        // before n among them.
-        if (L.ring && n < n_past_ && n - L.window < n_past_ - L.ring && n > 0)
+        // The ring holds the positions before n_past from written - ring on (the slots of earlier ones
+        // were taken by later positions, up to the highest written, even where a truncate forgot
+        // those); going on from n needs the window before n among them.
+        if (L.ring && n < n_past_ && n - L.window < written_ - L.ring && n > 0)
             throw std::invalid_argument("cannot truncate to " + std::to_string(n) + ": the sliding-window cache no "
                                         "longer holds the positions before it (evaluate the prefix again)");
     }
     n_past_ = n;
+    if (n == 0) written_ = 0;  // nothing before position 0 is needed: every slot is free again
 }
 
 void KVCache::copy_from(const KVCache& other) {
@@ -96,6 +98,7 @@ void KVCache::copy_from(const KVCache& other) {
         }
     }
     n_past_ = other.n_past_;
+    written_ = other.written_;
 }
 
 void KVCache::store(int layer, int64_t pos, int64_t n_tokens, const float* k, const float* v, from_float_fn convert) {

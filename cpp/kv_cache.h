@@ -39,11 +39,17 @@ public:
     size_t bytes() const { return k_.size() * 2; }
 
     // Forget every position from n on (n <= n_past). A ring layer must still hold the window before
-    // n: throws std::invalid_argument when the positions it needs were overwritten.
+    // n: throws std::invalid_argument when the positions it needs were overwritten (by positions up
+    // to the highest ever written, which an earlier truncate does not unwrite).
     void truncate(int64_t n);
     // Become a copy of `other`'s first other.n_past positions (same shape required).
     void copy_from(const KVCache& other);
     void set_n_past(int64_t n) { n_past_ = n; }
+    // Positions up to `end` are about to be stored (a forward pass, before its first store: one that
+    // is interrupted has overwritten ring slots all the same).
+    void will_write(int64_t end) {
+        if (end > written_) written_ = end;
+    }
 
     // Stores n_tokens rows of kv_dim floats (every head's head_dim values) at positions pos ... for
     // one layer, each head's values converted to the cache type by `convert` (a kernel table's
@@ -82,6 +88,7 @@ private:
     GGMLType type_;
     size_t row_bytes_;  // of one head's row
     int64_t n_past_ = 0;
+    int64_t written_ = 0;  // the end of the highest position stored since the cache was last emptied
     std::vector<Layer> layers_;
     HugeBuffer k_;  // zero pages until first written (PageSize::Small): memory as positions are used
     HugeBuffer v_;

@@ -487,6 +487,7 @@ void Model::forward_micro_batch(const int32_t* tokens, KVCache* const* caches, c
     for (int64_t t = 0; t < n_tokens; t++)
         n_attended = std::max(n_attended, std::min(positions[t] + 1, caches[t]->n_ctx()));
     s.reserve(c, n_tokens, n_attended, pool.n_threads());
+    for (int64_t t = 0; t < n_tokens; t++) caches[t]->will_write(positions[t] + 1);  // (the rings' truncate)
     const int64_t E = c.n_embd;
 
     // Embeddings: one dequantized row of token_embd per token (times embd_scale).

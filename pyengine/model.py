@@ -29,6 +29,27 @@ DEFAULT_MAX_CTX = 4096  # the default n_ctx is min(the file's context length, th
 MAX_CTX = 2**31 - 1  # positions are int32 in the core; beyond, no machine holds the cache anyway
 
 
+def _integer(value, what: str = "a token id") -> int:
+    """value as an int where it is an integer (Python's or numpy's, not a bool); ValueError else: a
+    float or a string is not taken for the integer it would round or parse to."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {value!r:.40}")
+    return int(value)
+
+
+def _id_lists(ids) -> list[list[int]]:
+    if isinstance(ids, (str, bytes)):
+        raise ValueError("eval_batch takes one sequence of token ids per context, not a string")
+    out = []
+    for x in ids:
+        if isinstance(x, (str, bytes)):
+            raise ValueError(f"eval_batch takes a sequence of token ids per context, not a string ({x!r:.40})")
+        if not hasattr(x, "__iter__"):
+            raise ValueError(f"eval_batch takes a sequence of token ids per context, got {x!r:.40}")
+        out.append([_integer(i) for i in x])
+    return out
+
+
 def _check_n_ctx(n_ctx) -> int:
     if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or not 0 < n_ctx <= MAX_CTX:
         raise ValueError(f"n_ctx must be an integer from 1 to {MAX_CTX}, got {n_ctx!r}")
@@ -205,7 +226,7 @@ class Model:
         for ctx in contexts:
             if not isinstance(ctx, Context) or ctx.model is not self:
                 raise ValueError("every context must be one of this model's")
-        return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [int(i) for i in ids])
+        return _core.Context.eval_sequences(self._pool, [c._ctx for c in contexts], [_integer(i) for i in ids])
 
     def eval_batch(self, contexts: Sequence[Context], ids: Sequence[Sequence[int]], last_only: bool = False
                    ) -> list[np.ndarray]:
@@ -220,8 +241,7 @@ class Model:
         for ctx in contexts:
             if not isinstance(ctx, Context) or ctx.model is not self:
                 raise ValueError("every context must be one of this model's")
-        return _core.Context.eval_batch(self._pool, [c._ctx for c in contexts], [[int(i) for i in x] for x in ids],
-                                        bool(last_only))
+        return _core.Context.eval_batch(self._pool, [c._ctx for c in contexts], _id_lists(ids), bool(last_only))
 
     def beam_search(self, prompt, num_beams: int = 4, max_tokens: int = 64, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, num_return_sequences: int = 1) -> list:
@@ -283,8 +303,11 @@ class Context:
         return self._ctx.eval(self.model._pool, self._ids(ids), True)
 
     def truncate(self, n: int) -> None:
-        """Forgets every position from n on."""
-        self._ctx.truncate(int(n))
+        """Forgets every position from n on (0 <= n <= n_past)."""
+        n = _integer(n, "truncate's n")
+        if not 0 <= n <= self.n_past:
+            raise ValueError(f"cannot truncate to {n}: the sequence has {self.n_past} positions")
+        self._ctx.truncate(n)
 
     def fork(self) -> Context:
         """A new context holding a copy of this one's cache."""

@@ -156,7 +156,20 @@ def test_truncating_a_ring_further_back_than_it_holds_is_refused(model_dir):
     np.testing.assert_array_equal(ctx.eval([5]), fresh.eval([5]))
     with pytest.raises(ValueError, match="sliding-window"):
         ctx.truncate(100)
+    # Two steps back reach no further than one: the ring's slots before 690 were taken by positions up
+    # to 700, which truncate(690) forgot but did not unwrite (nor does a fork, which copies the ring)
+    ring = 5 + 256
+    deep = 700 - ring + 5 - 1  # its window starts one position before what the ring still holds
+    for c in (ctx, ctx.fork()):
+        with pytest.raises(ValueError, match="sliding-window"):
+            c.truncate(deep)
+    ctx.truncate(deep + 1)  # the deepest it holds: going on matches a fresh evaluation
+    fresh = m.context()
+    fresh.eval(ids[:deep + 1])
+    np.testing.assert_array_equal(ctx.eval_all(ids[deep + 1:deep + 40]), fresh.eval_all(ids[deep + 1:deep + 40]))
     ctx.truncate(0)  # always possible: nothing before it is needed
+    ctx.eval(ids[:300])
+    ctx.truncate(100)  # a cache emptied starts over: only positions written since count
 
 
 def rewrite(src_path, dst_path, drop=(), metadata=None, tensors=None):

@@ -283,3 +283,19 @@ def test_an_allocation_the_limits_refuse_is_one_line(tiny_path):
                           preexec_fn=limit)
     line = one_line_error(proc)
     assert "memory" in line or "KV cache" in line
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, c: m.eval_batch([c], [[1.9]]), "integer"), (lambda m, c: m.eval_batch([c], [[True]]), "integer"),
+    (lambda m, c: m.eval_batch([c], ["12"]), "not a string"), (lambda m, c: m.eval_batch([c], "1"), "not a string"),
+    (lambda m, c: m.eval_sequences([c], [7.99]), "integer"), (lambda m, c: c.truncate(1.9), "integer"),
+    (lambda m, c: c.truncate(2**64), "cannot truncate"), (lambda m, c: c.truncate(-1), "cannot truncate"),
+])
+def test_batch_ids_and_truncate_take_integers_only(tiny, call, match):
+    """As Context.eval does: a float, a bool or a string is refused, not evaluated as the token it would
+    round or parse to."""
+    ctx = tiny.context()
+    ctx.eval([1, 2])
+    with pytest.raises(ValueError, match=match):
+        call(tiny, ctx)
+    assert ctx.n_past == 2

@@ -122,3 +122,36 @@ def test_packed_weights_leave_their_mapped_pages(tmp_path):
     assert mapped_bytes_of(path) < 0.1 * size, (mapped_bytes_of(path), size)
     m.logits([1, 2, 3])  # reads the embeddings again from the file: the same as without packing
     assert mapped_bytes_of(path) < 0.2 * size
+
+
+def test_a_context_runs_one_call_at_a_time():
+    """A second call on a context that is evaluating (from another thread: the GIL is released
+    meanwhile) is refused at every entry point, instead of writing the same cache and buffers: the
+    first call's results are untouched."""
+    m = pyengine.Model(n_ctx=1024, n_threads=2)
+    ids = np.random.default_rng(5).integers(0, m.n_vocab, 400).tolist()
+    want = m.context().eval_all(ids)
+    ctx = m.context()
+    calls = {"eval": lambda: ctx.eval([1]), "truncate": lambda: ctx.truncate(0),
+             "eval_batch": lambda: m.eval_batch([ctx], [[1]]), "fork": ctx.fork}
+    for name, call in calls.items():
+        refused = []
+        for _ in range(3):  # a worker that ends before it is seen holding the context: once more
+            ctx.truncate(0)
+            got = []
+            worker = threading.Thread(target=lambda: got.append(ctx.eval_all(ids)))
+            worker.start()
+            while worker.is_alive():
+                try:
+                    ctx.fork()  # reads the cache, changes nothing: refused once the worker holds it
+                except RuntimeError:
+                    try:
+                        call()
+                    except RuntimeError as e:
+                        refused.append(str(e))
+                    break
+            worker.join()
+            np.testing.assert_array_equal(got[0], want)
+            if refused:
+                break
+        assert refused and "in use by another call" in refused[0], name

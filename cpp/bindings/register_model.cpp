@@ -1,5 +1,6 @@
 // The model over memory-mapped weights, its typed config, and its per-sequence contexts (KV cache +
 // buffers).
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -8,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "../model.h"
@@ -36,6 +38,10 @@ struct PyContext {
     std::shared_ptr<PyModel> model;
     KVCache cache;
     RunState state;
+    // Set while a call reads or changes the cache (Claim): a second call on the same context, from
+    // another thread (the GIL is released while it evaluates) or from a signal handler run between
+    // two layers, is refused instead of writing the same cache and buffers.
+    std::atomic<bool> busy{false};
     PyContext(std::shared_ptr<PyModel> m, int64_t n_ctx, GGMLType kv_type)
         : model(std::move(m)),
           cache(model->model->config().n_layers, n_ctx, model->model->config().kv_dim(),
@@ -268,11 +274,32 @@ struct InputRecorder : Observer {
     }
 };
 
+// A context held for one call; RuntimeError where another call holds it.
+class Claim {
+public:
+    explicit Claim(PyContext& ctx) : ctx_(&ctx) {
+        if (ctx.busy.exchange(true, std::memory_order_acquire))
+            throw std::runtime_error("this context is in use by another call (another thread, or a signal handler "
+                                     "inside its evaluation): a context runs one call at a time");
+    }
+    Claim(Claim&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
+    Claim(const Claim&) = delete;
+    Claim& operator=(const Claim&) = delete;
+    Claim& operator=(Claim&&) = delete;
+    ~Claim() {
+        if (ctx_) ctx_->busy.store(false, std::memory_order_release);
+    }
+
+private:
+    PyContext* ctx_;
+};
+
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
 py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
                         bool logits_all, const std::vector<Observer*>& observers) {
     for (const Observer* o : observers)
         if (!o || o->model != ctx.model) throw py::value_error("an observer belongs to another model");
+    const Claim claim(ctx);
     const ModelConfig& c = ctx.model->model->config();
     const int64_t n = ids.size();
     if (n == 0) throw py::value_error("no tokens to evaluate");
@@ -322,6 +349,8 @@ py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>
     const auto& model = contexts[0]->model;
     const ModelConfig& c = model->model->config();
     std::vector<KVCache*> caches;
+    std::vector<Claim> claims;  // every context, for the whole call
+    claims.reserve(contexts.size());
     size_t first = 0;
     for (size_t i = 0; i < contexts.size(); i++) {
         if (!contexts[i]) throw py::value_error("context " + std::to_string(i) + " is None");
@@ -334,6 +363,7 @@ py::array_t<float> eval_contexts(ThreadPool& pool, const std::vector<PyContext*>
                 throw py::value_error("token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
                                       std::to_string(c.n_vocab) + " tokens)");
         first += size_t(counts[i]);
+        claims.emplace_back(*contexts[i]);
         const KVCache& cache = contexts[i]->cache;
         if (cache.n_past() >= cache.n_ctx())
             throw py::value_error("context " + std::to_string(i) + " is full (" + std::to_string(cache.n_ctx()) +
@@ -520,6 +550,7 @@ void register_model(py::module_& m) {
         .def_property_readonly("n_ctx", [](const PyContext& c) { return c.cache.n_ctx(); })
         .def_property_readonly("kv_bytes", [](const PyContext& c) { return c.cache.bytes(); })
         .def("truncate", [](PyContext& c, int64_t n) {
+            const Claim claim(c);
             try {
                 c.cache.truncate(n);
             } catch (const std::invalid_argument& e) {
@@ -532,6 +563,8 @@ void register_model(py::module_& m) {
         .def("copy_from", [](PyContext& self, const PyContext& other) {
             if (self.model != other.model) throw py::value_error("contexts belong to different models");
             if (other.cache.n_past() > self.cache.n_ctx()) throw py::value_error("the source sequence does not fit");
+            if (&self == &other) return;
+            const Claim mine(self), theirs(const_cast<PyContext&>(other));
             self.cache.copy_from(other.cache);
         }, py::arg("other"));
 }
