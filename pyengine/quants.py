@@ -17,8 +17,10 @@ def _type_id(type: str | int) -> int:
     if isinstance(type, str):
         type_id = int(type_by_name(type))
     else:
+        if isinstance(type, bool) or not isinstance(type, (int, np.integer)):
+            raise ValueError(f"type must be a type name or a ggml type id, got {type!r:.40}")
         type_id = int(type)
-    if _core.type_info(type_id) is None:
+    if not 0 <= type_id < 2**32 or _core.type_info(type_id) is None:
         raise ValueError(f"type {type!r} has no quantizer in pyengine")
     return type_id
 
@@ -48,6 +50,8 @@ def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) 
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (x.shape[-1],) or not np.all(np.isfinite(imatrix)) or np.any(imatrix < 0):
             raise ValueError(f"imatrix must be {x.shape[-1]} finite nonnegative values, one per column")
+    if x.shape[-1] == 0:
+        raise ValueError(f"quantize expects rows of at least one block, got shape {x.shape}")
     rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
     type_id = _type_id(type)
     n_threads = min(_core.default_n_threads(), rows.shape[0], max(1, rows.size // _VALUES_PER_THREAD))
