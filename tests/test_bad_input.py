@@ -299,3 +299,12 @@ def test_batch_ids_and_truncate_take_integers_only(tiny, call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny, ctx)
     assert ctx.n_past == 2
+
+
+@pytest.mark.parametrize("x, type_, match", [
+    (np.zeros((3, 0), np.float32), "f32", "at least one block"), (np.zeros((1, 32), np.float32), -1, "no quantizer"),
+    (np.zeros((1, 32), np.float32), 2**40, "no quantizer"), (np.zeros((1, 32), np.float32), 1.5, "type name"),
+])
+def test_quantize_refuses_odd_types_and_empty_rows(x, type_, match):
+    with pytest.raises(ValueError, match=match):
+        pyengine.quantize(x, type_)
