@@ -15,9 +15,10 @@ STARTUP_DEADLINE = 300  # seconds: loading the model and binding; only a broken 
 
 
 class ServerURL(str):
-    """The server's URL; .pid: its process id; .log: the lines of its stderr so far."""
+    """The server's URL; .pid: its process id; .proc: the process; .log: the lines of its stderr so far."""
 
     pid: int
+    proc: subprocess.Popen
     log: list[str]
 
 
@@ -53,6 +54,7 @@ def running_server(*args: str, env: dict | None = None) -> Iterator[ServerURL]:
             raise RuntimeError(f"the server {state}; stderr:\n" + "".join(lines[-30:]))
         served = ServerURL(url[0])
         served.pid = proc.pid
+        served.proc = proc
         served.log = lines
         yield served
     finally:

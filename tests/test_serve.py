@@ -6,7 +6,9 @@ a client that goes away)."""
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -191,6 +193,32 @@ def test_cancel_frees_the_sequence_and_memory_stays_capped(smol):
             submit(engine, smol.tokenize(p), max_tokens=2, temperature=0.0)[0].wait()
             assert engine.cache.n_sequences <= 2 + 2
         assert len(engine.cache.idle) == 2
+    finally:
+        engine.close()
+
+
+def test_every_job_is_counted_once_and_slots_count_sequences(smol):
+    """finished + cancelled + failed = submitted, a job cancelled while it waits included; a job of n
+    choices holds n sequences (the slots /health reports); stop() fails what is left."""
+    engine = Engine(smol, parallel=2)
+    try:
+        endless = dict(max_tokens=1000, temperature=0.0, logit_bias={t: -np.inf for t in smol.tokenizer.eog_ids})
+        running, _ = submit(engine, smol.tokenize("Write a long story."), n=2, **endless)
+        while len(running.log) < 2:
+            time.sleep(0.001)
+        queued = [submit(engine, smol.tokenize(p), max_tokens=2) for p in PROMPTS[:3]]
+        stats = engine.stats()
+        assert stats["sequences_in_use"] == 2 and stats["processing"] == 1 and stats["waiting"] == 3
+        queued[0][1].cancel()
+        deadline = time.monotonic() + DEADLINE
+        while engine.stats()["cancelled"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.stop()
+        for listener, _ in [(running, None)] + queued[1:]:
+            assert listener.wait(2) == {"failed": "the server is shutting down"}
+        engine.close()
+        counts = engine.stats()
+        assert (counts["finished"], counts["cancelled"], counts["failed"]) == (0, 1, 3)
     finally:
         engine.close()
 
@@ -542,6 +570,48 @@ def test_a_client_that_goes_away_mid_body(server):
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     assert httpx.get(server + "/health").json()["status"] == "ok"
     assert "Traceback" not in "".join(server.log)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_server_ends_every_request_with_an_error(smol, sig):
+    """Ctrl-C or SIGTERM while one request streams and another waits for its turn: the stream ends
+    with an error event, the waiting one gets a 503, the process exits, and nothing is cut or logged
+    as a traceback."""
+    with running_server("-c", "1024", "--parallel", "1", "-t", "2") as url:
+        results = {}
+
+        def streamed():
+            with httpx.stream("POST", url + "/v1/completions", json={**endless(smol), "stream": True},
+                              timeout=DEADLINE) as r:
+                results["stream"] = (r.status_code, r.read().decode())
+
+        def waiting():
+            r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4}, timeout=DEADLINE)
+            results["waiting"] = (r.status_code, r.json())
+
+        clients = [threading.Thread(target=streamed)]
+        clients[0].start()
+        deadline = time.monotonic() + DEADLINE
+        while httpx.get(url + "/health").json()["processing"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        clients.append(threading.Thread(target=waiting))
+        clients[1].start()
+        while httpx.get(url + "/health").json()["waiting"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        health = httpx.get(url + "/health").json()
+        assert health["slots_processing"] == 1 and health["slots_idle"] == 0
+        os.kill(url.pid, sig)
+        for c in clients:
+            c.join(DEADLINE)
+        status, body = results["stream"]
+        events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+        assert status == 200 and "shutting down" in json.loads(events[-1])["error"]["message"]
+        status, body = results["waiting"]
+        assert status == 503 and "shutting down" in body["error"]["message"]
+        # it exits (a second signal would force it: no waiting for it here); SIGTERM by its default action
+        assert url.proc.wait(DEADLINE) == (130 if sig == signal.SIGINT else -signal.SIGTERM)
+    log = "".join(url.log)
+    assert "Traceback" not in log, log
 
 
 def test_a_server_that_drafts(smol):

@@ -32,19 +32,39 @@ def make_app(model, parallel: int = 4, api_key: str | None = None, alias: str | 
 
     engine = Engine(model, parallel=parallel, cache_bytes=cache_bytes, prefill_chunk=prefill_chunk, draft=draft,
                     draft_max=draft_max)
-    return create_app(model, engine, api_key=api_key, alias=alias)
+    app = create_app(model, engine, api_key=api_key, alias=alias)
+    app.state.engine = engine
+    return app
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8080, ready=None, **options) -> None:
     """Serves a loaded pyengine.Model until Ctrl-C (or SIGTERM). ready(url) is called once the
     socket listens. options: make_app's."""
     _require()
+    import signal
+    import threading
+
     import uvicorn
 
     app = make_app(model, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
+    handle_exit = server.handle_exit
+
+    def exit_gracefully(sig, frame) -> None:
+        # Ctrl-C or SIGTERM: the engine ends every request now, running or waiting, with an error
+        # their clients read (a 503, or an error event ending the stream); uvicorn's graceful
+        # shutdown then finds them done instead of cutting them when its timeout runs out.
+        app.state.engine.stop()
+        handle_exit(sig, frame)
+
+    server.handle_exit = exit_gracefully
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn takes SIGTERM while it serves and sends it again once it has shut down: then the
+        # default action ends the process as a service manager expects (python -m pyengine turns
+        # SIGTERM into an exception for the other commands, which would surface inside uvicorn's loop)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if ready is not None:
         startup = server.startup
 

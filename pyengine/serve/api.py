@@ -39,7 +39,7 @@ from starlette.routing import Route
 from ..chat import ChatTemplate, ChatTemplateError, chat_ids, check_messages
 from ..generate import check_stop, prompt_ids
 from ..sampling import SamplingParams
-from .engine import Done, Engine, Failed, Job, Prompt, Token, TokenLogprob
+from .engine import SHUTTING_DOWN, Done, Engine, Failed, Job, Prompt, Token, TokenLogprob
 
 __all__ = ["create_app", "APIError"]
 
@@ -315,9 +315,12 @@ class _Run:
         try:
             for job in jobs:
                 self.handles.append(engine.submit(job))
-        except (ValueError, RuntimeError) as e:
+        except ValueError as e:
             self.cancel()
             raise APIError(400, str(e)) from None
+        except RuntimeError as e:  # the engine is stopping
+            self.cancel()
+            raise _failure(Failed(str(e))) from None
 
     async def events(self) -> AsyncIterator[tuple[int, Token | Done | Failed]]:
         try:
@@ -371,6 +374,8 @@ async def _collect(request: Request, run: _Run, on_event: Callable) -> None:
 def _failure(event: Failed) -> APIError:
     if event.message.startswith("internal error"):
         return APIError(500, event.message, type="server_error")
+    if event.message == SHUTTING_DOWN:  # a request the server ends as it stops: ask again elsewhere
+        return APIError(503, event.message, type="server_error", code="server_shutting_down")
     return APIError(400, event.message)
 
 
@@ -650,9 +655,9 @@ def create_app(model, engine: Engine, api_key: str | None = None, alias: str | N
         return _JSON(model_object())
 
     async def health(request: Request) -> Response:
-        stats = engine.stats()
-        return _JSON({"status": "ok", "slots_idle": engine.parallel - stats["processing"],
-                      "slots_processing": stats["processing"], **stats})
+        stats = engine.stats()  # slots: llama-server's name for the sequences a batch runs at once
+        return _JSON({"status": "ok", "slots_idle": engine.parallel - stats["sequences_in_use"],
+                      "slots_processing": stats["sequences_in_use"], **stats})
 
     async def page(request: Request) -> Response:
         html = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")

@@ -59,7 +59,9 @@ from ..speculative import DRAFT_MAX, LookupDrafter, ModelDrafter, Speculator, ch
 if TYPE_CHECKING:
     from ..model import Context, Model
 
-__all__ = ["Engine", "Job", "Handle", "Token", "Done", "Failed", "Prompt", "Usage", "TokenLogprob"]
+__all__ = ["Engine", "Job", "Handle", "Token", "Done", "Failed", "Prompt", "Usage", "TokenLogprob", "SHUTTING_DOWN"]
+
+SHUTTING_DOWN = "the server is shutting down"  # the Failed message of the jobs Engine.stop ends
 
 
 class TokenLogprob(NamedTuple):
@@ -277,7 +279,7 @@ class Engine:
         job.params.check_vocab(self.model.n_vocab)
         with self._lock:
             if self._closing:
-                raise RuntimeError("the engine is closed")
+                raise RuntimeError(SHUTTING_DOWN)
             self._waiting.append(job)
             self._lock.notify()
         return Handle(self, job)
@@ -288,14 +290,22 @@ class Engine:
             self._lock.notify()
 
     def stats(self) -> dict:
+        """waiting and processing: jobs; sequences_in_use: the sequences the processing jobs hold (a
+        job of n choices holds n; at most `parallel`)."""
         with self._lock:
             return {"waiting": len(self._waiting), "processing": len(self._active),
-                    "sequences": self.cache.n_sequences, "idle_sequences": len(self.cache.idle), **self.counts}
+                    "sequences_in_use": self._in_use(), "sequences": self.cache.n_sequences,
+                    "idle_sequences": len(self.cache.idle), **self.counts}
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Ends every job, running or waiting, with Failed(SHUTTING_DOWN) after the step in progress,
+        and refuses new ones; returns at once (close() waits for the thread)."""
         with self._lock:
             self._closing = True
             self._lock.notify()
+
+    def close(self) -> None:
+        self.stop()
         self._thread.join()
 
     # -- the engine thread -------------------------------------------------------------------------
@@ -309,6 +319,7 @@ class Engine:
                     break
                 cancelled = [a for a in self._active if a.job.cancelled]
                 waiting = [j for j in self._waiting if not j.cancelled]
+                self.counts["cancelled"] += len(self._waiting) - len(waiting)  # gone before they ran
                 self._waiting.clear()
                 self._waiting.extend(waiting)
             for a in cancelled:
@@ -318,9 +329,10 @@ class Engine:
             self._step()
             self._flush()
         for a in list(self._active):
-            self._fail(a, "the server is shutting down")
+            self._fail(a, SHUTTING_DOWN)
         for job in self._waiting:
-            self._send(job, Failed("the server is shutting down"))
+            self.counts["cancelled" if job.cancelled else "failed"] += 1
+            self._send(job, Failed(SHUTTING_DOWN))
         self._flush()
 
     def _in_use(self) -> int:
