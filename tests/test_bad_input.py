@@ -270,6 +270,8 @@ def test_tool_outputs_that_would_replace_the_input_or_not_load(tmp_path, tiny_pa
     assert "a directory" in one_line_error(run("perplexity", "-m", str(tiny_path), "-f", str(tmp_path)))
 
 
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer reserves terabytes of address space: an RLIMIT_AS stops it starting")
 def test_an_allocation_the_limits_refuse_is_one_line(tiny_path):
     """A KV cache under the up-front check (MemAvailable) but over the process's address-space limit:
     the native allocation fails, and the command says so in one line."""
