@@ -49,12 +49,10 @@ def _existing(path: str) -> str:
 
 def _not_the_input(src: str, dst: str) -> None:
     """ValueError where the output would replace the file being read (the same path, or a link to it)."""
-    same = os.path.abspath(src) == os.path.abspath(dst)
-    if not same and os.path.exists(dst):
-        try:
-            same = os.path.samefile(src, dst)
-        except OSError:
-            pass
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # either is missing: no file to replace
+        same = False
     if same:
         raise ValueError(f"{dst}: the output must be another file than the input")
 

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -581,6 +581,23 @@ def _tensor_view(buf: mmap.mmap, offset: int, dims: tuple[int, ...], ggml_type: 
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(numpy_shape)
 
 
+def metadata_int(metadata: Mapping[str, Any], key: str, default: int | None, path: str | os.PathLike,
+                 first: bool = False, maximum: int = 2**31 - 1) -> int | None:
+    """An integer key's value from 0 to maximum, else default where the key is absent; first: an
+    array's first element (a per-layer key; its default where the array is empty). GGUFError, naming
+    the file at path and the key, for anything else (a float, a string, an array of arrays)."""
+    value = metadata.get(key)
+    if first and isinstance(value, (list, tuple, np.ndarray)):
+        value = value[0] if len(value) else None
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise GGUFError(f"{path}: key {key!r} must be an integer, got {type(value).__name__}")
+    if not 0 <= int(value) <= maximum:
+        raise GGUFError(f"{path}: key {key!r} = {value} is out of range (0 to {maximum})")
+    return int(value)
+
+
 class GGUFReader:
     """A GGUF file, memory-mapped read-only and validated when opened.
 
@@ -630,20 +647,9 @@ class GGUFReader:
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
-    def get_int(self, key: str, default: int, first: bool = False, maximum: int = 2**31 - 1) -> int:
-        """An integer key's value from 0 to maximum, else default where the key is absent; first: an
-        array's first element (a per-layer key; its default where the array is empty). GGUFError,
-        naming the file and the key, for anything else (a float, a string, an array of arrays)."""
-        value = self.metadata.get(key)
-        if first and isinstance(value, (list, np.ndarray)):
-            value = value[0] if len(value) else None
-        if value is None:
-            return default
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise GGUFError(f"{self.path}: key {key!r} must be an integer, got {type(value).__name__}")
-        if not 0 <= int(value) <= maximum:
-            raise GGUFError(f"{self.path}: key {key!r} = {value} is out of range (0 to {maximum})")
-        return int(value)
+    def get_int(self, key: str, default: int | None, first: bool = False) -> int | None:
+        """metadata_int of this file's metadata."""
+        return metadata_int(self.metadata, key, default, self.path, first)
 
     def close(self) -> None:
         self.tensors = {}

@@ -38,8 +38,6 @@ def _integer(value, what: str = "a token id") -> int:
 
 
 def _id_lists(ids) -> list[list[int]]:
-    if isinstance(ids, (str, bytes)):
-        raise ValueError("eval_batch takes one sequence of token ids per context, not a string")
     out = []
     for x in ids:
         if isinstance(x, (str, bytes)):
@@ -51,9 +49,11 @@ def _id_lists(ids) -> list[list[int]]:
 
 
 def _check_n_ctx(n_ctx) -> int:
-    if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or not 0 < n_ctx <= MAX_CTX:
+    if not 0 < _integer(n_ctx, "n_ctx") <= MAX_CTX:
         raise ValueError(f"n_ctx must be an integer from 1 to {MAX_CTX}, got {n_ctx!r}")
     return int(n_ctx)
+
+
 KV_TYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32), "q8_0": int(GGMLType.Q8_0)}
 
 

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from .gguf import PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFError, GGUFReader, GGUFWriter, tensor_nbytes, type_by_name
+from .gguf import (PYENGINE_TYPES, TYPE_TRAITS, GGMLType, GGUFError, GGUFReader, GGUFWriter, metadata_int,
+                   tensor_nbytes, type_by_name)
 from .imatrix import Imatrix, importance_for
 from .calibrate import AWQ_GROUPS, Calibration, awq_search, gptq_quantize, has_codes
 from .quants import dequantize, has_weighted_quantizer, quantize
@@ -180,16 +181,7 @@ class HParams:
             raise GGUFError(f"{path}: key 'general.architecture' must be a string, got {type(arch).__name__}")
 
         def first(key: str, default: int | None) -> int | None:
-            name = f"{arch}.{key}"
-            value = metadata.get(name, default)
-            if isinstance(value, (list, tuple, np.ndarray)):
-                value = value[0] if len(value) else default
-            if value is None:
-                return None
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-                    or not 0 <= value < 2**31:
-                raise GGUFError(f"{path}: key {name!r} must be an integer from 0 to 2**31 - 1, got {value!r:.80}")
-            return int(value)
+            return metadata_int(metadata, f"{arch}.{key}", default, path, first=True)
 
         return cls(n_layer=first("block_count", 0), n_head=first("attention.head_count", 0),
                    n_head_kv=first("attention.head_count_kv", None), arch=arch,
