@@ -190,10 +190,14 @@ def exit_process(code: int) -> None:
     without Python's shutdown: CPython remembers a KeyboardInterrupt that went through code run from
     a string (dataclasses and namedtuple build their methods with exec) even when the program caught
     it, and then ends a `-m` run by SIGINT instead of with the code it was given."""
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a late Ctrl-C changes nothing
-    except KeyboardInterrupt:  # one that came as it ended, handled as SIG_IGN was set
-        pass
+    # The command is over: a late Ctrl-C or SIGTERM changes nothing. Ignored, not left to the handlers
+    # above, which Python's shutdown sets back to the default: a SIGTERM there killed a quantize whose
+    # file was complete (exit -15 beside the file written).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+        except (KeyboardInterrupt, SystemExit):  # one that came as it ended, handled as SIG_IGN was set
+            pass
     if code != 130:
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):

@@ -231,6 +231,23 @@ def test_sigterm_during_quantize_leaves_nothing_half_written(files):
     assert 143 in codes
 
 
+def test_a_signal_after_the_command_is_over_changes_nothing():
+    """A SIGTERM or Ctrl-C that lands once the command has finished (its file complete) leaves the exit
+    code the command's. Here it lands in an exit handler; Python's shutdown, after that, sets the
+    handlers of the command back to the default, and a SIGTERM there killed quantize (exit -15) with
+    its complete output written (test_sigterm_during_quantize_leaves_nothing_half_written, flaky)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        script = ("import atexit, os, signal\n"
+                  "from pyengine.__main__ import _terminated, exit_process\n"
+                  "signal.signal(signal.SIGTERM, _terminated)\n"
+                  "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                  f"atexit.register(lambda: os.kill(os.getpid(), {int(sig)}))\n"
+                  "exit_process(0)\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ELSEWHERE,
+                              timeout=60)
+        assert (done.returncode, done.stderr) == (0, ""), sig
+
+
 # --- Ctrl-C in the places where Python hides or remembers it ---
 
 
