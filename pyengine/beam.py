@@ -60,10 +60,16 @@ NEG = -1.0e9  # transformers' mask value: what a banned candidate or an empty sl
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """float64 log-probabilities of each row of logits."""
-    x = np.asarray(logits, np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    """float64 log-probabilities of each row of logits (a new array). Eight rows at a time: the
+    temporaries of a whole perplexity chunk (255 rows of Gemma's 262,144 logits: 535 MB each) made it
+    ~7x slower than the same operations row block by row block, which give the same bits."""
+    x = np.array(logits, np.float64)
+    rows = x.reshape(-1, x.shape[-1])
+    for start in range(0, len(rows), 8):
+        block = rows[start:start + 8]
+        block -= block.max(axis=-1, keepdims=True)
+        block -= np.log(np.exp(block).sum(axis=-1, keepdims=True))
+    return x
 
 
 def _step_logprobs(logits: np.ndarray) -> np.ndarray:

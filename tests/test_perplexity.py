@@ -47,6 +47,24 @@ def test_perplexity_follows_llamacpp_method(models):
     assert len(res.chunk_ppl) == 3 and res.chunk_ppl[-1] == pytest.approx(res.ppl)
 
 
+def test_scored_positions_alone_give_the_whole_chunks_bits(models):
+    """perplexity reads a chunk's first half for the cache alone and takes logits only where it scores,
+    and its log-softmax goes eight rows at a time: the same bits as the whole chunk's logits and a
+    log-softmax of them all at once."""
+    from pyengine.beam import log_softmax
+    from pyengine.perplexity import chunk_tokens, scored_logits
+
+    for path in models:
+        m = pyengine.Model(path, n_ctx=64)
+        for chunk in chunk_tokens(m, TEXT, 64, 2) + [m.tokenize(TEXT)[:37]]:
+            whole = m.logits(chunk)[len(chunk) // 2:len(chunk) - 1]
+            assert np.array_equal(scored_logits(m, chunk), whole)
+            x = whole.astype(np.float64)
+            x = x - x.max(axis=-1, keepdims=True)
+            assert np.array_equal(log_softmax(whole), x - np.log(np.exp(x).sum(axis=-1, keepdims=True)))
+            assert np.array_equal(log_softmax(whole[3]), log_softmax(whole)[3])
+
+
 def test_special_token_text_is_read_as_text(models):
     """As llama-perplexity (and llama-imatrix) tokenize: "<|endoftext|>" in the text is its characters,
     not the control token."""
