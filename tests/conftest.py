@@ -24,7 +24,8 @@ def rng():
 # browser, speculative decoding, whose exactness rests on the determinism the forward-pass tests hold
 # on every ISA). The passes of .ci/run with PYENGINE_ISA forced would repeat them with the same
 # outcome: each kernel path's exactness is held there by the kernel, matmul, forward-pass,
-# determinism and llama.cpp-golden tests.
+# determinism and llama.cpp-golden tests. A single test of that kind elsewhere says so with
+# @pytest.mark.isa_independent.
 ISA_INDEPENDENT = {"test_tokenizer.py", "test_gguf.py", "test_fetch.py", "test_arch_models.py",
                    "test_native_kernels.py", "test_chat.py", "test_cli.py", "test_beam.py", "test_imatrix.py",
                    "test_calibrate.py", "test_serve.py", "test_serve_load.py", "test_serve_page.py",
@@ -36,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="not about the kernel path: the run without PYENGINE_ISA covers it")
     for item in items:
-        if item.path.name in ISA_INDEPENDENT:
+        if item.path.name in ISA_INDEPENDENT or item.get_closest_marker("isa_independent"):
             item.add_marker(skip)
 
 

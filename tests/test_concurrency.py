@@ -124,6 +124,7 @@ def test_packed_weights_leave_their_mapped_pages(tmp_path):
     assert mapped_bytes_of(path) < 0.2 * size
 
 
+@pytest.mark.isa_independent  # the refusal is the bindings'; on the scalar path the prompts took ~2 minutes
 def test_a_context_runs_one_call_at_a_time():
     """A second call on a context that is evaluating (from another thread: the GIL is released
     meanwhile) is refused at every entry point, instead of writing the same cache and buffers: the
