@@ -354,6 +354,32 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise GGUFError(f"invalid UTF-8 in {self.context} at offset {start + 8 + e.start}") from None
 
+    def strings(self, count: int) -> list[str]:
+        """`count` strings one after another (an array's elements): string()'s values in one tight
+        loop, a vocabulary of 262,144 tokens in ~0.1 s instead of ~1 s. At the first string that is
+        truncated or not UTF-8, string() reads it again and raises its error."""
+        buf, size, pos = self.buf, self.size, self.pos
+        unpack_length = _SCALAR_STRUCTS[GGUFValueType.UINT64].unpack_from
+        values: list[str] = []
+        append = values.append
+        for _ in range(count):
+            end = pos + 8
+            if end > size:
+                break
+            end += unpack_length(buf, pos)[0]
+            if end > size:
+                break
+            try:
+                append(str(buf[pos + 8 : end], "utf-8"))
+            except UnicodeDecodeError:
+                break
+            pos = end
+        self.pos = pos
+        if len(values) < count:
+            self.string()  # raises
+            raise AssertionError("string() accepted what strings() refused")
+        return values
+
     def value_type(self) -> GGUFValueType:
         start = self.pos
         type_id = self.u32()
@@ -392,7 +418,7 @@ def _read_array(cur: _Cursor, depth: int) -> tuple[Any, ValueTypeDesc]:
         )
 
     if element_type == GGUFValueType.STRING:
-        return [cur.string() for _ in range(count)], (GGUFValueType.ARRAY, element_type)
+        return cur.strings(count), (GGUFValueType.ARRAY, element_type)
 
     if element_type == GGUFValueType.ARRAY:
         cur.inner_arrays += count

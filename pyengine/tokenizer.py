@@ -630,13 +630,6 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SHORT_VARINTS = [_varint(n) for n in range(1 << 14)]
-
-
-def _short_varint(value: int) -> bytes:
-    return _SHORT_VARINTS[value] if value < 1 << 14 else _varint(value)
-
-
 def _pb_varint(field: int, value: int) -> bytes:  # wire type 0: int32, bool, enum
     return _varint(field << 3) + _varint(value)
 
@@ -658,6 +651,52 @@ _PB_NORMALIZER_REMOVE_EXTRA_WHITESPACES, _PB_NORMALIZER_ESCAPE_WHITESPACES = 4, 
 _PB_MODEL_TYPE_BPE = 2
 
 
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+    """The bytes of each value's varint (0 <= value < 2**35)."""
+    return 1 + sum((values >= 1 << 7 * k).astype(np.int64) for k in range(1, 5))
+
+
+def _pb_pieces(data: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
+    """The ModelProto's `pieces` fields: for piece i, a SentencePiece message of its text data[i],
+    score scores[i] and type types[i] (0..6). Built with numpy, every field's bytes at their computed
+    offsets and the texts in the bytes left: a vocabulary can have a quarter of a million pieces, which
+    a loop over them took ~0.3 s to write (~0.05 s so)."""
+    n = len(data)
+    length = np.fromiter(map(len, data), np.int64, n)
+    length_size = _varint_sizes(length)
+    # the piece: its text's tag, length and bytes; the score's tag and 4 bytes; the type's tag and byte
+    body = 1 + length_size + length + 5 + 2
+    body_size = _varint_sizes(body)
+    size = 1 + body_size + body
+    start = np.cumsum(size) - size
+    out = np.empty(int(size.sum()), np.uint8)
+    is_text = np.ones(len(out), bool)
+
+    def put(at: np.ndarray, values) -> None:
+        out[at] = values
+        is_text[at] = False
+
+    def put_varints(at: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> None:
+        for k in range(int(sizes.max(initial=1))):
+            has = sizes > k
+            put(at[has] + k, (values[has] >> 7 * k) & 0x7F | np.where(sizes[has] > k + 1, 0x80, 0))
+
+    put(start, _PB_MODEL_PIECES << 3 | 2)
+    put_varints(start + 1, body, body_size)
+    text = start + 1 + body_size
+    put(text, _PB_PIECE_PIECE << 3 | 2)
+    put_varints(text + 1, length, length_size)
+    score = text + 1 + length_size + length
+    put(score, _PB_PIECE_SCORE << 3 | 5)
+    score_bytes = np.asarray(scores, "<f4").view(np.uint8).reshape(n, 4)
+    for k in range(4):
+        put(score + 1 + k, score_bytes[:, k])
+    put(score + 5, _PB_PIECE_TYPE << 3)
+    put(score + 6, types)
+    out[is_text] = np.frombuffer(b"".join(data), np.uint8)
+    return out.tobytes()
+
+
 def _sentencepiece_proto(vocab: _Vocab) -> bytes:
     """A serialized SentencePiece ModelProto of type BPE holding the vocabulary.
 
@@ -676,21 +715,11 @@ def _sentencepiece_proto(vocab: _Vocab) -> bytes:
     if not byte_fallback:
         types[byte_ids] = TokenType.UNUSED
 
-    # Each piece is a SentencePiece message of three fields: written here with the tags spelled out (the
-    # short varints from a table), as the vocabulary can have a quarter of a million pieces.
-    piece_tag = _varint(_PB_PIECE_PIECE << 3 | 2)
-    score_tag = _varint(_PB_PIECE_SCORE << 3 | 5)
-    type_tag = _varint(_PB_PIECE_TYPE << 3)
-    model_piece_tag = _varint(_PB_MODEL_PIECES << 3 | 2)
-    scores = vocab.scores.astype("<f4").tobytes()
-    pieces = []
-    for i, (text, piece_type) in enumerate(zip(vocab.tokens, types.tolist())):
-        if not text:  # SentencePiece refuses empty pieces; this one can never be produced anyway
-            text, piece_type = f"<pyengine-empty-piece-{i}>\x00", TokenType.UNUSED
-        data = text.encode("utf-8")
-        piece = b"".join((piece_tag, _short_varint(len(data)), data, score_tag, scores[4 * i:4 * i + 4],
-                          type_tag, _SHORT_VARINTS[piece_type]))
-        pieces.append(model_piece_tag + _short_varint(len(piece)) + piece)
+    data = list(map(str.encode, vocab.tokens))  # UTF-8
+    # SentencePiece refuses empty pieces; such a piece can never be produced anyway
+    for i in np.flatnonzero(np.fromiter(map(len, data), np.int64, len(data)) == 0).tolist():
+        data[i], types[i] = f"<pyengine-empty-piece-{i}>\x00".encode(), TokenType.UNUSED
+    pieces = _pb_pieces(data, vocab.scores, types)
 
     def special_id(token_id: int | None) -> int:
         return -1 if token_id is None or token_id == unk_id else token_id
@@ -710,7 +739,7 @@ def _sentencepiece_proto(vocab: _Vocab) -> bytes:
         _pb_varint(_PB_NORMALIZER_REMOVE_EXTRA_WHITESPACES, False),
         _pb_varint(_PB_NORMALIZER_ESCAPE_WHITESPACES, True),
     ])
-    return b"".join(pieces) + _pb_bytes(_PB_MODEL_TRAINER_SPEC, trainer_spec) \
+    return pieces + _pb_bytes(_PB_MODEL_TRAINER_SPEC, trainer_spec) \
         + _pb_bytes(_PB_MODEL_NORMALIZER_SPEC, normalizer_spec)
 
 

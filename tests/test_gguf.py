@@ -583,6 +583,43 @@ def test_random_corruption_gives_only_gguf_errors(tmp_path):
     assert refused > 100
 
 
+def _strings_one_by_one(buf: bytes, count: int) -> tuple[list[str] | None, str | None, int]:
+    """(values, error, position after) of string() called count times, as strings() must give them."""
+    cur = pg._Cursor(buf)
+    cur.context = "key 1 of 1"
+    try:
+        return [cur.string() for _ in range(count)], None, cur.pos
+    except GGUFError as e:
+        return None, str(e), cur.pos
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_an_array_of_strings_reads_as_its_strings_one_by_one(seed):
+    # Cursor.strings, the fast path of string arrays (vocabularies), against string() in a loop: the same
+    # values, and for a truncated length, a truncated string or bad UTF-8, the same error at the same offset.
+    rng = np.random.default_rng(seed)
+    texts = ["", "a", "▁the", "<0x0A>", "日本語", "x" * 300] + ["".join(map(chr, rng.integers(32, 0x3000, rng.integers(0, 9))))
+                                                          for _ in range(20)]
+    buf = bytearray(b"".join(struct.pack("<Q", len(t.encode())) + t.encode() for t in texts))
+    if seed % 4 == 1:  # one byte of a text made invalid UTF-8
+        buf[rng.integers(0, len(buf))] = 0xFF
+    elif seed % 4 == 2:  # cut anywhere
+        del buf[rng.integers(0, len(buf)):]
+    elif seed % 4 == 3:  # one length made too long
+        at = sum(8 + len(t.encode()) for t in texts[:rng.integers(0, len(texts))])
+        buf[at:at + 8] = struct.pack("<Q", [len(buf), 2**63, 2**64 - 1][rng.integers(0, 3)])
+    values, error, end = _strings_one_by_one(bytes(buf), len(texts))
+    cur = pg._Cursor(bytes(buf))
+    cur.context = "key 1 of 1"
+    if error is None:
+        assert cur.strings(len(texts)) == values == texts
+        assert cur.pos == end == len(buf)
+    else:
+        with pytest.raises(GGUFError) as caught:
+            cur.strings(len(texts))
+        assert str(caught.value) == error
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writer
 # ---------------------------------------------------------------------------------------------------

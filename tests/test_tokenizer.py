@@ -7,6 +7,7 @@ from pathlib import Path
 
 import json
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -730,6 +731,31 @@ def test_hostile_metadata_in_a_file(tmp_path, case):
 def test_hostile_metadata_dict(metadata, message):
     with pytest.raises(GGUFError, match=message):
         Tokenizer.from_metadata(metadata)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sentencepiece_pieces_are_the_protobuf_messages_one_by_one(seed):
+    # _pb_pieces writes every piece's fields at computed offsets; here each message is written plainly
+    # (field 1 of ModelProto: a SentencePiece of piece = 1, score = 2, type = 3), texts of 0 to 20,000
+    # bytes, so that lengths take varints of one to three bytes.
+    rng = np.random.default_rng(seed)
+    data = [bytes(rng.integers(0, 256, rng.choice([0, 1, 5, 127, 128, 300, 16383, 16384, 20000])).astype(np.uint8))
+            for _ in range(200)]
+    scores = rng.standard_normal(len(data)).astype(np.float32)
+    types = rng.integers(0, 7, len(data))
+    expected = b""
+    for text, score, piece_type in zip(data, scores, types):
+        piece = b"\x0a" + _varint(len(text)) + text + b"\x15" + struct.pack("<f", score) + b"\x18" + _varint(piece_type)
+        expected += b"\x0a" + _varint(len(piece)) + piece
+    assert tokenizer_module._pb_pieces(data, scores, types) == expected
 
 
 def test_partial_byte_tokens_do_not_break_sentencepiece():
