@@ -568,7 +568,10 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
                 if info.type == new_type and s is None and hessian is None:
                     data = np.asarray(info.data).reshape(rows, -1)
                 else:
-                    values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
+                    if info.type == G.F32:  # the mapped values themselves: every step below makes new arrays
+                        values = np.asarray(info.data).reshape(rows, cols)
+                    else:
+                        values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
                     weights = _weights(new_type, importance[name])
                     if s is not None and len(info.shape) == 1:  # a norm: weight / s
                         values = values / s
