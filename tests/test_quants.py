@@ -35,6 +35,10 @@ def adversarial_rows(rng, cols=256):
         (np.arange(cols) % 32 - 16) * 0.5,               # exact .5 ties after scaling
         np.linspace(-1, 1, cols),
         rng.standard_normal(cols) * np.exp(rng.uniform(-10, 10, cols)),  # wild dynamic range
+        # Q8_0 / Q8_1's exact ties: amax 127 makes d = 1, so each value is its own scaled value
+        np.tile(np.array([127.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997,
+                          0.50000006, -0.0, 0.0, 1e-30, -1e-30, 63.5, -63.5, 3.4999998, -3.5000002, 99.5,
+                          -99.5, 0.25, -0.75, 5.5, -5.5, 6.5, -6.5, 7.5, -7.5, 8.5, -127.0]), cols // 32),
     ]
     return np.array(rows, dtype=np.float32)
 

@@ -69,10 +69,14 @@ void quantize_row_q4_1(const float* x, void* vy, int64_t n) {
     }
 }
 
-// Absmax scale of one 32-block and its reciprocal, as ggml computes them.
+// Absmax scale of one 32-block and its reciprocal, as ggml computes them. amax is never NaN, so the
+// comparison is std::fmax (a NaN value leaves it), without libm's call.
 static inline float absmax_scale(const float* xb, float* id) {
     float amax = 0.0f;
-    for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(xb[j]));
+    for (int j = 0; j < QK; j++) {
+        const float a = std::fabs(xb[j]);
+        amax = a > amax ? a : amax;
+    }
     const float d = amax / 127;
     *id = d != 0.0f ? 1.0f / d : 0.0f;
     return d;
