@@ -33,7 +33,7 @@ from pyengine.requantize import PRESETS, QUANTIZED_TARGETS, HParams, plan_types,
 # llama.cpp's presets of the files people download, as llama.cpp's quantizer makes them (byte for byte)
 PRESET_VARIANTS = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m")
 VARIANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1") + PRESET_VARIANTS
-TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1", "q4_k_m")
+TINYLLAMA_VARIANTS = ("q8_0", "q4_0", "q4_1", "q4_k_m")  # made by default; "f32" on request
 
 # TinyLlama-1.1B's hyper-parameters (its config.json): 22 layers, grouped-query attention with 4 KV
 # heads of 64, a SentencePiece vocabulary of 32000, an output matrix of its own (not tied).
@@ -81,7 +81,7 @@ def spm_vocab(n_vocab: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     return tokens, scores, np.array(types, np.int32)
 
 
-def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
+def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0, n_layers: int | None = None) -> Path:
     """Path to the synthetic 1.1B llama (TinyLlama-1.1B's shapes, random weights) in the given type,
     made on first use (~20 s; 0.65 GB at Q4_0, 0.72 GB at Q4_1, 1.17 GB at Q8_0) and cached beside the
     SmolLM2 variants.
@@ -91,15 +91,18 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0) -> Path:
     is kept); its type follows llama.cpp's quantizer as pyengine.requantize applies it: 1-D tensors
     F32, output.weight Q6_K, every other matrix the target type (for a preset such as q4_k_m, its
     per-tensor choice).
-    The same seed gives the same F32 weights in every type. Written to a temporary file and renamed."""
-    if type_name not in TINYLLAMA_VARIANTS:
-        raise ValueError(f"no synthetic TinyLlama in {type_name}; known: {', '.join(TINYLLAMA_VARIANTS)}")
-    path = cache_dir() / f"synthetic-TinyLlama-1.1B.{type_name.upper()}.gguf"
+    The same seed gives the same F32 weights in every type. Written to a temporary file and renamed.
+    n_layers: fewer than TinyLlama's 22 layers (the same shapes; bench/quantize.py's F32 input of 4
+    layers, 1.2 GB, where all 22 would be 4.4 GB)."""
+    if type_name not in TINYLLAMA_VARIANTS + ("f32",):
+        raise ValueError(f"no synthetic TinyLlama in {type_name}; known: {', '.join(TINYLLAMA_VARIANTS)}, f32")
+    c = dict(TINYLLAMA, n_layers=n_layers or TINYLLAMA["n_layers"])
+    name = "1.1B" if c["n_layers"] == TINYLLAMA["n_layers"] else f"{c['n_layers']}-layers"
+    path = cache_dir() / f"synthetic-TinyLlama-{name}.{type_name.upper()}.gguf"
     if path.exists():
         return path
     print(f"making {path.name} ...", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
-    c = TINYLLAMA
     head_dim = c["n_embd"] // c["n_heads"]
     preset = PRESETS[type_name]
     rng = np.random.default_rng(seed)
