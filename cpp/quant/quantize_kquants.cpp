@@ -89,6 +89,24 @@ int nearest_level(const int8_t* levels, float v) {
     return v - levels[hi - 1] < levels[hi] - v ? hi - 1 : hi;
 }
 
+// float(levels[nearest_level<16>(levels, v)]) of each lane: the same count and comparison, lane by lane.
+inline F32x4 nearest_levels(const int8_t* levels, F32x4 v) {
+    I32x4 hi{};
+    for (int k = 0; k < 16; k++) hi -= float(levels[k]) <= v;  // a true comparison is -1
+    F32x4 lower, upper;
+    for (int lane = 0; lane < 4; lane++) {
+        const int h = std::min(std::max(int(hi[lane]), 1), 15);  // lanes outside the table: any pair
+        lower[lane] = levels[h - 1];
+        upper[lane] = levels[h];
+    }
+    const I32x4 below = v <= float(levels[0]), above = ~(v < float(levels[15]));  // NaN: above
+    const I32x4 pick_lower = (v - lower) < (upper - v);
+    F32x4 q;
+    for (int lane = 0; lane < 4; lane++)
+        q[lane] = below[lane] ? levels[0] : above[lane] ? levels[15] : pick_lower[lane] ? lower[lane] : upper[lane];
+    return q;
+}
+
 // The value of largest magnitude, the first such with its sign (ties between +a and -a go to the
 // earlier one), and that magnitude.
 inline float signed_absmax(int n, const float* x, float* amax_out) {
@@ -702,7 +720,6 @@ void quantize_iq4_block(int n_blocks, const float* x, const float* qw, uint16_t*
     float max_scale = 0.0f, amax_scale = 0.0f;
     for (int ib = 0; ib < n_blocks; ib++) {
         const float* xb = x + 32 * ib;
-        uint8_t* Lb = L + 32 * ib;
         if (qw) {
             for (int j = 0; j < 32; j++) weight[j] = qw[32 * ib + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
         } else {
@@ -714,29 +731,25 @@ void quantize_iq4_block(int n_blocks, const float* x, const float* qw, uint16_t*
             scales[ib] = 0.0f;  // its levels are chosen below (IQ4_XS) or against the zero scale (IQ4_NL)
             continue;
         }
-        float d = -max / float(values[0]);
-        float id = 1.0f / d;
-        float sumqx = 0.0f, sumq2 = 0.0f;
+        // Scale 0 maps the largest value to the lowest level, scales 1..15 are the tries: their sums are
+        // independent until compared, and run side by side in vectors of 4, each in ggml's order.
+        F32x4 inverse[4], sumqx[4] = {}, sumq2[4] = {};
+        inverse[0][0] = 1.0f / (-max / float(values[0]));
+        for (int k = 1; k < 16; k++) inverse[k / 4][k % 4] = float(k - 1 - kTry + values[0]) / max;
         for (int j = 0; j < 32; j++) {
-            const int l = nearest_level<16>(values, id * xb[j]);
-            Lb[j] = uint8_t(l);
-            const float q = float(values[l]);
-            sumqx += weight[j] * q * xb[j];
-            sumq2 += weight[j] * q * q;
-        }
-        d = sumq2 > 0.0f ? sumqx / sumq2 : 0.0f;
-        float best = d * sumqx;
-        for (int itry = -kTry; itry <= kTry; itry++) {
-            id = float(itry + values[0]) / max;
-            sumqx = sumq2 = 0.0f;
-            for (int j = 0; j < 32; j++) {
-                const float q = float(values[nearest_level<16>(values, id * xb[j])]);
-                sumqx += weight[j] * q * xb[j];
-                sumq2 += weight[j] * q * q;
+            for (int v = 0; v < 4; v++) {
+                const F32x4 q = nearest_levels(values, inverse[v] * xb[j]), wq = weight[j] * q;
+                sumqx[v] += wq * xb[j];
+                sumq2[v] += wq * q;
             }
-            if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
-                d = sumqx / sumq2;
-                best = d * sumqx;
+        }
+        float d = sumq2[0][0] > 0.0f ? sumqx[0][0] / sumq2[0][0] : 0.0f;
+        float best = d * sumqx[0][0];
+        for (int k = 1; k < 16; k++) {
+            const float sx = sumqx[k / 4][k % 4], s2 = sumq2[k / 4][k % 4];
+            if (s2 > 0.0f && sx * sx > best * s2) {
+                d = sx / s2;
+                best = d * sx;
             }
         }
         scales[ib] = d;
