@@ -16,7 +16,7 @@ import threading
 import warnings
 from typing import Callable
 
-from ._startup import caused_by_interrupt
+from ._startup import Terminated, caused_by_interrupt
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminated(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -3,11 +3,30 @@ core, ...) before the command starts: a Ctrl-C in that second ends the process w
 one line and exit code (130), not a traceback through the imports. The command restores Python's
 handler as it starts (__main__.main); an ordinary `import pyengine` is left alone.
 
-caused_by_interrupt() is what the commands use to know a Ctrl-C when Python has wrapped it."""
+caused_by_interrupt() is what the commands use to know a Ctrl-C when Python has wrapped it;
+Terminated is SIGTERM's exception in them, and ignore_late_signals() what a command calls once its
+output is in place."""
 
 import os
 import signal
 import sys
+import threading
+
+
+class Terminated(SystemExit):
+    """A SIGTERM (kill, timeout, a service manager) in a command: it ends with exit code 128 + 15,
+    after what it was writing is removed, as after a Ctrl-C (__main__ raises it)."""
+
+
+def ignore_late_signals() -> None:
+    """Ctrl-C and SIGTERM ignored from here on: the command is over (its output whole and in place),
+    and one that lands now changes nothing. One that lands while this runs raises as any other. Only
+    in `python -m pyengine` itself: a program that calls a command's function keeps its handlers."""
+    command = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if getattr(command, "name", None) != "pyengine.__main__" or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _interrupted_while_starting(signum, frame):

@@ -72,9 +72,10 @@ def _check_writable(path: str) -> None:
 @contextlib.contextmanager
 def _output_file(path: str) -> Iterator[None]:
     """The command's output file, written (atomically, by a temporary file and a rename) inside the
-    block: when the block ends by Ctrl-C, an output this run put in place goes too, so that exit code
-    130 always means no output file, even for a Ctrl-C that lands just after the rename (the file is
-    whole, but the user asked to stop)."""
+    block, which ends the command: when the block ends by Ctrl-C or SIGTERM, an output this run put in
+    place goes too, so that exit code 130 or 143 always means no output file, even for a signal that
+    lands just after the rename (the file is whole, but the user asked to stop). Once the block is
+    through, the signals are ignored: the output stays, and the exit code is 0."""
     def identity() -> tuple[int, int] | None:
         try:
             st = os.stat(path)
@@ -82,13 +83,14 @@ def _output_file(path: str) -> Iterator[None]:
             return None
         return st.st_ino, st.st_mtime_ns
 
+    from ._startup import Terminated, caused_by_interrupt, ignore_late_signals
+
     before = identity()
     try:
         yield
+        ignore_late_signals()  # a signal before this line (or in it) is handled below
     except BaseException as e:
-        from ._startup import caused_by_interrupt
-
-        if caused_by_interrupt(e):
+        if caused_by_interrupt(e) or isinstance(e, Terminated):
             after = identity()
             if after is not None and after != before:
                 try:

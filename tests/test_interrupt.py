@@ -231,6 +231,39 @@ def test_sigterm_during_quantize_leaves_nothing_half_written(files):
     assert 143 in codes
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("where", ["after the rename", "after the output is in place"])
+def test_a_signal_as_quantize_puts_its_file_in_place(tmp_path, where, sig):
+    """A signal that lands just after the rename (the report still to print) ends quantize with no
+    output, as one before it; once the output is in place (_output_file's block through) the command is
+    over: exit 0 with the file. `python -m pyengine` run by runpy, with the signal sent from inside
+    os.replace or from inside ignore_late_signals, so that it lands exactly there."""
+    from pyengine.fetch import fetch
+
+    out = tmp_path / "out.gguf"
+    hook = ("real = os.replace\n"
+            "def replace(a, b):\n"
+            "    real(a, b)\n"
+            f"    if str(b) == {str(out)!r}: os.kill(os.getpid(), {int(sig)})\n"
+            "os.replace = replace\n") if where == "after the rename" else (
+            "import pyengine._startup as s\n"
+            "real = s.ignore_late_signals\n"
+            "def ignore():\n"
+            "    real()\n"
+            f"    os.kill(os.getpid(), {int(sig)})\n"
+            "s.ignore_late_signals = ignore\n")
+    script = (f"import os, runpy, sys\n{hook}"
+              f"sys.argv = ['pyengine', 'quantize', {str(fetch())!r}, {str(out)!r}, 'q8_0']\n"
+              "runpy.run_module('pyengine', run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ELSEWHERE, timeout=300)
+    assert "Traceback" not in done.stderr, done.stderr
+    if where == "after the rename":
+        assert done.returncode == 128 + sig and not out.exists(), (done.returncode, done.stderr)
+    else:
+        assert done.returncode == 0 and out.exists(), (done.returncode, done.stderr)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
 def test_a_signal_after_the_command_is_over_changes_nothing():
     """A SIGTERM or Ctrl-C that lands once the command has finished (its file complete) leaves the exit
     code the command's. Here it lands in an exit handler; Python's shutdown, after that, sets the
