@@ -120,7 +120,7 @@ def synthetic_tinyllama(type_name: str = "q4_0", seed: int = 0, n_layers: int | 
 
     with GGUFWriter(path) as w:  # writes <path>'s temporary twin, then renames it
         w.add_string("general.architecture", "llama")
-        w.add_string("general.name", "synthetic-TinyLlama-1.1B (random weights)")
+        w.add_string("general.name", f"synthetic-TinyLlama-{name} (random weights)")
         w.add_uint32("general.file_type", preset.ftype)
         if preset.default in QUANTIZED_TARGETS:
             w.add_uint32("general.quantization_version", 2)

@@ -356,8 +356,8 @@ class _Cursor:
 
     def strings(self, count: int) -> list[str]:
         """`count` strings one after another (an array's elements): string()'s values in one tight
-        loop, a vocabulary of 262,144 tokens in ~0.1 s instead of ~1 s. At the first string that is
-        truncated or not UTF-8, string() reads it again and raises its error."""
+        loop (gemma-3's 262,144 tokens in 0.15 s; 0.48 s a string() call each). At the first string
+        that is truncated or not UTF-8, string() reads it again and raises its error."""
         buf, size, pos = self.buf, self.size, self.pos
         unpack_length = _SCALAR_STRUCTS[GGUFValueType.UINT64].unpack_from
         values: list[str] = []
@@ -809,8 +809,8 @@ def _encode_string(value: Any) -> bytes:
 
 
 def _encode_strings(values: Sequence[Any]) -> bytes:
-    """_encode_string of each value, joined: the lengths and the texts placed with numpy (a vocabulary
-    of 262,144 strings in ~0.1 s instead of ~0.5 s)."""
+    """_encode_string of each value, joined: the lengths and the texts placed with numpy (gemma-3's
+    262,144 tokens in 0.09-0.11 s; 0.10-0.13 s one _encode_string each)."""
     for value in values:
         if not isinstance(value, str):
             _encode_string(value)  # raises

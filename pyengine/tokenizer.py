@@ -659,8 +659,8 @@ def _varint_sizes(values: np.ndarray) -> np.ndarray:
 def _pb_pieces(data: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
     """The ModelProto's `pieces` fields: for piece i, a SentencePiece message of its text data[i],
     score scores[i] and type types[i] (0..6). Built with numpy, every field's bytes at their computed
-    offsets and the texts in the bytes left: a vocabulary can have a quarter of a million pieces, which
-    a loop over them took ~0.3 s to write (~0.05 s so)."""
+    offsets and the texts in the bytes left: a vocabulary can have a quarter of a million pieces (gemma-3's
+    whole proto took 0.27-0.38 s with a loop over them, 0.10-0.14 s so)."""
     n = len(data)
     length = np.fromiter(map(len, data), np.int64, n)
     length_size = _varint_sizes(length)
