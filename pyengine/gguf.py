@@ -808,24 +808,6 @@ def _encode_string(value: Any) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def _encode_strings(values: Sequence[Any]) -> bytes:
-    """_encode_string of each value, joined: the lengths and the texts placed with numpy (gemma-3's
-    262,144 tokens in 0.09-0.11 s; 0.10-0.13 s one _encode_string each)."""
-    for value in values:
-        if not isinstance(value, str):
-            _encode_string(value)  # raises
-    data = [value.encode("utf-8") for value in values]
-    lengths = np.fromiter(map(len, data), np.int64, len(data))
-    starts = np.cumsum(8 + lengths) - (8 + lengths)
-    out = np.empty(int(8 * len(data) + lengths.sum()), np.uint8)
-    is_text = np.ones(len(out), bool)
-    length_bytes = starts[:, None] + np.arange(8)
-    out[length_bytes] = lengths.astype("<u8").view(np.uint8).reshape(-1, 8)
-    is_text[length_bytes] = False
-    out[is_text] = np.frombuffer(b"".join(data), np.uint8)
-    return out.tobytes()
-
-
 def _encode_scalars(values: Any, vtype: GGUFValueType) -> bytes:
     """Packed numbers of type `vtype`; ValueError for any that does not fit it."""
     if isinstance(values, np.ndarray) and _DTYPE_VALUE_TYPES.get((values.dtype.kind, values.itemsize)) == vtype:
@@ -855,7 +837,7 @@ def _encode_value(value: Any, desc: ValueTypeDesc) -> bytes:
     element_desc = desc[1:]
     head = struct.pack("<IQ", element_desc[0], len(value))
     if element_desc[0] == GGUFValueType.STRING:
-        return head + _encode_strings(value)
+        return head + b"".join(_encode_string(v) for v in value)
     if element_desc[0] == GGUFValueType.ARRAY:
         if len(element_desc) == 1 and len(value) > 0:
             raise ValueError("the element type of the inner arrays is missing")

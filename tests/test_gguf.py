@@ -625,16 +625,6 @@ def test_an_array_of_strings_reads_as_its_strings_one_by_one(seed):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("texts", [[], [""], ["a", "", "▁the", "日本語" * 100, "\x00"], [str(i) * (i % 7) for i in range(1000)]])
-def test_an_array_of_strings_is_written_as_its_strings_one_by_one(texts):
-    assert pg._encode_strings(texts) == b"".join(pg._encode_string(t) for t in texts)
-
-
-def test_a_string_array_with_another_value_is_refused_as_one_string_is():
-    with pytest.raises(ValueError, match="expected a str, got int"):
-        pg._encode_strings(["a", 3])
-
-
 def test_writer_infers_types(tmp_path):
     path = tmp_path / "infer.gguf"
     with GGUFWriter(path) as w:
