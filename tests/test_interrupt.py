@@ -79,6 +79,58 @@ def test_ctrl_c_stops_a_long_prompt_and_leaves_the_cache_as_it_was(smollm, pytho
     assert stopped_after < 0.3 + at_least_full / 4, (stopped_after, at_least_full)
 
 
+class _Alarm(BaseException):
+    """What a signal handler raises here: like KeyboardInterrupt, not an Exception."""
+
+
+def test_a_signal_while_the_core_converts_its_arguments_is_not_a_type_error(smollm):
+    """numpy runs Python's signal handlers while it converts a list to an array (PyErr_CheckSignals,
+    as it walks a sequence), and pybind11's array caster made whatever that raised its "incompatible
+    function arguments" TypeError: a Ctrl-C landing there in a generation loop's `ctx.eval([t])` ended
+    `bench` with a TypeError (a CI run). Signals every 0.3 ms, each raising once while a call is
+    under way, land in the conversions of thousands of calls: every one comes out as itself."""
+    ctx = smollm.context()
+    too_many = [1] * (smollm.n_ctx + 1)  # converted, then refused: the call does no work
+    calls = {
+        "Context.eval": lambda: ctx._ctx.eval(smollm._pool, too_many, False),
+        "quantize": lambda: pyengine._core.quantize([[0.5] * 31], 8),  # not a multiple of 32 columns
+    }
+    armed = False
+
+    def handler(signum, frame):
+        nonlocal armed
+        if armed:
+            armed = False
+            raise _Alarm
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        for name, call in calls.items():
+            outcomes = {}
+            signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+            deadline = time.monotonic() + 10
+            while outcomes.get("_Alarm", 0) < 2000 and time.monotonic() < deadline:
+                try:
+                    armed = True
+                    try:
+                        call()
+                    except Exception as e:
+                        outcomes[type(e).__name__] = outcomes.get(type(e).__name__, 0) + 1
+                    armed = False
+                except _Alarm:
+                    outcomes["_Alarm"] = outcomes.get("_Alarm", 0) + 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert set(outcomes) == {"_Alarm", "ValueError"}, (name, outcomes)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # An argument numpy cannot convert is still the call's TypeError.
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ctx._ctx.eval(smollm._pool, [[1, 2], [3]], False)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        pyengine._core.quantize("text", 8)
+
+
 # --- the commands ---
 
 

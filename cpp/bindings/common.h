@@ -13,8 +13,23 @@ namespace pe::bindings {
 
 namespace py = pybind11;
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using ByteArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+// An argument numpy converts to a C-contiguous array of T, as py::array_t<T, c_style | forcecast>,
+// except that only an ordinary failure to convert (an Exception: a string, a ragged list) makes the
+// call's "incompatible function arguments" TypeError. pybind11's own caster clears whatever the
+// conversion raised, and numpy's runs Python's signal handlers (PyErr_CheckSignals, as it walks a
+// sequence): a Ctrl-C or SIGTERM landing there, KeyboardInterrupt or SystemExit, became that
+// TypeError. Here it propagates.
+template <class T>
+class Array : public py::array_t<T, py::array::c_style | py::array::forcecast> {
+public:
+    using Base = py::array_t<T, py::array::c_style | py::array::forcecast>;
+    using Base::Base;
+    Array() = default;
+    explicit Array(Base&& a) : Base(std::move(a)) {}
+};
+
+using FloatArray = Array<float>;
+using ByteArray = Array<uint8_t>;
 
 // The longest row a kernel takes: vec_dot counts values in an int.
 constexpr int64_t kMaxRowLength = int64_t(1) << 30;
@@ -49,3 +64,27 @@ void register_model(py::module_& m);
 void register_sampling(py::module_& m);
 
 }  // namespace pe::bindings
+
+namespace pybind11::detail {
+
+// (a pyobject_caster, as pybind11's own for array_t: type_caster<Array<T>> comes from it)
+template <class T>
+struct pyobject_caster<pe::bindings::Array<T>> {
+    using Base = typename pe::bindings::Array<T>::Base;
+    PYBIND11_TYPE_CASTER(pe::bindings::Array<T>, make_caster<Base>::name);
+
+    bool load(handle src, bool convert) {
+        if (!convert && !Base::check_(src)) return false;
+        try {
+            value = pe::bindings::Array<T>(Base(reinterpret_borrow<object>(src)));
+            return true;
+        } catch (error_already_set& e) {
+            if (e.matches(PyExc_Exception)) return false;  // not an array of T: pybind11's TypeError
+            throw;  // KeyboardInterrupt, SystemExit: a signal's
+        }
+    }
+
+    static handle cast(const pe::bindings::Array<T>& src, return_value_policy, handle) { return src.inc_ref(); }
+};
+
+}  // namespace pybind11::detail

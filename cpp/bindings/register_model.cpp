@@ -295,7 +295,7 @@ private:
 };
 
 // Evaluates tokens; returns float32 logits (n_tokens, n_vocab) or (n_vocab,) for the last token.
-py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& ids,
+py::array_t<float> eval(PyContext& ctx, ThreadPool& pool, const Array<int32_t>& ids,
                         bool logits_all, const std::vector<Observer*>& observers) {
     for (const Observer* o : observers)
         if (!o || o->model != ctx.model) throw py::value_error("an observer belongs to another model");

@@ -9,7 +9,7 @@ namespace pe::bindings {
 
 namespace {
 
-using IdArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using IdArray = Array<int64_t>;
 
 // (max, argmax, ids, values): see top_candidates. logits: 1-D float32; bias_ids ascending, each a
 // position of logits.
