@@ -83,6 +83,7 @@ class _Alarm(BaseException):
     """What a signal handler raises here: like KeyboardInterrupt, not an Exception."""
 
 
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)")
 def test_a_signal_while_the_core_converts_its_arguments_is_not_a_type_error(smollm):
     """numpy runs Python's signal handlers while it converts a list to an array (PyErr_CheckSignals,
     as it walks a sequence), and pybind11's array caster made whatever that raised its "incompatible
