@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -848,7 +848,19 @@ def _encode_value(value: Any, desc: ValueTypeDesc) -> bytes:
 class _PendingTensor(NamedTuple):
     dims: tuple[int, ...]
     type: GGMLType
-    data: np.ndarray  # C-contiguous, little-endian, exactly the tensor's bytes
+    nbytes: int
+    data: np.ndarray | None  # C-contiguous, little-endian, exactly the tensor's bytes; None: from make
+    make: Callable[[], np.ndarray] | None = None  # a lazy tensor's maker, called once by write()
+
+    def materialize(self, name: str) -> np.ndarray:
+        """The bytes to write: data, or make()'s result checked against the dims and type declared."""
+        if self.make is None:
+            return self.data
+        try:
+            made = _pending_tensor(np.asarray(self.make()), self.type, self.dims)
+        except ValueError as e:
+            raise ValueError(f"tensor {name!r}: {e}") from None
+        return made.data
 
 
 def _as_ggml_type(type: GGMLType | int | str) -> GGMLType:
@@ -888,7 +900,8 @@ class GGUFWriter:
     The file is written by write(), or on leaving the `with` block without an exception; it goes to
     a temporary file in the same directory, renamed into place once complete, so a failure leaves
     neither a partial file nor the temporary one. Values are checked when added: a bad value
-    raises ValueError at add time, naming the key or tensor."""
+    raises ValueError at add time, naming the key or tensor. A tensor may also be given as a
+    function that makes it, called when write() comes to it (add_tensor)."""
 
     def __init__(self, path: str | os.PathLike, alignment: int = DEFAULT_ALIGNMENT) -> None:
         if isinstance(alignment, bool) or not isinstance(alignment, int) or not _is_power_of_two(alignment) \
@@ -968,14 +981,26 @@ class GGUFWriter:
         """Add a tensor. float32 / float16 arrays are stored as F32 / F16 with GGUF dims the
         reverse of the numpy shape. Block types take raw uint8 bytes and `type`, with `shape`
         the GGUF dims (dims[0] contiguous), or without it a (rows..., bytes per row) array.
-        BF16 takes uint16 bit patterns. The byte count is checked against the shape."""
+        BF16 takes uint16 bit patterns. The byte count is checked against the shape.
+
+        `data` may also be a function of no arguments that returns the array, given `type` and
+        `shape`: write() calls it when the tensor's turn comes and drops the result once written, so
+        a file made tensor by tensor (quantize_model) holds one of them in memory, not all. What it
+        returns is checked as an array given here would be (ValueError from write())."""
         self._check_not_written()
         if not isinstance(name, str) or not name:
             raise ValueError(f"a tensor name must be a non-empty str, got {name!r}")
         if name in self._tensors:
             raise ValueError(f"duplicate tensor name {name!r}")
         try:
-            self._tensors[name] = _pending_tensor(np.asarray(data), type, shape)
+            if callable(data):
+                if type is None or shape is None:
+                    raise ValueError("a tensor made when written needs its type and shape")
+                ggml_type = _as_ggml_type(type)
+                dims = tuple(int(d) for d in shape)
+                self._tensors[name] = _PendingTensor(dims, ggml_type, tensor_nbytes(dims, ggml_type), None, data)
+            else:
+                self._tensors[name] = _pending_tensor(np.asarray(data), type, shape)
         except ValueError as e:
             raise ValueError(f"tensor {name!r}: {e}") from None
 
@@ -988,7 +1013,7 @@ class GGUFWriter:
         offsets, end = {}, 0
         for name, tensor in self._tensors.items():
             offsets[name] = _align_up(end, self.alignment)
-            end = offsets[name] + tensor.data.nbytes
+            end = offsets[name] + tensor.nbytes
         head = b"".join([
             struct.pack("<4sIQQ", GGUF_MAGIC, GGUF_VERSION, len(self._tensors), len(self._metadata)),
             *(_encode_string(key) + value for key, value in self._metadata.items()),
@@ -1005,10 +1030,13 @@ class GGUFWriter:
                 f.write(head)
                 _write_zeros(f, data_offset - len(head))
                 position = 0
-                for name, tensor in tensors.items():
+                pending = list(reversed(tensors.items()))
+                del tensors
+                while pending:  # each tensor's bytes dropped once written (a lazy one's made just before)
+                    name, tensor = pending.pop()
                     _write_zeros(f, offsets[name] - position)
-                    _write_tensor_data(f, tensor.data)
-                    position = offsets[name] + tensor.data.nbytes
+                    _write_tensor_data(f, tensor.materialize(name))
+                    position = offsets[name] + tensor.nbytes
                 # the last tensor padded too, as ggml and gguf-py write it: ggml's gguf reader reads
                 # the data section as whole aligned tensors (an imatrix file is read so)
                 _write_zeros(f, _align_up(position, self.alignment) - position)
@@ -1069,7 +1097,7 @@ def _pending_tensor(data: np.ndarray, type: GGMLType | int | str | None,
             f"dims {list(dims)} of type {ggml_type.name} take {nbytes} bytes, but the data has {data.nbytes}"
         )
     data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-    return _PendingTensor(dims, ggml_type, data)
+    return _PendingTensor(dims, ggml_type, nbytes, data)
 
 
 def _write_tensor_data(f: Any, data: np.ndarray) -> None:

@@ -39,6 +39,7 @@ complete.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import re
@@ -491,6 +492,43 @@ def _awq_scales(reader: GGUFReader, plan: Mapping[str, GGMLType], calibration: C
     return scales
 
 
+def _requantized(name: str, info, new_type: GGMLType, s: np.ndarray | None, importance: np.ndarray | None,
+                 calibration: Calibration | None, report: QuantizeReport, bar) -> np.ndarray:
+    """Tensor `name` of the input file (info) in new_type: its own bytes where nothing changes, else
+    its values (times the AWQ scales s, or over them for a norm) quantized with its importance where
+    the type has a weighted search, by GPTQ where a calibration is given and has the matrix's inputs;
+    float32 values for F32, uint8 block bytes otherwise. Says what it did in report."""
+    cols = info.shape[0]
+    rows = info.n_elements // cols
+    hessian = calibration.hessian(name) if calibration is not None and has_codes(new_type) else None
+    if info.type == new_type and s is None and hessian is None:
+        data = np.asarray(info.data).reshape(rows, -1)
+    else:
+        if info.type == G.F32:  # the mapped values themselves: every step below makes new arrays
+            values = np.asarray(info.data).reshape(rows, cols)
+        else:
+            values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
+        weights = _weights(new_type, importance)
+        if s is not None and len(info.shape) == 1:  # a norm: weight / s
+            values = values / s
+        elif s is not None:  # a matrix behind it: W * s, its input x / s
+            values = values * s
+            weights = None if weights is None else weights / s.astype(np.float64) ** 2
+            hessian = None if hessian is None else hessian / np.outer(s, s)
+        if weights is not None:
+            report.weighted.append(name)
+        if new_type == G.F32:
+            data = values
+        elif hessian is not None:
+            data = gptq_quantize(values, int(new_type), hessian, weights)
+            report.gptq.append(name)
+        else:
+            data = quantize(values, int(new_type), imatrix=weights)
+    if bar is not None:
+        bar.update(info.n_elements)
+    return data.view(np.float32) if new_type == G.F32 else data.view(np.uint8)
+
+
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *, pure: bool = False,
                    output_tensor_type: str | None = None, token_embedding_type: str | None = None,
                    progress: bool = False, imatrix: Imatrix | None = None, calibration: Calibration | None = None,
@@ -561,43 +599,15 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
             target_bits = _bits_per_weight(preset.default) if preset.default in TYPE_TRAITS else None
             for name, info in reader.tensors.items():
                 new_type = plan[name]
-                cols = info.shape[0]
-                rows = info.n_elements // cols
-                s = scales.get(name)
-                hessian = calibration.hessian(name) if gptq and has_codes(new_type) else None
-                if info.type == new_type and s is None and hessian is None:
-                    data = np.asarray(info.data).reshape(rows, -1)
-                else:
-                    if info.type == G.F32:  # the mapped values themselves: every step below makes new arrays
-                        values = np.asarray(info.data).reshape(rows, cols)
-                    else:
-                        values = dequantize(np.asarray(info.data).reshape(-1), info.type.value, (rows, cols))
-                    weights = _weights(new_type, importance[name])
-                    if s is not None and len(info.shape) == 1:  # a norm: weight / s
-                        values = values / s
-                    elif s is not None:  # a matrix behind it: W * s, its input x / s
-                        values = values * s
-                        weights = None if weights is None else weights / s.astype(np.float64) ** 2
-                        hessian = None if hessian is None else hessian / np.outer(s, s)
-                    if weights is not None:
-                        report.weighted.append(name)
-                    if new_type == G.F32:
-                        data = values
-                    elif hessian is not None:
-                        data = gptq_quantize(values, int(new_type), hessian, weights)
-                        report.gptq.append(name)
-                    else:
-                        data = quantize(values, int(new_type), imatrix=weights)
-                if new_type == G.F32:
-                    writer.add_tensor(name, data.view(np.float32).reshape(tuple(reversed(info.shape))))
-                else:
-                    writer.add_tensor(name, data.view(np.uint8), new_type, shape=info.shape)
+                # made when the writer comes to it: one tensor's new bytes in memory at a time
+                writer.add_tensor(name, functools.partial(_requantized, name, info, new_type, scales.get(name),
+                                                          importance[name], calibration if gptq else None,
+                                                          report, bar),
+                                  new_type, shape=info.shape)
                 report.types[name] = _label(new_type)
                 if (target_bits is not None and len(info.shape) >= 2
                         and _bits_per_weight(new_type) > target_bits):
                     report.kept_higher.append(f"{name} ({_label(new_type)})")
-                if bar is not None:
-                    bar.update(info.n_elements)
         if bar is not None:
             bar.close()
     finally:

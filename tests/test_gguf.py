@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import weakref
 from pathlib import Path
 
 import gguf as gguf_py
@@ -688,11 +689,58 @@ def test_writer_infers_types(tmp_path):
     (lambda w: w.add_tensor("t", np.zeros(4, np.float32)) or w.add_tensor("t", np.zeros(4, np.float32)),
      "duplicate tensor"),
     (lambda w: w.add_tensor("", np.zeros(4, np.float32)), "non-empty"),
+    (lambda w: w.add_tensor("t", lambda: np.zeros(34, np.uint8), GGMLType.Q8_0), "its type and shape"),
+    (lambda w: w.add_tensor("t", lambda: np.zeros(34, np.uint8), shape=(32,)), "its type and shape"),
+    (lambda w: w.add_tensor("t", lambda: np.zeros(34, np.uint8), GGMLType.Q8_0, shape=(33,)), "block size"),
 ])
 def test_writer_refuses_bad_input(tmp_path, call, words):
     w = GGUFWriter(tmp_path / "x.gguf")
     with pytest.raises(ValueError, match=words):
         call(w)
+
+
+def test_tensors_made_when_written_give_the_same_file_one_at_a_time(tmp_path):
+    """A tensor given as a function is made when write() comes to it, after the tensors before it are
+    written and dropped: the same bytes as the arrays given at once, with one made tensor alive at a
+    time (quantize_model holds one tensor's new bytes, not the whole file's)."""
+    rng = np.random.default_rng(0)
+    arrays = {f"t{i}": rng.integers(0, 256, (4, 34 * (i + 1)), dtype=np.uint8) for i in range(6)}
+    arrays["f"] = rng.standard_normal((3, 5)).astype(np.float32)
+    with GGUFWriter(tmp_path / "eager.gguf") as w:
+        for name, a in arrays.items():
+            w.add_tensor(name, a, GGMLType.F32 if a.dtype == np.float32 else GGMLType.Q8_0)
+    made = []  # weak references to what each maker returned, in call order
+
+    def maker(name):
+        def make():
+            assert all(ref() is None for ref in made), "an earlier made tensor is still alive"
+            a = arrays[name].copy()
+            made.append(weakref.ref(a))
+            return a
+        return make
+
+    with GGUFWriter(tmp_path / "lazy.gguf") as w:
+        for name, a in arrays.items():
+            if a.dtype == np.float32:
+                w.add_tensor(name, maker(name), GGMLType.F32, shape=a.shape[::-1])
+            else:
+                w.add_tensor(name, maker(name), GGMLType.Q8_0, shape=(a.shape[1] // 34 * 32, a.shape[0]))
+        assert made == []  # nothing made before the file is written
+    assert len(made) == len(arrays)
+    assert (tmp_path / "lazy.gguf").read_bytes() == (tmp_path / "eager.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: np.zeros(30, np.uint8), "tensor 'bad': dims \\[32\\] of type Q8_0 take 34 bytes"),
+    (lambda: np.zeros(32, np.float32), "tensor 'bad': type Q8_0 takes uint8"),
+    (lambda: 1 / 0, "division by zero"),
+])
+def test_a_tensor_made_wrong_when_written_leaves_nothing(tmp_path, make, words):
+    with pytest.raises((ValueError, ZeroDivisionError), match=words):
+        with GGUFWriter(tmp_path / "out.gguf") as w:
+            w.add_tensor("good", np.ones(32, np.float32))
+            w.add_tensor("bad", make, GGMLType.Q8_0, shape=(32,))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("alignment", [0, 3, 48, -32, 2**32, 32.0])

@@ -54,3 +54,23 @@ def test_bad_type_leaves_nothing(tmp_path, source):
     with pytest.raises(ValueError, match="unknown tensor type"):
         quantize_model(source, tmp_path / "x.gguf", "q9_9")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_quantize_holds_one_tensor_at_a_time(tmp_path):
+    """quantize_model hands the writer each tensor as a function (GGUFWriter.add_tensor), so its new
+    bytes exist only while they are written: the memory taken in the process at its peak (numpy's
+    arrays are traced) stays far below the output's size, as llama-quantize's does, instead of
+    holding the whole output before writing it (8 GB for a 7B model's Q8_0)."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    source = write_tiny_llama(tmp_path / "src.gguf", n_layers=12, n_embd=256, n_ff=512, n_vocab=256, tied=True)
+    tracemalloc.start()
+    try:
+        quantize_model(source, tmp_path / "out.gguf", "q8_0")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out_bytes = (tmp_path / "out.gguf").stat().st_size
+    with GGUFReader(tmp_path / "out.gguf") as r:
+        largest = max(t.nbytes for t in r.tensors.values())
+    assert largest < out_bytes / 10
+    assert peak < out_bytes / 3, (peak, out_bytes, largest)
