@@ -82,13 +82,23 @@ static inline float absmax_scale(const float* xb, float* id) {
     return d;
 }
 
+// roundf(v) (half away from zero) as an int, for |v| < 2^31 (a scaled value here is at most 127 and
+// change): the truncation t, one up or down where the fraction v - t (exact) reaches a half. The same
+// integer as libm's call, in operations the compiler vectorizes (roundf itself stays a call: inline,
+// it could raise an inexact exception the call does not).
+static inline int round_half_away(float v) {
+    const int t = int(v);
+    const float fraction = v - float(t);
+    return t + (fraction >= 0.5f) - (fraction <= -0.5f);
+}
+
 void quantize_row_q8_0(const float* x, void* vy, int64_t n) {
     auto* y = static_cast<block_q8_0*>(vy);
     for (int64_t i = 0; i < n / QK; i++) {
         float id;
         const float d = absmax_scale(x + i * QK, &id);
         y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = int8_t(std::round(x[i * QK + j] * id));
+        for (int j = 0; j < QK; j++) y[i].qs[j] = int8_t(round_half_away(x[i * QK + j] * id));
     }
 }
 
@@ -99,7 +109,7 @@ void quantize_row_q8_1(const float* x, void* vy, int64_t n) {
         const float d = absmax_scale(x + i * QK, &id);
         int sum = 0;
         for (int j = 0; j < QK; j++) {
-            y[i].qs[j] = int8_t(std::round(x[i * QK + j] * id));
+            y[i].qs[j] = int8_t(round_half_away(x[i * QK + j] * id));
             sum += y[i].qs[j];
         }
         y[i].d = fp32_to_fp16(d);
