@@ -486,7 +486,9 @@ def _read_header(cur: _Cursor) -> tuple[int, int, int]:
     return version, tensor_count, kv_count
 
 
-def _read_metadata(cur: _Cursor, kv_count: int) -> tuple[dict[str, Any], dict[str, ValueTypeDesc]]:
+def _read_metadata(cur: _Cursor, kv_count: int, spans: dict[str, tuple[int, int]]
+                   ) -> tuple[dict[str, Any], dict[str, ValueTypeDesc]]:
+    """The keys' values and types; spans gets where each key's value type and value lie in the file."""
     metadata: dict[str, Any] = {}
     types: dict[str, ValueTypeDesc] = {}
     for i in range(kv_count):
@@ -499,7 +501,9 @@ def _read_metadata(cur: _Cursor, kv_count: int) -> tuple[dict[str, Any], dict[st
         if key in metadata:
             raise GGUFError(f"duplicate key {key!r} ({where}, at offset {start})")
         cur.context = f"the value of key {key!r} ({where})"
+        value_start = cur.pos
         metadata[key], types[key] = _read_value(cur, cur.value_type())
+        spans[key] = (value_start, cur.pos)
     return metadata, types
 
 
@@ -656,7 +660,8 @@ class GGUFReader:
     def _parse(self, buf: mmap.mmap) -> None:
         cur = _Cursor(buf)
         self.version, tensor_count, kv_count = _read_header(cur)
-        metadata, types = _read_metadata(cur, kv_count)
+        self._metadata_spans: dict[str, tuple[int, int]] = {}
+        metadata, types = _read_metadata(cur, kv_count, self._metadata_spans)
         self.metadata = metadata
         self.metadata_types = {key: _public_type(desc) for key, desc in types.items()}
         self.alignment = _read_alignment(metadata, types)
@@ -672,6 +677,14 @@ class GGUFReader:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
+
+    def encoded_value(self, key: str) -> bytes:
+        """Key's value type and value as the file stores them (GGUF versions 2 and 3 encode values
+        alike), for GGUFWriter.copy_key; KeyError for a key the file lacks."""
+        start, end = self._metadata_spans[key]
+        if self._mmap is None:
+            raise ValueError(f"{self.path} is closed")
+        return self._mmap[start:end]
 
     def get_int(self, key: str, default: int | None, first: bool = False) -> int | None:
         """metadata_int of this file's metadata."""
@@ -934,6 +947,17 @@ class GGUFWriter:
             self._metadata[key] = _encode_kv(value, _value_desc(value, type, element_type))
         except (ValueError, TypeError) as e:
             raise ValueError(f"key {key!r}: {e}") from None
+
+    def copy_key(self, reader: GGUFReader, key: str) -> None:
+        """Add key with its value from another file as that file stores it (its value type and value,
+        bytes read by GGUFReader, which checked them): no decoding and encoding again, which for a
+        vocabulary's hundreds of thousands of strings takes most of a small model's metadata time."""
+        self._check_not_written()
+        if key == "general.alignment":
+            raise ValueError("set general.alignment with GGUFWriter(path, alignment=...)")
+        if key in self._metadata:
+            raise ValueError(f"duplicate key {key!r}")
+        self._metadata[key] = reader.encoded_value(key)
 
     def add_uint8(self, key: str, value: int) -> None:
         self.add(key, value, GGUFValueType.UINT8)

@@ -588,11 +588,9 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, type: str, *,
             report.awq_scales = {name: np.asarray(s, np.float32) for name, s in awq.items()}
         scales = report.awq_scales
         with GGUFWriter(dst, alignment=reader.alignment) as writer:
-            for key, value in reader.metadata.items():
-                if key in ("general.alignment", "general.file_type", "general.quantization_version"):
-                    continue
-                t = reader.metadata_types[key]
-                writer.add(key, value, t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
+            for key in reader.metadata:
+                if key not in ("general.alignment", "general.file_type", "general.quantization_version"):
+                    writer.copy_key(reader, key)
             writer.add_uint32("general.file_type", preset.ftype)
             if preset.default in QUANTIZED_TARGETS - PYENGINE_TYPES:  # ggml's version of its block layouts
                 writer.add_uint32("general.quantization_version", 2)

@@ -699,6 +699,30 @@ def test_writer_refuses_bad_input(tmp_path, call, words):
         call(w)
 
 
+def test_copy_key_writes_the_bytes_add_writes(tmp_path):
+    """GGUFWriter.copy_key takes a key's value type and value from a GGUFReader as the file has them
+    (quantize copies a vocabulary so): the same file as adding the decoded value with its type, for
+    every kind of value the full file holds."""
+    write_full_file(tmp_path / "src.gguf", 32)
+    with GGUFReader(tmp_path / "src.gguf") as r:
+        keys = [k for k in r.metadata if k != "general.alignment"]
+        with GGUFWriter(tmp_path / "copied.gguf") as w:
+            for key in keys:
+                w.copy_key(r, key)
+        with GGUFWriter(tmp_path / "added.gguf") as w:
+            for key in keys:
+                t = r.metadata_types[key]
+                w.add(key, r.metadata[key], t[0] if isinstance(t, tuple) else t, t[1] if isinstance(t, tuple) else None)
+        w = GGUFWriter(tmp_path / "x.gguf")
+        with pytest.raises(KeyError):
+            w.copy_key(r, "no.such.key")
+        w.copy_key(r, keys[0])
+        with pytest.raises(ValueError, match="duplicate key"):
+            w.copy_key(r, keys[0])
+    assert len(keys) > 10
+    assert (tmp_path / "copied.gguf").read_bytes() == (tmp_path / "added.gguf").read_bytes()
+
+
 def test_tensors_made_when_written_give_the_same_file_one_at_a_time(tmp_path):
     """A tensor given as a function is made when write() comes to it, after the tensors before it are
     written and dropped: the same bytes as the arrays given at once, with one made tensor alive at a
