@@ -54,15 +54,10 @@ def quantize(x: np.ndarray, type: str | int, imatrix: np.ndarray | None = None) 
         raise ValueError(f"quantize expects rows of at least one block, got shape {x.shape}")
     rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
     type_id = _type_id(type)
-    n_threads = min(_core.default_n_threads(), rows.shape[0], max(1, rows.size // _VALUES_PER_THREAD))
-    if n_threads <= 1:
-        out = _core.quantize(rows, type_id, imatrix)
-    else:  # rows are independent, and the native quantizer runs without the GIL: split them
-        from concurrent.futures import ThreadPoolExecutor
-
-        chunks = np.array_split(rows, n_threads)
-        with ThreadPoolExecutor(n_threads) as pool:
-            out = np.concatenate(list(pool.map(lambda c: _core.quantize(c, type_id, imatrix), chunks)))
+    # Rows are independent: the default pool's threads split them (a ThreadPoolExecutor made per call
+    # and a concatenation took longer than one thread on SmolLM2's ~1M-value matrices).
+    split = rows.shape[0] > 1 and rows.size >= 2 * _VALUES_PER_THREAD and _core.default_n_threads() > 1
+    out = _core.quantize(rows, type_id, imatrix, thread_pool() if split else None)
     return out.reshape(-1) if x.ndim == 1 else out
 
 

@@ -135,3 +135,25 @@ def test_row_length_must_fit_the_block():
         pyengine.quantize(np.zeros((2, 33), np.float32), "q4_0")
     with pytest.raises(ValueError, match="bytes"):
         pyengine.dequantize(np.zeros(17, np.uint8), "q4_0", (1, 32))
+
+
+QUANTIZED = sorted(name for t in pyengine.gguf.TYPE_TRAITS.values()
+                   if t.block_size > 1 and (name := t.name) not in ("q8_k",))
+
+
+@pytest.mark.parametrize("type_name", QUANTIZED)
+def test_rows_split_over_a_pool_give_the_same_bytes(rng, type_name):
+    """_core.quantize with a pool (pyengine.quantize passes one for large matrices): the threads take
+    runs of rows, and every row's bytes are those of the one-thread call, imatrix or not; fewer rows
+    than threads, one row, uneven splits."""
+    from pyengine import _core
+    from pyengine.quants import _type_id, has_weighted_quantizer, thread_pool
+
+    type_id = _type_id(type_name)
+    cols = 256
+    for rows in (1, 2, 3, 17):
+        x = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.01, 10, (rows, 1)).astype(np.float32)
+        weights = rng.uniform(0, 2, cols).astype(np.float32) if has_weighted_quantizer(type_name) else None
+        expected = _core.quantize(x, type_id, weights)
+        for n_threads in (2, 3):
+            np.testing.assert_array_equal(_core.quantize(x, type_id, weights, thread_pool(n_threads)), expected)

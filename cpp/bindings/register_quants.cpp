@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "../quant/codes.h"
+#include "../threadpool.h"
 #include "common.h"
 
 namespace pe::bindings {
@@ -14,7 +15,10 @@ namespace pe::bindings {
 namespace {
 
 // imatrix: None, or cols float32 importance weights (the same for every row), for the weighted search.
-py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::optional<FloatArray>& imatrix) {
+// pool: None (this thread), or a pool whose threads take contiguous runs of rows (each row's bytes
+// are its own, whichever thread made them).
+py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::optional<FloatArray>& imatrix,
+                              ThreadPool* pool) {
     const TypeTraits& t = traits_or_throw(type);
     if (x.ndim() != 2) throw py::value_error("quantize expects a 2-D float32 array (rows, cols)");
     if (!t.from_float) throw py::value_error(std::string("pyengine has no quantizer for ") + t.name);
@@ -34,14 +38,25 @@ py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::opt
     py::array_t<uint8_t> out({rows, int64_t(row_bytes)});
     const float* src = x.data();
     uint8_t* dst = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        for (int64_t r = 0; r < rows; r++) {
+    auto rows_in = [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; r++) {
             if (weights) {
                 t.from_float_weighted(src + r * cols, dst + size_t(r) * row_bytes, cols, weights);
             } else {
                 t.from_float(src + r * cols, dst + size_t(r) * row_bytes, cols);
             }
+        }
+    };
+    {
+        py::gil_scoped_release release;
+        if (!pool || pool->n_threads() == 1 || rows < pool->n_threads()) {
+            rows_in(0, rows);
+        } else {
+            pool->run([&](int i, int n_threads) {
+                int64_t begin, end;
+                split_range(rows, i, n_threads, begin, end);
+                rows_in(begin, end);
+            });
         }
     }
     return out;
@@ -189,7 +204,8 @@ void register_quants(py::module_& m) {
         const TypeTraits* t = type_traits(type);
         return t != nullptr && t->from_float_weighted != nullptr;
     }, "whether quantize takes an importance matrix for this type (llama.cpp's weighted search)");
-    m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("imatrix") = py::none());
+    m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("imatrix") = py::none(),
+          py::arg("pool") = py::none());
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("code_levels", [](uint32_t type) -> py::object {
         const int16_t* levels;
