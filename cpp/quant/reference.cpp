@@ -36,8 +36,8 @@ void quantize_row_q4_0(const float* x, void* vy, int64_t n) {
         for (int j = 0; j < QK / 2; j++) {
             const float x0 = xb[j] * id;
             const float x1 = xb[QK / 2 + j] * id;
-            int q0 = int(std::trunc(x0 + 8.5f));
-            int q1 = int(std::trunc(x1 + 8.5f));
+            int q0 = int(x0 + 8.5f);  // the conversion truncates (ggml's (int8_t)(x0 + 8.5f)); a call to
+            int q1 = int(x1 + 8.5f);  // trunc kept GCC from vectorizing the loop
             q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
             q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
             y[i].qs[j] = uint8_t(q0 | (q1 << 4));
@@ -60,8 +60,8 @@ void quantize_row_q4_1(const float* x, void* vy, int64_t n) {
         y[i].d = fp32_to_fp16(d);
         y[i].m = fp32_to_fp16(min);
         for (int j = 0; j < QK / 2; j++) {
-            int q0 = int(std::trunc((xb[j] - min) * id + 0.5f));
-            int q1 = int(std::trunc((xb[QK / 2 + j] - min) * id + 0.5f));
+            int q0 = int((xb[j] - min) * id + 0.5f);  // truncated by the conversion, as in q4_0
+            int q1 = int((xb[QK / 2 + j] - min) * id + 0.5f);
             q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
             q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
             y[i].qs[j] = uint8_t(q0 | (q1 << 4));
