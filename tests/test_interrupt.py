@@ -79,6 +79,26 @@ def test_ctrl_c_stops_a_long_prompt_and_leaves_the_cache_as_it_was(smollm, pytho
     assert stopped_after < 0.3 + at_least_full / 4, (stopped_after, at_least_full)
 
 
+def test_ctrl_c_stops_quantizing_a_large_matrix(python_sigint_handler):
+    """The native quantizer runs Python's signal handlers between runs of ~1M values: Ctrl-C stops a
+    large matrix's K-quant search (seconds for a 7B model's output matrix) within a run, not at its
+    end."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8192, 4096)).astype(np.float32)
+    start = time.perf_counter()
+    pyengine.quantize(x[:1024], "iq4_xs")
+    whole = 8 * (time.perf_counter() - start)  # the whole matrix takes about 8x as long as an eighth
+    start = time.perf_counter()
+    timer = send_sigint_after(0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pyengine.quantize(x, "iq4_xs")
+    finally:
+        timer.join()
+    stopped_after = time.perf_counter() - start
+    assert stopped_after < 0.2 + whole / 3, (stopped_after, whole)
+
+
 class _Alarm(BaseException):
     """What a signal handler raises here: like KeyboardInterrupt, not an Exception."""
 

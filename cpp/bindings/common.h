@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "../kernels/kernels.h"
@@ -57,6 +58,12 @@ inline const Kernels& kernels_or_throw(const std::string& isa) {
     if (!k) throw py::value_error("ISA '" + isa + "' is not available on this CPU");
     return *k;
 }
+
+// The interrupt hook of a long native call, run on the calling thread with the GIL released: at
+// most every 20 ms it takes the GIL and runs Python's signal handlers; true when one raised (its
+// exception is set: throw py::error_already_set once the GIL is held again). nullptr off the main
+// thread, where no handler runs. (register_model.cpp)
+std::function<bool()> signal_check();
 
 void register_quants(py::module_& m);
 void register_matmul(py::module_& m);

@@ -17,6 +17,26 @@
 
 namespace pe::bindings {
 
+// The interrupt hook of an evaluation (RunState::interrupted), run on the evaluating thread between
+// layers: at most every 20 ms it takes the GIL and runs Python's signal handlers, so that Ctrl-C
+// stops a long prompt promptly. A handler that raises (KeyboardInterrupt) leaves its exception set;
+// the hook then returns true, the forward pass throws Interrupted, and the caller re-raises the
+// Python exception with the GIL held again. Only the main thread runs signal handlers, so other
+// threads get no hook (and never wait for the GIL).
+unsigned long main_thread_ident = 0;  // threading.main_thread().ident, read when the module loads
+
+std::function<bool()> signal_check() {
+    if (PyThread_get_thread_ident() != main_thread_ident) return nullptr;
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+    return [last]() {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - *last < std::chrono::milliseconds(20)) return false;
+        *last = now;
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+}
+
 namespace {
 
 // Keeps the Python objects that own the weight memory (numpy views of the mmap) alive as long as
@@ -202,26 +222,6 @@ std::shared_ptr<PyModel> build_model(const ModelConfig& c, const py::dict& tenso
         m->matrix_names[&L.w_down] = p + "ffn_down.weight";
     }
     return m;
-}
-
-// The interrupt hook of an evaluation (RunState::interrupted), run on the evaluating thread between
-// layers: at most every 20 ms it takes the GIL and runs Python's signal handlers, so that Ctrl-C
-// stops a long prompt promptly. A handler that raises (KeyboardInterrupt) leaves its exception set;
-// the hook then returns true, the forward pass throws Interrupted, and the caller re-raises the
-// Python exception with the GIL held again. Only the main thread runs signal handlers, so other
-// threads get no hook (and never wait for the GIL).
-unsigned long main_thread_ident = 0;  // threading.main_thread().ident, read when the module loads
-
-std::function<bool()> signal_check() {
-    if (PyThread_get_thread_ident() != main_thread_ident) return nullptr;
-    auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
-    return [last]() {
-        const auto now = std::chrono::steady_clock::now();
-        if (now - *last < std::chrono::milliseconds(20)) return false;
-        *last = now;
-        py::gil_scoped_acquire gil;
-        return PyErr_CheckSignals() != 0;
-    };
 }
 
 // Something told the input of each named matrix product during an evaluation (RunState::observe):

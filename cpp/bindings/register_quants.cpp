@@ -1,5 +1,6 @@
 // Block formats and single kernels: quantize / dequantize rows, and the per-ISA kernels exposed so
 // that tests can hold every SIMD path against the scalar reference.
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <vector>
@@ -47,18 +48,28 @@ py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::opt
             }
         }
     };
+    // ~1M values at a time, Python's signal handlers run between (a K-quant search takes ~1 us a
+    // value: a 7B model's output matrix, seconds): Ctrl-C stops a long matrix within a run.
+    const int64_t run_rows = std::max<int64_t>(1, (int64_t(1) << 20) / cols);
+    const auto interrupted = signal_check();
+    bool stopped = false;
     {
         py::gil_scoped_release release;
-        if (!pool || pool->n_threads() == 1 || rows < pool->n_threads()) {
-            rows_in(0, rows);
-        } else {
-            pool->run([&](int i, int n_threads) {
-                int64_t begin, end;
-                split_range(rows, i, n_threads, begin, end);
-                rows_in(begin, end);
-            });
+        for (int64_t r0 = 0; r0 < rows && !stopped; r0 += run_rows) {
+            const int64_t n = std::min(run_rows, rows - r0);
+            if (!pool || pool->n_threads() == 1 || n < pool->n_threads()) {
+                rows_in(r0, r0 + n);
+            } else {
+                pool->run([&](int i, int n_threads) {
+                    int64_t begin, end;
+                    split_range(n, i, n_threads, begin, end);
+                    rows_in(r0 + begin, r0 + end);
+                });
+            }
+            stopped = interrupted && r0 + n < rows && interrupted();
         }
     }
+    if (stopped) throw py::error_already_set();  // the exception the signal handler raised
     return out;
 }
 
