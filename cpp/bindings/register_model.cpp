@@ -17,12 +17,13 @@
 
 namespace pe::bindings {
 
-// The interrupt hook of an evaluation (RunState::interrupted), run on the evaluating thread between
-// layers: at most every 20 ms it takes the GIL and runs Python's signal handlers, so that Ctrl-C
-// stops a long prompt promptly. A handler that raises (KeyboardInterrupt) leaves its exception set;
-// the hook then returns true, the forward pass throws Interrupted, and the caller re-raises the
-// Python exception with the GIL held again. Only the main thread runs signal handlers, so other
-// threads get no hook (and never wait for the GIL).
+// The interrupt hook of a long native call (an evaluation's RunState::interrupted, between layers;
+// quantize's, between runs of rows), run on the calling thread: at most every 20 ms it takes the GIL
+// and runs Python's signal handlers, so that Ctrl-C stops a long prompt promptly. A handler that
+// raises (KeyboardInterrupt) leaves its exception set; the hook then returns true, the call stops
+// (the forward pass throws Interrupted), and the caller re-raises the Python exception with the GIL
+// held again. Only the main thread runs signal handlers, so other threads get no hook (and never wait
+// for the GIL).
 unsigned long main_thread_ident = 0;  // threading.main_thread().ident, read when the module loads
 
 std::function<bool()> signal_check() {
