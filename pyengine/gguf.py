@@ -936,13 +936,7 @@ class GGUFWriter:
         (the first that holds it), float -> FLOAT32, str -> STRING, list/tuple/numpy array ->
         ARRAY of an element type inferred from the contents or the dtype. `type` may also be a
         full type as in GGUFReader.metadata_types, e.g. (ARRAY, UINT16)."""
-        self._check_not_written()
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"a key must be a non-empty str, got {key!r}")
-        if key == "general.alignment":
-            raise ValueError("set general.alignment with GGUFWriter(path, alignment=...)")
-        if key in self._metadata:
-            raise ValueError(f"duplicate key {key!r}")
+        self._check_new_key(key)
         try:
             self._metadata[key] = _encode_kv(value, _value_desc(value, type, element_type))
         except (ValueError, TypeError) as e:
@@ -952,12 +946,17 @@ class GGUFWriter:
         """Add key with its value from another file as that file stores it (its value type and value,
         bytes read by GGUFReader, which checked them): no decoding and encoding again, which for a
         vocabulary's hundreds of thousands of strings takes most of a small model's metadata time."""
+        self._check_new_key(key)
+        self._metadata[key] = reader.encoded_value(key)
+
+    def _check_new_key(self, key: str) -> None:
         self._check_not_written()
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a key must be a non-empty str, got {key!r}")
         if key == "general.alignment":
             raise ValueError("set general.alignment with GGUFWriter(path, alignment=...)")
         if key in self._metadata:
             raise ValueError(f"duplicate key {key!r}")
-        self._metadata[key] = reader.encoded_value(key)
 
     def add_uint8(self, key: str, value: int) -> None:
         self.add(key, value, GGUFValueType.UINT8)
@@ -1054,10 +1053,7 @@ class GGUFWriter:
                 f.write(head)
                 _write_zeros(f, data_offset - len(head))
                 position = 0
-                pending = list(reversed(tensors.items()))
-                del tensors
-                while pending:  # each tensor's bytes dropped once written (a lazy one's made just before)
-                    name, tensor = pending.pop()
+                for name, tensor in tensors.items():  # a lazy tensor made here, dropped once written
                     _write_zeros(f, offsets[name] - position)
                     _write_tensor_data(f, tensor.materialize(name))
                     position = offsets[name] + tensor.nbytes

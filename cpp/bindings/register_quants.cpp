@@ -57,14 +57,10 @@ py::array_t<uint8_t> quantize(const FloatArray& x, uint32_t type, const std::opt
         py::gil_scoped_release release;
         for (int64_t r0 = 0; r0 < rows && !stopped; r0 += run_rows) {
             const int64_t n = std::min(run_rows, rows - r0);
-            if (!pool || pool->n_threads() == 1 || n < pool->n_threads()) {
-                rows_in(r0, r0 + n);
+            if (pool) {
+                parallel_for(*pool, n, [&](int64_t r) { rows_in(r0 + r, r0 + r + 1); });
             } else {
-                pool->run([&](int i, int n_threads) {
-                    int64_t begin, end;
-                    split_range(n, i, n_threads, begin, end);
-                    rows_in(r0 + begin, r0 + end);
-                });
+                rows_in(r0, r0 + n);
             }
             stopped = interrupted && r0 + n < rows && interrupted();
         }
