@@ -144,15 +144,20 @@ def throughput(url: str, clients: int, tokens: int, requests_each: int, eog: lis
             "tok_s": total / wall, "ttft_median_s": statistics.median(f for f, _, _ in results)}
 
 
-def forward_bound(model_path: str, threads: int | None, widths: list[int]) -> dict:
+def _bound_prompt(i: int) -> str:
+    return PROMPTS[i % len(PROMPTS)] + " " + "and so on " * 12
+
+
+def forward_bound(model_path: str, threads: int | None, widths: list[int]) -> tuple[dict, int]:
     """Tokens/s of the batched forward pass alone (Model.eval_sequences, no server, no sampling) for
-    each number of sequences: the ceiling the server's aggregate throughput works under."""
+    each number of sequences: the ceiling the server's aggregate throughput works under; and the
+    threads it ran on."""
     import pyengine
 
     model = pyengine.Model(model_path, n_ctx=512, n_threads=threads)
     contexts = [model.context() for _ in range(max(widths))]
     for i, ctx in enumerate(contexts):
-        ctx.eval(model.tokenize(PROMPTS[i % len(PROMPTS)] + " " + "and so on " * 12))
+        ctx.eval(model.tokenize(_bound_prompt(i)))
     out = {}
     for n in widths:
         best = float("inf")
@@ -164,7 +169,77 @@ def forward_bound(model_path: str, threads: int | None, widths: list[int]) -> di
             for ctx in contexts[:n]:
                 ctx.truncate(ctx.n_past - 16)
         out[n] = n / best
-    return out
+    return out, model.n_threads
+
+
+_quiet_log = None
+
+
+def _llamacpp_version() -> str | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.__version__
+
+
+def llamacpp_bound(model_path: str, threads: int, widths: list[int]) -> dict | None:
+    """forward_bound's figures for llama.cpp (llama-cpp-python's llama_decode, as llama-server batches
+    its slots): each step one batch of n tokens, one per sequence, every sequence its own KV stream
+    (F16) and its own logits, after the same prompts; best of 5 runs of 16 steps. None without
+    llama-cpp-python (a dev-only tool)."""
+    try:
+        import llama_cpp as L
+    except ImportError:
+        return None
+    import pyengine
+
+    tokenizer = pyengine.Tokenizer.from_gguf(model_path)
+    n_seq = max(widths)
+    L.llama_backend_init()
+    global _quiet_log  # ctypes calls it later: it must outlive this function
+    _quiet_log = L.llama_log_callback(lambda level, text, data: None)
+    L.llama_log_set(_quiet_log, None)  # its load log: quiet
+    model = L.llama_model_load_from_file(model_path.encode(), L.llama_model_default_params())
+    params = L.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 512 * n_seq, 512, 512, n_seq
+    params.n_threads = params.n_threads_batch = threads
+    params.type_k = params.type_v = L.GGML_TYPE_F16
+    params.kv_unified = False
+    ctx = L.llama_init_from_model(model, params)
+    memory = L.llama_get_memory(ctx)
+    batch = L.llama_batch_init(512, 0, n_seq)
+
+    def decode(items: list[tuple[int, int, int]]) -> None:  # (token, position, sequence)
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, 1
+            batch.seq_id[i][0] = seq
+        if L.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    try:
+        lengths = []
+        for s in range(n_seq):
+            ids = tokenizer.encode(_bound_prompt(s), add_bos=tokenizer.add_bos)
+            decode([(t, p, s) for p, t in enumerate(ids)])
+            lengths.append(len(ids))
+        out = {}
+        for n in widths:
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                for k in range(16):
+                    decode([(100, lengths[s] + k, s) for s in range(n)])
+                best = min(best, (time.perf_counter() - start) / 16)
+                for s in range(n):
+                    L.llama_memory_seq_rm(memory, s, lengths[s], -1)
+            out[n] = n / best
+        return out
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
 
 
 def conversation_ttft(url: str, turns: int = 5, answer_tokens: int = 64) -> dict:
@@ -207,9 +282,13 @@ def main() -> int:
 
     model_path = args.model or str(default_model_path())
     eog = sorted(pyengine.Tokenizer.from_gguf(model_path).eog_ids)
-    bound = forward_bound(model_path, args.threads, clients)
+    bound, threads = forward_bound(model_path, args.threads, clients)
     print("forward pass alone: " + ", ".join(f"{n} sequences {v:.0f} tok/s ({v / bound[clients[0]]:.2f}x)"
                                              for n, v in bound.items()), flush=True)
+    theirs = llamacpp_bound(model_path, threads, clients)
+    if theirs:
+        print("llama.cpp's: " + ", ".join(f"{n} sequences {v:.0f} tok/s ({v / theirs[clients[0]]:.2f}x)"
+                                          for n, v in theirs.items()), flush=True)
     with running_server(*extra, "--parallel", str(max(clients)), "-c", "2048") as url:
         httpx.post(url + "/v1/completions", json={"prompt": "warm up", "max_tokens": 8}, timeout=3600)
         runs: dict[int, list[dict]] = {c: [] for c in clients}
@@ -232,31 +311,39 @@ def main() -> int:
               f"{ttft['prompt_tokens']} prompt tokens reused, {ttft['ttft_cold_s'] * 1000:.0f} ms cold: "
               f"{ttft['ratio']:.2f}x", flush=True)
     if args.out:
+        theirs_version = _llamacpp_version()
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True).stdout.strip()
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "isa": pyengine.isa(), "model": os.path.basename(model_path), "repo": rev,
                 "command": "python " + " ".join(sys.argv)}
         Path(args.out + ".json").write_text(json.dumps({"meta": meta, "throughput": rows, "ttft": ttft,
-                                                        "forward_tok_s": bound}, indent=1))
+                                                        "forward_tok_s": bound, "threads": threads,
+                                                        "llamacpp_forward_tok_s": theirs}, indent=1))
         one = rows[0]["tok_s"]
         lines = ["# pyengine serve: continuous batching and prefix reuse", "", f"`{meta['command']}`", "",
                  f"{meta['date']}; {meta['cpus']} CPUs, isa {meta['isa']}; {meta['model']}; repo {rev}.", "",
                  "| clients | tokens | seconds | aggregate tok/s | vs 1 client | every round, tok/s "
-                 "| every round vs its 1 client | median TTFT ms | forward pass alone, tok/s | vs 1 sequence |",
-                 "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+                 "| every round vs its 1 client | median TTFT ms | forward pass alone, tok/s | vs 1 sequence |"
+                 + (" llama.cpp's, tok/s | vs 1 sequence |" if theirs else ""),
+                 "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|" + ("---:|---:|" if theirs else "")]
         for r in rows:
             f = bound[r["clients"]]
             every = ", ".join(f"{v:.0f}" for v in r["tok_s_runs"])
             paired = ", ".join(f"{v:.2f}x" for v in r["vs_first_same_round"])
             lines.append(f"| {r['clients']} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} | "
                          f"{r['tok_s'] / one:.2f}x | {every} | {paired} | {r['ttft_median_s'] * 1000:.0f} | {f:.0f} | "
-                         f"{f / bound[clients[0]]:.2f}x |")
+                         f"{f / bound[clients[0]]:.2f}x |"
+                         + (f" {theirs[r['clients']]:.0f} | {theirs[r['clients']] / theirs[clients[0]]:.2f}x |"
+                            if theirs else ""))
         lines += ["", f"Each row: the median of {args.rounds} rounds (the rounds sweep the client counts in turn); "
                       "every round's figure is also given against the one-client run of the same round, seconds "
                       "before it. "
                       "The forward pass alone: Model.eval_sequences with that many sequences, 16 steps, best of 5, "
-                      "in the benchmark's process before the server starts (the ceiling of the server's figure)."]
+                      "in the benchmark's process before the server starts (the ceiling of the server's figure)."
+                      + (f" llama.cpp's: the same steps with llama_decode (llama-cpp-python {theirs_version}, "
+                         f"{threads} threads, F16 cache, a KV stream per sequence), as llama-server batches its slots."
+                         if theirs else "")]
         lines += ["", f"Turn {ttft['turn']} of a conversation: time to first token {ttft['ttft_reused_s'] * 1000:.0f} ms "
                       f"({ttft['cached_tokens']} of {ttft['prompt_tokens']} prompt tokens reused) vs "
                       f"{ttft['ttft_cold_s'] * 1000:.0f} ms cold: {ttft['ratio']:.2f}x.", ""]
