@@ -144,6 +144,25 @@ def throughput(url: str, clients: int, tokens: int, requests_each: int, eog: lis
             "tok_s": total / wall, "ttft_median_s": statistics.median(f for f, _, _ in results)}
 
 
+STEPS = 16  # a run of the forward-pass figures: this many steps, the best of 5 runs
+
+
+def _tokens_per_second(widths: list[int], step, undo) -> dict:
+    """For each n of widths, n / the time of one step(n, k) (k = 0 .. STEPS - 1: one token for each of n
+    sequences), best of 5 runs; undo(n) takes a run's tokens back out of the caches."""
+    out = {}
+    for n in widths:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for k in range(STEPS):
+                step(n, k)
+            best = min(best, (time.perf_counter() - start) / STEPS)
+            undo(n)
+        out[n] = n / best
+    return out
+
+
 def _bound_prompt(i: int) -> str:
     return PROMPTS[i % len(PROMPTS)] + " " + "and so on " * 12
 
@@ -158,21 +177,18 @@ def forward_bound(model_path: str, threads: int | None, widths: list[int]) -> tu
     contexts = [model.context() for _ in range(max(widths))]
     for i, ctx in enumerate(contexts):
         ctx.eval(model.tokenize(_bound_prompt(i)))
-    out = {}
-    for n in widths:
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(16):
-                model.eval_sequences(contexts[:n], [100] * n)
-            best = min(best, (time.perf_counter() - start) / 16)
-            for ctx in contexts[:n]:
-                ctx.truncate(ctx.n_past - 16)
-        out[n] = n / best
-    return out, model.n_threads
+
+    def step(n: int, k: int) -> None:
+        model.eval_sequences(contexts[:n], [100] * n)
+
+    def undo(n: int) -> None:
+        for ctx in contexts[:n]:
+            ctx.truncate(ctx.n_past - STEPS)
+
+    return _tokens_per_second(widths, step, undo), model.n_threads
 
 
-_quiet_log = None
+_quiet_log = None  # llamacpp_bound's log callback: ctypes calls it after the function returns
 
 
 def _llamacpp_version() -> str | None:
@@ -186,7 +202,7 @@ def _llamacpp_version() -> str | None:
 def llamacpp_bound(model_path: str, threads: int, widths: list[int]) -> dict | None:
     """forward_bound's figures for llama.cpp (llama-cpp-python's llama_decode, as llama-server batches
     its slots): each step one batch of n tokens, one per sequence, every sequence its own KV stream
-    (F16) and its own logits, after the same prompts; best of 5 runs of 16 steps. None without
+    (F16) and its own logits, after the same prompts; best of 5 runs of STEPS steps. None without
     llama-cpp-python (a dev-only tool)."""
     try:
         import llama_cpp as L
@@ -197,7 +213,7 @@ def llamacpp_bound(model_path: str, threads: int, widths: list[int]) -> dict | N
     tokenizer = pyengine.Tokenizer.from_gguf(model_path)
     n_seq = max(widths)
     L.llama_backend_init()
-    global _quiet_log  # ctypes calls it later: it must outlive this function
+    global _quiet_log
     _quiet_log = L.llama_log_callback(lambda level, text, data: None)
     L.llama_log_set(_quiet_log, None)  # its load log: quiet
     model = L.llama_model_load_from_file(model_path.encode(), L.llama_model_default_params())
@@ -224,18 +240,15 @@ def llamacpp_bound(model_path: str, threads: int, widths: list[int]) -> dict | N
             ids = tokenizer.encode(_bound_prompt(s), add_bos=tokenizer.add_bos)
             decode([(t, p, s) for p, t in enumerate(ids)])
             lengths.append(len(ids))
-        out = {}
-        for n in widths:
-            best = float("inf")
-            for _ in range(5):
-                start = time.perf_counter()
-                for k in range(16):
-                    decode([(100, lengths[s] + k, s) for s in range(n)])
-                best = min(best, (time.perf_counter() - start) / 16)
-                for s in range(n):
-                    L.llama_memory_seq_rm(memory, s, lengths[s], -1)
-            out[n] = n / best
-        return out
+
+        def step(n: int, k: int) -> None:
+            decode([(100, lengths[s] + k, s) for s in range(n)])
+
+        def undo(n: int) -> None:
+            for s in range(n):
+                L.llama_memory_seq_rm(memory, s, lengths[s], -1)
+
+        return _tokens_per_second(widths, step, undo)
     finally:
         L.llama_batch_free(batch)
         L.llama_free(ctx)
