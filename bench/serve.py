@@ -352,7 +352,7 @@ def main() -> int:
         lines += ["", f"Each row: the median of {args.rounds} rounds (the rounds sweep the client counts in turn); "
                       "every round's figure is also given against the one-client run of the same round, seconds "
                       "before it. "
-                      "The forward pass alone: Model.eval_sequences with that many sequences, 16 steps, best of 5, "
+                      f"The forward pass alone: Model.eval_sequences with that many sequences, {STEPS} steps, best of 5, "
                       "in the benchmark's process before the server starts (the ceiling of the server's figure)."
                       + (f" llama.cpp's: the same steps with llama_decode (llama-cpp-python {theirs_version}, "
                          f"{threads} threads, F16 cache, a KV stream per sequence), as llama-server batches its slots."
